@@ -1,0 +1,8 @@
+"""Preference-data sources: embedded tasks with an oracle (sort, later imdb) and user files.
+
+Every source is a `Task` (see base.py) named by `data.source._target_` in conf/data/*.yaml.
+"""
+
+from prefopt.tasks.base import Task, TaskArtifacts
+
+__all__ = ["Task", "TaskArtifacts"]

@@ -1,0 +1,50 @@
+"""The interface every preference-data source implements (embedded tasks and user files).
+
+`run.py` instantiates `cfg.data.source` and calls `build(model_cfg, cache_root)` once per run. A task
+with an oracle also returns held-out prompts and a reward function, which `prefopt.eval` uses at the
+end of the run; a plain preference file returns rows only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+Row = dict[str, Any]  # {"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}
+Oracle = Callable[[list[str], list[str]], list[float]]  # (prompts, responses) -> gold rewards
+
+
+@dataclass
+class TaskArtifacts:
+    """What a source hands the run.
+
+    policy: HF folder (model + tokenizer) of the starting policy the task built (the sort task's SFT
+        model), or None to load the policy from the model config.
+    train_rows / eval_rows: preference rows in the prompt/chosen/rejected format.
+    corpus: texts to build a tokenizer from when the model needs one built (model=tiny on user data).
+    eval_prompts: held-out prompt strings for the generation evaluation (empty without an oracle).
+    oracle: gold reward of (prompt, response) strings, or None.
+    generation: sampling settings for evaluation (max_new_tokens, temperature, ...).
+    info: facts recorded in results.json (artifact keys, drop counts, data sizes).
+    """
+
+    train_rows: list[Row]
+    eval_rows: list[Row]
+    policy: Optional[Path] = None
+    corpus: Optional[Callable[[], Iterable[str]]] = None
+    eval_prompts: list[str] = field(default_factory=list)
+    oracle: Optional[Oracle] = None
+    generation: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """A preference-data source. Constructed from `cfg.data.source`; cheap until `build`."""
+
+    name: str = "task"
+
+    @abstractmethod
+    def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
+        """Build (or load from the cache) everything the run needs."""
