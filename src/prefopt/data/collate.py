@@ -1,0 +1,49 @@
+"""Batching tokenized pairs into the tensors the module scores (layout fixed in /tmp/contract.md).
+
+For B pairs, rows 0..B-1 are prompt+chosen and rows B..2B-1 prompt+rejected:
+- input_ids, attention_mask, score_mask (2B, L): right-padded; score_mask is 1 exactly at the
+  response tokens;
+- marginal_input_ids, marginal_attention_mask, marginal_score_mask (2B, R+1): [start_id] + response,
+  no prompt, right-padded to the longest response; the score mask is 1 at columns 1..len(response);
+- index (B,): each pair's index in its dataset (keys for cached reference/marginal log-probs).
+Exercised by `pytest tests/data/test_collate.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_value: int, length: int | None = None) -> Tensor:
+    """(N, length) long tensor of the sequences, right-padded with `pad_value` (length: the longest)."""
+    length = max((len(s) for s in seqs), default=0) if length is None else length
+    out = torch.full((len(seqs), length), pad_value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+    return out
+
+
+class PairCollator:
+    """Callable collate_fn: list of {prompt_ids, chosen_ids, rejected_ids, index} -> batch dict."""
+
+    def __init__(self, pad_id: int, start_id: int):
+        self.pad_id = int(pad_id)
+        self.start_id = int(start_id)
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
+        prompts = [it["prompt_ids"] for it in items] * 2
+        responses = [it["chosen_ids"] for it in items] + [it["rejected_ids"] for it in items]
+        full = [list(p) + list(r) for p, r in zip(prompts, responses)]
+        batch = {
+            "input_ids": pad_right(full, self.pad_id),
+            "attention_mask": pad_right([[1] * len(s) for s in full], 0),
+            "score_mask": pad_right([[0] * len(p) + [1] * len(r) for p, r in zip(prompts, responses)], 0),
+            "marginal_input_ids": pad_right([[self.start_id] + list(r) for r in responses], self.pad_id),
+            "marginal_attention_mask": pad_right([[1] * (len(r) + 1) for r in responses], 0),
+            "marginal_score_mask": pad_right([[0] + [1] * len(r) for r in responses], 0),
+            "index": torch.tensor([int(it["index"]) for it in items], dtype=torch.long),
+        }
+        return batch

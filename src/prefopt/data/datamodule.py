@@ -1,0 +1,148 @@
+"""The Lightning DataModule: tokenizes preference rows once and serves collated pair batches.
+
+`setup()` tokenizes train and eval rows (see tokenize.py), drops pairs whose responses truncation
+leaves empty, and records counts in `self.stats`. Each item carries `index`, its position in its
+tokenized dataset, which the collated batch passes on as keys for cached log-probs. The train loader
+shuffles with a generator seeded by `seed` (same seed, same order); the eval loader keeps order.
+Exercised by `pytest tests/data/test_datamodule.py` and every `python src/run.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from prefopt.data.collate import PairCollator
+from prefopt.data.errors import DataError
+from prefopt.data.tokenize import encode_row, truncate_pair
+
+PROGRESS_MIN_ROWS = 1000
+
+
+class PairDataset(Dataset):
+    """A list of tokenized pairs {prompt_ids, chosen_ids, rejected_ids, index, row}."""
+
+    def __init__(self, items: list[dict[str, Any]]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
+def tokenize_rows(
+    rows: list[dict], tokenizer: Any, max_length: int, max_prompt_length: Optional[int], split: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Tokenize rows; return the kept items (with `index` and source `row`) and this split's stats."""
+    items: list[dict[str, Any]] = []
+    cut_prompts = cut_responses = 0
+    show = len(rows) > PROGRESS_MIN_ROWS
+    for i, row in enumerate(tqdm(rows, desc=f"tokenizing {split}", disable=not show)):
+        try:
+            ids = encode_row(row, tokenizer)
+        except DataError as e:
+            raise DataError(f"{split} row {i}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - e.g. a chat template rejecting the message order
+            raise DataError(f"{split} row {i}: could not tokenize ({type(e).__name__}: {e})") from e
+        item = truncate_pair(*ids, max_length, max_prompt_length, tokenizer.bos_token_id)
+        if item is None:
+            continue
+        cut_prompts += len(item["prompt_ids"]) < len(ids[0])
+        cut_responses += (len(item["chosen_ids"]) < len(ids[1])) + (len(item["rejected_ids"]) < len(ids[2]))
+        items.append({**item, "index": len(items), "row": i})
+    n = max(len(items), 1)
+    stats = {
+        f"{split}/rows": len(rows),
+        f"{split}/pairs": len(items),
+        f"{split}/dropped_truncated": len(rows) - len(items),
+        f"{split}/truncated_prompts": cut_prompts,
+        f"{split}/truncated_responses": cut_responses,
+        f"{split}/mean_prompt_tokens": sum(len(it["prompt_ids"]) for it in items) / n,
+        f"{split}/mean_response_tokens": sum(len(it["chosen_ids"]) + len(it["rejected_ids"]) for it in items) / (2 * n),
+    }
+    return items, stats
+
+
+def start_and_pad_ids(tokenizer: Any) -> tuple[int, int]:
+    """The marginal pass's start token (BOS, else EOS) and the padding id (pad, else EOS, else 0)."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise DataError("the tokenizer has neither a BOS nor an EOS token to start a response-only sequence")
+    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    return start, pad
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Tokenized preference pairs for training (shuffled, seeded) and evaluation (in order)."""
+
+    def __init__(
+        self,
+        train_rows: list[dict],
+        eval_rows: list[dict],
+        tokenizer: Any,
+        max_length: int,
+        max_prompt_length: Optional[int],
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if max_length < 2 or (max_prompt_length is not None and not 1 <= max_prompt_length < max_length):
+            raise DataError(
+                f"need max_length >= 2 and 1 <= max_prompt_length < max_length, got max_length="
+                f"{max_length}, max_prompt_length={max_prompt_length}"
+            )
+        self.train_rows, self.eval_rows = train_rows, eval_rows
+        self.tokenizer = tokenizer
+        self.max_length, self.max_prompt_length = max_length, max_prompt_length
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.seed, self.num_workers = seed, num_workers
+        start, pad = start_and_pad_ids(tokenizer)
+        self.collator = PairCollator(pad_id=pad, start_id=start)
+        self.train_dataset: Optional[PairDataset] = None
+        self.eval_dataset: Optional[PairDataset] = None
+        self.stats: dict[str, Any] = {}
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_dataset is not None:  # tokenize once, whatever the stage
+            return
+        args = (self.tokenizer, self.max_length, self.max_prompt_length)
+        train, train_stats = tokenize_rows(self.train_rows, *args, split="train")
+        evals, eval_stats = tokenize_rows(self.eval_rows, *args, split="eval")
+        if not train:
+            raise DataError(
+                f"all {len(self.train_rows)} train rows were dropped: truncation to max_length="
+                f"{self.max_length} (max_prompt_length={self.max_prompt_length}) left no response tokens"
+            )
+        self.train_dataset, self.eval_dataset = PairDataset(train), PairDataset(evals)
+        self.stats = {**train_stats, **eval_stats}
+
+    def loader(self, split: str, shuffle: bool = False, batch_size: Optional[int] = None) -> DataLoader:
+        """A loader over `split` ("train" or "eval"); in order unless `shuffle` (seeded by `seed`)."""
+        self.setup()
+        dataset = self.train_dataset if split == "train" else self.eval_dataset
+        size = batch_size or (self.batch_size if split == "train" else self.eval_batch_size)
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup()
+        return self.loader("eval") if len(self.eval_dataset) else []

@@ -1,0 +1,158 @@
+"""Validating raw preference rows and bringing them to one shape: {"prompt", "chosen", "rejected"}.
+
+Accepted layouts (those TRL documents for preference data):
+- strings: prompt, chosen and rejected are text;
+- chat: prompt, chosen and rejected are lists of {"role", "content"} messages;
+- implicit prompt: no prompt column; chosen and rejected are whole conversations sharing their first
+  messages, which become the prompt (the longest common prefix), the rest being the responses;
+- UltraFeedback-binarized: a `prompt` string plus chosen/rejected conversations that start with the
+  user turn; the shared leading messages are the prompt, as in the implicit layout.
+Mixed rows are made uniform: a string prompt with message responses becomes a user message, message
+prompts with string responses get assistant messages. A normalized row is all strings or all messages.
+
+Bad rows raise `DataError` naming the source and the row index (0-based); rows that are valid but
+useless for training (chosen == rejected, an empty response) are dropped and counted.
+Exercised by `pytest tests/data/test_rows.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+from prefopt.data.errors import DataError
+
+Messages = list[dict[str, str]]
+DROP_REASONS = ("identical_responses", "empty_response")
+
+
+def _where(source: str, i: int) -> str:
+    return f"{source}, row {i}"
+
+
+def _messages(value: Any, field: str, source: str, i: int) -> Messages:
+    """Check a list of {"role": str, "content": str} and keep only those two keys."""
+    out = []
+    for j, msg in enumerate(value):
+        if not isinstance(msg, dict):
+            raise DataError(
+                f"{_where(source, i)}: malformed message {j} in '{field}': expected an object with "
+                f"'role' and 'content', got {type(msg).__name__}"
+            )
+        for key in ("role", "content"):
+            if key not in msg:
+                raise DataError(f"{_where(source, i)}: malformed message {j} in '{field}': no '{key}' key")
+            if not isinstance(msg[key], str):
+                got = "null" if msg[key] is None else type(msg[key]).__name__
+                raise DataError(
+                    f"{_where(source, i)}: malformed message {j} in '{field}': '{key}' must be a "
+                    f"string, got {got}"
+                )
+        out.append({"role": msg["role"], "content": msg["content"]})
+    return out
+
+
+def _field(row: dict, field: str, source: str, i: int) -> str | Messages:
+    """A field as a string or a validated message list; a missing, null or other value is an error."""
+    if field not in row:
+        raise DataError(
+            f"{_where(source, i)}: missing column '{field}' (columns present: {sorted(row)}); "
+            "expected 'prompt', 'chosen', 'rejected'"
+        )
+    value = row[field]
+    if value is None:
+        raise DataError(f"{_where(source, i)}: field '{field}' is null")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return _messages(value, field, source, i)
+    raise DataError(
+        f"{_where(source, i)}: field '{field}' must be a string or a list of messages, "
+        f"got {type(value).__name__}"
+    )
+
+
+def _common_prefix(a: Messages, b: Messages) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def normalize_row(row: Any, i: int, source: str) -> dict[str, Any]:
+    """One raw row -> {"prompt", "chosen", "rejected"}, all strings or all message lists.
+
+    Raises DataError (naming `source` and row `i`) for missing columns, null or non-string fields,
+    malformed messages, or chat responses with no prompt column and no shared leading messages.
+    """
+    if not isinstance(row, dict):
+        raise DataError(f"{_where(source, i)}: expected an object with prompt/chosen/rejected, got {type(row).__name__}")
+    chosen = _field(row, "chosen", source, i)
+    rejected = _field(row, "rejected", source, i)
+    if isinstance(chosen, str) != isinstance(rejected, str):
+        raise DataError(f"{_where(source, i)}: 'chosen' and 'rejected' must both be strings or both message lists")
+    has_prompt = "prompt" in row
+    if isinstance(chosen, str):
+        if not has_prompt:
+            raise DataError(
+                f"{_where(source, i)}: missing column 'prompt' (columns present: {sorted(row)}); only "
+                "chat rows (message lists) can leave the prompt implicit"
+            )
+        prompt = _field(row, "prompt", source, i)
+        if isinstance(prompt, str):
+            return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        if not prompt:
+            raise DataError(f"{_where(source, i)}: 'prompt' is an empty message list")
+        return {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        }
+
+    prompt = _field(row, "prompt", source, i) if has_prompt else None
+    if isinstance(prompt, list):
+        if not prompt:
+            raise DataError(f"{_where(source, i)}: 'prompt' is an empty message list")
+        k = len(prompt)
+        if chosen[:k] == prompt and rejected[:k] == prompt:  # responses repeat the prompt turns
+            chosen, rejected = chosen[k:], rejected[k:]
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if chosen == rejected:  # identical conversations: split off the last turn; dropped later
+        return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
+    k = _common_prefix(chosen, rejected)
+    if k > 0:
+        return {"prompt": chosen[:k], "chosen": chosen[k:], "rejected": rejected[k:]}
+    if prompt is None:
+        raise DataError(
+            f"{_where(source, i)}: no 'prompt' column and 'chosen'/'rejected' share no leading "
+            "messages, so the prompt cannot be inferred"
+        )
+    return {"prompt": [{"role": "user", "content": prompt}], "chosen": chosen, "rejected": rejected}
+
+
+def _is_empty(response: str | Messages) -> bool:
+    if isinstance(response, str):
+        return not response.strip()
+    return all(not m["content"].strip() for m in response)
+
+
+def drop_reason(row: dict[str, Any]) -> Optional[str]:
+    """Why a normalized row is useless for training (one of DROP_REASONS), or None to keep it."""
+    if _is_empty(row["chosen"]) or _is_empty(row["rejected"]):
+        return "empty_response"
+    if row["chosen"] == row["rejected"]:
+        return "identical_responses"
+    return None
+
+
+def normalize_rows(raw: Iterable[Any], source: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Normalize every row; return the kept rows and how many were dropped for each reason."""
+    rows: list[dict[str, Any]] = []
+    drops = {reason: 0 for reason in DROP_REASONS}
+    for i, raw_row in enumerate(raw):
+        row = normalize_row(raw_row, i, source)
+        reason = drop_reason(row)
+        if reason is None:
+            rows.append(row)
+        else:
+            drops[reason] += 1
+    return rows, drops

@@ -1,0 +1,6 @@
+"""Errors that mean the user must change something; run.py reports them as one message, no traceback."""
+
+
+class ConfigError(ValueError, TypeError):
+    """A bad config: an unknown key, a wrong type or a value out of range. The message names the key,
+    the value and what is allowed. Also a TypeError, like Python's own unknown-keyword error."""

@@ -1,0 +1,23 @@
+"""Preference losses: the interface (`PreferenceLoss`, `PairLogps`, `LossOutput`) and one class per loss.
+
+There is no registry: a config names a class by `_target_` (e.g. `prefopt.losses.DPOLoss`) and its
+keys are the constructor arguments. Add a loss by subclassing `PreferenceLoss` in a new file.
+Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses -q`.
+"""
+
+from prefopt.losses.base import ConfigError, LossOutput, PairLogps, PreferenceLoss
+from prefopt.losses.dpo import DPOLoss
+from prefopt.losses.ipo import IPOLoss
+from prefopt.losses.rmipo import RMiPOLoss
+from prefopt.losses.simpo import SimPOLoss
+
+__all__ = [
+    "ConfigError",
+    "DPOLoss",
+    "IPOLoss",
+    "LossOutput",
+    "PairLogps",
+    "PreferenceLoss",
+    "RMiPOLoss",
+    "SimPOLoss",
+]

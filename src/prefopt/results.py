@@ -1,0 +1,59 @@
+"""Writing `results.json`: status, metrics, resolved config, package versions, seed, wall time.
+
+The file is written atomically (temp file + rename) so a reader never sees half of it. The contract
+is in DESIGN.md; `src/analyze.py` and resumable sweeps read it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("prefopt", "torch", "transformers", "lightning", "hydra-core", "omegaconf", "datasets", "wandb")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def to_jsonable(value: Any) -> Any:
+    """Tensors and numpy scalars to floats; non-finite floats to None (JSON has no NaN)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def write_results(path: str | os.PathLike, **fields: Any) -> Path:
+    """Write `fields` (status, metrics, config, seed, wall_time_s, ...) plus versions as JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"versions": package_versions(), **to_jsonable(fields)}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The parsed results.json, or None if it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,189 @@
+"""One training run, start to finish: check config, build data and policy, fit, evaluate, save.
+
+`src/run.py` (the Hydra app) calls `run(cfg)` for each job. A user's mistake (config, data, model
+location) is reported as one message and recorded in results.json as `failed`; in a multirun the other
+jobs go on. Exercised by `python src/run.py` and `python src/run.py -m loss=dpo,rmipo`.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from prefopt.config import ConfigError, build_component
+from prefopt.results import write_results
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean the user must change something: reported without a traceback."""
+    from prefopt.data.errors import DataError
+    from prefopt.models import ModelLoadError
+
+    return (ConfigError, DataError, ModelLoadError)
+
+
+def _hydra_context() -> tuple[Path, bool, str]:
+    """(output dir, is multirun, sweep group name) of the current Hydra job."""
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = Path(hc.sweep.dir).name if multirun else "single-runs"
+    return Path(hc.runtime.output_dir), multirun, group
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if hasattr(v, "item") or isinstance(v, (int, float))}
+
+
+def print_summary(metrics: dict[str, float], output_dir: Path) -> None:
+    keys = [k for k in metrics if k.startswith(("eval/", "val/loss", "val/rewards/accuracies", "train/loss"))]
+    width = max((len(k) for k in keys), default=10)
+    print("\n" + "-" * (width + 14))
+    for key in keys:
+        print(f"{key:<{width}}  {metrics[key]:>10.4f}")
+    print("-" * (width + 14))
+    print(f"results: {output_dir / 'results.json'}\npolicy:  {output_dir / 'model'}\n")
+
+
+def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dict[str, Any]) -> dict[str, float]:
+    """The run itself; fills `state` (loggers, info) so the caller can clean up and record."""
+    import lightning as L
+
+    from prefopt.data.datamodule import PreferenceDataModule
+    from prefopt.loggers import log_summary, make_loggers, run_identity
+    from prefopt.models import load_policy
+    from prefopt.module import PreferenceModule, frozen_copy
+
+    torch.set_num_threads(int(cfg.threads))
+    loss = build_component(cfg.loss, "loss")  # before any model loads: a bad key costs seconds
+    source = build_component(cfg.data.source, "data.source")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    cache_root = Path(cfg.paths.cache_dir)
+    artifacts = source.build(cfg.model, cache_root)
+    state["info"].update(artifacts.info)
+    policy, tokenizer = load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed)
+    data = PreferenceDataModule(
+        artifacts.train_rows,
+        artifacts.eval_rows,
+        tokenizer,
+        max_length=cfg.data.max_length,
+        max_prompt_length=cfg.data.max_prompt_length,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        seed=cfg.seed,
+    )
+    module = PreferenceModule(policy, loss, **OmegaConf.to_container(cfg.optim, resolve=True))
+    start_policy = module.reference
+    if start_policy is None and artifacts.oracle is not None:
+        start_policy = frozen_copy(policy)
+
+    name, tags = run_identity(cfg, loss.name, cfg.data.name)
+    state["loggers"] = loggers = make_loggers(cfg, output_dir, name, group, tags)
+    callbacks = []
+    if cfg.checkpoint.enabled:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(output_dir / "checkpoints"),
+                save_last=True,
+                save_top_k=0,
+                every_n_train_steps=cfg.checkpoint.every_n_train_steps or None,
+            )
+        )
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs.pop("_target_", None)
+    if trainer_kwargs.get("val_check_interval") is None and trainer_kwargs.get("max_steps", -1) > 0:
+        # validate once, after the last optimizer step (counted in batches across epochs)
+        trainer_kwargs["val_check_interval"] = trainer_kwargs["max_steps"] * trainer_kwargs.get("accumulate_grad_batches", 1)
+    trainer = L.Trainer(
+        **trainer_kwargs,
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_checkpointing=bool(callbacks),
+        default_root_dir=str(output_dir),
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    metrics = _scalar_metrics(trainer.callback_metrics)
+    state["info"]["data"] = data.stats
+
+    samples: list[dict] = []
+    if artifacts.oracle is not None and artifacts.eval_prompts:
+        from prefopt.eval import evaluate
+
+        gen = dict(artifacts.generation)
+        eval_metrics, samples = evaluate(
+            module.policy.eval(),
+            start_policy,
+            tokenizer,
+            artifacts.eval_prompts,
+            artifacts.oracle,
+            seed=cfg.seed,
+            batch_size=cfg.eval.batch_size,
+            **gen,
+        )
+        metrics.update(_scalar_metrics(eval_metrics))
+    state["samples"] = samples[: cfg.eval.n_samples_logged]
+    log_summary(loggers, metrics, state["samples"])
+    module.policy.save_pretrained(output_dir / "model")
+    tokenizer.save_pretrained(output_dir / "model")
+    return metrics
+
+
+def run(cfg: DictConfig) -> dict[str, float] | None:
+    """Run one job and write its results.json; returns the metrics (None when it failed)."""
+    from prefopt.loggers import finish_loggers
+
+    started = time.time()
+    output_dir, multirun, group = _hydra_context()
+    state: dict[str, Any] = {"loggers": [], "info": {}, "samples": []}
+    record = dict(config=OmegaConf.to_container(cfg, resolve=False), seed=cfg.seed)
+    try:
+        record["config"] = OmegaConf.to_container(cfg, resolve=True)
+        metrics = train_and_evaluate(cfg, output_dir, group, state)
+        write_results(
+            output_dir / "results.json",
+            status="completed",
+            metrics=metrics,
+            samples=state["samples"],
+            info=state["info"],
+            wall_time_s=time.time() - started,
+            **record,
+        )
+        print_summary(metrics, output_dir)
+        return metrics
+    except BaseException as err:
+        known = isinstance(err, user_errors())
+        message = str(err) if known else f"{type(err).__name__}: {err}"
+        write_results(
+            output_dir / "results.json",
+            status="failed",
+            error=message,
+            traceback=None if known else traceback.format_exc(),
+            metrics={},
+            info=state["info"],
+            wall_time_s=time.time() - started,
+            **record,
+        )
+        if known:
+            print(f"\nerror: {message}\n", file=sys.stderr)
+            if not multirun:
+                raise SystemExit(1) from None
+            return None
+        if multirun and isinstance(err, Exception):
+            traceback.print_exc()
+            return None
+        raise
+    finally:
+        finish_loggers(state["loggers"])
+        state.clear()
+        gc.collect()

@@ -1,0 +1,21 @@
+"""Test-wide settings: offline hubs and W&B, one torch thread, artifacts cached in a session folder."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory) -> Path:
+    """One artifact cache for the whole session, so tests share the small built artifacts."""
+    return tmp_path_factory.mktemp("prefopt-cache")
