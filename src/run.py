@@ -18,6 +18,9 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig):
     from prefopt.runner import run
@@ -26,5 +29,17 @@ def main(cfg: DictConfig):
     return (metrics or {}).get(cfg.get("objective", "eval/oracle_reward"))
 
 
+def precheck() -> None:
+    """Fail in milliseconds, naming the valid keys, on `loss.<key>=` overrides the loss lacks."""
+    from prefopt.config import ConfigError, precheck_group_overrides
+
+    try:
+        precheck_group_overrides(sys.argv[1:], CONF_DIR, "loss", default="rmipo")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
+    precheck()
     main()

@@ -8,6 +8,7 @@ constructor's ValueError into a `ConfigError` that names the config key. Used by
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_class
@@ -59,3 +60,32 @@ def build_component(node: DictConfig, group: str, **overrides: Any) -> Any:
         return cls(**kwargs)
     except ValueError as err:
         raise ConfigError(f"{group}: {err}") from None
+
+
+def _chosen_options(argv: list[str], group: str, default: str) -> list[str]:
+    for arg in argv:
+        if arg.startswith(f"{group}="):
+            return [o.strip() for o in arg.split("=", 1)[1].split(",") if o.strip()]
+    return [default]
+
+
+def precheck_group_overrides(argv: list[str], conf_dir: str | Path, group: str, default: str) -> None:
+    """Name the valid keys when a command-line override sets a key the chosen component lacks.
+
+    Hydra would reject `loss=rmipo loss.gamma_beta_ratio=0.5` too, but only with "could not override";
+    this says which loss, and which keys it has. Runs before composing, so it costs milliseconds.
+    """
+    for option in _chosen_options(argv, group, default):
+        path = Path(conf_dir) / group / f"{option}.yaml"
+        if not path.exists():
+            return  # Hydra reports an unknown option with the list of available ones
+        node = OmegaConf.load(path)
+        valid = constructor_keys(component_class(node, group)) if "_target_" in node else list(node.keys())
+        for arg in argv:
+            key = arg.lstrip("+~").split("=", 1)[0]
+            if "=" in arg and key.startswith(f"{group}.") and "." not in key[len(group) + 1 :]:
+                name = key[len(group) + 1 :]
+                if name not in valid and name != "_target_":
+                    raise ConfigError(
+                        f"{key} is not a setting of {group}={option}; valid keys: {', '.join(valid)}"
+                    )

@@ -40,9 +40,9 @@ def _sample_batch(
     for _ in range(max_new_tokens):
         result = model(
             input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-            past_key_values=past, use_cache=True,
+            cache=past, use_cache=True, logits_to_keep=1,
         )
-        past = result.past_key_values
+        past = result.cache  # transformers 5 names the KV cache `cache` (was past_key_values)
         logits = result.logits[:, -1, :].float()
         if temperature > 0:
             probs = torch.softmax(logits / temperature, dim=-1)

@@ -1,0 +1,47 @@
+"""Collation (prefopt.data.collate): the contract's batch layout on a hand-made batch."""
+
+import torch
+
+from prefopt.data.collate import PairCollator, pad_right
+
+torch.set_num_threads(1)
+
+PAD, START = 0, 1
+ITEMS = [
+    {"prompt_ids": [5, 6], "chosen_ids": [7, 8, 2], "rejected_ids": [9, 2], "index": 3},
+    {"prompt_ids": [5], "chosen_ids": [7, 2], "rejected_ids": [9, 9, 9, 2], "index": 0},
+]
+
+
+def test_pad_right():
+    assert pad_right([[1, 2], [3]], -1).tolist() == [[1, 2], [3, -1]]
+    assert pad_right([[1]], 0, length=3).tolist() == [[1, 0, 0]]
+
+
+def test_layout_chosen_rows_first_then_rejected():
+    b = PairCollator(pad_id=PAD, start_id=START)(ITEMS)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 2], [5, 7, 2, 0, 0], [5, 6, 9, 2, 0], [5, 9, 9, 9, 2]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    # exactly the response tokens
+    assert b["score_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 1, 1, 1, 1]]
+    # [start] + response, padded to the longest response (4) + 1
+    assert b["marginal_input_ids"].tolist() == [[1, 7, 8, 2, 0], [1, 7, 2, 0, 0], [1, 9, 2, 0, 0], [1, 9, 9, 9, 2]]
+    assert b["marginal_attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    # exactly the response tokens after the start token
+    assert b["marginal_score_mask"].tolist() == [[0, 1, 1, 1, 0], [0, 1, 1, 0, 0], [0, 1, 1, 0, 0], [0, 1, 1, 1, 1]]
+    assert b["index"].tolist() == [3, 0]
+    assert all(t.dtype == torch.long for t in b.values())
+
+
+def test_masks_select_the_response_tokens_when_scored():
+    """response_logps counts exactly the response tokens through both masks."""
+    from prefopt.data.tokenizer_builder import build_bpe_tokenizer
+    from prefopt.logps import response_logps
+    from prefopt.models import build_tiny
+
+    model = build_tiny(build_bpe_tokenizer(["a b c"], vocab_size=300), hidden_size=16, intermediate_size=32)
+    b = PairCollator(pad_id=PAD, start_id=START)(ITEMS)
+    with torch.no_grad():
+        _, n = response_logps(model, b["input_ids"], b["attention_mask"], b["score_mask"])
+        _, m = response_logps(model, b["marginal_input_ids"], b["marginal_attention_mask"], b["marginal_score_mask"])
+    assert n.tolist() == [3, 2, 2, 4] and m.tolist() == [3, 2, 2, 4]

@@ -1,0 +1,43 @@
+"""Small builders shared by tests: a tiny model with a fixed vocabulary and hand-made batches."""
+
+
+import torch
+
+from prefopt.models import build_tiny
+
+VOCAB = 32
+PAD, BOS, EOS = 0, 1, 2
+
+
+def tiny_model(seed: int = 0, layers: int = 1):
+    tok = type("Tok", (), {"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD, "__len__": lambda self: VOCAB})()
+    return build_tiny(tok, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64, seed=seed)
+
+
+def pair_batch(pairs):
+    """Collate [(prompt, chosen, rejected), ...] token lists by hand into the module's batch layout."""
+    rows = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
+    L = max(len(p) + len(y) for p, y in rows)
+    R = max(len(y) for _, y in rows) + 1
+    n = len(rows)
+    batch = {k: torch.zeros(n, L, dtype=torch.long) for k in ("input_ids", "attention_mask", "score_mask")}
+    for k in ("marginal_input_ids", "marginal_attention_mask", "marginal_score_mask"):
+        batch[k] = torch.zeros(n, R, dtype=torch.long)
+    for i, (p, y) in enumerate(rows):
+        seq = p + y
+        batch["input_ids"][i, : len(seq)] = torch.tensor(seq)
+        batch["attention_mask"][i, : len(seq)] = 1
+        batch["score_mask"][i, len(p) : len(seq)] = 1
+        batch["marginal_input_ids"][i, : len(y) + 1] = torch.tensor([BOS] + y)
+        batch["marginal_attention_mask"][i, : len(y) + 1] = 1
+        batch["marginal_score_mask"][i, 1 : len(y) + 1] = 1
+    batch["index"] = torch.arange(len(pairs))
+    return batch
+
+
+PAIRS = [
+    ([BOS, 5, 6, 7], [8, 9, EOS], [10, EOS]),
+    ([BOS, 11], [12, 13, 14, 15, EOS], [16, 17, EOS]),
+    ([BOS, 3, 4, 5, 6, 7, 8], [EOS], [20, 21, 22, EOS]),
+]
