@@ -61,6 +61,9 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     from prefopt.loggers import log_summary, make_loggers, run_identity
     from prefopt.models import load_policy
     from prefopt.module import PreferenceModule, frozen_copy
+    from prefopt.progress import StepProgressBar, quiet_lightning
+
+    quiet_lightning()
 
     torch.set_num_threads(int(cfg.threads))
     loss = build_component(cfg.loss, "loss")  # before any model loads: a bad key costs seconds
@@ -88,7 +91,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
 
     name, tags = run_identity(cfg, loss.name, cfg.data.name)
     state["loggers"] = loggers = make_loggers(cfg, output_dir, name, group, tags)
-    callbacks = []
+    callbacks: list[Any] = [StepProgressBar(f"{loss.name} on {cfg.data.name}")]
     if cfg.checkpoint.enabled:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -109,7 +112,8 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
         **trainer_kwargs,
         logger=loggers or False,
         callbacks=callbacks,
-        enable_checkpointing=bool(callbacks),
+        enable_checkpointing=cfg.checkpoint.enabled,
+        enable_progress_bar=False,
         default_root_dir=str(output_dir),
     )
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)

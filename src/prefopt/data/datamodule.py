@@ -94,10 +94,10 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ):
         super().__init__()
-        if max_length < 2 or (max_prompt_length is not None and not 1 <= max_prompt_length < max_length):
+        if max_length < 2 or (max_prompt_length is not None and max_prompt_length < 1):
             raise DataError(
-                f"need max_length >= 2 and 1 <= max_prompt_length < max_length, got max_length="
-                f"{max_length}, max_prompt_length={max_prompt_length}"
+                f"need max_length >= 2 and max_prompt_length >= 1 (or None), got max_length={max_length}, "
+                f"max_prompt_length={max_prompt_length}"
             )
         self.train_rows, self.eval_rows = train_rows, eval_rows
         self.tokenizer = tokenizer
