@@ -147,5 +147,20 @@ def test_offline_hub_id_says_how_to_use_a_local_copy(monkeypatch):
     with pytest.raises(DataError) as err:
         load_rows("no-such-org/no-such-dataset", split="train_prefs")
     msg = str(err.value)
-    assert msg.startswith("no-such-org/no-such-dataset: not a local file or folder, and the Hugging Face Hub is offline")
+    assert msg.startswith("no-such-org/no-such-dataset: not a local file or folder, and the Hugging Face Hub")
+    assert "offline (HF_HUB_OFFLINE=1)" in msg
     assert "set data.path=DIR" in msg and "save_to_disk" in msg
+
+
+def test_folder_of_data_files_like_a_hub_snapshot(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "snap" / "data").mkdir(parents=True)
+    for split, n in (("train_prefs", 3), ("test_prefs", 2)):
+        table = pa.Table.from_pylist(ultrafeedback_like(n))
+        pq.write_table(table, tmp_path / "snap" / "data" / f"{split}-00000-of-00001.parquet")
+    assert len(load_rows(tmp_path / "snap", split="train_prefs")) == 3
+    assert len(load_rows(tmp_path / "snap", split="test_prefs")) == 2
+    with pytest.raises(DataError, match=r"snap: could not read this folder with datasets .*Unknown split"):
+        load_rows(tmp_path / "snap", split="dev")

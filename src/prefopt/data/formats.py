@@ -76,7 +76,8 @@ def _read_json(path: Path, split: Optional[str], max_rows: Optional[int]) -> lis
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: broken JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+        hint = " (one object per line is JSON Lines: name the file .jsonl)" if e.msg == "Extra data" else ""
+        raise DataError(f"{path}: broken JSON ({e.msg} at line {e.lineno}, column {e.colno}){hint}") from None
     if isinstance(data, dict):
         if not data or not all(isinstance(v, list) for v in data.values()):
             raise DataError(f"{path}: a JSON object must map split names to lists of rows")

@@ -85,7 +85,8 @@ def normalize_row(row: Any, i: int, source: str) -> dict[str, Any]:
     malformed messages, or chat responses with no prompt column and no shared leading messages.
     """
     if not isinstance(row, dict):
-        raise DataError(f"{_where(source, i)}: expected an object with prompt/chosen/rejected, got {type(row).__name__}")
+        kind = type(row).__name__
+        raise DataError(f"{_where(source, i)}: expected an object with prompt/chosen/rejected, got {kind}")
     chosen = _field(row, "chosen", source, i)
     rejected = _field(row, "rejected", source, i)
     if isinstance(chosen, str) != isinstance(rejected, str):

@@ -51,6 +51,16 @@ def build_sort_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def sft_sequences(
+    tok: PreTrainedTokenizerFast, digits: list[str], responses: list[str], dropped: list[bool]
+) -> list[list[int]]:
+    """Token ids of SFT examples: BOS digits '>' response EOS, or BOS '>' response EOS if dropped."""
+    prompts = [prompt_string("" if drop else x) for x, drop in zip(digits, dropped)]
+    prompt_ids = tok(prompts)["input_ids"]
+    response_ids = tok(responses, add_special_tokens=False)["input_ids"]
+    return [p + r + [tok.eos_token_id] for p, r in zip(prompt_ids, response_ids)]
+
+
 def tiny_architecture(model_cfg: Any) -> dict[str, Any]:
     """The `tiny` block of the model config as a plain dict; only model=tiny is supported."""
     if model_cfg is None:
@@ -101,11 +111,11 @@ class SortTask(Task):
     def __init__(
         self,
         n_sft: int = 20000,
-        sft_steps: int = 1500,
+        sft_steps: int = 700,
         sft_lr: float = 3e-3,
         sft_batch_size: int = 64,
         prompt_drop: float = 0.1,
-        n_pair_prompts: int = 4000,
+        n_pair_prompts: int = 8000,
         samples_per_prompt: int = 2,
         judge_bias: float = 0.3,
         judge_temperature: float = 0.1,
@@ -170,10 +180,7 @@ class SortTask(Task):
         digits = make_prompts(self.n_sft, rng, self.min_digits, self.max_digits)
         demos = [demonstration(x, rng) for x in digits]
         dropped = [rng.random() < self.prompt_drop for _ in digits]
-        prompts = [prompt_string("" if drop else x) for x, drop in zip(digits, dropped)]
-        prompt_ids = tok(prompts)["input_ids"]
-        response_ids = tok([r for r, _ in demos], add_special_tokens=False)["input_ids"]
-        sequences = [p + r + [tok.eos_token_id] for p, r in zip(prompt_ids, response_ids)]
+        sequences = sft_sequences(tok, digits, [r for r, _ in demos], dropped)
         model = build_tiny(tok, **{"seed": self.seed, **arch})
         eval_prompts = self.eval_prompts()
         init_reward = self._policy_reward(model, tok, eval_prompts)
