@@ -31,7 +31,7 @@ def _sample_batch(
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):  # left padding: every prompt ends at the last column
         input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, :] = 1
+        mask[i, width - len(p):] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)

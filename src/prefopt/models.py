@@ -122,9 +122,16 @@ def gguf_to_folder(gguf_path: Path, cache_root: Path) -> Path:
 
     def build(out: Path) -> None:
         print(f"[prefopt] converting {gguf_path.name} to a safetensors folder (once)")
-        model, tokenizer = _from_pretrained(str(gguf_path.parent), torch.float32, gguf_file=gguf_path.name)
+        loaded, tokenizer = _from_pretrained(str(gguf_path.parent), torch.float32, gguf_file=gguf_path.name)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        # transformers marks a GGUF-loaded model as quantized and refuses to save it; the weights are
+        # already dequantized, so copy them into a plain model of the same architecture.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
 

@@ -48,7 +48,7 @@ def print_summary(metrics: dict[str, float], output_dir: Path) -> None:
     width = max((len(k) for k in keys), default=10)
     print("\n" + "-" * (width + 14))
     for key in keys:
-        print(f"{key:<{width}}  {metrics[key]:>10.4f}")
+        print(f"{key:<{width}}  {metrics[key]:>10.4g}")
     print("-" * (width + 14))
     print(f"results: {output_dir / 'results.json'}\npolicy:  {output_dir / 'model'}\n")
 

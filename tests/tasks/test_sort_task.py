@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import prefopt.tasks.sort as sort_module
@@ -55,6 +56,8 @@ def test_sft_trains_eos_even_when_pad_is_eos():
 
 
 def test_model_config_must_be_tiny():
+    assert tiny_architecture(OmegaConf.create(TINY)) == TINY["tiny"]
+    assert tiny_architecture(None) == {}
     with pytest.raises(ValueError, match="trains its own tiny policy"):
         tiny_architecture({"name": "smollm2_135m"})
     with pytest.raises(ValueError, match="samples_per_prompt must be at least 2"):

@@ -16,7 +16,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-import torch
+from omegaconf import OmegaConf
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -71,9 +71,7 @@ def tiny_architecture(model_cfg: Any) -> dict[str, Any]:
             f"the sort task trains its own tiny policy for now: use model=tiny (got model {name!r})"
         )
     tiny = model_cfg.get("tiny") or {}
-    if hasattr(tiny, "_metadata"):  # an OmegaConf node
-        from omegaconf import OmegaConf
-
+    if OmegaConf.is_config(tiny):
         tiny = OmegaConf.to_container(tiny, resolve=True)
     return dict(tiny)
 
