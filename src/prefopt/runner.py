@@ -83,6 +83,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
         batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
         seed=cfg.seed,
+        marginal_prefix=artifacts.marginal_prefix,
     )
     module = PreferenceModule(policy, loss, **OmegaConf.to_container(cfg.optim, resolve=True))
     start_policy = module.reference

@@ -19,7 +19,7 @@ def test_pad_right():
 
 
 def test_layout_chosen_rows_first_then_rejected():
-    b = PairCollator(pad_id=PAD, start_id=START)(ITEMS)
+    b = PairCollator(pad_id=PAD, start_ids=[START])(ITEMS)
     assert b["input_ids"].tolist() == [[5, 6, 7, 8, 2], [5, 7, 2, 0, 0], [5, 6, 9, 2, 0], [5, 9, 9, 9, 2]]
     assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
     # exactly the response tokens
@@ -40,8 +40,15 @@ def test_masks_select_the_response_tokens_when_scored():
     from prefopt.models import build_tiny
 
     model = build_tiny(build_bpe_tokenizer(["a b c"], vocab_size=300), hidden_size=16, intermediate_size=32)
-    b = PairCollator(pad_id=PAD, start_id=START)(ITEMS)
+    b = PairCollator(pad_id=PAD, start_ids=[START])(ITEMS)
     with torch.no_grad():
         _, n = response_logps(model, b["input_ids"], b["attention_mask"], b["score_mask"])
         _, m = response_logps(model, b["marginal_input_ids"], b["marginal_attention_mask"], b["marginal_score_mask"])
     assert n.tolist() == [3, 2, 2, 4] and m.tolist() == [3, 2, 2, 4]
+
+
+def test_marginal_start_marker_is_not_scored():
+    """A task's "no prompt" marker (sort: '>') goes after the start token and is never scored."""
+    b = PairCollator(pad_id=PAD, start_ids=[START, 14])(ITEMS[:1])
+    assert b["marginal_input_ids"].tolist() == [[1, 14, 7, 8, 2], [1, 14, 9, 2, 0]]
+    assert b["marginal_score_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 0, 1, 1, 0]]

@@ -3,8 +3,10 @@
 For B pairs, rows 0..B-1 are prompt+chosen and rows B..2B-1 prompt+rejected:
 - input_ids, attention_mask, score_mask (2B, L): right-padded; score_mask is 1 exactly at the
   response tokens;
-- marginal_input_ids, marginal_attention_mask, marginal_score_mask (2B, R+1): [start_id] + response,
-  no prompt, right-padded to the longest response; the score mask is 1 at columns 1..len(response);
+- marginal_input_ids, marginal_attention_mask, marginal_score_mask (2B, S+R): start_ids + response,
+  no prompt, right-padded to the longest response; start_ids is the model's start token (BOS, else EOS)
+  plus the task's "no prompt" marker if it has one (S tokens); the score mask is 1 exactly at the
+  response tokens, so every response token is scored, the first included;
 - index (B,): each pair's index in its dataset (keys for cached reference/marginal log-probs).
 Exercised by `pytest tests/data/test_collate.py`.
 """
@@ -29,21 +31,24 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_value: int, length: int | None 
 class PairCollator:
     """Callable collate_fn: list of {prompt_ids, chosen_ids, rejected_ids, index} -> batch dict."""
 
-    def __init__(self, pad_id: int, start_id: int):
+    def __init__(self, pad_id: int, start_ids: Sequence[int]):
         self.pad_id = int(pad_id)
-        self.start_id = int(start_id)
+        self.start_ids = [int(t) for t in start_ids]
+        if not self.start_ids:
+            raise ValueError("the marginal pass needs at least one start token")
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
         prompts = [it["prompt_ids"] for it in items] * 2
         responses = [it["chosen_ids"] for it in items] + [it["rejected_ids"] for it in items]
         full = [list(p) + list(r) for p, r in zip(prompts, responses)]
+        start = self.start_ids
         batch = {
             "input_ids": pad_right(full, self.pad_id),
             "attention_mask": pad_right([[1] * len(s) for s in full], 0),
             "score_mask": pad_right([[0] * len(p) + [1] * len(r) for p, r in zip(prompts, responses)], 0),
-            "marginal_input_ids": pad_right([[self.start_id] + list(r) for r in responses], self.pad_id),
-            "marginal_attention_mask": pad_right([[1] * (len(r) + 1) for r in responses], 0),
-            "marginal_score_mask": pad_right([[0] + [1] * len(r) for r in responses], 0),
+            "marginal_input_ids": pad_right([start + list(r) for r in responses], self.pad_id),
+            "marginal_attention_mask": pad_right([[1] * (len(start) + len(r)) for r in responses], 0),
+            "marginal_score_mask": pad_right([[0] * len(start) + [1] * len(r) for r in responses], 0),
             "index": torch.tensor([int(it["index"]) for it in items], dtype=torch.long),
         }
         return batch

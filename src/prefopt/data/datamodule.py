@@ -92,6 +92,7 @@ class PreferenceDataModule(L.LightningDataModule):
         eval_batch_size: int,
         seed: int,
         num_workers: int = 0,
+        marginal_prefix: str = "",
     ):
         super().__init__()
         if max_length < 2 or (max_prompt_length is not None and max_prompt_length < 1):
@@ -105,7 +106,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.num_workers = seed, num_workers
         start, pad = start_and_pad_ids(tokenizer)
-        self.collator = PairCollator(pad_id=pad, start_id=start)
+        marker = tokenizer(marginal_prefix, add_special_tokens=False)["input_ids"] if marginal_prefix else []
+        self.collator = PairCollator(pad_id=pad, start_ids=[start, *marker])
         self.train_dataset: Optional[PairDataset] = None
         self.eval_dataset: Optional[PairDataset] = None
         self.stats: dict[str, Any] = {}

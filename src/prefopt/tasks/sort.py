@@ -277,7 +277,6 @@ class SortTask(Task):
             "sort/sft_oracle_reward": sft_meta["sft_oracle_reward"],
             "sort/init_oracle_reward": sft_meta["init_oracle_reward"],
             "sort/pair_sample_oracle_reward": meta["sample_oracle_reward"],
-            "sort/marginal_prompt": SEPARATOR,
         }
         return TaskArtifacts(
             train_rows=train_rows,
@@ -287,4 +286,5 @@ class SortTask(Task):
             oracle=SortOracle(),
             generation={"max_new_tokens": self.max_new_tokens, "temperature": 1.0},
             info=info,
+            marginal_prefix=SEPARATOR,  # prompt-less SFT examples were BOS '>' response EOS
         )
