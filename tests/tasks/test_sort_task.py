@@ -58,7 +58,7 @@ def test_sft_trains_eos_even_when_pad_is_eos():
 def test_model_config_must_be_tiny():
     assert tiny_architecture(OmegaConf.create(TINY)) == TINY["tiny"]
     assert tiny_architecture(None) == {}
-    with pytest.raises(ValueError, match="trains its own tiny policy"):
+    with pytest.raises(ValueError, match="needs a model config with a `tiny` architecture block.*smollm2_135m"):
         tiny_architecture({"name": "smollm2_135m"})
     with pytest.raises(ValueError, match="samples_per_prompt must be at least 2"):
         SortTask(samples_per_prompt=1)

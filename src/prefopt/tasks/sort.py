@@ -21,6 +21,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from prefopt.cache import cached_dir, fingerprint
+from prefopt.errors import ConfigError
 from prefopt.generation import sample
 from prefopt.models import build_tiny
 from prefopt.sft import train_causal_lm
@@ -65,12 +66,13 @@ def tiny_architecture(model_cfg: Any) -> dict[str, Any]:
     """The `tiny` block of the model config as a plain dict; only model=tiny is supported."""
     if model_cfg is None:
         return {}
-    name = model_cfg.get("name")
-    if name != "tiny":
-        raise ValueError(
-            f"the sort task trains its own tiny policy for now: use model=tiny (got model {name!r})"
+    tiny = model_cfg.get("tiny")
+    if not tiny:
+        raise ConfigError(
+            "data=sort trains its own policy from scratch and needs a model config with a `tiny` "
+            f"architecture block (model=tiny); got model={model_cfg.get('name')!r}. To train another "
+            "model on sort pairs, use data=jsonl data.path=<the task's pairs.jsonl in the cache>."
         )
-    tiny = model_cfg.get("tiny") or {}
     if OmegaConf.is_config(tiny):
         tiny = OmegaConf.to_container(tiny, resolve=True)
     return dict(tiny)
