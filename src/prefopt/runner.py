@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config import ConfigError, build_component
-from prefopt.results import write_results
+from prefopt.results import read_results, write_results
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -61,7 +61,9 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     from prefopt.loggers import log_summary, make_loggers, run_identity
     from prefopt.models import load_policy
     from prefopt.module import PreferenceModule, frozen_copy
-    from prefopt.progress import StepProgressBar, quiet_lightning
+    from prefopt.logp_cache import attach_caches
+    from prefopt.progress import quiet_lightning
+    from prefopt.trainer_factory import build_trainer
 
     quiet_lightning()
 
@@ -90,33 +92,11 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     if start_policy is None and artifacts.oracle is not None:
         start_policy = frozen_copy(policy)
 
+    state["info"].update(attach_caches(cfg, module, data, cache_root))
+
     name, tags = run_identity(cfg, loss.name, cfg.data.name)
     state["loggers"] = loggers = make_loggers(cfg, output_dir, name, group, tags)
-    callbacks: list[Any] = [StepProgressBar(f"{loss.name} on {cfg.data.name}")]
-    if cfg.checkpoint.enabled:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(output_dir / "checkpoints"),
-                save_last=True,
-                save_top_k=0,
-                every_n_train_steps=cfg.checkpoint.every_n_train_steps or None,
-            )
-        )
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_kwargs.pop("_target_", None)
-    if trainer_kwargs.get("val_check_interval") is None and trainer_kwargs.get("max_steps", -1) > 0:
-        # validate once, after the last optimizer step (counted in batches across epochs)
-        trainer_kwargs["val_check_interval"] = trainer_kwargs["max_steps"] * trainer_kwargs.get("accumulate_grad_batches", 1)
-    trainer = L.Trainer(
-        **trainer_kwargs,
-        logger=loggers or False,
-        callbacks=callbacks,
-        enable_checkpointing=cfg.checkpoint.enabled,
-        enable_progress_bar=False,
-        default_root_dir=str(output_dir),
-    )
+    trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}")
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     metrics = _scalar_metrics(trainer.callback_metrics)
     state["info"]["data"] = data.stats
@@ -150,6 +130,10 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
 
     started = time.time()
     output_dir, multirun, group = _hydra_context()
+    previous = read_results(output_dir / "results.json")
+    if previous and previous.get("status") == "completed":
+        print(f"[prefopt] {output_dir} already completed: skipping (its results are kept)")
+        return previous.get("metrics", {})
     state: dict[str, Any] = {"loggers": [], "info": {}, "samples": []}
     record = dict(config=OmegaConf.to_container(cfg, resolve=False), seed=cfg.seed)
     try:
