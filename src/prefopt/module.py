@@ -92,9 +92,16 @@ class PreferenceModule(L.LightningModule):
             )
         return PairLogps(**fields)
 
+    def progress(self) -> float:
+        """Share of training done: global step / max_steps (0 without a step-limited trainer)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.max_steps or trainer.max_steps <= 0:
+            return 0.0
+        return min(1.0, trainer.global_step / trainer.max_steps)
+
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         logps = self.pair_logps(batch)
-        out = self.loss_fn(logps)
+        out = self.loss_fn(logps, progress=self.progress())
         loss = out.losses.mean()
         margins = out.chosen_rewards - out.rejected_rewards
         metrics = {

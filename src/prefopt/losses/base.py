@@ -110,8 +110,12 @@ class PreferenceLoss(ABC):
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())
         return f"{type(self).__name__}({args})"
 
-    def __call__(self, logps: PairLogps) -> LossOutput:
-        """Check that the fields this loss needs are filled, then compute the loss."""
+    def __call__(self, logps: PairLogps, progress: float = 0.0) -> LossOutput:
+        """Check that the fields this loss needs are filled, then compute the loss.
+
+        `progress` is the share of training done (0 at the first step, 1 at the last), for losses whose
+        settings follow a schedule; the others ignore it.
+        """
         needed = []
         if self.needs_reference:
             needed += ["ref_chosen", "ref_rejected"]
@@ -120,10 +124,10 @@ class PreferenceLoss(ABC):
         missing = [f for f in needed if getattr(logps, f) is None]
         if missing:
             raise ValueError(f"{type(self).__name__} needs PairLogps fields {missing}, which are None")
-        return self.compute(logps)
+        return self.compute(logps, progress)
 
     @abstractmethod
-    def compute(self, logps: PairLogps) -> LossOutput:
+    def compute(self, logps: PairLogps, progress: float = 0.0) -> LossOutput:
         """Per-pair losses, detached rewards and scalar metrics for a batch."""
 
 

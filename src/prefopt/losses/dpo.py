@@ -21,7 +21,7 @@ class DPOLoss(PreferenceLoss):
         self.beta = float(beta)
         self.label_smoothing = float(label_smoothing)
 
-    def compute(self, logps: PairLogps) -> LossOutput:
+    def compute(self, logps: PairLogps, progress: float = 0.0) -> LossOutput:
         # Reference log-probs are constants: never let a gradient reach them.
         chosen_ratio = logps.chosen - logps.ref_chosen.detach()
         rejected_ratio = logps.rejected - logps.ref_rejected.detach()

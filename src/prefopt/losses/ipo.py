@@ -19,7 +19,7 @@ class IPOLoss(PreferenceLoss):
         check("IPOLoss", "beta", beta, lambda v: v > 0, "a number > 0")
         self.beta = float(beta)
 
-    def compute(self, logps: PairLogps) -> LossOutput:
+    def compute(self, logps: PairLogps, progress: float = 0.0) -> LossOutput:
         # Reference log-probs are constants: never let a gradient reach them.
         chosen_ratio = logps.chosen - logps.ref_chosen.detach()
         rejected_ratio = logps.rejected - logps.ref_rejected.detach()

@@ -60,7 +60,7 @@ class RMiPOLoss(PreferenceLoss):
         """g = g_min + (g_max - g_min)·exp(-max(0, δ)): g_max for δ <= 0, tending to g_min as δ grows."""
         return self.gamma_min + (self.gamma_max - self.gamma_min) * torch.exp(-delta.clamp(min=0))
 
-    def compute(self, logps: PairLogps) -> LossOutput:
+    def compute(self, logps: PairLogps, progress: float = 0.0) -> LossOutput:
         chosen_avg = length_average(logps.chosen, logps.chosen_tokens)
         rejected_avg = length_average(logps.rejected, logps.rejected_tokens)
         # The marginal pass scores the same response tokens; fall back to those counts if not given.

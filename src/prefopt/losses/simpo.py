@@ -43,7 +43,7 @@ class SimPOLoss(PreferenceLoss):
         """The target reward margin γ = β·gamma_beta_ratio."""
         return self.beta * self.gamma_beta_ratio
 
-    def compute(self, logps: PairLogps) -> LossOutput:
+    def compute(self, logps: PairLogps, progress: float = 0.0) -> LossOutput:
         chosen_avg = length_average(logps.chosen, logps.chosen_tokens)
         rejected_avg = length_average(logps.rejected, logps.rejected_tokens)
         z = self.beta * (chosen_avg - rejected_avg) - self.gamma
