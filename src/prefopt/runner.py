@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config import ConfigError, build_component
 from prefopt.results import read_results, write_results
+from prefopt.validate import validate_config
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -67,6 +68,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
 
     quiet_lightning()
 
+    validate_config(cfg)
     torch.set_num_threads(int(cfg.threads))
     loss = build_component(cfg.loss, "loss")  # before any model loads: a bad key costs seconds
     source = build_component(cfg.data.source, "data.source")
@@ -86,6 +88,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
         eval_batch_size=cfg.data.eval_batch_size,
         seed=cfg.seed,
         marginal_prefix=artifacts.marginal_prefix,
+        strict=cfg.data.get("strict", False),
     )
     module = PreferenceModule(policy, loss, **OmegaConf.to_container(cfg.optim, resolve=True))
     start_policy = module.reference

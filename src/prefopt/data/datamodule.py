@@ -37,9 +37,13 @@ class PairDataset(Dataset):
 
 
 def tokenize_rows(
-    rows: list[dict], tokenizer: Any, max_length: int, max_prompt_length: Optional[int], split: str
+    rows: list[dict], tokenizer: Any, max_length: int, max_prompt_length: Optional[int], split: str,
+    strict: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Tokenize rows; return the kept items (with `index` and source `row`) and this split's stats."""
+    """Tokenize rows; return the kept items (with `index` and source `row`) and this split's stats.
+
+    A pair whose response truncation would empty is dropped and counted, or with `strict` an error.
+    """
     items: list[dict[str, Any]] = []
     cut_prompts = cut_responses = 0
     show = len(rows) > PROGRESS_MIN_ROWS
@@ -52,6 +56,11 @@ def tokenize_rows(
             raise DataError(f"{split} row {i}: could not tokenize ({type(e).__name__}: {e})") from e
         item = truncate_pair(*ids, max_length, max_prompt_length, tokenizer.bos_token_id)
         if item is None:
+            if strict:
+                raise DataError(
+                    f"{split} row {i}: truncation to max_length={max_length} (max_prompt_length="
+                    f"{max_prompt_length}) leaves no response token (data.strict=true makes this an error)"
+                )
             continue
         cut_prompts += len(item["prompt_ids"]) < len(ids[0])
         cut_responses += (len(item["chosen_ids"]) < len(ids[1])) + (len(item["rejected_ids"]) < len(ids[2]))
@@ -93,6 +102,7 @@ class PreferenceDataModule(L.LightningDataModule):
         seed: int,
         num_workers: int = 0,
         marginal_prefix: str = "",
+        strict: bool = False,
     ):
         super().__init__()
         if max_length < 2 or (max_prompt_length is not None and max_prompt_length < 1):
@@ -104,7 +114,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.seed, self.num_workers = seed, num_workers
+        self.seed, self.num_workers, self.strict = seed, num_workers, strict
         start, pad = start_and_pad_ids(tokenizer)
         marker = tokenizer(marginal_prefix, add_special_tokens=False)["input_ids"] if marginal_prefix else []
         self.collator = PairCollator(pad_id=pad, start_ids=[start, *marker])
@@ -116,8 +126,8 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.train_dataset is not None:  # tokenize once, whatever the stage
             return
         args = (self.tokenizer, self.max_length, self.max_prompt_length)
-        train, train_stats = tokenize_rows(self.train_rows, *args, split="train")
-        evals, eval_stats = tokenize_rows(self.eval_rows, *args, split="eval")
+        train, train_stats = tokenize_rows(self.train_rows, *args, split="train", strict=self.strict)
+        evals, eval_stats = tokenize_rows(self.eval_rows, *args, split="eval", strict=self.strict)
         if not train:
             raise DataError(
                 f"all {len(self.train_rows)} train rows were dropped: truncation to max_length="

@@ -176,11 +176,11 @@ def load_rows(path: str | os.PathLike, split: Optional[str] = None, max_rows: Op
 
 
 def load_preference_rows(
-    path: str | os.PathLike, split: Optional[str] = None, max_rows: Optional[int] = None
+    path: str | os.PathLike, split: Optional[str] = None, max_rows: Optional[int] = None, strict: bool = False
 ) -> tuple[list[dict], dict[str, int]]:
     """`load_rows` + `normalize_rows`: kept {"prompt", "chosen", "rejected"} rows and drop counts."""
     source = describe(path, split)
-    rows, drops = normalize_rows(load_rows(path, split, max_rows), source)
+    rows, drops = normalize_rows(load_rows(path, split, max_rows), source, strict)
     if not rows:
         raise DataError(f"{source}: no usable rows (all dropped: {drops})")
     return rows, drops

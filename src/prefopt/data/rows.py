@@ -145,8 +145,13 @@ def drop_reason(row: dict[str, Any]) -> Optional[str]:
     return None
 
 
-def normalize_rows(raw: Iterable[Any], source: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Normalize every row; return the kept rows and how many were dropped for each reason."""
+def normalize_rows(
+    raw: Iterable[Any], source: str, strict: bool = False
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Normalize every row; return the kept rows and how many were dropped for each reason.
+
+    With `strict`, a row that would be dropped is a DataError naming the file, the row and the reason.
+    """
     rows: list[dict[str, Any]] = []
     drops = {reason: 0 for reason in DROP_REASONS}
     for i, raw_row in enumerate(raw):
@@ -154,6 +159,8 @@ def normalize_rows(raw: Iterable[Any], source: str) -> tuple[list[dict[str, Any]
         reason = drop_reason(row)
         if reason is None:
             rows.append(row)
+        elif strict:
+            raise DataError(f"{source}, row {i}: {reason.replace('_', ' ')} (data.strict=true makes this an error)")
         else:
             drops[reason] += 1
     return rows, drops

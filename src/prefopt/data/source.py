@@ -53,17 +53,19 @@ class PreferenceFileSource(Task):
         max_rows: Optional[int] = None,
         seed: int = 0,
         max_eval_rows: Optional[int] = None,
+        strict: bool = False,
     ):
         if not path:
             raise DataError("data.path is not set: point it at a .jsonl/.json/.parquet file, a folder or a hub id")
         self.path, self.split, self.eval_split = str(path), split, eval_split
         self.eval_fraction, self.max_rows, self.max_eval_rows, self.seed = eval_fraction, max_rows, max_eval_rows, seed
+        self.strict = strict
 
     def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
-        rows, drops = load_preference_rows(self.path, self.split, self.max_rows)
+        rows, drops = load_preference_rows(self.path, self.split, self.max_rows, self.strict)
         drops = {"train": drops}
         if self.eval_split is not None:
-            eval_rows, drops["eval"] = load_preference_rows(self.path, self.eval_split, self.max_eval_rows)
+            eval_rows, drops["eval"] = load_preference_rows(self.path, self.eval_split, self.max_eval_rows, self.strict)
             train_rows = rows
         else:
             train_idx, eval_idx = split_off(len(rows), self.eval_fraction, self.seed)
