@@ -27,9 +27,10 @@ from prefopt.validate import validate_config
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean the user must change something: reported without a traceback."""
     from prefopt.data.errors import DataError
+    from prefopt.errors import TrainingDiverged
     from prefopt.models import ModelLoadError
 
-    return (ConfigError, DataError, ModelLoadError)
+    return (ConfigError, DataError, ModelLoadError, TrainingDiverged)
 
 
 def _hydra_context() -> tuple[Path, bool, str]:

@@ -12,19 +12,21 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt.guards import FiniteGuard
 from prefopt.progress import StepProgressBar
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: str) -> L.Trainer:
-    callbacks: list[Any] = [StepProgressBar(desc)]
+    checkpoints = output_dir / "checkpoints"
+    callbacks: list[Any] = [StepProgressBar(desc), FiniteGuard(checkpoints if cfg.checkpoint.enabled else None)]
     if cfg.checkpoint.enabled:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         callbacks.append(
             ModelCheckpoint(
-                dirpath=str(output_dir / "checkpoints"),
+                dirpath=str(checkpoints),
                 save_last=True,
-                save_top_k=0,
+                save_top_k=-1 if cfg.checkpoint.every_n_train_steps else 0,  # keep every periodic one
                 every_n_train_steps=cfg.checkpoint.every_n_train_steps or None,
             )
         )

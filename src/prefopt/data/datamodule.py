@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from prefopt.data.collate import PairCollator
 from prefopt.data.errors import DataError
+from prefopt.data.sampler import ResumableLoader
 from prefopt.data.tokenize import encode_row, truncate_pair
 
 PROGRESS_MIN_ROWS = 1000
@@ -153,7 +154,20 @@ class PreferenceDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader("train", shuffle=True)
+        """Seeded per-epoch order; after a restart, resumes exactly after the batches already trained on."""
+        self.setup()
+        loader = ResumableLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.global_step > 0:
+            loader.resume_from(trainer.global_step * trainer.accumulate_grad_batches)
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
