@@ -109,3 +109,27 @@ def test_multirun_with_wandb_offline(cache_root, tmp_path, default_run):
         assert results["status"] == "completed"
         runs = list((job.parent / "wandb").glob("offline-run-*"))
         assert len(runs) == 1
+
+
+def test_finished_run_is_never_overwritten(default_run, cache_root, tmp_path):
+    run_dir, _ = default_run
+    before = (run_dir / "results.json").read_bytes()
+    proc = run_cli([*SMALL_SORT, "loss=dpo", f"hydra.run.dir={run_dir}"], cache_root, tmp_path)
+    assert proc.returncode == 0 and "already completed: skipping" in proc.stdout
+    assert (run_dir / "results.json").read_bytes() == before
+
+
+def test_dropped_rows_are_counted_and_strict_makes_them_errors(cache_root, tmp_path, default_run):
+    run_dir, _ = default_run
+    rows = [{"prompt": "31>", "chosen": "13", "rejected": "133"}] * 6 + [{"prompt": "2>", "chosen": "2", "rejected": "2"}]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["model=mistral7b", f"model.path={run_dir / 'model'}", "model.dtype=float32", "data=jsonl",
+              f"data.path={pairs}", "trainer.max_steps=2", "logger=none", "checkpoint.enabled=false"]
+    proc = run_cli([*common, f"hydra.run.dir={tmp_path / 'a'}"], cache_root, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "dropped: identical responses 1" in proc.stdout
+    info = json.loads((tmp_path / "a" / "results.json").read_text())["info"]
+    assert info["drops"]["train"]["identical_responses"] == 1
+    proc = run_cli([*common, "data.strict=true", f"hydra.run.dir={tmp_path / 'b'}"], cache_root, tmp_path)
+    assert proc.returncode == 1 and "row 6: identical responses" in proc.stderr and "Traceback" not in proc.stderr

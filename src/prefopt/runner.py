@@ -55,6 +55,18 @@ def print_summary(metrics: dict[str, float], output_dir: Path) -> None:
     print(f"results: {output_dir / 'results.json'}\npolicy:  {output_dir / 'model'}\n")
 
 
+def print_data_summary(source_drops: dict | None, stats: dict[str, Any]) -> None:
+    """One line: pairs per split and every drop, by reason (the same counts go into results.json)."""
+    drops: dict[str, int] = {}
+    for split_drops in (source_drops or {}).values():
+        for reason, n in split_drops.items():
+            drops[reason.replace("_", " ")] = drops.get(reason.replace("_", " "), 0) + n
+    drops["emptied by truncation"] = stats.get("train/dropped_truncated", 0) + stats.get("eval/dropped_truncated", 0)
+    dropped = ", ".join(f"{reason} {n}" for reason, n in drops.items() if n) or "none"
+    print(f"[prefopt] data: {stats.get('train/pairs', 0)} train pairs, {stats.get('eval/pairs', 0)} eval pairs; "
+          f"dropped: {dropped}")
+
+
 def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dict[str, Any]) -> dict[str, float]:
     """The run itself; fills `state` (loggers, info) so the caller can clean up and record."""
     import lightning as L
@@ -91,6 +103,9 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
         marginal_prefix=artifacts.marginal_prefix,
         strict=cfg.data.get("strict", False),
     )
+    data.setup()  # tokenize now: bad rows fail before the trainer starts, drops are reported
+    state["info"]["data"] = data.stats
+    print_data_summary(state["info"].get("drops"), data.stats)
     module = PreferenceModule(policy, loss, **OmegaConf.to_container(cfg.optim, resolve=True))
     start_policy = module.reference
     if start_policy is None and artifacts.oracle is not None:
@@ -103,7 +118,6 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}")
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     metrics = _scalar_metrics(trainer.callback_metrics)
-    state["info"]["data"] = data.stats
 
     samples: list[dict] = []
     if artifacts.oracle is not None and artifacts.eval_prompts:

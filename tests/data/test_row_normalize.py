@@ -82,12 +82,28 @@ def test_identical_and_empty_responses_are_dropped_and_counted():
         {"chosen": [user("Q"), bot("x")], "rejected": [user("Q"), bot("")]},
         {"chosen": [bot("x")], "rejected": [bot("x")]},  # identical, even with nothing to call a prompt
     ]
-    rows, drops = normalize_rows(raw, "f")
+    rows, drops = normalize_rows(raw[:3], "f")
     assert rows == [{"prompt": "Q", "chosen": "a", "rejected": "b"}]
-    assert drops == {"identical_responses": 3, "empty_response": 2}
+    assert drops == {"identical_responses": 1, "empty_response": 1}
+    rows, drops = normalize_rows(raw[3:], "f")  # chat rows: one format per data set
+    assert rows == []
+    assert drops == {"identical_responses": 2, "empty_response": 1}
 
 
 def test_normalize_rows_reports_the_index_of_the_bad_row():
     raw = [{"prompt": "Q", "chosen": "a", "rejected": "b"}] * 3 + [{"prompt": "Q", "chosen": "a"}]
     with pytest.raises(DataError, match=r"^f\.jsonl, row 3: missing column 'rejected'"):
         normalize_rows(raw, "f.jsonl")
+
+
+def test_mixed_formats_across_rows_are_an_error():
+    raw = [{"prompt": "Q", "chosen": "a", "rejected": "b"}, {"prompt": "Q", "chosen": "c", "rejected": "d"},
+           {"prompt": [user("Q")], "chosen": [bot("a")], "rejected": [bot("b")]}]
+    with pytest.raises(DataError, match=r"^f\.jsonl, row 2: chat messages, but row 0 is plain strings"):
+        normalize_rows(raw, "f.jsonl")
+
+
+def test_strict_turns_a_drop_into_an_error_naming_the_row():
+    raw = [{"prompt": "Q", "chosen": "a", "rejected": "b"}, {"prompt": "Q", "chosen": "same", "rejected": "same"}]
+    with pytest.raises(DataError, match=r"^f\.jsonl, row 1: identical responses \(data.strict=true"):
+        normalize_rows(raw, "f.jsonl", strict=True)

@@ -154,8 +154,16 @@ def normalize_rows(
     """
     rows: list[dict[str, Any]] = []
     drops = {reason: 0 for reason in DROP_REASONS}
+    first_format: tuple[int, str] | None = None
     for i, raw_row in enumerate(raw):
         row = normalize_row(raw_row, i, source)
+        fmt = "chat messages" if isinstance(row["chosen"], list) else "plain strings"
+        first_format = first_format or (i, fmt)
+        if fmt != first_format[1]:
+            raise DataError(
+                f"{source}, row {i}: {fmt}, but row {first_format[0]} is {first_format[1]}; "
+                "a data set must use one format throughout"
+            )
         reason = drop_reason(row)
         if reason is None:
             rows.append(row)
