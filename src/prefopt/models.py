@@ -70,24 +70,34 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_pretrained(path: str, dtype: torch.dtype, **kwargs: Any):
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+def attention_implementation(requested: str | None) -> str | None:
+    """`auto`: flash_attention_2 where flash-attn is installed and a GPU is present, else sdpa."""
+    if requested != "auto":
+        return requested
+    if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _from_pretrained(path: str, dtype: torch.dtype, attn: str | None = None, **kwargs: Any):
+    model_kwargs = {"attn_implementation": attn} if attn else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **model_kwargs, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     return model, tokenizer
 
 
-def load_pretrained(path: str, dtype: torch.dtype = torch.float32, what: str = "model.path"):
+def load_pretrained(path: str, dtype: torch.dtype = torch.float32, what: str = "model.path", attn: str | None = None):
     """Load a causal LM and its tokenizer from a local HF folder or a hub id (cached or online)."""
     if Path(path).expanduser().is_dir():
         try:
-            return _from_pretrained(str(Path(path).expanduser()), dtype)
+            return _from_pretrained(str(Path(path).expanduser()), dtype, attn)
         except (OSError, ValueError) as err:
             raise ModelLoadError(
                 f"{what}={path} is a folder but not a Hugging Face causal-LM folder "
                 f"(config.json, weights, tokenizer): {err}"
             ) from None
     try:
-        return _from_pretrained(path, dtype, local_files_only=True)
+        return _from_pretrained(path, dtype, attn, local_files_only=True)
     except (OSError, ValueError):
         pass
     hint = (
@@ -99,7 +109,7 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32, what: str = "
     if not _hub_reachable():
         raise ModelLoadError(hint)
     try:
-        return _from_pretrained(path, dtype)
+        return _from_pretrained(path, dtype, attn)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{hint}\n(hub said: {str(err).splitlines()[0]})") from None
 
@@ -163,10 +173,11 @@ def load_policy(model_cfg: Any, cache_root: Path, task_policy: Path | None = Non
     (`model.tiny`: architecture) with a tokenizer trained on the data's text.
     """
     dtype = getattr(torch, model_cfg.get("dtype", "float32"))
+    attn = attention_implementation(model_cfg.get("attn_implementation"))
     if task_policy is not None:
         model, tokenizer = load_pretrained(str(task_policy), dtype, what="task policy")
     elif model_cfg.get("path"):
-        model, tokenizer = load_pretrained(str(model_cfg.path), dtype)
+        model, tokenizer = load_pretrained(str(model_cfg.path), dtype, attn=attn)
     elif model_cfg.get("gguf"):
         folder = gguf_to_folder(_gguf_package_file(model_cfg.gguf.package, model_cfg.gguf.file), cache_root)
         model, tokenizer = load_pretrained(str(folder), dtype, what="model.gguf")

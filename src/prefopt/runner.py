@@ -8,6 +8,7 @@ jobs go on. Exercised by `python src/run.py` and `python src/run.py -m loss=dpo,
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
 import traceback
@@ -39,6 +40,11 @@ def _hydra_context() -> tuple[Path, bool, str]:
     multirun = hc.mode == RunMode.MULTIRUN
     group = Path(hc.sweep.dir).name if multirun else "single-runs"
     return Path(hc.runtime.output_dir), multirun, group
+
+
+def global_rank() -> int:
+    """This process's rank in a data-parallel run (0 when there is none)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -76,6 +82,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     from prefopt.models import load_policy
     from prefopt.module import PreferenceModule, frozen_copy
     from prefopt.logp_cache import attach_caches
+    from prefopt.model_setup import prepare_for_training, save_policy
     from prefopt.progress import quiet_lightning
     from prefopt.trainer_factory import build_trainer
 
@@ -91,6 +98,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     artifacts = source.build(cfg.model, cache_root)
     state["info"].update(artifacts.info)
     policy, tokenizer = load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed)
+    policy = prepare_for_training(policy, cfg.model)
     data = PreferenceDataModule(
         artifacts.train_rows,
         artifacts.eval_rows,
@@ -115,30 +123,24 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
 
     name, tags = run_identity(cfg, loss.name, cfg.data.name)
     state["loggers"] = loggers = make_loggers(cfg, output_dir, name, group, tags)
-    trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}")
+    trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy)
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     metrics = _scalar_metrics(trainer.callback_metrics)
+    if not trainer.is_global_zero:  # data-parallel workers: rank 0 evaluates, saves and records
+        return metrics
 
     samples: list[dict] = []
     if artifacts.oracle is not None and artifacts.eval_prompts:
         from prefopt.eval import evaluate
 
-        gen = dict(artifacts.generation)
         eval_metrics, samples = evaluate(
-            module.policy.eval(),
-            start_policy,
-            tokenizer,
-            artifacts.eval_prompts,
-            artifacts.oracle,
-            seed=cfg.seed,
-            batch_size=cfg.eval.batch_size,
-            **gen,
+            module.policy.eval(), start_policy, tokenizer, artifacts.eval_prompts, artifacts.oracle,
+            seed=cfg.seed, batch_size=cfg.eval.batch_size, **dict(artifacts.generation),
         )
         metrics.update(_scalar_metrics(eval_metrics))
     state["samples"] = samples[: cfg.eval.n_samples_logged]
     log_summary(loggers, metrics, state["samples"])
-    module.policy.save_pretrained(output_dir / "model")
-    tokenizer.save_pretrained(output_dir / "model")
+    save_policy(module.policy, tokenizer, output_dir / "model")
     return metrics
 
 
@@ -157,6 +159,8 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
     try:
         record["config"] = OmegaConf.to_container(cfg, resolve=True)
         metrics = train_and_evaluate(cfg, output_dir, group, state)
+        if global_rank() != 0:
+            return metrics
         write_results(
             output_dir / "results.json",
             status="completed",
@@ -171,6 +175,8 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
     except BaseException as err:
         known = isinstance(err, user_errors())
         message = str(err) if known else f"{type(err).__name__}: {err}"
+        if global_rank() != 0:
+            raise
         write_results(
             output_dir / "results.json",
             status="failed",

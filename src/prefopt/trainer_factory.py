@@ -1,22 +1,79 @@
 """Building the Lightning Trainer of a run from `cfg.trainer` plus the run's callbacks and loggers.
 
-Validation runs once after the last optimizer step unless `trainer.val_check_interval` says otherwise;
-checkpoints go to `<run dir>/checkpoints` (`last.ckpt`, plus every `checkpoint.every_n_train_steps`).
+- Validation runs once after the last optimizer step unless `trainer.val_check_interval` says otherwise.
+- Checkpoints go to `<run dir>/checkpoints` (`last.ckpt`, plus every `checkpoint.every_n_train_steps`).
+- `trainer.strategy` may be a Lightning name (`ddp`) or a mapping with `name: fsdp|deepspeed` whose
+  other keys configure that strategy (conf/trainer/fsdp.yaml, deepspeed.yaml); FSDP wraps each decoder
+  layer of the model (from its `_no_split_modules`).
+- `data.effective_batch_size` fixes devices × batch × accumulation: the accumulation is derived from the
+  device count, so an experiment means the same thing on 1 GPU or 8.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt.errors import ConfigError
 from prefopt.guards import FiniteGuard
 from prefopt.progress import StepProgressBar
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: str) -> L.Trainer:
+def decoder_layer_classes(model: torch.nn.Module) -> set[type]:
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
+    if not classes:
+        raise ConfigError(f"trainer.strategy: cannot find the decoder layers of {type(model).__name__} to wrap")
+    return classes
+
+
+def _fsdp(spec: dict[str, Any], model: torch.nn.Module):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    layers = decoder_layer_classes(model)
+    return FSDPStrategy(
+        auto_wrap_policy=layers,
+        activation_checkpointing_policy=layers if spec.pop("activation_checkpointing", True) else None,
+        **spec,
+    )
+
+
+def _deepspeed(spec: dict[str, Any], model: torch.nn.Module):
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    return DeepSpeedStrategy(**spec)
+
+
+STRATEGIES: dict[str, Callable[[dict[str, Any], torch.nn.Module], Any]] = {"fsdp": _fsdp, "deepspeed": _deepspeed}
+
+
+def build_strategy(spec: Any, model: torch.nn.Module | None) -> Any:
+    if not isinstance(spec, dict):
+        return spec
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in STRATEGIES:
+        raise ConfigError(f"trainer.strategy.name={name!r} is not allowed; it must be one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](spec, model)
+
+
+def accumulation_for(effective: int, world_size: int, batch_size: int) -> int:
+    """Gradient accumulation so that world_size × batch_size × accumulation == effective."""
+    per_step = world_size * batch_size
+    if effective % per_step:
+        raise ConfigError(
+            f"data.effective_batch_size={effective} is not a multiple of devices × data.batch_size = "
+            f"{world_size} × {batch_size}; change data.batch_size or the device count"
+        )
+    return effective // per_step
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: str,
+                  model: torch.nn.Module | None = None) -> L.Trainer:
     checkpoints = output_dir / "checkpoints"
     callbacks: list[Any] = [StepProgressBar(desc), FiniteGuard(checkpoints if cfg.checkpoint.enabled else None)]
     if cfg.checkpoint.enabled:
@@ -32,14 +89,28 @@ def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: s
         )
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.pop("_target_", None)
-    if kwargs.get("val_check_interval") is None and kwargs.get("max_steps", -1) > 0:
-        # validate once, after the last optimizer step (counted in batches across epochs)
-        kwargs["val_check_interval"] = kwargs["max_steps"] * kwargs.get("accumulate_grad_batches", 1)
-    return L.Trainer(
-        **kwargs,
-        logger=loggers or False,
-        callbacks=callbacks,
-        enable_checkpointing=bool(cfg.checkpoint.enabled),
-        enable_progress_bar=False,
-        default_root_dir=str(output_dir),
-    )
+    kwargs["strategy"] = build_strategy(kwargs.get("strategy", "auto"), model)
+
+    def make(accumulate: int) -> L.Trainer:
+        extra = {"accumulate_grad_batches": accumulate}
+        if kwargs.get("val_check_interval") is None and kwargs.get("max_steps", -1) > 0:
+            # validate once, after the last optimizer step (counted in batches across epochs)
+            extra["val_check_interval"] = kwargs["max_steps"] * accumulate
+        return L.Trainer(
+            **{**kwargs, **extra},
+            logger=loggers or False,
+            callbacks=callbacks,
+            enable_checkpointing=bool(cfg.checkpoint.enabled),
+            enable_progress_bar=False,
+            use_distributed_sampler=False,  # PreferenceDataModule shards the data itself (data/sampler.py)
+            default_root_dir=str(output_dir),
+        )
+
+    trainer = make(int(kwargs.get("accumulate_grad_batches", 1)))
+    effective = cfg.data.get("effective_batch_size")
+    if effective:
+        accumulate = accumulation_for(int(effective), trainer.world_size, int(cfg.data.batch_size))
+        trainer = make(accumulate)
+        print(f"[prefopt] effective batch {effective} = {trainer.world_size} device(s) × "
+              f"{cfg.data.batch_size} per device × {accumulate} accumulation steps")
+    return trainer

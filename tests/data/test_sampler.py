@@ -26,3 +26,16 @@ def test_resume_skips_consumed_batches_then_continues_normally():
     assert [b.tolist() for b in resumed] == epoch1[2:]
     assert [b.tolist() for b in resumed] == epoch1  # the skip applies once
     assert epoch0 != epoch1
+
+
+def test_ranks_split_each_global_batch():
+    """Two ranks with batch 2 see, step by step, exactly the pairs one process sees with batch 4."""
+    data = list(range(11))
+    single = [sorted(b.tolist()) for b in ResumableLoader(data, batch_size=4, seed=5)]
+    ranks = [list(ResumableLoader(data, batch_size=2, seed=5, rank=r, world=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2  # 11 // 4 full global batches; the partial one is dropped
+    merged = [sorted(a.tolist() + b.tolist()) for a, b in zip(*ranks)]
+    assert merged == single[:2]
+    resumed = ResumableLoader(data, batch_size=2, seed=5, rank=1, world=2)
+    resumed.resume_from(1)
+    assert [b.tolist() for b in resumed] == [ranks[1][1].tolist()]

@@ -156,15 +156,17 @@ class PreferenceDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Seeded per-epoch order; after a restart, resumes exactly after the batches already trained on."""
         self.setup()
+        trainer = getattr(self, "trainer", None)
         loader = ResumableLoader(
             self.train_dataset,
             batch_size=self.batch_size,
             seed=self.seed,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world=trainer.world_size if trainer is not None else 1,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-        trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.global_step > 0:
             loader.resume_from(trainer.global_step * trainer.accumulate_grad_batches)
         return loader

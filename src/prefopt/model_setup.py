@@ -1,0 +1,54 @@
+"""Preparing a loaded policy for training and saving it afterwards: gradient checkpointing, LoRA.
+
+`prepare_for_training` applies `model.gradient_checkpointing` and `model.lora` (peft); with LoRA only the
+adapter weights train, and the reference policy is the same model with its adapters disabled (no second
+copy in memory). `save_policy` writes a plain Hugging Face folder (LoRA merged into the weights) that
+`AutoModelForCausalLM.from_pretrained` loads as is. Used by `prefopt.runner`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prefopt.errors import ConfigError
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def apply_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("model.lora.r is set but peft is not installed: pip install peft") from None
+    targets = lora.get("target_modules", "all-linear")
+    config = LoraConfig(
+        r=int(lora.r),
+        lora_alpha=float(lora.get("alpha", 2 * int(lora.r))),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=list(targets) if not isinstance(targets, str) else targets,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def prepare_for_training(model: torch.nn.Module, model_cfg: Any) -> torch.nn.Module:
+    if model_cfg.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    lora = model_cfg.get("lora")
+    if lora and lora.get("r"):
+        model = apply_lora(model, lora)
+    return model
+
+
+def save_policy(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
+    """A plain HF folder; LoRA adapters are merged into the base weights first."""
+    if is_lora(model):
+        model = model.merge_and_unload()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
