@@ -79,3 +79,18 @@ def test_trainers(option):
         assert trainer.max_steps == kwargs["max_steps"]
     else:  # GPU configs: every key must be a Trainer argument
         check_keys(cfg, "trainer")
+
+
+@pytest.mark.parametrize("option", options("experiment"))
+def test_experiments_compose_and_validate(option):
+    from omegaconf import open_dict
+
+    from prefopt.validate import validate_config
+
+    cfg = compose_with(f"experiment={option}")
+    assert cfg.data.effective_batch_size == 128 and cfg.trainer.max_epochs == 1
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.paths.cache_dir = "/tmp/cache"
+    validate_config(cfg)
+    build_component(cfg.loss, "loss")

@@ -34,8 +34,13 @@ def test_trains_on_chat_pairs(cache_root, tmp_path):
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows * 3))
     proc = run_cli(["model=smollm2_135m", "data=jsonl", f"data.path={pairs}", "loss=simpo", "trainer.max_steps=2",
                     "data.batch_size=2", "data.max_length=64", "logger=none", "checkpoint.enabled=false",
+                    "data.source.eval_fraction=0.2", "eval.generate=true", "eval.generate_max_new_tokens=8",
                     f"hydra.run.dir={tmp_path / 'r'}"], cache_root, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert results["status"] == "completed" and results["metrics"]["train/loss"] >= 0
     assert (tmp_path / "r" / "model" / "model.safetensors").exists()
+    generations = json.loads((tmp_path / "r" / "generations.json").read_text())  # AlpacaEval's format
+    assert generations and set(generations[0]) == {"instruction", "output", "generator", "dataset"}
+    assert generations[0]["instruction"] in {"Name a fruit.", "What is 2+2?"}
+    assert results["info"]["generations"]["max_new_tokens"] == 8

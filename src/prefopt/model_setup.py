@@ -28,7 +28,7 @@ def apply_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:
     targets = lora.get("target_modules", "all-linear")
     config = LoraConfig(
         r=int(lora.r),
-        lora_alpha=float(lora.get("alpha", 2 * int(lora.r))),
+        lora_alpha=float(lora.get("alpha") or 2 * int(lora.r)),
         lora_dropout=float(lora.get("dropout", 0.0)),
         target_modules=list(targets) if not isinstance(targets, str) else targets,
         task_type="CAUSAL_LM",

@@ -139,6 +139,15 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
         )
         metrics.update(_scalar_metrics(eval_metrics))
     state["samples"] = samples[: cfg.eval.n_samples_logged]
+    if cfg.eval.get("generate") and artifacts.eval_rows:
+        from prefopt.export import export_generations
+
+        state["info"]["generations"] = export_generations(
+            module.policy.eval(), tokenizer, artifacts.eval_rows, output_dir / "generations.json",
+            generator=f"prefopt-{cfg.model.name}-{loss.name}", dataset=cfg.data.name,
+            max_prompts=cfg.eval.generate_max_prompts, max_new_tokens=cfg.eval.generate_max_new_tokens,
+            temperature=cfg.eval.generate_temperature, seed=cfg.seed, batch_size=cfg.eval.batch_size,
+        )
     log_summary(loggers, metrics, state["samples"])
     save_policy(module.policy, tokenizer, output_dir / "model")
     return metrics
