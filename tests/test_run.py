@@ -46,6 +46,7 @@ def test_default_run_writes_results_and_policy(default_run):
                 "train/loss", "val/loss", "val/pmi/delta", "val/margin/mean"):
         assert key in m, key
     assert 0.0 <= m["eval/win_rate"] <= 1.0
+    assert m["perf/pairs_per_s"] > 0 and m["perf/tokens_per_s"] > m["perf/pairs_per_s"] and m["perf/peak_mem_mb"] > 0
     assert "eval/oracle_reward" in proc.stdout  # the closing summary
     assert (run_dir / "csv" / "metrics.csv").exists()
     assert (run_dir / "checkpoints" / "last.ckpt").exists()

@@ -83,6 +83,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     from prefopt.module import PreferenceModule, frozen_copy
     from prefopt.logp_cache import attach_caches
     from prefopt.model_setup import prepare_for_training, save_policy
+    from prefopt.perf import ThroughputMonitor
     from prefopt.progress import quiet_lightning
     from prefopt.trainer_factory import build_trainer
 
@@ -126,6 +127,9 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy)
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     metrics = _scalar_metrics(trainer.callback_metrics)
+    for callback in trainer.callbacks:
+        if isinstance(callback, ThroughputMonitor):
+            metrics.update(callback.metrics(module))
     if not trainer.is_global_zero:  # data-parallel workers: rank 0 evaluates, saves and records
         return metrics
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefopt.errors import ConfigError
 from prefopt.guards import FiniteGuard
+from prefopt.perf import ThroughputMonitor
 from prefopt.progress import StepProgressBar
 
 
@@ -75,7 +76,11 @@ def accumulation_for(effective: int, world_size: int, batch_size: int) -> int:
 def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: str,
                   model: torch.nn.Module | None = None) -> L.Trainer:
     checkpoints = output_dir / "checkpoints"
-    callbacks: list[Any] = [StepProgressBar(desc), FiniteGuard(checkpoints if cfg.checkpoint.enabled else None)]
+    callbacks: list[Any] = [
+        StepProgressBar(desc),
+        FiniteGuard(checkpoints if cfg.checkpoint.enabled else None),
+        ThroughputMonitor(),
+    ]
     if cfg.checkpoint.enabled:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
