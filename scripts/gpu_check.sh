@@ -19,7 +19,8 @@ from hydra import compose, initialize_config_dir
 from prefopt.config import build_component
 with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base="1.3"):
     cfg = compose(config_name="train", overrides=["data=sort", "model=tiny"])
-root = Path(".cache/prefopt").resolve()
+import os
+root = Path(os.environ.get("PREFOPT_CACHE", ".cache/prefopt")).resolve()
 build_component(cfg.data.source, "data.source").build(cfg.model, root)
 print(next(root.glob("sort_pairs/*/pairs.jsonl")))
 PYEOF
