@@ -17,7 +17,7 @@ ARGS = [*SMALL_SORT, "trainer.max_steps=100", "checkpoint.every_n_train_steps=20
 def metrics(run_dir):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed"
-    return results["metrics"]
+    return {k: v for k, v in results["metrics"].items() if not k.startswith("perf/")}  # timings vary
 
 
 def test_same_command_twice_gives_identical_metrics(cache_root, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_SORT = [
+    "data=sort",
     "data.source.n_sft=3000",
     "data.source.sft_steps=150",
     "data.source.n_pair_prompts=300",

@@ -33,7 +33,7 @@ def test_trains_on_chat_pairs(cache_root, tmp_path):
     pairs = tmp_path / "chat.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows * 3))
     proc = run_cli(["model=smollm2_135m", "data=jsonl", f"data.path={pairs}", "loss=simpo", "trainer.max_steps=2",
-                    "data.batch_size=2", "data.max_length=64", "logger=none", "checkpoint.enabled=false",
+                    "data.batch_size=2", "data.max_length=64", "data.max_prompt_length=32", "logger=none", "checkpoint.enabled=false",
                     "data.source.eval_fraction=0.2", "eval.generate=true", "eval.generate_max_new_tokens=8",
                     f"hydra.run.dir={tmp_path / 'r'}"], cache_root, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -111,6 +111,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
         seed=cfg.seed,
         marginal_prefix=artifacts.marginal_prefix,
         strict=cfg.data.get("strict", False),
+        append_eos=artifacts.responses_end_with_eos,
     )
     data.setup()  # tokenize now: bad rows fail before the trainer starts, drops are reported
     state["info"]["data"] = data.stats

@@ -40,6 +40,7 @@ class PairDataset(Dataset):
 def tokenize_rows(
     rows: list[dict], tokenizer: Any, max_length: int, max_prompt_length: Optional[int], split: str,
     strict: bool = False,
+    append_eos: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Tokenize rows; return the kept items (with `index` and source `row`) and this split's stats.
 
@@ -50,7 +51,7 @@ def tokenize_rows(
     show = len(rows) > PROGRESS_MIN_ROWS
     for i, row in enumerate(tqdm(rows, desc=f"tokenizing {split}", disable=not show)):
         try:
-            ids = encode_row(row, tokenizer)
+            ids = encode_row(row, tokenizer, append_eos)
         except DataError as e:
             raise DataError(f"{split} row {i}: {e}") from e
         except Exception as e:  # noqa: BLE001 - e.g. a chat template rejecting the message order
@@ -104,6 +105,7 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         marginal_prefix: str = "",
         strict: bool = False,
+        append_eos: bool = True,
     ):
         super().__init__()
         if max_length < 2 or (max_prompt_length is not None and max_prompt_length < 1):
@@ -115,7 +117,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.seed, self.num_workers, self.strict = seed, num_workers, strict
+        self.seed, self.num_workers, self.strict, self.append_eos = seed, num_workers, strict, append_eos
         start, pad = start_and_pad_ids(tokenizer)
         marker = tokenizer(marginal_prefix, add_special_tokens=False)["input_ids"] if marginal_prefix else []
         self.collator = PairCollator(pad_id=pad, start_ids=[start, *marker])
@@ -127,8 +129,9 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.train_dataset is not None:  # tokenize once, whatever the stage
             return
         args = (self.tokenizer, self.max_length, self.max_prompt_length)
-        train, train_stats = tokenize_rows(self.train_rows, *args, split="train", strict=self.strict)
-        evals, eval_stats = tokenize_rows(self.eval_rows, *args, split="eval", strict=self.strict)
+        opts = dict(strict=self.strict, append_eos=self.append_eos)
+        train, train_stats = tokenize_rows(self.train_rows, *args, split="train", **opts)
+        evals, eval_stats = tokenize_rows(self.eval_rows, *args, split="eval", **opts)
         if not train:
             raise DataError(
                 f"all {len(self.train_rows)} train rows were dropped: truncation to max_length="

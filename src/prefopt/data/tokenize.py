@@ -33,14 +33,15 @@ def _with_eos(ids: list[int], eos: Optional[int]) -> list[int]:
     return ids if eos is None or ids[-1:] == [eos] else ids + [eos]
 
 
-def _string_ids(row: dict, tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
+def _string_ids(row: dict, tokenizer: Any, append_eos: bool = True) -> tuple[list[int], list[int], list[int]]:
     eos = tokenizer.eos_token_id
     prompt = _encode(tokenizer, row["prompt"], special=True)
     if eos is not None and eos != tokenizer.bos_token_id and prompt[-1:] == [eos]:
         if _encode(tokenizer, row["prompt"])[-1:] != [eos]:  # added by the tokenizer, not in the text
             prompt = prompt[:-1]
-    chosen = _with_eos(_encode(tokenizer, row["chosen"]), eos)
-    rejected = _with_eos(_encode(tokenizer, row["rejected"]), eos)
+    end = eos if append_eos else None
+    chosen = _with_eos(_encode(tokenizer, row["chosen"]), end)
+    rejected = _with_eos(_encode(tokenizer, row["rejected"]), end)
     return prompt, chosen, rejected
 
 
@@ -105,10 +106,16 @@ def truncate_pair(
     return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
 
 
-def encode_row(row: dict[str, Any], tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
+def encode_row(
+    row: dict[str, Any], tokenizer: Any, append_eos: bool = True
+) -> tuple[list[int], list[int], list[int]]:
     """Untruncated (prompt, chosen, rejected) ids of a normalized row. An empty prompt becomes the
-    start token (BOS, else EOS), so that the first response token is predicted from something."""
-    prompt, chosen, rejected = (_string_ids if isinstance(row["prompt"], str) else _chat_ids)(row, tokenizer)
+    start token (BOS, else EOS), so that the first response token is predicted from something.
+    `append_eos=False` leaves string responses open-ended (continuations cut at a length, not finished)."""
+    if isinstance(row["prompt"], str):
+        prompt, chosen, rejected = _string_ids(row, tokenizer, append_eos)
+    else:
+        prompt, chosen, rejected = _chat_ids(row, tokenizer)
     if not prompt:
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         prompt = [start] if start is not None else []

@@ -1,4 +1,4 @@
-"""Preference-data sources: embedded tasks with an oracle (sort, later imdb) and user files.
+"""Preference-data sources: embedded tasks with an oracle (imdb, sort) and user files.
 
 Every source is a `Task` (see base.py) named by `data.source._target_` in conf/data/*.yaml.
 """

@@ -1,0 +1,403 @@
+"""The embedded `imdb` task: controlled sentiment generation on real IMDb reviews (the DPO paper's first
+experiment at laptop scale). Exercised by `python src/run.py data=imdb` and `pytest tests/tasks/test_imdb_task.py`.
+
+`ImdbTask.build` makes four artifacts, each cached in the prefopt cache under a fingerprint of what it
+depends on (changing a setting rebuilds that artifact and those downstream of it, nothing else):
+
+    imdb_reward     gold reward: TF-IDF + logistic regression on short windows of the classifier pool
+    imdb_tokenizer  4096-token byte-level BPE trained on the SFT reviews          (model=tiny only)
+    imdb_sft        tiny Llama trained from scratch as a causal LM on those reviews (model=tiny only)
+    imdb_pairs      pairs.jsonl: review prefixes of 2-8 words, `samples_per_prompt` continuations
+                    sampled from the starting policy, every two with different gold rewards a pair
+                    (chosen = the higher P(positive)); identical or equally scored samples are dropped
+
+The gold reward is P(positive | prompt + response) in [0, 1] (see imdb_reward.py). With a model config
+that has no `tiny` block (e.g. model=smollm2_135m) or sets `model.path`, the starting policy is that
+model as loaded by `prefopt.models.load_policy`: no tokenizer or SFT is built, pairs are sampled from it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Optional
+
+import joblib
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from prefopt.cache import cached_dir, file_fingerprint, fingerprint
+from prefopt.data.tokenizer_builder import build_bpe_tokenizer
+from prefopt.errors import ConfigError
+from prefopt.generation import sample
+from prefopt.models import build_tiny, load_policy
+from prefopt.sft import train_causal_lm
+from prefopt.tasks.base import Task, TaskArtifacts
+from prefopt.tasks.imdb_data import csv_path, load_reviews, prompts_from, split_reviews, take
+from prefopt.tasks.imdb_reward import CHECK_WORDS, SentimentReward, accuracy, first_words, train_classifier
+
+ARTIFACT_VERSION = 1  # bump when the build code changes what an artifact contains
+MIN_WINDOW_TOKENS = 8  # SFT windows shorter than this (review tails) are dropped
+
+
+def _log(msg: str) -> None:
+    print(f"[imdb] {msg}", flush=True)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def sft_windows(token_ids: list[list[int]], bos: int, eos: int, seq_len: int) -> list[list[int]]:
+    """Cut each review's ids (BOS text) + EOS into windows of `seq_len` tokens, each starting with BOS.
+
+    The first window is BOS + the review's opening; later windows are BOS + the next seq_len - 1
+    tokens, so BOS means "start of a text window" and the policy's pi(y | BOS) (RMiPO's marginal) is
+    a meaningful prompt-free distribution. Windows under MIN_WINDOW_TOKENS tokens are dropped.
+    """
+    out = []
+    for ids in token_ids:
+        body = (ids[1:] if ids[:1] == [bos] else ids) + [eos]
+        for start in range(0, len(body), seq_len - 1):
+            window = [bos] + body[start: start + seq_len - 1]
+            if len(window) >= MIN_WINDOW_TOKENS:
+                out.append(window)
+    return out
+
+
+def pair_rows(
+    prompts: list[str], responses: list[str], rewards: list[float], k: int
+) -> tuple[list[dict[str, str]], int]:
+    """Rows from `k` consecutive samples per prompt: every two whose rewards differ, the higher chosen.
+
+    Returns (rows, ties dropped: two identical texts or two equal rewards)."""
+    rows, ties = [], 0
+    for p, prompt in enumerate(prompts):
+        scored = list(zip(responses[p * k: (p + 1) * k], rewards[p * k: (p + 1) * k]))
+        for (a, ra), (b, rb) in combinations(scored, 2):
+            if a == b or ra == rb:
+                ties += 1
+                continue
+            chosen, rejected = (a, b) if ra > rb else (b, a)
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows, ties
+
+
+class ImdbTask(Task):
+    """Write positive IMDb reviews; pairs ranked by a sentiment classifier (the gold reward).
+
+    Args (defaults: the whole first `python src/run.py data=imdb` took 407 s on one thread of a busy
+    two-core machine, the SFT 205 s of it; see benchmarks/imdb_pipeline.py):
+        n_classifier, n_classifier_test: reviews of the classifier pool to train the gold reward on,
+            and (disjoint) to check it on; its held-out accuracy is printed and recorded.
+        classifier_windows: training windows (10-60 consecutive words) drawn per review.
+        classifier_c: inverse L2 strength of the logistic regression.
+        architecture: the tiny Llama for this task (hidden_size, num_hidden_layers, num_attention_heads,
+            intermediate_size, max_position_embeddings); overrides the same keys of `model.tiny`, which
+            is sized for the sort task. null: use `model.tiny` as it is.
+        n_sft_reviews: reviews of the SFT pool the tokenizer and the starting policy are trained on.
+        sft_steps, sft_lr, sft_batch_size, sft_seq_len: the causal-LM loop (windows of sft_seq_len).
+        n_pair_prompts: review prefixes to sample pairs for (the last eval_fraction give eval_rows).
+        samples_per_prompt: continuations sampled per prompt (>= 2).
+        prompt_min_words, prompt_max_words: prefix length range, in words.
+        n_eval_prompts: held-out prefixes for the generation evaluation (their own pool of reviews).
+        eval_fraction: share of the pair prompts whose pairs are returned as eval_rows.
+        max_new_tokens, temperature: sampling for pairs and evaluation.
+        seed: fixes the splits, prefixes, classifier windows, model init, SFT order and samples.
+        sample_batch_size: batch size for sampling pairs (speed only; the draws depend on it).
+    """
+
+    name = "imdb"
+
+    def __init__(
+        self,
+        n_classifier: int = 8000,
+        n_classifier_test: int = 1000,
+        classifier_windows: int = 8,
+        classifier_c: float = 4.0,
+        architecture: Optional[dict[str, Any]] = None,
+        n_sft_reviews: int = 5000,
+        sft_steps: int = 600,
+        sft_lr: float = 2e-3,
+        sft_batch_size: int = 32,
+        sft_seq_len: int = 64,
+        n_pair_prompts: int = 2000,
+        samples_per_prompt: int = 2,
+        prompt_min_words: int = 2,
+        prompt_max_words: int = 8,
+        n_eval_prompts: int = 512,
+        eval_fraction: float = 0.05,
+        max_new_tokens: int = 48,
+        temperature: float = 1.0,
+        seed: int = 0,
+        sample_batch_size: int = 128,
+    ):
+        if samples_per_prompt < 2:
+            raise ValueError(f"samples_per_prompt must be at least 2, got {samples_per_prompt}")
+        if not 0.0 <= eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+        if not 1 <= prompt_min_words <= prompt_max_words:
+            raise ValueError(
+                f"need 1 <= prompt_min_words <= prompt_max_words, got {prompt_min_words}, {prompt_max_words}"
+            )
+        if sft_seq_len < MIN_WINDOW_TOKENS:
+            raise ValueError(f"sft_seq_len must be at least {MIN_WINDOW_TOKENS}, got {sft_seq_len}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        for key, value in (("n_classifier", n_classifier), ("n_classifier_test", n_classifier_test),
+                           ("n_sft_reviews", n_sft_reviews), ("n_pair_prompts", n_pair_prompts),
+                           ("n_eval_prompts", n_eval_prompts), ("classifier_windows", classifier_windows),
+                           ("sft_steps", sft_steps), ("max_new_tokens", max_new_tokens)):
+            if value < 1:
+                raise ValueError(f"{key} must be at least 1, got {value}")
+        self.n_classifier, self.n_classifier_test = n_classifier, n_classifier_test
+        self.classifier_windows, self.classifier_c = classifier_windows, classifier_c
+        self.architecture = dict(_plain(architecture) or {})
+        self.n_sft_reviews, self.sft_steps, self.sft_lr = n_sft_reviews, sft_steps, sft_lr
+        self.sft_batch_size, self.sft_seq_len = sft_batch_size, sft_seq_len
+        self.n_pair_prompts, self.samples_per_prompt = n_pair_prompts, samples_per_prompt
+        self.prompt_min_words, self.prompt_max_words = prompt_min_words, prompt_max_words
+        self.n_eval_prompts, self.eval_fraction = n_eval_prompts, eval_fraction
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.seed, self.sample_batch_size = seed, sample_batch_size
+        self._pools: Optional[dict[str, list]] = None
+        self._data_key: Optional[str] = None
+
+    # ---- data ----------------------------------------------------------------------------------
+    def data_key(self) -> str:
+        if self._data_key is None:
+            self._data_key = file_fingerprint(csv_path())
+        return self._data_key
+
+    def pools(self) -> dict[str, list]:
+        if self._pools is None:
+            self._pools = split_reviews(load_reviews(), self.seed)
+        return self._pools
+
+    def _take(self, pool: str, n: int, key: str, offset: int = 0) -> list:
+        try:
+            return take(self.pools()[pool], n, f"data.source.{key}", offset)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    def eval_prompts(self) -> list[str]:
+        reviews = self._take("eval", self.n_eval_prompts, "n_eval_prompts")
+        return prompts_from(reviews, f"imdb-eval-{self.seed}", self.prompt_min_words, self.prompt_max_words)
+
+    def pair_prompts(self) -> list[str]:
+        reviews = self._take("pairs", self.n_pair_prompts, "n_pair_prompts")
+        return prompts_from(reviews, f"imdb-pairs-{self.seed}", self.prompt_min_words, self.prompt_max_words)
+
+    # ---- what each artifact depends on ---------------------------------------------------------
+    def reward_key(self) -> str:
+        return fingerprint("imdb-reward", ARTIFACT_VERSION, self.data_key(), self.seed, self.n_classifier,
+                           self.n_classifier_test, self.classifier_windows, self.classifier_c)
+
+    def tokenizer_key(self, vocab_size: int) -> str:
+        return fingerprint("imdb-bpe", ARTIFACT_VERSION, self.data_key(), self.seed, self.n_sft_reviews, vocab_size)
+
+    def sft_key(self, tokenizer_key: str, arch: dict[str, Any]) -> str:
+        return fingerprint("imdb-sft", ARTIFACT_VERSION, tokenizer_key, arch, self.sft_steps, self.sft_lr,
+                           self.sft_batch_size, self.sft_seq_len, self.seed)
+
+    def pairs_key(self, policy_key: str, reward_key: str) -> str:
+        return fingerprint("imdb-pairs", ARTIFACT_VERSION, policy_key, reward_key, self.data_key(),
+                           self.n_pair_prompts, self.samples_per_prompt, self.prompt_min_words,
+                           self.prompt_max_words, self.max_new_tokens, self.temperature, self.seed,
+                           self.sample_batch_size)
+
+    def tiny_architecture(self, model_cfg: Any) -> Optional[dict[str, Any]]:
+        """The architecture to train from scratch, or None when the model config names a pretrained model."""
+        if model_cfg is None:
+            return dict(self.architecture)
+        if not model_cfg.get("tiny") or model_cfg.get("path"):
+            return None
+        arch = {**dict(_plain(model_cfg.get("tiny"))), **self.architecture}
+        positions = arch.get("max_position_embeddings")
+        if positions is not None and positions < self.sft_seq_len:
+            raise ConfigError(
+                f"data.source.architecture.max_position_embeddings={positions} is shorter than "
+                f"data.source.sft_seq_len={self.sft_seq_len}"
+            )
+        return arch
+
+    # ---- building ------------------------------------------------------------------------------
+    def _build_reward(self, out: Path) -> None:
+        start = time.time()
+        train = self._take("classifier", self.n_classifier, "n_classifier", offset=self.n_classifier_test)
+        test = self._take("classifier", self.n_classifier_test, "n_classifier_test")
+        with tqdm(total=3, desc="gold reward: TF-IDF + logistic regression", leave=False) as bar:
+            model = train_classifier(train, self.seed, self.classifier_windows, c=self.classifier_c)
+            bar.update()
+            short = accuracy(model, test, CHECK_WORDS)
+            bar.update()
+            full = accuracy(model, test)
+            bar.update()
+        reward = SentimentReward(model)
+        joblib.dump(model, out / "classifier.joblib")
+        meta = {
+            "accuracy_first_40_words": short,
+            "accuracy_full_review": full,
+            "test_positive_share": _mean([r.label for r in test]),
+            "test_mean_reward_first_40_words": _mean(
+                reward.probability([first_words(r.text, CHECK_WORDS) for r in test])
+            ),
+            "n_train": len(train),
+            "n_test": len(test),
+            "reward_seconds": time.time() - start,
+        }
+        (out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    def _build_tokenizer(self, out: Path, vocab_size: int) -> None:
+        texts = [r.text for r in self._take("sft", self.n_sft_reviews, "n_sft_reviews")]
+        with tqdm(total=1, desc=f"{vocab_size}-token BPE on {len(texts)} reviews", leave=False) as bar:
+            build_bpe_tokenizer(texts, vocab_size=vocab_size).save_pretrained(out)
+            bar.update()
+
+    def _build_sft(self, out: Path, tokenizer_dir: Path, arch: dict[str, Any]) -> None:
+        start = time.time()
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+        texts = [r.text for r in self._take("sft", self.n_sft_reviews, "n_sft_reviews")]
+        ids = tok(texts)["input_ids"]
+        sequences = sft_windows(ids, tok.bos_token_id, tok.eos_token_id, self.sft_seq_len)
+        model = build_tiny(tok, **{"seed": self.seed, **arch})
+        n_params = sum(p.numel() for p in model.parameters())
+        layers, width = model.config.num_hidden_layers, model.config.hidden_size
+        losses = train_causal_lm(
+            model, sequences, self.sft_steps, self.sft_lr, self.sft_batch_size, self.seed, tok.pad_token_id,
+            desc=f"SFT imdb policy ({layers}-layer d={width}, {n_params / 1e6:.2f}M params)",
+        )
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        meta = {
+            "n_params": n_params,
+            "n_windows": len(sequences),
+            "corpus_tokens": sum(len(s) for s in sequences),
+            "trained_tokens": self.sft_steps * self.sft_batch_size * self.sft_seq_len,
+            "sft_first_loss": _mean(losses[:20]),
+            "sft_final_loss": _mean(losses[-50:]),
+            "sft_seconds": time.time() - start,
+        }
+        (out / "imdb_meta.json").write_text(json.dumps(meta, indent=1))
+
+    def _build_pairs(self, out: Path, model, tok, reward: SentimentReward) -> None:
+        start = time.time()
+        prompts = self.pair_prompts()
+        k = self.samples_per_prompt
+        repeated = [p for p in prompts for _ in range(k)]
+        ids = tok(repeated)["input_ids"]
+        sampled = sample(model, tok, ids, self.max_new_tokens, self.temperature, self.seed,
+                         self.sample_batch_size, f"sampling {len(prompts)} prompts x {k} continuations")
+        responses = tok.batch_decode(sampled, skip_special_tokens=True)
+        rewards = reward(repeated, responses)
+        rows, ties = pair_rows(prompts, responses, rewards, k)
+        with open(out / "pairs.jsonl", "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in rows)
+        gaps = [max(rewards[i * k:(i + 1) * k]) - min(rewards[i * k:(i + 1) * k]) for i in range(len(prompts))]
+        meta = {
+            "n_pairs": len(rows),
+            "ties_dropped": ties,
+            "sample_reward": _mean(rewards),
+            "sample_reward_gap": _mean(gaps),
+            "sample_tokens": _mean([len(s) for s in sampled]),
+            "pairs_seconds": time.time() - start,
+        }
+        (out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    def _tiny_policy(
+        self, model_cfg: Any, arch: dict[str, Any], cache_root: Path, info: dict[str, Any]
+    ) -> tuple[Path, str]:
+        """The tokenizer and the SFT policy trained from scratch (cached); returns (folder, key)."""
+        vocab = int((model_cfg or {}).get("vocab_size", 4096))
+        tok_key = self.tokenizer_key(vocab)
+        _log(f"tokenizer {tok_key}: {vocab}-token byte-level BPE on {self.n_sft_reviews} reviews")
+        tok_dir = cached_dir(cache_root, "imdb_tokenizer", tok_key, lambda d: self._build_tokenizer(d, vocab))
+        policy_key = self.sft_key(tok_key, arch)
+        _log(f"SFT policy {policy_key}: tiny Llama {arch}, {self.sft_steps} steps x "
+             f"{self.sft_batch_size} x {self.sft_seq_len} tokens")
+        policy = cached_dir(cache_root, "imdb_sft", policy_key, lambda d: self._build_sft(d, tok_dir, arch))
+        smeta = json.loads((policy / "imdb_meta.json").read_text())
+        _log(f"SFT policy: {smeta['n_params'] / 1e6:.2f}M params, loss {smeta['sft_first_loss']:.2f} -> "
+             f"{smeta['sft_final_loss']:.2f} over {smeta['trained_tokens'] / 1e6:.2f}M tokens, "
+             f"built in {smeta['sft_seconds']:.0f}s")
+        info.update({"imdb/sft_key": policy_key, "imdb/sft_final_loss": smeta["sft_final_loss"]})
+        return policy, policy_key
+
+    def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
+        arch = self.tiny_architecture(model_cfg)
+        reward_key = self.reward_key()
+        _log(f"gold reward {reward_key}: sentiment classifier on {self.n_classifier} reviews")
+        reward_dir = cached_dir(cache_root, "imdb_reward", reward_key, self._build_reward)
+        reward = SentimentReward(joblib.load(reward_dir / "classifier.joblib"))
+        rmeta = json.loads((reward_dir / "meta.json").read_text())
+        _log(
+            "gold reward = P(positive | prompt + response); held-out accuracy "
+            f"{rmeta['accuracy_first_40_words']:.3f} "
+            f"on the first {CHECK_WORDS} words of {rmeta['n_test']} reviews ({rmeta['accuracy_full_review']:.3f} "
+            f"on whole reviews; positive share {rmeta['test_positive_share']:.2f})"
+        )
+        info: dict[str, Any] = {
+            "imdb/reward_key": reward_key,
+            "imdb/reward": "P(positive | prompt + response)",
+            "imdb/classifier_accuracy_40_words": rmeta["accuracy_first_40_words"],
+            "imdb/classifier_accuracy_full": rmeta["accuracy_full_review"],
+            "imdb/reviews_reward_40_words": rmeta["test_mean_reward_first_40_words"],
+        }
+        if arch is not None:
+            policy, policy_key = self._tiny_policy(model_cfg, arch, cache_root, info)
+            cfg = model_cfg if model_cfg is not None else OmegaConf.create({})  # direct API use: no config
+            load = partial(load_policy, cfg, cache_root, policy)
+        else:
+            policy = None
+            ident = {k: _plain(model_cfg.get(k)) for k in ("name", "path", "gguf") if model_cfg.get(k) is not None}
+            policy_key = fingerprint("imdb-pretrained", ident)
+            _log(f"starting policy: model={model_cfg.get('name')} as loaded (no tokenizer or SFT is built)")
+            load = partial(load_policy, model_cfg, cache_root)
+        pairs_key = self.pairs_key(policy_key, reward_key)
+        _log(f"pairs {pairs_key}: {self.n_pair_prompts} prompts x {self.samples_per_prompt} continuations "
+             f"of up to {self.max_new_tokens} tokens")
+
+        def build_pairs(out: Path) -> None:
+            model, tok = load()  # load_policy gives a pad token where the tokenizer has none
+            self._build_pairs(out, model, tok, reward)
+
+        pairs_dir = cached_dir(cache_root, "imdb_pairs", pairs_key, build_pairs)
+        pmeta = json.loads((pairs_dir / "meta.json").read_text())
+        _log(f"{pmeta['n_pairs']} pairs ({pmeta['ties_dropped']} ties dropped); starting policy's samples "
+             f"score {pmeta['sample_reward']:.3f} (real review openings "
+             f"{rmeta['test_mean_reward_first_40_words']:.3f}), "
+             f"mean best-worst gap {pmeta['sample_reward_gap']:.3f}; built in {pmeta['pairs_seconds']:.0f}s")
+        with open(pairs_dir / "pairs.jsonl") as fh:
+            rows = [json.loads(line) for line in fh]
+        prompts_in_order = list(dict.fromkeys(r["prompt"] for r in rows))
+        n_held = round(self.eval_fraction * len(prompts_in_order))
+        held = set(prompts_in_order[len(prompts_in_order) - n_held:]) if n_held else set()
+        train_rows = [r for r in rows if r["prompt"] not in held]
+        eval_rows = [r for r in rows if r["prompt"] in held]
+        info.update({
+            "imdb/pairs_key": pairs_key,
+            "imdb/pairs_file": str(pairs_dir / "pairs.jsonl"),
+            "imdb/n_pairs": pmeta["n_pairs"],
+            "imdb/n_train_rows": len(train_rows),
+            "imdb/n_eval_rows": len(eval_rows),
+            "imdb/ties_dropped": pmeta["ties_dropped"],
+            "imdb/pair_sample_reward": pmeta["sample_reward"],
+        })
+        return TaskArtifacts(
+            train_rows=train_rows,
+            eval_rows=eval_rows,
+            policy=policy,
+            eval_prompts=self.eval_prompts(),
+            oracle=reward,
+            generation={"max_new_tokens": self.max_new_tokens, "temperature": self.temperature},
+            info=info,
+            responses_end_with_eos=False,  # continuations cut at max_new_tokens, not finished reviews
+        )
