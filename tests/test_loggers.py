@@ -19,7 +19,9 @@ def test_flatten():
 def test_run_identity_from_loss_beta_data_seed():
     name, tags = run_identity(OmegaConf.create(CFG), "dpo", "sort")
     assert name == "dpo-beta0.3-sort-seed3"
-    assert tags == ["loss:dpo", "data:sort", "beta:0.3", "seed:3", "study"]
+    assert tags == ["loss:dpo", "method:dpo", "data:sort", "beta:0.3", "seed:3", "study"]
+    name, tags = run_identity(OmegaConf.create(CFG), "simpo", "sort", method="simpo_margin_low")
+    assert name.startswith("simpo_margin_low-") and "loss:simpo" in tags and "method:simpo_margin_low" in tags
 
 
 def test_wandb_logger_gets_name_group_tags_and_flat_config(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ Exercised by every task build, e.g. `python src/run.py data=sort`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -54,6 +55,14 @@ def cached_dir(root: str | os.PathLike, kind: str, key: str, build: Callable[[Pa
     if (final / DONE_MARKER).exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel jobs wait for one builder instead of all building
+        if (final / DONE_MARKER).exists():
+            return final
+        return _build_into(final, key, build)
+
+
+def _build_into(final: Path, key: str, build: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
     try:
         build(tmp)

@@ -26,11 +26,14 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def run_identity(cfg: DictConfig, loss_name: str, data_name: str) -> tuple[str, list[str]]:
-    """A readable run name and tags from the loss, β, data and seed."""
+def run_identity(cfg: DictConfig, loss_name: str, data_name: str, method: str | None = None) -> tuple[str, list[str]]:
+    """A readable run name and tags from the loss, β, data and seed; `method` is the loss config's
+    name (`simpo_margin_low`), which tells controls apart from the loss class they share."""
     beta = cfg.loss.get("beta")
-    name = f"{loss_name}-beta{beta}-{data_name}-seed{cfg.seed}"
-    tags = [f"loss:{loss_name}", f"data:{data_name}", f"beta:{beta}", f"seed:{cfg.seed}", *cfg.get("tags", [])]
+    method = method or loss_name
+    name = f"{method}-beta{beta}-{data_name}-seed{cfg.seed}"
+    tags = [f"loss:{loss_name}", f"method:{method}", f"data:{data_name}", f"beta:{beta}", f"seed:{cfg.seed}",
+            *cfg.get("tags", [])]
     return name, tags
 
 
@@ -61,10 +64,11 @@ def make_loggers(cfg: DictConfig, output_dir: Path, name: str, group: str, tags:
     return loggers
 
 
-def log_summary(loggers: list[Any], metrics: dict[str, float], samples: list[dict] | None = None) -> None:
-    """Final metrics into every logger (W&B: summary and a table of sample texts)."""
+def log_summary(loggers: list[Any], metrics: dict[str, float], samples: list[dict] | None = None,
+                step: int | None = None) -> None:
+    """Final metrics into every logger at the last step (W&B: summary and a table of sample texts)."""
     for logger in loggers:
-        logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
         experiment = getattr(logger, "experiment", None)
         if hasattr(experiment, "summary"):
             experiment.summary.update(metrics)

@@ -123,7 +123,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
 
     state["info"].update(attach_caches(cfg, module, data, cache_root))
 
-    name, tags = run_identity(cfg, loss.name, cfg.data.name)
+    name, tags = run_identity(cfg, loss.name, cfg.data.name, HydraConfig.get().runtime.choices.get("loss"))
     state["loggers"] = loggers = make_loggers(cfg, output_dir, name, group, tags)
     trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy)
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
@@ -153,7 +153,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
             max_prompts=cfg.eval.generate_max_prompts, max_new_tokens=cfg.eval.generate_max_new_tokens,
             temperature=cfg.eval.generate_temperature, seed=cfg.seed, batch_size=cfg.eval.batch_size,
         )
-    log_summary(loggers, metrics, state["samples"])
+    log_summary(loggers, metrics, state["samples"], step=trainer.global_step)
     save_policy(module.policy, tokenizer, output_dir / "model")
     return metrics
 

@@ -6,6 +6,7 @@ Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses -q`.
 """
 
 from prefopt.losses.base import ConfigError, LossOutput, PairLogps, PreferenceLoss
+from prefopt.losses.controls import RMiPOShuffledLoss, SimPOAnnealedLoss
 from prefopt.losses.dpo import DPOLoss
 from prefopt.losses.ipo import IPOLoss
 from prefopt.losses.rmipo import RMiPOLoss
@@ -19,5 +20,7 @@ __all__ = [
     "PairLogps",
     "PreferenceLoss",
     "RMiPOLoss",
+    "RMiPOShuffledLoss",
+    "SimPOAnnealedLoss",
     "SimPOLoss",
 ]

@@ -43,10 +43,14 @@ class SimPOLoss(PreferenceLoss):
         """The target reward margin γ = β·gamma_beta_ratio."""
         return self.beta * self.gamma_beta_ratio
 
+    def gamma_at(self, progress: float) -> float:
+        """The margin used at `progress` (share of training done); fixed here, scheduled in subclasses."""
+        return self.gamma
+
     def compute(self, logps: PairLogps, progress: float = 0.0) -> LossOutput:
         chosen_avg = length_average(logps.chosen, logps.chosen_tokens)
         rejected_avg = length_average(logps.rejected, logps.rejected_tokens)
-        z = self.beta * (chosen_avg - rejected_avg) - self.gamma
+        z = self.beta * (chosen_avg - rejected_avg) - self.gamma_at(progress)
         losses = smoothed_sigmoid_loss(z, self.label_smoothing)
         metrics = {}
         if self.sft_weight > 0:

@@ -1,0 +1,50 @@
+"""The study report from a sweep: `python src/analyze.py MULTIRUN_DIR` writes there sensitivity.md,
+sensitivity.csv (per method), grid.csv (per grid point), pairwise.csv, runs.csv, curves.csv and PNGs.
+
+    python src/run.py -m sweep=beta_sensitivity hydra.sweep.dir=multirun/beta
+    python src/analyze.py multirun/beta
+    python src/analyze.py multirun/beta --out docs/results/beta_sensitivity
+    python src/analyze.py docs/results/beta_sensitivity/runs.csv --out /tmp/again   # from the saved table
+    python src/analyze.py multirun/beta --methods rmipo,rmipo_shuffled            # some methods only
+
+The score, tolerance and default learning rate come from the sweep's config (conf/sweep/<study>.yaml,
+key `sweep`); the options below override them. The functions live in prefopt.analysis.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `prefopt` even without `pip install -e .`
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="a multirun folder (hydra.sweep.dir), or a runs.csv written by this tool")
+    parser.add_argument("--out", help="folder for the report (default: the multirun folder)")
+    parser.add_argument("--score", help="metric to rank grid points by (default: the sweep's, eval/oracle_reward)")
+    parser.add_argument("--tolerance", type=float, help="'near the best' margin (default: the sweep's, 0.02)")
+    parser.add_argument("--x", help="config key on the x-axis of the score plot (default: loss.beta)")
+    parser.add_argument("--methods", help="comma-separated loss config names to keep (default: all)")
+    parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    args = parser.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no windows
+    from prefopt.analysis import analyze
+
+    try:
+        written = analyze(args.source, args.out, score=args.score, tolerance=args.tolerance, x=args.x,
+                          n_boot=args.boot, methods=args.methods.split(",") if args.methods else None)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 1
+    for name, path in written.items():
+        print(f"{name:28s} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

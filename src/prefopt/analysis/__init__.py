@@ -1,0 +1,34 @@
+"""Turning a sweep into the sensitivity study: load runs, compute per-method statistics, plot, report.
+
+    python src/analyze.py multirun/beta_sensitivity_<date_time>       # the CLI (writes there)
+    notebooks/sensitivity.ipynb                                      # the same functions, interactively
+
+`load_study` (`load_runs`, `load_curves`, `study_settings`) reads every `results.json` under a multirun
+folder (or the `runs.csv` this package wrote);
+`grid_table`, `method_summary` and `pairwise_differences` compute the numbers; `plot_*` draw them;
+`analyze` does all of it and writes sensitivity.md, sensitivity.csv and the PNGs.
+"""
+
+from prefopt.analysis.plots import plot_reward_vs_kl, plot_score_vs_param, plot_training_curves
+from prefopt.analysis.report import analyze, markdown_report
+from prefopt.analysis.runs import (
+    StudySettings, load_curves, load_runs, load_study, study_settings, swept_keys,
+)
+from prefopt.analysis.stats import grid_table, method_summary, pairwise_differences
+
+__all__ = [
+    "StudySettings",
+    "analyze",
+    "grid_table",
+    "load_curves",
+    "load_runs",
+    "load_study",
+    "markdown_report",
+    "method_summary",
+    "pairwise_differences",
+    "plot_reward_vs_kl",
+    "plot_score_vs_param",
+    "plot_training_curves",
+    "study_settings",
+    "swept_keys",
+]

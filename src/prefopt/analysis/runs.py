@@ -1,0 +1,220 @@
+"""Loading a sweep into tables: one row per run (method, seed, metrics, flattened config), and curves.
+
+A multirun folder holds one folder per job with `results.json` (written by prefopt.runner) and Hydra's
+`.hydra/hydra.yaml`, whose `runtime.choices.loss` names the loss config (`dpo`, `simpo_margin_low`,
+...): that name is the run's *method*. Columns: `run` (folder relative to the multirun folder),
+`status`, `error`, `method`, `seed`, `wall_time_s`, every logged metric under its own name (those with
+a `/`: `eval/oracle_reward`, `train/loss`, ...; `train_loss` and the like are progress-bar copies and
+are left out) and every config key flattened with dots (`loss.beta`, `optim.lr`, `sweep.tolerance`,
+...) except the machine's own `paths.*`. `analyze` saves the table as runs.csv; `load_runs` reads either.
+Exercised by `pytest tests/test_analyze.py`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from prefopt.results import read_results
+
+RESERVED = ("run", "status", "error", "method", "seed", "wall_time_s")
+DEFAULT_SCORE = "eval/oracle_reward"
+DEFAULT_TOLERANCE = 0.02
+CURVE_METRICS = ("train/margin/mean", "train/pmi/delta")
+
+
+@dataclass
+class StudySettings:
+    """How a study is scored: the metric, the "near the best" tolerance, and the untuned value of each
+    swept key that is not a loss argument (loss arguments default to the loss class's own defaults)."""
+
+    name: str = "study"
+    score: str = DEFAULT_SCORE
+    tolerance: float = DEFAULT_TOLERANCE
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists become their string form (a CSV cell)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = str(value) if isinstance(value, (list, tuple)) else value
+    return flat
+
+
+def loss_class(target: str) -> type | None:
+    """The class a `loss._target_` names, or None if it cannot be imported."""
+    from hydra.utils import get_class
+
+    try:
+        return get_class(target)
+    except Exception:  # noqa: BLE001 - any import failure means "unknown"
+        return None
+
+
+def _method(run_dir: Path, config: dict[str, Any]) -> str:
+    """The loss config's name from Hydra's record of the job, else the loss class's `name`."""
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.exists():
+        choice = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices.loss")
+        if choice:
+            return str(choice)
+    target = str((config.get("loss") or {}).get("_target_", "unknown"))
+    cls = loss_class(target)
+    return str(getattr(cls, "name", None) or target.rsplit(".", 1)[-1].lower())
+
+
+def load_runs(source: str | Path) -> pd.DataFrame:
+    """Every run of a multirun folder (any depth), or the runs.csv that `analyze` wrote."""
+    source = Path(source)
+    if source.is_file():
+        return pd.read_csv(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} does not exist: pass a multirun folder (python src/run.py -m ...)")
+    files = sorted(source.rglob("results.json"))
+    if not files:
+        raise FileNotFoundError(
+            f"no results.json under {source}: pass the folder a multirun wrote (hydra.sweep.dir)"
+        )
+    rows = []
+    for path in files:
+        run = str(path.parent.relative_to(source))
+        record = read_results(path)
+        if record is None:
+            rows.append({"run": run, "status": "unreadable", "error": f"cannot parse {path}", "method": "?"})
+            continue
+        config = record.get("config") or {}
+        row: dict[str, Any] = {
+            "run": run,
+            "status": record.get("status", "unknown"),
+            "error": record.get("error"),
+            "method": _method(path.parent, config),
+            "seed": record.get("seed", config.get("seed")),
+            "wall_time_s": record.get("wall_time_s"),
+        }
+        row.update({k: v for k, v in (record.get("metrics") or {}).items() if "/" in k})
+        row.update({k: v for k, v in flatten(config).items() if k not in RESERVED and not k.startswith("paths.")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def config_columns(runs: pd.DataFrame) -> list[str]:
+    """Flattened config keys: the columns that are neither reserved nor metrics (metrics contain '/')."""
+    return [c for c in runs.columns if c not in RESERVED and "/" not in c]
+
+
+def completed(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"] == "completed"]
+
+
+def swept_keys(runs: pd.DataFrame, method: str | None = None) -> list[str]:
+    """Config keys whose value differs between the completed runs (of `method`), seed excluded:
+    the axes of that method's grid, e.g. ["loss.beta", "optim.lr"]."""
+    done = completed(runs)
+    if method is not None:
+        done = done[done["method"] == method]
+    keys = []
+    for key in config_columns(done):
+        if key == "seed":
+            continue
+        if done[key].astype(str).nunique(dropna=False) > 1:
+            keys.append(key)
+    return keys
+
+
+def study_settings(runs: pd.DataFrame, **overrides: Any) -> StudySettings:
+    """The settings from the runs' `sweep.*` config (set by conf/sweep/<study>.yaml); a keyword that
+    is not None wins over them."""
+    def first(column: str) -> Any:
+        if column not in runs.columns:
+            return None
+        values = runs[column].dropna()
+        return values.iloc[0] if len(values) else None
+
+    prefix = "sweep.defaults."
+    defaults = {c[len(prefix):]: first(c) for c in runs.columns if c.startswith(prefix)}
+    names = list(dict.fromkeys(runs["sweep.name"].dropna().astype(str))) if "sweep.name" in runs else []
+    settings = StudySettings(
+        name=" + ".join(names) or "study",
+        score=str(first("sweep.score") or DEFAULT_SCORE),
+        tolerance=float(first("sweep.tolerance") if first("sweep.tolerance") is not None else DEFAULT_TOLERANCE),
+        defaults={k: v for k, v in defaults.items() if v is not None},
+    )
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(settings, key, value)
+    return settings
+
+
+def default_point(runs: pd.DataFrame, method: str, keys: list[str], settings: StudySettings) -> dict | None:
+    """The grid point an untuned user of `method` would run: each `loss.<arg>` at the loss class's
+    default, every other swept key at `settings.defaults`; None when some key has no default."""
+    rows = runs[runs["method"] == method]
+    targets = rows["loss._target_"].dropna() if "loss._target_" in rows else pd.Series(dtype=str)
+    cls = loss_class(str(targets.iloc[0])) if len(targets) else None
+    params = inspect.signature(cls.__init__).parameters if cls else {}
+    point = {}
+    for key in keys:
+        if key.startswith("loss.") and key[5:] in params:
+            value = params[key[5:]].default
+            if value is inspect.Parameter.empty:
+                return None
+        elif key in settings.defaults:
+            value = settings.defaults[key]
+        else:
+            return None
+        point[key] = value
+    return point
+
+
+def load_curves(source: str | Path, runs: pd.DataFrame, metrics: tuple[str, ...] = CURVE_METRICS) -> pd.DataFrame:
+    """Per-step training metrics (`metrics`) of the completed runs that logged them: columns `run`,
+    `step` and the metrics; from each run's csv/metrics.csv, or from the curves.csv `analyze` wrote."""
+    source = Path(source)
+    if source.is_file():
+        return pd.read_csv(source)
+    frames = []
+    for run in completed(runs)["run"]:
+        path = source / run / "csv" / "metrics.csv"
+        if not path.exists():
+            continue
+        table = pd.read_csv(path)
+        present = [m for m in metrics if m in table.columns]
+        if not present or "step" not in table.columns:
+            continue
+        summary = table.filter(like="eval/").notna().any(axis=1)  # the end-of-run summary row (logged at step 0)
+        table = table.loc[~summary, ["step", *present]].dropna(subset=present, how="all")
+        frames.append(table.assign(run=run))
+    if not frames:
+        return pd.DataFrame(columns=["run", "step", *metrics])
+    curves = pd.concat(frames, ignore_index=True)
+    return curves[["run", "step", *[c for c in curves.columns if c not in ("run", "step")]]]
+
+
+def load_study(
+    source: str | Path, methods: list[str] | None = None, **overrides: Any
+) -> tuple[pd.DataFrame, pd.DataFrame, StudySettings]:
+    """(runs, curves, settings) of a multirun folder or of a runs.csv written by `analyze` (its
+    curves.csv beside it), keeping only `methods` when given; `overrides` (score=..., tolerance=...)
+    win over the sweep's settings."""
+    source = Path(source)
+    runs = load_runs(source)
+    if methods:
+        unknown = sorted(set(methods) - set(runs["method"]))
+        if unknown:
+            raise ValueError(f"no runs of method(s) {unknown} under {source}; methods: {sorted(set(runs['method']))}")
+        runs = runs[runs["method"].isin(methods)].reset_index(drop=True)
+    curves_source = source.parent / "curves.csv" if source.is_file() else source
+    curves = load_curves(curves_source, runs) if curves_source.exists() else pd.DataFrame()
+    if not curves.empty:
+        curves = curves[curves["run"].isin(runs["run"])].reset_index(drop=True)
+    return runs, curves, study_settings(runs, **overrides)
