@@ -67,3 +67,108 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
     assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)  # halfway through the decay
     assert warmup_cosine(100, 100, 10, min_ratio=0.1) == pytest.approx(0.1)
+
+
+# ---- log-prob tables instead of frozen passes; the reference in checkpoints --------------------------
+
+
+def live_tables(kind):
+    """Tables for the PAIRS batch computed by a live pass of an unreleased module."""
+    module = PreferenceModule(tiny_model(), RMiPOLoss(marginal="reference") if kind == "marginal" else DPOLoss())
+    with torch.no_grad():
+        logps = module.pair_logps(pair_batch(PAIRS))
+    if kind == "reference":
+        pair = (logps.ref_chosen, logps.ref_rejected), (logps.chosen_tokens, logps.rejected_tokens)
+    else:
+        pair = (logps.marginal_chosen, logps.marginal_rejected), (logps.marginal_chosen_tokens,
+                                                                   logps.marginal_rejected_tokens)
+    return torch.stack(pair[0], 1), torch.stack(pair[1], 1), logps
+
+
+@pytest.mark.parametrize("kind,loss", [("reference", DPOLoss), ("reference", IPOLoss), ("marginal", RMiPOLoss)])
+def test_tables_replace_the_frozen_pass_and_release_the_reference(kind, loss, monkeypatch):
+    table, tokens, live = live_tables(kind)
+    module = PreferenceModule(tiny_model(), loss(marginal="reference") if loss is RMiPOLoss else loss())
+    assert module.reference is not None
+    module.use_logp_table(kind, "train", table, tokens)
+    assert not module.release_reference()  # the eval split is not covered yet
+    module.use_logp_table(kind, "eval", table[:0], tokens[:0])
+    assert module.release_reference() and module.reference is None
+    calls = []
+    import prefopt.module as module_file
+
+    real = module_file.response_logps
+    monkeypatch.setattr(module_file, "response_logps", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
+    got = module.pair_logps(pair_batch(PAIRS))
+    assert calls == [module.policy]  # one forward: the policy's; no frozen pass
+    for field in ("ref_chosen", "ref_rejected") if kind == "reference" else ("marginal_chosen", "marginal_rejected",
+                                                                               "marginal_chosen_tokens"):
+        torch.testing.assert_close(getattr(got, field), getattr(live, field))
+    assert torch.isfinite(module.loss_fn(got).losses).all()
+
+
+def test_table_lookup_follows_the_pair_index():
+    table, tokens, live = live_tables("reference")
+    module = PreferenceModule(tiny_model(), DPOLoss())
+    module.use_logp_table("reference", "train", table, tokens)
+    batch = pair_batch(PAIRS[::-1])  # the same pairs in reverse order, with their dataset indices
+    batch["index"] = torch.tensor([2, 1, 0])
+    got = module.pair_logps(batch)
+    torch.testing.assert_close(got.ref_chosen, live.ref_chosen.flip(0))
+    torch.testing.assert_close(got.ref_rejected, live.ref_rejected.flip(0))
+
+
+def test_a_table_that_does_not_fit_the_batch_is_an_error():
+    table, tokens, _ = live_tables("reference")
+    module = PreferenceModule(tiny_model(), DPOLoss())
+    module.use_logp_table("reference", "train", table, tokens + 1)
+    with pytest.raises(RuntimeError, match="other token counts"):
+        module.pair_logps(pair_batch(PAIRS))
+    module.use_logp_table("reference", "train", table[:2], tokens[:2])
+    with pytest.raises(RuntimeError, match="has 2 pairs but the batch asks for pair index 2"):
+        module.pair_logps(pair_batch(PAIRS))
+
+
+def test_eval_split_uses_its_own_table():
+    table, tokens, _ = live_tables("reference")
+    module = PreferenceModule(tiny_model(), DPOLoss())
+    module.use_logp_table("reference", "train", table, tokens)
+    module.use_logp_table("reference", "eval", table + 5.0, tokens)
+    module.release_reference()
+    got = module.pair_logps(pair_batch(PAIRS), split="eval")
+    torch.testing.assert_close(got.ref_chosen, table[:, 0] + 5.0)
+
+
+def test_checkpoints_leave_the_reference_out_and_resume_fills_it_in():
+    module = PreferenceModule(tiny_model(), DPOLoss())
+    checkpoint = {"state_dict": module.state_dict()}
+    assert any(k.startswith("reference.") for k in checkpoint["state_dict"])
+    module.on_save_checkpoint(checkpoint)
+    assert not any(k.startswith("reference.") for k in checkpoint["state_dict"])
+    fresh = PreferenceModule(tiny_model(seed=1), DPOLoss())
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])  # strict: the reference keys are filled in
+    assert all(torch.equal(v, module.policy.state_dict()[k]) for k, v in fresh.policy.state_dict().items())
+    released = PreferenceModule(tiny_model(), SimPOLoss())
+    old = {"state_dict": {**released.state_dict(), "reference.lm_head.weight": torch.zeros(1)}}
+    released.on_load_checkpoint(old)  # an older checkpoint's reference is dropped when none is held
+    released.load_state_dict(old["state_dict"])
+
+
+def test_marginal_rows_are_start_plus_response_padded_to_the_longest_response():
+    """The collator's marginal rows hold no prompt token: [start..., response], right-padded to the
+    longest response of the batch, so the marginal pass costs S + max response length per row."""
+    from prefopt.data.collate import PairCollator
+
+    items = [
+        {"prompt_ids": [1, 5, 6, 7, 8, 9], "chosen_ids": [10, 11, 2], "rejected_ids": [12, 2], "index": 0},
+        {"prompt_ids": [1, 5], "chosen_ids": [13, 14, 15, 16, 2], "rejected_ids": [17, 2], "index": 1},
+    ]
+    b = PairCollator(pad_id=0, start_ids=[1, 20])(items)
+    assert b["marginal_input_ids"].shape == (4, 2 + 5)  # start (2) + longest response (5)
+    assert b["marginal_input_ids"][1].tolist() == [1, 20, 13, 14, 15, 16, 2]
+    assert b["marginal_input_ids"][2].tolist() == [1, 20, 12, 2, 0, 0, 0]
+    assert b["marginal_score_mask"][2].tolist() == [0, 0, 1, 1, 0, 0, 0]
+    prompt_tokens = {5, 6, 7, 8, 9}
+    assert not prompt_tokens & set(b["marginal_input_ids"].flatten().tolist())
+    assert b["input_ids"].shape[1] == 9  # the full rows: longest prompt + response

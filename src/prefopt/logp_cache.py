@@ -1,14 +1,209 @@
-"""Reference and marginal log-probs computed once and cached on disk (placeholder: no caching yet).
+"""Log-probs of the frozen starting policy, computed once per (weights, data, tokenization) and cached.
 
-`attach_caches` is called by the runner after the module and data are built; it returns facts for
-results.json (whether a cache was used).
+DPO and IPO need reference log-probs, RMiPO with `marginal=reference` the prompt-free marginal ones;
+both come from the starting policy, which never changes, so one no-gradient pass over the train and
+eval pairs serves every run that shares it (a β sweep computes them once). The cache lives in
+`<cache_dir>/logps/<kind>-<key>/{train,eval}.safetensors` (tables `logps`, `tokens`: (N, 2) for
+[chosen, rejected] of pair index 0..N-1); the key is a fingerprint of the starting policy's tensors
+and config, the tokenized pairs (ids, in order), the truncation settings, the marginal pass's start
+tokens and the numeric precision. A run that finds the tables (or has just built them) serves the
+loss from them and drops the frozen reference model before training.
+
+`attach_caches(cfg, module, data, cache_root)` is what the runner calls; it reads `cfg.logp_cache`
+(default true) and returns the facts for results.json (`info.logp_cache`: enabled, used, per-table
+status `hit` or `built`, key, seconds). Exercised by `python src/run.py loss=dpo` (twice: the second
+run says `hit`) and `pytest tests/test_logp_cache.py`.
 """
 
 from __future__ import annotations
 
+import copy
+import gc
+import hashlib
+import os
+import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from prefopt.cache import cached_dir, fingerprint
+from prefopt.logps import response_logps
+
+FORMAT_VERSION = 1  # bump when what a table holds (or how it is computed) changes
+SPLITS = ("train", "eval")
+INPUTS = {  # which collated tensors each kind scores
+    "reference": ("input_ids", "attention_mask", "score_mask"),
+    "marginal": ("marginal_input_ids", "marginal_attention_mask", "marginal_score_mask"),
+}
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """Digest of a model's config (without its path and version) and every tensor in its state dict."""
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        conf = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+        digest.update(fingerprint(type(model).__name__, conf).encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)  # no copy
+    return digest.hexdigest()[:16]
+
+
+def pairs_fingerprint(items: Iterable[dict[str, Any]]) -> str:
+    """Digest of tokenized pairs in order: prompt, chosen and rejected ids of each."""
+    digest = hashlib.sha256()
+    count = 0
+    for item in items:
+        for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            ids = np.asarray(item[key], dtype=np.int64)
+            digest.update(np.int64(ids.size).tobytes())
+            digest.update(ids.tobytes())
+        count += 1
+    digest.update(str(count).encode())
+    return digest.hexdigest()[:16]
+
+
+def numeric_context(precision: str, device: torch.device):
+    """(autocast context, weight dtype) matching a Lightning `trainer.precision` for the frozen pass."""
+    precision = str(precision)
+    half = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+    if half is not None and precision.endswith("mixed"):
+        return torch.autocast(device.type, dtype=half), None
+    if half is not None and precision.endswith("true"):
+        return nullcontext(), half
+    if precision.startswith("64"):
+        return nullcontext(), torch.float64
+    return nullcontext(), None
+
+
+def cache_key(kind: str, weights: str, data: Any, precision: str) -> str:
+    """The fingerprint one table set is stored under (everything its numbers depend on)."""
+    parts: dict[str, Any] = dict(
+        version=FORMAT_VERSION,
+        kind=kind,
+        weights=weights,
+        train=pairs_fingerprint(data.train_dataset),
+        eval=pairs_fingerprint(data.eval_dataset),
+        max_length=data.max_length,
+        max_prompt_length=data.max_prompt_length,
+        precision=str(precision),
+    )
+    if kind == "marginal":
+        parts["start_ids"] = list(data.collator.start_ids)
+    return fingerprint(parts)
+
+
+@torch.no_grad()
+def compute_table(model: torch.nn.Module, loader: Iterable[dict[str, Tensor]], n_pairs: int, kind: str,
+                  device: torch.device, autocast=None) -> tuple[Tensor, Tensor]:
+    """(logps, tokens), each (n_pairs, 2) [chosen, rejected], from one in-order pass over `loader`."""
+    logps = torch.full((n_pairs, 2), float("nan"))
+    tokens = torch.full((n_pairs, 2), -1, dtype=torch.long)
+    ids_key, mask_key, score_key = INPUTS[kind]
+    with autocast or nullcontext():
+        for batch in loader:
+            b = batch["index"].shape[0]
+            sums, counts = response_logps(
+                model, batch[ids_key].to(device), batch[mask_key].to(device), batch[score_key].to(device)
+            )
+            sums, counts = sums.float().cpu(), counts.cpu()
+            logps[batch["index"]] = torch.stack([sums[:b], sums[b:]], dim=1)
+            tokens[batch["index"]] = torch.stack([counts[:b], counts[b:]], dim=1)
+    if n_pairs and (tokens < 0).any():
+        raise RuntimeError(f"the in-order {kind} pass did not reach every pair index")
+    return logps, tokens
+
+
+def _device(cfg: Any) -> torch.device:
+    accelerator = str(cfg.get("trainer", {}).get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _save(out: Path, tables: dict[str, tuple[Tensor, Tensor]]) -> None:
+    from safetensors.torch import save_file
+
+    for split, (logps, tokens) in tables.items():
+        save_file({"logps": logps.contiguous(), "tokens": tokens.contiguous()}, str(out / f"{split}.safetensors"))
+
+
+def _load(folder: Path, split: str) -> tuple[Tensor, Tensor]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / f"{split}.safetensors"))
+    return tensors["logps"], tensors["tokens"]
+
+
+def build_tables(model: torch.nn.Module, data: Any, kind: str, device: torch.device, precision: str):
+    """Tables of every split for `kind`, computed with `model` (the frozen starting policy).
+
+    The model is left as it was (device, dtype, mode): a half-precision pass runs on a converted copy.
+    """
+    autocast, dtype = numeric_context(precision, device)
+    home = next(model.parameters()).device
+    was_training = model.training
+    convert = dtype is not None and next(model.parameters()).dtype != dtype
+    scorer = copy.deepcopy(model).to(dtype) if convert else model
+    scorer.eval().to(device)
+    batch_size = max(data.batch_size, data.eval_batch_size)
+    tables = {}
+    try:
+        for split in SPLITS:
+            dataset = data.train_dataset if split == "train" else data.eval_dataset
+            loader = data.loader(split, shuffle=False, batch_size=batch_size)
+            tables[split] = compute_table(scorer, loader, len(dataset), kind, device, autocast)
+    finally:
+        if scorer is model:
+            model.to(home).train(was_training)
+    return tables
 
 
 def attach_caches(cfg: Any, module: Any, data: Any, cache_root: Path) -> dict[str, Any]:
-    return {"logp_cache": "off"}
+    """Serve the loss's frozen log-probs from on-disk tables (building them once) and drop the reference.
+
+    Returns {"logp_cache": {...}} for results.json: `enabled`, `used` (whether tables replace the frozen
+    passes in this run), and per table kind its `status` (`hit` or `built`), `key` and `seconds`.
+    """
+    enabled = bool(cfg.get("logp_cache", True))
+    kinds = module.frozen_kinds()
+    info: dict[str, Any] = {"enabled": enabled, "used": False, "tables": {}}
+    if not enabled or not kinds:
+        info["reason"] = "logp_cache=false" if not enabled else "the loss needs no log-probs of the starting policy"
+        return {"logp_cache": info}
+    data.setup()
+    precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
+    device = _device(cfg)
+    started = time.time()
+    weights = weights_fingerprint(module.reference)
+    for kind in kinds:
+        t0 = time.time()
+        key = cache_key(kind, weights, data, precision)
+        status = "hit"
+
+        def build(out: Path, kind: str = kind) -> None:
+            nonlocal status
+            status = "built"
+            print(f"[prefopt] computing {kind} log-probs of the starting policy once (cache key {key})")
+            _save(out, build_tables(module.reference, data, kind, device, precision))
+
+        folder = cached_dir(cache_root, "logps", f"{kind}-{key}", build)
+        for split in SPLITS:
+            logps, tokens = _load(folder, split)
+            module.use_logp_table(kind, split, logps, tokens)
+        info["tables"][kind] = {"status": status, "key": key, "seconds": round(time.time() - t0, 3)}
+        print(f"[prefopt] {kind} log-probs: {'cache hit' if status == 'hit' else 'computed and cached'} "
+              f"({folder})")
+    info["used"] = True
+    info["reference_released"] = module.release_reference()
+    info["seconds"] = round(time.time() - started, 3)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"logp_cache": info}

@@ -2,7 +2,11 @@
 
 It owns the forward passes (policy, frozen reference, marginal) and knows no loss by name: the loss
 declares what it needs (`needs_reference`, `needs_marginal`, `marginal_source`) and turns a `PairLogps`
-into per-pair losses, rewards and metrics. Exercised by `python src/run.py loss=dpo|ipo|simpo|rmipo`.
+into per-pair losses, rewards and metrics. Log-probs of the frozen starting policy (reference, and the
+marginal with `marginal=reference`) can instead come from tables indexed by each pair's dataset index
+(`use_logp_table`, filled by prefopt.logp_cache); once they cover what the loss needs,
+`release_reference()` drops the frozen copy. The reference never goes into checkpoints (it is rebuilt
+from the starting policy). Exercised by `python src/run.py loss=dpo|ipo|simpo|rmipo`.
 """
 
 from __future__ import annotations
@@ -53,8 +57,69 @@ class PreferenceModule(L.LightningModule):
         self.loss_fn = loss
         self.lr, self.weight_decay, self.adam_betas = lr, weight_decay, tuple(adam_betas)
         self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
-        wants_reference = loss.needs_reference or (loss.needs_marginal and loss.marginal_source == "reference")
-        self.reference = (reference or frozen_copy(policy)) if wants_reference else None
+        self.reference = (reference or frozen_copy(policy)) if self.frozen_kinds() else None
+        self._tables: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, split) -> buffer names
+        self._checked: set[tuple[str, str]] = set()
+
+    # ---- log-probs of the frozen starting policy: live passes or cached tables -------------------
+
+    def frozen_kinds(self) -> list[str]:
+        """Which log-probs of the frozen starting policy the loss needs: "reference", "marginal"."""
+        kinds = ["reference"] if self.loss_fn.needs_reference else []
+        if self.loss_fn.needs_marginal and self.loss_fn.marginal_source == "reference":
+            kinds.append("marginal")
+        return kinds
+
+    def use_logp_table(self, kind: str, split: str, logps: Tensor, tokens: Tensor) -> None:
+        """Serve `kind` log-probs of dataset `split` ("train" | "eval") from a table instead of a pass.
+
+        logps: (N, 2) float summed log-probs [chosen, rejected] of pair index 0..N-1; tokens: (N, 2) the
+        token counts they were summed over (checked against the batch on first use).
+        """
+        if kind not in ("reference", "marginal") or split not in ("train", "eval"):
+            raise ValueError(f"unknown log-prob table kind={kind!r} split={split!r}")
+        if logps.shape != tokens.shape or logps.ndim != 2 or logps.shape[1] != 2:
+            raise ValueError(f"a log-prob table is (N, 2) logps and tokens, got {tuple(logps.shape)}, {tuple(tokens.shape)}")
+        names = (f"_table_{kind}_{split}_logps", f"_table_{kind}_{split}_tokens")
+        self.register_buffer(names[0], logps.float(), persistent=False)
+        self.register_buffer(names[1], tokens.long(), persistent=False)
+        self._tables[(kind, split)] = names
+        self._checked.discard((kind, split))
+
+    def has_tables(self, kind: str) -> bool:
+        return all((kind, split) in self._tables for split in ("train", "eval"))
+
+    def release_reference(self) -> bool:
+        """Drop the frozen copy when tables cover every frozen log-prob the loss needs; True if dropped."""
+        if self.reference is None or not all(self.has_tables(kind) for kind in self.frozen_kinds()):
+            return False
+        self.reference = None
+        return True
+
+    def _from_table(self, kind: str, split: str, batch: dict[str, Tensor], tokens: Tensor):
+        """(logps (2B,), tokens (2B,)) of `kind` for the batch's pairs, or None without a table."""
+        names = self._tables.get((kind, split))
+        if names is None:
+            return None
+        table, counts = getattr(self, names[0]), getattr(self, names[1])
+        index = batch["index"].to(table.device)
+        first_use = (kind, split) not in self._checked  # check once per table (a check syncs a GPU)
+        if first_use and index.numel() and int(index.max()) >= table.shape[0]:
+            raise RuntimeError(
+                f"the cached {kind} log-prob table of the {split} split has {table.shape[0]} pairs but the batch "
+                f"asks for pair index {int(index.max())}: the cache does not belong to this dataset"
+            )
+        logps = torch.cat([table[index, 0], table[index, 1]])
+        cached_tokens = torch.cat([counts[index, 0], counts[index, 1]])
+        if first_use:  # the table belongs to these pairs: same token counts
+            if not torch.equal(cached_tokens, tokens.to(cached_tokens.device)):
+                raise RuntimeError(
+                    f"the cached {kind} log-probs of the {split} split were summed over other token counts than "
+                    "this batch's responses: the cache does not belong to this data (delete it, or set "
+                    "logp_cache=false)"
+                )
+            self._checked.add((kind, split))
+        return logps, cached_tokens
 
     def train(self, mode: bool = True) -> "PreferenceModule":
         super().train(mode)
@@ -62,28 +127,49 @@ class PreferenceModule(L.LightningModule):
             self.reference.eval()  # the reference never leaves eval mode
         return self
 
-    def pair_logps(self, batch: dict[str, Tensor]) -> PairLogps:
-        """Policy log-probs of chosen and rejected in one forward, plus what the loss declares it needs."""
+    def _frozen_model(self, kind: str) -> torch.nn.Module:
+        if self.reference is None:
+            raise RuntimeError(
+                f"the loss needs {kind} log-probs of the starting policy, but the reference model was released "
+                "and no cached table covers this split"
+            )
+        return self.reference
+
+    def pair_logps(self, batch: dict[str, Tensor], split: str = "train") -> PairLogps:
+        """Policy log-probs of chosen and rejected in one forward, plus what the loss declares it needs.
+
+        `split` ("train" | "eval") picks the cached tables that `batch["index"]` points into.
+        """
         n = batch["index"].shape[0]
         logps, tokens = response_logps(self.policy, batch["input_ids"], batch["attention_mask"], batch["score_mask"])
         fields: dict[str, Any] = dict(
             chosen=logps[:n], rejected=logps[n:], chosen_tokens=tokens[:n], rejected_tokens=tokens[n:]
         )
         if self.loss_fn.needs_reference:
-            with torch.no_grad():
-                ref, _ = response_logps(
-                    self.reference, batch["input_ids"], batch["attention_mask"], batch["score_mask"]
-                )
+            cached = self._from_table("reference", split, batch, tokens)
+            if cached is not None:
+                ref = cached[0]
+            else:
+                with torch.no_grad():
+                    ref, _ = response_logps(
+                        self._frozen_model("reference"), batch["input_ids"], batch["attention_mask"],
+                        batch["score_mask"],
+                    )
             fields.update(ref_chosen=ref[:n], ref_rejected=ref[n:])
         if self.loss_fn.needs_marginal:
-            scorer = self.policy if self.loss_fn.marginal_source == "policy" else self.reference
-            with torch.no_grad():
-                marg, marg_tokens = response_logps(
-                    scorer,
-                    batch["marginal_input_ids"],
-                    batch["marginal_attention_mask"],
-                    batch["marginal_score_mask"],
-                )
+            frozen = self.loss_fn.marginal_source == "reference"
+            cached = self._from_table("marginal", split, batch, tokens) if frozen else None
+            if cached is not None:
+                marg, marg_tokens = cached
+            else:
+                scorer = self._frozen_model("marginal") if frozen else self.policy
+                with torch.no_grad():
+                    marg, marg_tokens = response_logps(
+                        scorer,
+                        batch["marginal_input_ids"],
+                        batch["marginal_attention_mask"],
+                        batch["marginal_score_mask"],
+                    )
             fields.update(
                 marginal_chosen=marg[:n],
                 marginal_rejected=marg[n:],
@@ -99,10 +185,23 @@ class PreferenceModule(L.LightningModule):
             return 0.0
         return min(1.0, trainer.global_step / trainer.max_steps)
 
+    def _logs_this_step(self) -> bool:
+        """Whether a training step's metrics would reach the loggers (every `log_every_n_steps`, and the
+        last step for the final metrics). Lightning's `self.log` costs ~0.2 ms a call, about 10% of a
+        small model's step, so the other steps skip it."""
+        trainer = self._trainer
+        connector = getattr(trainer, "_logger_connector", None)
+        if trainer is None or connector is None or connector.should_update_logs:
+            return True
+        return bool(trainer.max_steps and trainer.max_steps > 0 and trainer.global_step + 1 >= trainer.max_steps)
+
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        logps = self.pair_logps(batch)
+        logps = self.pair_logps(batch, split="train" if stage == "train" else "eval")
         out = self.loss_fn(logps, progress=self.progress())
         loss = out.losses.mean()
+        train = stage == "train"
+        if train and not self._logs_this_step():
+            return loss
         margins = out.chosen_rewards - out.rejected_rewards
         metrics = {
             "loss": loss.detach(),
@@ -114,7 +213,6 @@ class PreferenceModule(L.LightningModule):
             "logps/rejected": logps.rejected.detach().mean(),
             **{k: v.detach() for k, v in out.metrics.items()},
         }
-        train = stage == "train"
         self.log_dict(
             {f"{stage}/{k}": v for k, v in metrics.items()},
             on_step=train,
@@ -130,6 +228,20 @@ class PreferenceModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen reference out: it is the starting policy, rebuilt when a run resumes."""
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("reference.")]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fill in the reference this run holds (or drop one an older checkpoint carries)."""
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("reference.")]:
+            del state[key]
+        if self.reference is not None:
+            state.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
 
     def configure_optimizers(self):
         decay, no_decay = [], []

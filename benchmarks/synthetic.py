@@ -1,0 +1,70 @@
+"""Synthetic models, tokenizer and preference rows for benchmarks and parity tests (no downloads).
+
+A word-level tokenizer over "w4".."w{V-1}" (plus <pad> <s> </s> <unk>) makes text whose token ids are
+known exactly: a prompt of n words tokenizes to BOS + n ids, a response of n words to n ids (+ EOS),
+for prefopt's tokenization and TRL's alike. `MODELS` are the two benchmark sizes, built with
+prefopt.models.build_tiny: `tiny` (the `model=tiny` architecture, 4k vocabulary) and `small` (about
+20M parameters, 32k vocabulary). Used by `python benchmarks/throughput.py` and tests/test_trl_parity.py.
+"""
+
+from __future__ import annotations
+
+import random
+
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from prefopt.models import build_tiny
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+MODELS = {
+    "tiny": dict(vocab=4096, arch=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                       intermediate_size=256, max_position_embeddings=256)),
+    "small": dict(vocab=32000, arch=dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6,
+                                         intermediate_size=1536, max_position_embeddings=256)),
+}
+
+
+def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer: <pad>=0 <s>=1 </s>=2 <unk>=3, "w{i}"=i; BOS is prepended to single texts."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    vocab.update({f"w{i}": i for i in range(len(SPECIALS), vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def words(rng: random.Random, n: int, vocab_size: int) -> str:
+    return " ".join(f"w{rng.randrange(len(SPECIALS), vocab_size)}" for _ in range(n))
+
+
+def make_rows(n_pairs: int, prompt_tokens: int, response_tokens: int, vocab_size: int, seed: int = 0) -> list[dict]:
+    """Rows whose prompt is `prompt_tokens` ids with BOS and each response `response_tokens` with EOS.
+
+    Responses start with a space so that prompt + response splits into the same words (TRL tokenizes
+    the concatenated text).
+    """
+    rng = random.Random(seed)
+    return [
+        {
+            "prompt": words(rng, prompt_tokens - 1, vocab_size),
+            "chosen": " " + words(rng, response_tokens - 1, vocab_size),
+            "rejected": " " + words(rng, response_tokens - 1, vocab_size),
+        }
+        for _ in range(n_pairs)
+    ]
+
+
+def build_model(name: str, seed: int = 0):
+    """(model, tokenizer) of a benchmark size, randomly initialised from `seed`."""
+    spec = MODELS[name]
+    tokenizer = word_tokenizer(spec["vocab"])
+    return build_tiny(tokenizer, seed=seed, **spec["arch"]), tokenizer
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
