@@ -31,7 +31,7 @@ def test_defaults_pass():
         ("loss.gamma_min=2.0", r"gamma_max=1.6 .*>= gamma_min \(2.0\)"),
         ("loss.beta=abc", r"beta='abc'"),
         ("loss.marginal=prompt", r"marginal='prompt'.*policy.*reference"),
-        ("data.max_prompt_length=32", r"data.max_prompt_length=32 must be below data.max_length=32"),
+        ("data.max_prompt_length=4096", r"data.max_prompt_length=4096 must be below data.max_length=\d+"),
         ("optim.lr=0", r"optim.lr=0 is not allowed; it must be a number > 0"),
         ("optim.lr=-1e-4", r"optim.lr=-0.0001"),
         ("optim.lr=fast", r"optim.lr='fast'"),
