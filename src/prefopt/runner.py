@@ -117,15 +117,19 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     state["info"]["data"] = data.stats
     print_data_summary(state["info"].get("drops"), data.stats)
     module = PreferenceModule(policy, loss, **OmegaConf.to_container(cfg.optim, resolve=True))
-    start_policy = module.reference
-    if start_policy is None and artifacts.oracle is not None:
-        start_policy = frozen_copy(policy)
 
     state["info"].update(attach_caches(cfg, module, data, cache_root))
 
     name, tags = run_identity(cfg, loss.name, cfg.data.name, HydraConfig.get().runtime.choices.get("loss"))
     state["loggers"] = loggers = make_loggers(cfg, output_dir, name, group, tags)
     trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy)
+    def starting_policy() -> torch.nn.Module:
+        """The untrained policy for the evaluation: the frozen reference if the module kept one, else
+        loaded again (the same weights: a folder, or the seeded tiny init), so training never holds it."""
+        if module.reference is not None:
+            return module.reference
+        return frozen_copy(load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed)[0])
+
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     metrics = _scalar_metrics(trainer.callback_metrics)
     for callback in trainer.callbacks:
@@ -139,7 +143,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
         from prefopt.eval import evaluate
 
         eval_metrics, samples = evaluate(
-            module.policy.eval(), start_policy, tokenizer, artifacts.eval_prompts, artifacts.oracle,
+            module.policy.eval(), starting_policy(), tokenizer, artifacts.eval_prompts, artifacts.oracle,
             seed=cfg.seed, batch_size=cfg.eval.batch_size, **dict(artifacts.generation),
         )
         metrics.update(_scalar_metrics(eval_metrics))
