@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from prefopt.loggers import flatten
 from prefopt.results import read_results
 
 RESERVED = ("run", "status", "error", "method", "seed", "wall_time_s")
@@ -39,16 +40,9 @@ class StudySettings:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists become their string form (a CSV cell)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = str(value) if isinstance(value, (list, tuple)) else value
-    return flat
+def flat_config(tree: dict[str, Any]) -> dict[str, Any]:
+    """The config as dotted keys (prefopt.loggers.flatten); lists become their string form (a CSV cell)."""
+    return {k: str(v) if isinstance(v, (list, tuple)) else v for k, v in flatten(tree).items()}
 
 
 def loss_class(target: str) -> type | None:
@@ -102,7 +96,7 @@ def load_runs(source: str | Path) -> pd.DataFrame:
             "wall_time_s": record.get("wall_time_s"),
         }
         row.update({k: v for k, v in (record.get("metrics") or {}).items() if "/" in k})
-        row.update({k: v for k, v in flatten(config).items() if k not in RESERVED and not k.startswith("paths.")})
+        row.update({k: v for k, v in flat_config(config).items() if k not in RESERVED and not k.startswith("paths.")})
         rows.append(row)
     return pd.DataFrame(rows)
 
