@@ -12,8 +12,10 @@ logged every 10 steps), and the same number of steps:
 Each configuration is its own forked process (one torch thread; its own memory high-water mark). All
 build first; then each runs a warm-up, and then the measured segments run one at a time, interleaved
 A B C ... A B C ..., so that drift in machine load hits every configuration alike. Every step is
-timed; the step time is the median over all measured steps (robust to bursts of load from elsewhere). Peak memory: the process's resident-set high-water mark during training above its
-size before the model was built (CPU), or max_memory_allocated (CUDA).
+timed; the step time is the median over all measured steps (robust to bursts of load from elsewhere).
+Peak memory: the process's resident-set high-water mark during training above its size before the
+model was built (CPU), or max_memory_allocated (CUDA). Each worker fixes glibc's malloc thresholds
+(see `tune_malloc`), the same for both implementations.
 
     python benchmarks/throughput.py                       # tiny and small, all losses, TRL if installed
     python benchmarks/throughput.py --models tiny --rounds 3 --json bench.json
@@ -223,12 +225,10 @@ def run_trl(loss_name: str, model, tokenizer, rows, args, gate: Gate, workdir: P
     if seq_len != PROMPT_TOKENS + RESPONSE_TOKENS:
         raise RuntimeError(f"TRL tokenized the pairs to {seq_len} tokens, not {PROMPT_TOKENS + RESPONSE_TOKENS}")
     trainer.train()
-    previous = 0  # TRL logs the mean loss of each window of LOG_EVERY steps: expand to steps
-    for record in trainer.state.log_history:
-        if "loss" in record:
-            gate.losses.extend([record["loss"]] * (record["step"] - previous))
-            previous = record["step"]
-    return {}
+    # TRL logs window means of the loss; its closing record has the mean over every step
+    mean_loss = next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None)
+    first_loss = next((h["loss"] for h in trainer.state.log_history if "loss" in h), None)
+    return {"mean_loss": mean_loss, "first_window_loss": first_loss}
 
 
 # ---------------------------------------------------------------- one configuration per process
@@ -341,12 +341,13 @@ def bench_model(model_name: str, configs: list[tuple[str, str]], args, cache_roo
             proc.join(timeout=60)
             step_s = statistics.median(steps[c])
             pairs_per_s = args.batch_size / step_s
-            losses = done.pop("losses")
+            losses = done.pop("losses")  # ours: every step's loss; TRL: none (it reports mean_loss)
+            mean_loss = done.pop("mean_loss", statistics.fmean(losses) if losses else None)
             rows.append(dict(
                 impl=c[0], loss=c[1], model=model_name, pairs_per_s=pairs_per_s,
                 tokens_per_s=pairs_per_s * 2 * (PROMPT_TOKENS + RESPONSE_TOKENS), peak_mem_mb=done.pop("peak_mem_mb"),
                 step_ms=1e3 * step_s, step_ms_min=1e3 * min(steps[c]), step_ms_mean=1e3 * statistics.fmean(steps[c]),
-                mean_loss=statistics.fmean(losses) if losses else None, first_loss=losses[0] if losses else None,
+                mean_loss=mean_loss,
                 n_params=n_params_, batch_size=args.batch_size, device=args.device, **done,
             ))
     finally:

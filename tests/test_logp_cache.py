@@ -63,7 +63,9 @@ def live_frozen_logps(module, dm, split, kind):
     return out, toks
 
 
-@pytest.mark.parametrize("kind,make_loss", [("reference", DPOLoss), ("marginal", lambda: RMiPOLoss(marginal="reference"))])
+@pytest.mark.parametrize(
+    "kind,make_loss", [("reference", DPOLoss), ("marginal", lambda: RMiPOLoss(marginal="reference"))]
+)
 def test_cached_equals_live_and_the_second_run_hits(tok, tmp_path, kind, make_loss):
     dm = data(tok)
     live = PreferenceModule(model(tok), make_loss())

@@ -98,7 +98,9 @@ def test_tables_replace_the_frozen_pass_and_release_the_reference(kind, loss, mo
     import prefopt.module as module_file
 
     real = module_file.response_logps
-    monkeypatch.setattr(module_file, "response_logps", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
+    monkeypatch.setattr(
+        module_file, "response_logps", lambda model, *a, **k: calls.append(model) or real(model, *a, **k)
+    )
     got = module.pair_logps(pair_batch(PAIRS))
     assert calls == [module.policy]  # one forward: the policy's; no frozen pass
     for field in ("ref_chosen", "ref_rejected") if kind == "reference" else ("marginal_chosen", "marginal_rejected",

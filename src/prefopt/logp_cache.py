@@ -2,7 +2,7 @@
 
 DPO and IPO need reference log-probs, RMiPO with `marginal=reference` the prompt-free marginal ones;
 both come from the starting policy, which never changes, so one no-gradient pass over the train and
-eval pairs serves every run that shares it (a β sweep computes them once). The cache lives in
+eval pairs (in batches of similar length) serves every run that shares it (a β sweep computes them once). The cache lives in
 `<cache_dir>/logps/<kind>-<key>/{train,eval}.safetensors` (tables `logps`, `tokens`: (N, 2) for
 [chosen, rejected] of pair index 0..N-1); the key is a fingerprint of the starting policy's tensors
 and config, the tokenized pairs (ids, in order), the truncation settings, the marginal pass's start
@@ -29,6 +29,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Subset
 
 from prefopt.cache import cached_dir, fingerprint
 from prefopt.logps import response_logps
@@ -102,7 +103,7 @@ def cache_key(kind: str, weights: str, data: Any, precision: str) -> str:
 @torch.no_grad()
 def compute_table(model: torch.nn.Module, loader: Iterable[dict[str, Tensor]], n_pairs: int, kind: str,
                   device: torch.device, autocast=None) -> tuple[Tensor, Tensor]:
-    """(logps, tokens), each (n_pairs, 2) [chosen, rejected], from one in-order pass over `loader`."""
+    """(logps, tokens), each (n_pairs, 2) [chosen, rejected], from one pass over `loader` (any order)."""
     logps = torch.full((n_pairs, 2), float("nan"))
     tokens = torch.full((n_pairs, 2), -1, dtype=torch.long)
     ids_key, mask_key, score_key = INPUTS[kind]
@@ -116,7 +117,7 @@ def compute_table(model: torch.nn.Module, loader: Iterable[dict[str, Tensor]], n
             logps[batch["index"]] = torch.stack([sums[:b], sums[b:]], dim=1)
             tokens[batch["index"]] = torch.stack([counts[:b], counts[b:]], dim=1)
     if n_pairs and (tokens < 0).any():
-        raise RuntimeError(f"the in-order {kind} pass did not reach every pair index")
+        raise RuntimeError(f"the {kind} pass did not reach every pair index")
     return logps, tokens
 
 
@@ -141,6 +142,16 @@ def _load(folder: Path, split: str) -> tuple[Tensor, Tensor]:
     return tensors["logps"], tensors["tokens"]
 
 
+def length_sorted_loader(dataset: Any, collator: Any, batch_size: int) -> DataLoader:
+    """Batches of pairs of similar lengths (less padding); the tables are filled by pair index."""
+    def length(i: int) -> int:
+        item = dataset[i]
+        return len(item["prompt_ids"]) + max(len(item["chosen_ids"]), len(item["rejected_ids"]))
+
+    order = sorted(range(len(dataset)), key=length)
+    return DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False, collate_fn=collator)
+
+
 def build_tables(model: torch.nn.Module, data: Any, kind: str, device: torch.device, precision: str):
     """Tables of every split for `kind`, computed with `model` (the frozen starting policy).
 
@@ -157,7 +168,7 @@ def build_tables(model: torch.nn.Module, data: Any, kind: str, device: torch.dev
     try:
         for split in SPLITS:
             dataset = data.train_dataset if split == "train" else data.eval_dataset
-            loader = data.loader(split, shuffle=False, batch_size=batch_size)
+            loader = length_sorted_loader(dataset, data.collator, batch_size)
             tables[split] = compute_table(scorer, loader, len(dataset), kind, device, autocast)
     finally:
         if scorer is model:

@@ -79,7 +79,9 @@ class PreferenceModule(L.LightningModule):
         if kind not in ("reference", "marginal") or split not in ("train", "eval"):
             raise ValueError(f"unknown log-prob table kind={kind!r} split={split!r}")
         if logps.shape != tokens.shape or logps.ndim != 2 or logps.shape[1] != 2:
-            raise ValueError(f"a log-prob table is (N, 2) logps and tokens, got {tuple(logps.shape)}, {tuple(tokens.shape)}")
+            raise ValueError(
+                f"a log-prob table is (N, 2) logps and tokens, got {tuple(logps.shape)}, {tuple(tokens.shape)}"
+            )
         names = (f"_table_{kind}_{split}_logps", f"_table_{kind}_{split}_tokens")
         self.register_buffer(names[0], logps.float(), persistent=False)
         self.register_buffer(names[1], tokens.long(), persistent=False)
