@@ -7,6 +7,7 @@ end of the run; a plain preference file returns rows only.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,3 +55,27 @@ class Task(ABC):
     @abstractmethod
     def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
         """Build (or load from the cache) everything the run needs."""
+
+
+def mean(xs: list[float]) -> float:
+    """Arithmetic mean; NaN for no values (a statistic of an empty sample, recorded as such)."""
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def check_pair_sampling(samples_per_prompt: int, eval_fraction: float) -> None:
+    """The constructor checks every task that samples its own pairs shares."""
+    if samples_per_prompt < 2:
+        raise ValueError(f"samples_per_prompt must be at least 2, got {samples_per_prompt}")
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+
+
+def load_pairs_split(pairs_file: Path, eval_fraction: float) -> tuple[list[Row], list[Row]]:
+    """Rows of a pairs.jsonl, split by prompt: the pairs of the last `eval_fraction` of the prompts
+    (in file order) are the eval rows, so no prompt is in both splits."""
+    with open(pairs_file) as fh:
+        rows = [json.loads(line) for line in fh]
+    prompts_in_order = list(dict.fromkeys(r["prompt"] for r in rows))
+    n_held = round(eval_fraction * len(prompts_in_order))
+    held = set(prompts_in_order[len(prompts_in_order) - n_held:]) if n_held else set()
+    return [r for r in rows if r["prompt"] not in held], [r for r in rows if r["prompt"] in held]

@@ -36,7 +36,7 @@ from prefopt.errors import ConfigError
 from prefopt.generation import sample
 from prefopt.models import build_tiny, load_policy
 from prefopt.sft import train_causal_lm
-from prefopt.tasks.base import Task, TaskArtifacts
+from prefopt.tasks.base import Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean
 from prefopt.tasks.imdb_data import csv_path, load_reviews, prompts_from, split_reviews, take
 from prefopt.tasks.imdb_reward import CHECK_WORDS, SentimentReward, accuracy, first_words, train_classifier
 
@@ -46,10 +46,6 @@ MIN_WINDOW_TOKENS = 8  # SFT windows shorter than this (review tails) are droppe
 
 def _log(msg: str) -> None:
     print(f"[imdb] {msg}", flush=True)
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def _plain(node: Any) -> Any:
@@ -140,10 +136,7 @@ class ImdbTask(Task):
         seed: int = 0,
         sample_batch_size: int = 128,
     ):
-        if samples_per_prompt < 2:
-            raise ValueError(f"samples_per_prompt must be at least 2, got {samples_per_prompt}")
-        if not 0.0 <= eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+        check_pair_sampling(samples_per_prompt, eval_fraction)
         if not 1 <= prompt_min_words <= prompt_max_words:
             raise ValueError(
                 f"need 1 <= prompt_min_words <= prompt_max_words, got {prompt_min_words}, {prompt_max_words}"
@@ -246,8 +239,8 @@ class ImdbTask(Task):
         meta = {
             "accuracy_first_40_words": short,
             "accuracy_full_review": full,
-            "test_positive_share": _mean([r.label for r in test]),
-            "test_mean_reward_first_40_words": _mean(
+            "test_positive_share": mean([r.label for r in test]),
+            "test_mean_reward_first_40_words": mean(
                 reward.probability([first_words(r.text, CHECK_WORDS) for r in test])
             ),
             "n_train": len(train),
@@ -282,8 +275,8 @@ class ImdbTask(Task):
             "n_windows": len(sequences),
             "corpus_tokens": sum(len(s) for s in sequences),
             "trained_tokens": self.sft_steps * self.sft_batch_size * self.sft_seq_len,
-            "sft_first_loss": _mean(losses[:20]),
-            "sft_final_loss": _mean(losses[-50:]),
+            "sft_first_loss": mean(losses[:20]),
+            "sft_final_loss": mean(losses[-50:]),
             "sft_seconds": time.time() - start,
         }
         (out / "imdb_meta.json").write_text(json.dumps(meta, indent=1))
@@ -305,9 +298,9 @@ class ImdbTask(Task):
         meta = {
             "n_pairs": len(rows),
             "ties_dropped": ties,
-            "sample_reward": _mean(rewards),
-            "sample_reward_gap": _mean(gaps),
-            "sample_tokens": _mean([len(s) for s in sampled]),
+            "sample_reward": mean(rewards),
+            "sample_reward_gap": mean(gaps),
+            "sample_tokens": mean([len(s) for s in sampled]),
             "pairs_seconds": time.time() - start,
         }
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -375,13 +368,7 @@ class ImdbTask(Task):
              f"score {pmeta['sample_reward']:.3f} (real review openings "
              f"{rmeta['test_mean_reward_first_40_words']:.3f}), "
              f"mean best-worst gap {pmeta['sample_reward_gap']:.3f}; built in {pmeta['pairs_seconds']:.0f}s")
-        with open(pairs_dir / "pairs.jsonl") as fh:
-            rows = [json.loads(line) for line in fh]
-        prompts_in_order = list(dict.fromkeys(r["prompt"] for r in rows))
-        n_held = round(self.eval_fraction * len(prompts_in_order))
-        held = set(prompts_in_order[len(prompts_in_order) - n_held:]) if n_held else set()
-        train_rows = [r for r in rows if r["prompt"] not in held]
-        eval_rows = [r for r in rows if r["prompt"] in held]
+        train_rows, eval_rows = load_pairs_split(pairs_dir / "pairs.jsonl", self.eval_fraction)
         info.update({
             "imdb/pairs_key": pairs_key,
             "imdb/pairs_file": str(pairs_dir / "pairs.jsonl"),

@@ -25,7 +25,7 @@ from prefopt.errors import ConfigError
 from prefopt.generation import sample
 from prefopt.models import build_tiny
 from prefopt.sft import train_causal_lm
-from prefopt.tasks.base import Task, TaskArtifacts
+from prefopt.tasks.base import Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean
 from prefopt.tasks.sort_oracle import (
     DIGITS, SEPARATOR, SortOracle, demonstration, judge_pair, make_prompts, oracle_reward,
     prompt_string,
@@ -82,10 +82,6 @@ def _log(msg: str) -> None:
     print(f"[sort] {msg}", flush=True)
 
 
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
-
-
 class SortTask(Task):
     """Sort 5-10 digits; pairs labelled by a judge biased toward long answers.
 
@@ -127,10 +123,7 @@ class SortTask(Task):
         seed: int = 0,
         sample_batch_size: int = 256,
     ):
-        if samples_per_prompt < 2:
-            raise ValueError(f"samples_per_prompt must be at least 2, got {samples_per_prompt}")
-        if not 0.0 <= eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+        check_pair_sampling(samples_per_prompt, eval_fraction)
         if not 0.0 <= prompt_drop < 1.0:
             raise ValueError(f"prompt_drop must be in [0, 1), got {prompt_drop}")
         if judge_temperature <= 0:
@@ -171,7 +164,7 @@ class SortTask(Task):
 
     def _policy_reward(self, model, tok, prompts: list[str]) -> float:
         responses = self._sample_strings(model, tok, prompts, self.seed, "sampling eval prompts")
-        return _mean(SortOracle()(prompts, responses))
+        return mean(SortOracle()(prompts, responses))
 
     def _build_sft(self, out: Path, arch: dict[str, Any]) -> None:
         start = time.time()
@@ -195,9 +188,9 @@ class SortTask(Task):
         kinds = [k for _, k in demos]
         meta = {
             "demo_mix": {k: kinds.count(k) / len(kinds) for k in sorted(set(kinds))},
-            "demo_oracle_reward": _mean([oracle_reward(x, r) for x, (r, _) in zip(digits, demos)]),
+            "demo_oracle_reward": mean([oracle_reward(x, r) for x, (r, _) in zip(digits, demos)]),
             "prompt_dropped": sum(dropped) / len(dropped),
-            "sft_final_loss": _mean(losses[-50:]),
+            "sft_final_loss": mean(losses[-50:]),
             "init_oracle_reward": init_reward,
             "sft_oracle_reward": sft_reward,
             "sft_seconds": time.time() - start,
@@ -234,9 +227,9 @@ class SortTask(Task):
             "ties_dropped": ties,
             "judge_oracle_agreement": agree / decided if decided else float("nan"),
             "oracle_ties": len(rows) - decided,
-            "sample_oracle_reward": _mean([oracle_reward(x, r) for x, r in zip(
+            "sample_oracle_reward": mean([oracle_reward(x, r) for x, r in zip(
                 [x for x in digits for _ in range(k)], responses)]),
-            "sample_length": _mean([len(r) for r in responses]),
+            "sample_length": mean([len(r) for r in responses]),
             "pairs_seconds": time.time() - start,
         }
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -261,13 +254,7 @@ class SortTask(Task):
             f"on {meta['judge_oracle_agreement']:.1%} of pairs the oracle separates, built in "
             f"{meta['pairs_seconds']:.0f}s"
         )
-        with open(pairs_dir / "pairs.jsonl") as fh:
-            rows = [json.loads(line) for line in fh]
-        prompts_in_order = list(dict.fromkeys(r["prompt"] for r in rows))
-        n_held = round(self.eval_fraction * len(prompts_in_order))
-        held = set(prompts_in_order[len(prompts_in_order) - n_held:]) if n_held else set()
-        train_rows = [r for r in rows if r["prompt"] not in held]
-        eval_rows = [r for r in rows if r["prompt"] in held]
+        train_rows, eval_rows = load_pairs_split(pairs_dir / "pairs.jsonl", self.eval_fraction)
         info = {
             "sort/sft_key": sft_key,
             "sort/pairs_key": pairs_key,
