@@ -113,6 +113,25 @@ def test_changed_data_model_or_truncation_misses(tok, tmp_path):
     assert same["logp_cache"]["tables"]["reference"]["status"] == "hit"
 
 
+def test_a_lora_run_builds_base_model_tables_that_a_full_run_hits(tok, tmp_path):
+    pytest.importorskip("peft")
+    from prefopt.model_setup import apply_lora
+
+    dm = data(tok)
+    lora = PreferenceModule(apply_lora(model(tok), OmegaConf.create({"r": 4})), DPOLoss())
+    with torch.no_grad():
+        for name, p in lora.policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # adapters that change the output: the tables must not see them
+    info = attach_caches(CFG, lora, dm, tmp_path)["logp_cache"]
+    assert info["tables"]["reference"]["status"] == "built" and lora.policy.training
+    full = PreferenceModule(model(tok), DPOLoss())
+    expected, _ = live_frozen_logps(full, dm, "train", "reference")
+    again = attach_caches(CFG, full, dm, tmp_path)["logp_cache"]
+    assert again["tables"]["reference"]["status"] == "hit"
+    torch.testing.assert_close(lora._table_reference_train_logps, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_weights_fingerprint_sees_a_single_changed_number(tok):
     a, b = model(tok), model(tok)
     assert weights_fingerprint(a) == weights_fingerprint(b)

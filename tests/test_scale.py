@@ -4,6 +4,7 @@ same global batch; FSDP wraps the decoder layers; submitit_local runs a 2-job mu
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from helpers import tiny_model
@@ -15,19 +16,28 @@ COMMON = [*SMALL_SORT, "trainer.max_steps=8", "loss=dpo", "logger=none", "checkp
 
 
 def test_ddp_two_cpu_processes_match_one_process(cache_root, tmp_path):
-    one = run_cli([*COMMON, "data.batch_size=16", f"hydra.run.dir={tmp_path / 'one'}"], cache_root, tmp_path)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = run_cli([*COMMON, "data.batch_size=8", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+    """The 2-rank run builds the reference tables (each rank its half of the pairs, rank 0 writes them);
+    the 1-process run scores its reference live, and both train to the same weights."""
+    common = [*COMMON, "data.max_length=62"]  # tables under a key no other test builds
+    two = run_cli([*common, "data.batch_size=8", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                    "trainer.precision=32-true", f"hydra.run.dir={tmp_path / 'two'}"], cache_root, tmp_path)
     assert two.returncode == 0, two.stderr[-2000:]
+    one = run_cli([*common, "data.batch_size=16", "logp_cache=false", f"hydra.run.dir={tmp_path / 'one'}"], cache_root, tmp_path)
+    assert one.returncode == 0, one.stderr[-2000:]
     a = load_file(tmp_path / "one" / "model" / "model.safetensors")
     b = load_file(tmp_path / "two" / "model" / "model.safetensors")
     start = load_file(next(cache_root.glob("sort_sft/*/model.safetensors")))
     assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-3  # both really trained
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
-    ma = json.loads((tmp_path / "one" / "results.json").read_text())["metrics"]
-    mb = json.loads((tmp_path / "two" / "results.json").read_text())["metrics"]
-    assert ma["val/loss"] == pytest.approx(mb["val/loss"], abs=1e-5)
+    ra = json.loads((tmp_path / "one" / "results.json").read_text())
+    rb = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert ra["metrics"]["val/loss"] == pytest.approx(rb["metrics"]["val/loss"], abs=1e-5)
+    built = rb["info"]["logp_cache"]["tables"]["reference"]
+    assert (built["status"], built["ranks"]) == ("built", 2) and rb["info"]["logp_cache"]["reference_released"]
+    assert not ra["info"]["logp_cache"]["used"]
+    table = load_file(cache_root / "logps" / f"reference-{built['key']}" / "train.safetensors")
+    assert torch.isfinite(table["logps"]).all() and (table["tokens"] >= 1).all()
+    assert two.stdout.count("computing reference log-probs") == 1  # rank 0 speaks for both
 
 
 def test_fsdp_wraps_each_decoder_layer():

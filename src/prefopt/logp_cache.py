@@ -2,17 +2,19 @@
 
 DPO and IPO need reference log-probs, RMiPO with `marginal=reference` the prompt-free marginal ones;
 both come from the starting policy, which never changes, so one no-gradient pass over the train and
-eval pairs (in batches of similar length) serves every run that shares it (a β sweep computes them once). The cache lives in
-`<cache_dir>/logps/<kind>-<key>/{train,eval}.safetensors` (tables `logps`, `tokens`: (N, 2) for
-[chosen, rejected] of pair index 0..N-1); the key is a fingerprint of the starting policy's tensors
-and config, the tokenized pairs (ids, in order), the truncation settings, the marginal pass's start
-tokens and the numeric precision. A run that finds the tables (or has just built them) serves the
-loss from them and drops the frozen reference model before training.
+eval pairs (in batches of similar length) serves every run that shares it (a β sweep computes them
+once). The cache lives in `<cache_dir>/logps/<kind>-<key>/{train,eval}.safetensors` (tables `logps`,
+`tokens`: (N, 2) for [chosen, rejected] of pair index 0..N-1); the key is a fingerprint of the
+starting policy's tensors and config, the tokenized pairs (ids, in order), the truncation settings,
+the marginal pass's start tokens and the numeric precision. A run that finds the tables (or has just
+built them) serves the loss from them and drops the frozen reference model before training.
 
-`attach_caches(cfg, module, data, cache_root)` is what the runner calls; it reads `cfg.logp_cache`
-(default true) and returns the facts for results.json (`info.logp_cache`: enabled, used, per-table
-status `hit` or `built`, key, seconds). Exercised by `python src/run.py loss=dpo` (twice: the second
-run says `hit`) and `pytest tests/test_logp_cache.py`.
+The runner adds the `LogpCaches` callback, which calls `attach_caches` when fit starts: in a
+data-parallel run (DDP, FSDP, DeepSpeed) each rank scores its share of the pairs, the shares are
+summed across ranks and rank 0 writes the tables once. `cfg.logp_cache` (default true) switches it;
+results.json gets `info.logp_cache` (enabled, used, per-table status `hit` or `built`, key, seconds,
+ranks). Exercised by `python src/run.py loss=dpo` (twice: the second run says `hit`) and
+`pytest tests/test_logp_cache.py tests/test_scale.py`.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from prefopt.cache import cached_dir, fingerprint
+from prefopt.cache import DONE_MARKER, cached_dir, fingerprint
 from prefopt.logps import response_logps
+from prefopt.model_setup import is_lora
 
 FORMAT_VERSION = 1  # bump when what a table holds (or how it is computed) changes
 SPLITS = ("train", "eval")
@@ -43,13 +47,22 @@ INPUTS = {  # which collated tensors each kind scores
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """Digest of a model's config (without its path and version) and every tensor in its state dict."""
+    """Digest of a model's config (without its path and version) and every tensor in its state dict.
+
+    Of a LoRA (peft) model, the base model's: adapter tensors are left out and names are the plain
+    model's, so a LoRA run and a full fine-tune of the same starting policy share tables.
+    """
     digest = hashlib.sha256()
+    if is_lora(model):
+        model = model.get_base_model()
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_dict"):
         conf = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
         digest.update(fingerprint(type(model).__name__, conf).encode())
     for name, tensor in model.state_dict().items():
+        if "lora_" in name:
+            continue
+        name = name.replace(".base_layer.", ".")
         t = tensor.detach()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         digest.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)  # no copy
@@ -103,7 +116,8 @@ def cache_key(kind: str, weights: str, data: Any, precision: str) -> str:
 @torch.no_grad()
 def compute_table(model: torch.nn.Module, loader: Iterable[dict[str, Tensor]], n_pairs: int, kind: str,
                   device: torch.device, autocast=None) -> tuple[Tensor, Tensor]:
-    """(logps, tokens), each (n_pairs, 2) [chosen, rejected], from one pass over `loader` (any order)."""
+    """(logps, tokens), each (n_pairs, 2) [chosen, rejected], from one pass over `loader` (any order);
+    pairs the loader does not reach keep logps NaN and tokens -1."""
     logps = torch.full((n_pairs, 2), float("nan"))
     tokens = torch.full((n_pairs, 2), -1, dtype=torch.long)
     ids_key, mask_key, score_key = INPUTS[kind]
@@ -116,9 +130,37 @@ def compute_table(model: torch.nn.Module, loader: Iterable[dict[str, Tensor]], n
             sums, counts = sums.float().cpu(), counts.cpu()
             logps[batch["index"]] = torch.stack([sums[:b], sums[b:]], dim=1)
             tokens[batch["index"]] = torch.stack([counts[:b], counts[b:]], dim=1)
-    if n_pairs and (tokens < 0).any():
-        raise RuntimeError(f"the {kind} pass did not reach every pair index")
     return logps, tokens
+
+
+class LocalCollective:
+    """The collective calls `attach_caches` makes, for a single process (a Lightning strategy has the
+    same methods and does them across ranks)."""
+
+    world_size, global_rank = 1, 0
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def barrier(self, name: str | None = None) -> None:
+        pass
+
+    def reduce(self, tensor: Tensor, reduce_op: str = "sum") -> Tensor:
+        return tensor
+
+
+def merge_shards(tables: dict[str, tuple[Tensor, Tensor]], collective: Any, device: torch.device, kind: str):
+    """Each rank filled its shard of the pairs: sum the tables across ranks (a pair is filled by exactly
+    one rank) and check that every pair was reached."""
+    merged = {}
+    for split, (logps, tokens) in tables.items():
+        filled = tokens >= 0
+        summed = collective.reduce(torch.where(filled, logps.double(), 0.0).to(device), reduce_op="sum")
+        counts = collective.reduce((tokens + 1).to(device), reduce_op="sum") - 1
+        if counts.numel() and bool((counts < 0).any()):
+            raise RuntimeError(f"the {kind} pass did not reach every pair index of the {split} split")
+        merged[split] = (summed.float().cpu(), counts.long().cpu())
+    return merged
 
 
 def _device(cfg: Any) -> torch.device:
@@ -142,18 +184,22 @@ def _load(folder: Path, split: str) -> tuple[Tensor, Tensor]:
     return tensors["logps"], tensors["tokens"]
 
 
-def length_sorted_loader(dataset: Any, collator: Any, batch_size: int) -> DataLoader:
-    """Batches of pairs of similar lengths (less padding); the tables are filled by pair index."""
+def length_sorted_loader(dataset: Any, collator: Any, batch_size: int, shard: tuple[int, int] = (0, 1)):
+    """Batches of pairs of similar lengths (less padding); the tables are filled by pair index.
+    `shard=(rank, world)`: this rank's share, every world-th pair in length order (equal work per rank)."""
     def length(i: int) -> int:
         item = dataset[i]
         return len(item["prompt_ids"]) + max(len(item["chosen_ids"]), len(item["rejected_ids"]))
 
-    order = sorted(range(len(dataset)), key=length)
+    rank, world = shard
+    order = sorted(range(len(dataset)), key=length)[rank::world]
     return DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False, collate_fn=collator)
 
 
-def build_tables(model: torch.nn.Module, data: Any, kind: str, device: torch.device, precision: str):
-    """Tables of every split for `kind`, computed with `model` (the frozen starting policy).
+def build_tables(model: torch.nn.Module, data: Any, kind: str, device: torch.device, precision: str,
+                 shard: tuple[int, int] = (0, 1)):
+    """Tables of every split for `kind`, computed with `model` (the frozen starting policy), over this
+    rank's `shard` of the pairs (the rest NaN / -1 until `merge_shards`).
 
     The model is left as it was (device, dtype, mode): a half-precision pass runs on a converted copy.
     """
@@ -168,7 +214,7 @@ def build_tables(model: torch.nn.Module, data: Any, kind: str, device: torch.dev
     try:
         for split in SPLITS:
             dataset = data.train_dataset if split == "train" else data.eval_dataset
-            loader = length_sorted_loader(dataset, data.collator, batch_size)
+            loader = length_sorted_loader(dataset, data.collator, batch_size, shard)
             tables[split] = compute_table(scorer, loader, len(dataset), kind, device, autocast)
     finally:
         if scorer is model:
@@ -176,11 +222,35 @@ def build_tables(model: torch.nn.Module, data: Any, kind: str, device: torch.dev
     return tables
 
 
-def attach_caches(cfg: Any, module: Any, data: Any, cache_root: Path) -> dict[str, Any]:
+def _tables_folder(root: Path, kind: str, key: str, compute: Any, collective: Any) -> tuple[Path, str]:
+    """(folder of the tables, "hit" | "built"). One process builds under the cache lock (parallel jobs
+    wait for it); data-parallel ranks each compute their shard, and rank 0 writes the merged tables."""
+    status = "hit"
+
+    def build(out: Path) -> None:
+        nonlocal status
+        status = "built"
+        _save(out, tables if collective.world_size > 1 else compute())
+
+    if collective.world_size == 1:
+        return cached_dir(root, "logps", f"{kind}-{key}", build), status
+    final = Path(root) / "logps" / f"{kind}-{key}"
+    if collective.broadcast(not (final / DONE_MARKER).exists()):
+        tables = compute()  # every rank takes part: the merge is a collective
+        if collective.global_rank == 0:
+            cached_dir(root, "logps", f"{kind}-{key}", build)
+        collective.barrier("prefopt-logp-cache")
+        status = "built"
+    return final, status
+
+
+def attach_caches(cfg: Any, module: Any, data: Any, cache_root: Path, collective: Any = None,
+                  device: torch.device | None = None) -> dict[str, Any]:
     """Serve the loss's frozen log-probs from on-disk tables (building them once) and drop the reference.
 
+    `collective` (a Lightning strategy in a data-parallel run) splits the build over the ranks.
     Returns {"logp_cache": {...}} for results.json: `enabled`, `used` (whether tables replace the frozen
-    passes in this run), and per table kind its `status` (`hit` or `built`), `key` and `seconds`.
+    passes in this run), and per table kind its `status` (`hit` or `built`), `key`, `seconds`, `ranks`.
     """
     enabled = bool(cfg.get("logp_cache", True))
     kinds = module.frozen_kinds()
@@ -188,29 +258,34 @@ def attach_caches(cfg: Any, module: Any, data: Any, cache_root: Path) -> dict[st
     if not enabled or not kinds:
         info["reason"] = "logp_cache=false" if not enabled else "the loss needs no log-probs of the starting policy"
         return {"logp_cache": info}
+    collective = collective or LocalCollective()
+    shard = (collective.global_rank, collective.world_size)
     data.setup()
     precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
-    device = _device(cfg)
+    device = device or _device(cfg)
     started = time.time()
-    weights = weights_fingerprint(module.reference)
-    for kind in kinds:
-        t0 = time.time()
-        key = cache_key(kind, weights, data, precision)
-        status = "hit"
+    with module.frozen_scorer() as scorer:
+        weights = weights_fingerprint(scorer)
+        for kind in kinds:
+            t0 = time.time()
+            key = cache_key(kind, weights, data, precision)
 
-        def build(out: Path, kind: str = kind) -> None:
-            nonlocal status
-            status = "built"
-            print(f"[prefopt] computing {kind} log-probs of the starting policy once (cache key {key})")
-            _save(out, build_tables(module.reference, data, kind, device, precision))
+            def compute(kind: str = kind, key: str = key) -> dict[str, tuple[Tensor, Tensor]]:
+                if collective.global_rank == 0:
+                    print(f"[prefopt] computing {kind} log-probs of the starting policy once (cache key {key}"
+                          f"{f', split over {shard[1]} ranks' if shard[1] > 1 else ''})")
+                tables = build_tables(scorer, data, kind, device, precision, shard)
+                return merge_shards(tables, collective, device, kind)
 
-        folder = cached_dir(cache_root, "logps", f"{kind}-{key}", build)
-        for split in SPLITS:
-            logps, tokens = _load(folder, split)
-            module.use_logp_table(kind, split, logps, tokens)
-        info["tables"][kind] = {"status": status, "key": key, "seconds": round(time.time() - t0, 3)}
-        print(f"[prefopt] {kind} log-probs: {'cache hit' if status == 'hit' else 'computed and cached'} "
-              f"({folder})")
+            folder, status = _tables_folder(cache_root, kind, key, compute, collective)
+            for split in SPLITS:
+                logps, tokens = _load(folder, split)
+                module.use_logp_table(kind, split, logps, tokens)
+            info["tables"][kind] = {"status": status, "key": key, "seconds": round(time.time() - t0, 3),
+                                    "ranks": shard[1]}
+            if collective.global_rank == 0:
+                print(f"[prefopt] {kind} log-probs: {'cache hit' if status == 'hit' else 'computed and cached'} "
+                      f"({folder})")
     info["used"] = True
     info["reference_released"] = module.release_reference()
     info["seconds"] = round(time.time() - started, 3)
@@ -218,3 +293,20 @@ def attach_caches(cfg: Any, module: Any, data: Any, cache_root: Path) -> dict[st
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"logp_cache": info}
+
+
+class LogpCaches(Callback):
+    """Attaches the tables when fit starts: after the process group exists (so data-parallel ranks split
+    the build) and before the strategy wraps the model (so a released reference is never wrapped).
+    The facts for results.json go into `info`."""
+
+    def __init__(self, cfg: Any, data: Any, cache_root: Path, info: dict[str, Any]) -> None:
+        self.cfg, self.data, self.cache_root, self.info = cfg, data, Path(cache_root), info
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit" or "logp_cache" in self.info:
+            return
+        strategy = trainer.strategy
+        collective = strategy if trainer.world_size > 1 else None
+        device = strategy.root_device if _device(self.cfg).type == "cuda" else torch.device("cpu")
+        self.info.update(attach_caches(self.cfg, pl_module, self.data, self.cache_root, collective, device))

@@ -5,15 +5,17 @@ declares what it needs (`needs_reference`, `needs_marginal`, `marginal_source`) 
 into per-pair losses, rewards and metrics. Log-probs of the frozen starting policy (reference, and the
 marginal with `marginal=reference`) can instead come from tables indexed by each pair's dataset index
 (`use_logp_table`, filled by prefopt.logp_cache); once they cover what the loss needs,
-`release_reference()` drops the frozen copy. The reference never goes into checkpoints (it is rebuilt
-from the starting policy). Exercised by `python src/run.py loss=dpo|ipo|simpo|rmipo`.
+`release_reference()` drops the frozen copy. A LoRA policy (peft) keeps no copy at all: its frozen
+passes run the same model with the adapters disabled (`frozen_scorer`). The reference never goes into
+checkpoints (it is rebuilt from the starting policy). Exercised by `python src/run.py loss=dpo|ipo|simpo|rmipo`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
 
 import lightning as L
 import torch
@@ -21,6 +23,7 @@ from torch import Tensor
 
 from prefopt.logps import response_logps
 from prefopt.losses import PairLogps, PreferenceLoss
+from prefopt.model_setup import is_lora
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -57,7 +60,12 @@ class PreferenceModule(L.LightningModule):
         self.loss_fn = loss
         self.lr, self.weight_decay, self.adam_betas = lr, weight_decay, tuple(adam_betas)
         self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
-        self.reference = (reference or frozen_copy(policy)) if self.frozen_kinds() else None
+        needs_frozen = bool(self.frozen_kinds())
+        # with LoRA the starting policy is the policy with its adapters disabled: no second copy
+        self.adapter_reference = needs_frozen and reference is None and is_lora(policy)
+        self.reference = None
+        if needs_frozen and not self.adapter_reference:
+            self.reference = reference or frozen_copy(policy)
         self._tables: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, split) -> buffer names
         self._checked: set[tuple[str, str]] = set()
 
@@ -129,13 +137,25 @@ class PreferenceModule(L.LightningModule):
             self.reference.eval()  # the reference never leaves eval mode
         return self
 
-    def _frozen_model(self, kind: str) -> torch.nn.Module:
-        if self.reference is None:
+    @contextmanager
+    def frozen_scorer(self, kind: str = "reference") -> Iterator[torch.nn.Module]:
+        """The starting policy for no-gradient passes: the frozen copy, or (LoRA) the policy with its
+        adapters disabled and in eval mode for the duration."""
+        if self.reference is not None:
+            yield self.reference
+            return
+        if not self.adapter_reference:
             raise RuntimeError(
                 f"the loss needs {kind} log-probs of the starting policy, but the reference model was released "
                 "and no cached table covers this split"
             )
-        return self.reference
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with self.policy.disable_adapter():
+                yield self.policy
+        finally:
+            self.policy.train(was_training)
 
     def pair_logps(self, batch: dict[str, Tensor], split: str = "train") -> PairLogps:
         """Policy log-probs of chosen and rejected in one forward, plus what the loss declares it needs.
@@ -152,11 +172,8 @@ class PreferenceModule(L.LightningModule):
             if cached is not None:
                 ref = cached[0]
             else:
-                with torch.no_grad():
-                    ref, _ = response_logps(
-                        self._frozen_model("reference"), batch["input_ids"], batch["attention_mask"],
-                        batch["score_mask"],
-                    )
+                with torch.no_grad(), self.frozen_scorer("reference") as scorer:
+                    ref, _ = response_logps(scorer, batch["input_ids"], batch["attention_mask"], batch["score_mask"])
             fields.update(ref_chosen=ref[:n], ref_rejected=ref[n:])
         if self.loss_fn.needs_marginal:
             frozen = self.loss_fn.marginal_source == "reference"
@@ -164,8 +181,8 @@ class PreferenceModule(L.LightningModule):
             if cached is not None:
                 marg, marg_tokens = cached
             else:
-                scorer = self._frozen_model("marginal") if frozen else self.policy
-                with torch.no_grad():
+                scope = self.frozen_scorer("marginal") if frozen else nullcontext(self.policy)
+                with torch.no_grad(), scope as scorer:
                     marg, marg_tokens = response_logps(
                         scorer,
                         batch["marginal_input_ids"],

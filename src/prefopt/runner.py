@@ -81,7 +81,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     from prefopt.loggers import log_summary, make_loggers, run_identity
     from prefopt.models import load_policy
     from prefopt.module import PreferenceModule, frozen_copy
-    from prefopt.logp_cache import attach_caches
+    from prefopt.logp_cache import LogpCaches
     from prefopt.model_setup import prepare_for_training, save_policy
     from prefopt.perf import ThroughputMonitor
     from prefopt.progress import quiet_lightning
@@ -118,11 +118,11 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     print_data_summary(state["info"].get("drops"), data.stats)
     module = PreferenceModule(policy, loss, **OmegaConf.to_container(cfg.optim, resolve=True))
 
-    state["info"].update(attach_caches(cfg, module, data, cache_root))
-
     name, tags = run_identity(cfg, loss.name, cfg.data.name, HydraConfig.get().runtime.choices.get("loss"))
     state["loggers"] = loggers = make_loggers(cfg, output_dir, name, group, tags)
-    trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy)
+    caches = LogpCaches(cfg, data, cache_root, state["info"])  # at fit start: split over data-parallel ranks
+    trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy,
+                            extra_callbacks=[caches])
     def starting_policy() -> torch.nn.Module:
         """The untrained policy for the evaluation: the frozen reference if the module kept one, else
         loaded again (the same weights: a folder, or the seeded tiny init), so training never holds it."""

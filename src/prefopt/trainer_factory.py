@@ -74,9 +74,10 @@ def accumulation_for(effective: int, world_size: int, batch_size: int) -> int:
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: str,
-                  model: torch.nn.Module | None = None) -> L.Trainer:
+                  model: torch.nn.Module | None = None, extra_callbacks: list[Any] = ()) -> L.Trainer:
     checkpoints = output_dir / "checkpoints"
     callbacks: list[Any] = [
+        *extra_callbacks,
         StepProgressBar(desc),
         FiniteGuard(checkpoints if cfg.checkpoint.enabled else None),
         ThroughputMonitor(),
