@@ -6,7 +6,8 @@ same order (prompts and responses of 64 tokens each), with the same batch size, 
 logged every 10 steps), and the same number of steps:
   ours: prefopt.module.PreferenceModule + PreferenceDataModule under a Lightning Trainer, for dpo, ipo,
         simpo, rmipo (live marginal), and with cached frozen log-probs (prefopt.logp_cache):
-        dpo+cache, rmipo_ref+cache (RMiPO with marginal=reference);
+        dpo+cache, rmipo_ref+cache (RMiPO with marginal=reference); every pass runs each prompt once for
+        both responses (`share_prompt`), except in dpo-rows and simpo-rows (full prompt+response rows);
   trl:  TRL's DPOTrainer (loss_type sigmoid -> dpo, ipo -> ipo) and trl.experimental.cpo.CPOTrainer
         (loss_type simpo, cpo_alpha 0 -> simpo).
 Each configuration is its own forked process (one torch thread; its own memory high-water mark). All
@@ -55,7 +56,7 @@ PROMPT_TOKENS = RESPONSE_TOKENS = 64
 BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "rmipo": 2.0}
 GAMMA_BETA_RATIO = 0.5
 LOG_EVERY = 10  # both frameworks' default: ours `log_every_n_steps`, TRL's `logging_steps`
-OURS = ["dpo", "ipo", "simpo", "rmipo", "dpo+cache", "rmipo_ref+cache"]
+OURS = ["dpo", "ipo", "simpo", "rmipo", "dpo+cache", "rmipo_ref+cache", "dpo-rows", "simpo-rows"]
 TRL = ["dpo", "ipo", "simpo"]
 
 
@@ -131,7 +132,7 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
     from prefopt.losses import DPOLoss, IPOLoss, RMiPOLoss, SimPOLoss
     from prefopt.module import PreferenceModule
 
-    base = loss_name.split("+")[0]
+    base = loss_name.split("+")[0].removesuffix("-rows")
     loss = {
         "dpo": lambda: DPOLoss(beta=BETA["dpo"]),
         "ipo": lambda: IPOLoss(beta=BETA["ipo"]),
@@ -149,7 +150,8 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
                    seed=0)
     data.setup()
     module = PreferenceModule(model, loss, lr=args.lr, weight_decay=0.0, adam_betas=(0.9, 0.95),
-                              warmup_ratio=0.0, min_lr_ratio=1.0)  # constant learning rate
+                              warmup_ratio=0.0, min_lr_ratio=1.0,  # constant learning rate
+                              share_prompt=not loss_name.endswith("-rows"))
     info: dict[str, Any] = {}
     if loss_name.endswith("+cache"):
         accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
@@ -374,7 +376,8 @@ def ratio_lines(rows: list[dict], models: list[str]) -> list[str]:
                 lines.append(f"{model:5} {loss:6} ours/TRL: pairs/s {a['pairs_per_s'] / b['pairs_per_s']:.2f}x, "
                              f"peak memory {a['peak_mem_mb'] / b['peak_mem_mb']:.2f}x, mean loss {trained}")
         for num, den in [("rmipo", "dpo"), ("rmipo", "simpo"), ("dpo+cache", "simpo"),
-                         ("rmipo_ref+cache", "simpo"), ("dpo+cache", "dpo")]:
+                         ("rmipo_ref+cache", "simpo"), ("dpo+cache", "dpo"), ("dpo", "dpo-rows"),
+                         ("simpo", "simpo-rows")]:
             a, b = find(rows, "ours", num, model), find(rows, "ours", den, model)
             if a and b:
                 lines.append(f"{model:5} ours {num}/{den}: step time {a['step_ms'] / b['step_ms']:.3f}, "

@@ -41,3 +41,11 @@ PAIRS = [
     ([BOS, 11], [12, 13, 14, 15, EOS], [16, 17, EOS]),
     ([BOS, 3, 4, 5, 6, 7, 8], [EOS], [20, 21, 22, EOS]),
 ]
+
+
+def collated(pairs):
+    """[(prompt, chosen, rejected), ...] through the real PairCollator (pad 0, start [BOS])."""
+    from prefopt.data.collate import PairCollator
+
+    items = [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r, "index": i} for i, (p, c, r) in enumerate(pairs)]
+    return PairCollator(pad_id=PAD, start_ids=[BOS])(items)

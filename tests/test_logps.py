@@ -2,7 +2,7 @@
 
 import torch
 
-from helpers import BOS, PAIRS, pair_batch, tiny_model
+from helpers import BOS, PAIRS, collated, pair_batch, tiny_model
 from prefopt.logps import response_logps
 
 
@@ -128,3 +128,38 @@ def test_no_grad_pass_holds_one_chunk_of_logits():
         torch.testing.assert_close(head_logps(head, states, targets, 64), plain_token_logps(head(states), targets))
     assert whole >= full_logits_mb
     assert chunked < full_logits_mb / 4, (chunked, whole)
+
+
+def test_shared_prompt_pass_equals_full_rows_values_and_gradients():
+    """Prompts of 2, 4 and 7 tokens (right-padded) run once; the responses attend to their keys."""
+    from prefopt.logps import shared_prompt_logps
+
+    model = tiny_model(layers=2)
+    b = collated(PAIRS)
+    assert b["prompt_ids"].shape == (3, 7) and b["response_ids"].shape == (6, 5)
+    full, n_full = response_logps(model, b["input_ids"], b["attention_mask"], b["score_mask"])
+    shared, n_shared = shared_prompt_logps(
+        model, b["prompt_ids"], b["prompt_attention_mask"], b["response_ids"], b["response_attention_mask"]
+    )
+    torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-5)
+    assert n_shared.tolist() == n_full.tolist() == [3, 5, 1, 2, 3, 4]
+    weights = [p for p in model.parameters()]
+    g_full = torch.autograd.grad((full * torch.arange(1.0, 7.0)).sum(), weights)
+    g_shared = torch.autograd.grad((shared * torch.arange(1.0, 7.0)).sum(), weights)
+    for a, b_ in zip(g_full, g_shared):
+        torch.testing.assert_close(b_, a, rtol=1e-4, atol=1e-5)
+
+
+def test_pair_batch_logps_falls_back_to_full_rows_without_the_shared_layout():
+    from prefopt.logps import pair_batch_logps
+
+    model = tiny_model()
+    b = collated(PAIRS)
+    shared, _ = pair_batch_logps(model, b)
+    plain = {k: v for k, v in b.items() if not k.startswith(("prompt_", "response_"))}
+    full, _ = pair_batch_logps(model, plain)
+    unshared, _ = pair_batch_logps(model, b, share_prompt=False)
+    torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-5)
+    assert torch.equal(full, unshared)
+    no_prompt = collated([([], [8, 9], [10])])  # an empty prompt: no shared layout
+    assert "prompt_ids" not in no_prompt

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from helpers import PAIRS, pair_batch, tiny_model
+from helpers import PAIRS, collated, pair_batch, tiny_model
 from prefopt.losses import DPOLoss, IPOLoss, RMiPOLoss, SimPOLoss
 from prefopt.module import PreferenceModule, warmup_cosine
 
@@ -97,10 +97,11 @@ def test_tables_replace_the_frozen_pass_and_release_the_reference(kind, loss, mo
     calls = []
     import prefopt.module as module_file
 
-    real = module_file.response_logps
-    monkeypatch.setattr(
-        module_file, "response_logps", lambda model, *a, **k: calls.append(model) or real(model, *a, **k)
-    )
+    for name in ("response_logps", "pair_batch_logps"):  # every pass goes through one of these
+        real = getattr(module_file, name)
+        monkeypatch.setattr(
+            module_file, name, lambda model, *a, real=real, **k: calls.append(model) or real(model, *a, **k)
+        )
     got = module.pair_logps(pair_batch(PAIRS))
     assert calls == [module.policy]  # one forward: the policy's; no frozen pass
     for field in ("ref_chosen", "ref_rejected") if kind == "reference" else ("marginal_chosen", "marginal_rejected",
@@ -174,3 +175,24 @@ def test_marginal_rows_are_start_plus_response_padded_to_the_longest_response():
     prompt_tokens = {5, 6, 7, 8, 9}
     assert not prompt_tokens & set(b["marginal_input_ids"].flatten().tolist())
     assert b["input_ids"].shape[1] == 9  # the full rows: longest prompt + response
+
+
+def test_shared_prompt_training_matches_full_rows():
+    """Four DPO steps with each prompt run once end at the weights of four steps on full rows."""
+    weights = []
+    for share in (True, False):
+        module = PreferenceModule(tiny_model(), DPOLoss(), lr=1e-2, warmup_ratio=0.0, share_prompt=share)
+        assert module.shares_prompt() is share
+        batch = collated(PAIRS)
+        trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu")
+        trainer.fit(module, train_dataloaders=DataLoader([batch] * 4, batch_size=None))
+        weights.append({k: v.clone() for k, v in module.policy.state_dict().items()})
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], rtol=1e-4, atol=1e-5)
+
+
+def test_no_shared_prompt_under_activation_checkpointing():
+    model = tiny_model()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert not PreferenceModule(model, DPOLoss()).shares_prompt()

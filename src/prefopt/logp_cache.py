@@ -35,15 +35,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from prefopt.cache import DONE_MARKER, cached_dir, fingerprint
-from prefopt.logps import response_logps
+from prefopt.logps import pair_batch_logps, response_logps
 from prefopt.model_setup import is_lora
 
 FORMAT_VERSION = 1  # bump when what a table holds (or how it is computed) changes
 SPLITS = ("train", "eval")
-INPUTS = {  # which collated tensors each kind scores
-    "reference": ("input_ids", "attention_mask", "score_mask"),
-    "marginal": ("marginal_input_ids", "marginal_attention_mask", "marginal_score_mask"),
-}
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -120,16 +116,20 @@ def compute_table(model: torch.nn.Module, loader: Iterable[dict[str, Tensor]], n
     pairs the loader does not reach keep logps NaN and tokens -1."""
     logps = torch.full((n_pairs, 2), float("nan"))
     tokens = torch.full((n_pairs, 2), -1, dtype=torch.long)
-    ids_key, mask_key, score_key = INPUTS[kind]
     with autocast or nullcontext():
         for batch in loader:
-            b = batch["index"].shape[0]
-            sums, counts = response_logps(
-                model, batch[ids_key].to(device), batch[mask_key].to(device), batch[score_key].to(device)
-            )
+            index = batch["index"]
+            b = index.shape[0]
+            batch = {k: v.to(device) for k, v in batch.items()}
+            if kind == "reference":  # each prompt once for its two responses
+                sums, counts = pair_batch_logps(model, batch)
+            else:
+                sums, counts = response_logps(
+                    model, batch["marginal_input_ids"], batch["marginal_attention_mask"], batch["marginal_score_mask"]
+                )
             sums, counts = sums.float().cpu(), counts.cpu()
-            logps[batch["index"]] = torch.stack([sums[:b], sums[b:]], dim=1)
-            tokens[batch["index"]] = torch.stack([counts[:b], counts[b:]], dim=1)
+            logps[index] = torch.stack([sums[:b], sums[b:]], dim=1)
+            tokens[index] = torch.stack([counts[:b], counts[b:]], dim=1)
     return logps, tokens
 
 

@@ -7,10 +7,15 @@ scored token (at a 32k vocabulary the head is the largest cost), and sums log-pr
 dtype for the backward (bf16 logits stay bf16). Without gradients the LM head itself runs in chunks
 of `chunk_size` positions, so a reference or marginal pass never holds more than one chunk of logits.
 Measurements behind these choices: `python benchmarks/logps_micro.py`.
+`shared_prompt_logps` scores a pair batch with each prompt run once: the prompt's keys and values are
+reused by its chosen and its rejected response (equal to `response_logps` on the concatenated rows;
+the transformer skips a third of its work at equal prompt and response lengths).
 Used by the training module, the marginal pass, the log-prob caches, the evaluation and the samplers.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import Tensor
@@ -117,3 +122,57 @@ def response_logps(
     sums = torch.zeros(input_ids.shape[0], dtype=per_token.dtype, device=per_token.device)
     sums = sums.index_add(0, rows, per_token)
     return sums, target_mask.sum(dim=1)
+
+
+def shared_prompt_logps(
+    model: torch.nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+) -> tuple[Tensor, Tensor]:
+    """`response_logps` of the rows prompt_i + response_r (r = i and i + B), running each prompt once.
+
+    prompt_ids, prompt_mask: (B, P) right-padded, every prompt at least one token; response_ids,
+    response_mask: (2B, R) right-padded, rows [chosen of pairs 0..B-1; rejected of pairs 0..B-1].
+    The prompt pass's keys and values (differentiable) are repeated for both responses; the response
+    pass attends to them through the attention mask [prompt mask, response mask] at positions
+    prompt length + j. Returns (logps (2B,), n_tokens (2B,)), logps in float32.
+    """
+    from transformers import DynamicCache
+
+    body, head = model_body_and_head(model)
+    out = body(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
+    cache_arg = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    layers = [(layer.keys, layer.values) for layer in getattr(out, cache_arg).layers]
+    cache = DynamicCache(ddp_cache_data=[(torch.cat([k, k]), torch.cat([v, v])) for k, v in layers])
+    lengths = prompt_mask.sum(dim=1)
+    last = out.last_hidden_state[torch.arange(prompt_ids.shape[0], device=prompt_ids.device), lengths - 1]
+    n_rows, width = response_ids.shape
+    positions = lengths.repeat(2).unsqueeze(1) + torch.arange(width, device=response_ids.device)
+    hidden = body(
+        input_ids=response_ids,
+        attention_mask=torch.cat([prompt_mask.repeat(2, 1), response_mask], dim=1),
+        position_ids=positions,
+        use_cache=True,
+        **{cache_arg: cache},
+    ).last_hidden_state
+    target_mask = response_mask.bool()
+    rows = target_mask.nonzero(as_tuple=True)[0]
+    # token j of a response is predicted by the state before it: the prompt's last (j = 0), else j - 1
+    states = torch.cat([last.repeat(2, 1).unsqueeze(1), hidden[:, :-1]], dim=1)[target_mask]
+    per_token = head_logps(head, states, response_ids[target_mask], chunk_size)
+    sums = torch.zeros(n_rows, dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)
+    return sums, target_mask.sum(dim=1)
+
+
+def pair_batch_logps(model: torch.nn.Module, batch: dict[str, Tensor], share_prompt: bool = True):
+    """(logps (2B,), n_tokens (2B,)) of a collated pair batch's responses given their prompts: with each
+    prompt run once when `share_prompt` and the batch carries the shared layout, else on full rows."""
+    if share_prompt and "prompt_ids" in batch:
+        return shared_prompt_logps(
+            model, batch["prompt_ids"], batch["prompt_attention_mask"], batch["response_ids"],
+            batch["response_attention_mask"],
+        )
+    return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["score_mask"])

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from prefopt.logps import response_logps
+from prefopt.logps import pair_batch_logps, response_logps
 from prefopt.losses import PairLogps, PreferenceLoss
 from prefopt.model_setup import is_lora
 
@@ -54,6 +54,7 @@ class PreferenceModule(L.LightningModule):
         warmup_ratio: float = 0.1,
         min_lr_ratio: float = 0.0,
         reference: torch.nn.Module | None = None,
+        share_prompt: bool = True,
     ) -> None:
         super().__init__()
         self.policy = policy
@@ -66,6 +67,8 @@ class PreferenceModule(L.LightningModule):
         self.reference = None
         if needs_frozen and not self.adapter_reference:
             self.reference = reference or frozen_copy(policy)
+        self.share_prompt = share_prompt
+        self._share: bool | None = None  # decided at the first pass (after a strategy wrapped the model)
         self._tables: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, split) -> buffer names
         self._checked: set[tuple[str, str]] = set()
 
@@ -157,13 +160,25 @@ class PreferenceModule(L.LightningModule):
         finally:
             self.policy.train(was_training)
 
+    def shares_prompt(self) -> bool:
+        """Whether passes run each prompt once for both responses (`share_prompt`). Not under activation
+        checkpointing (HF's or FSDP's): a recomputed layer would append to the prompt's key/value cache."""
+        if self._share is None:
+            checkpointed = any(
+                getattr(m, "gradient_checkpointing", False) is True or type(m).__name__ == "CheckpointWrapper"
+                for m in self.policy.modules()
+            )
+            self._share = self.share_prompt and not checkpointed
+        return self._share
+
     def pair_logps(self, batch: dict[str, Tensor], split: str = "train") -> PairLogps:
         """Policy log-probs of chosen and rejected in one forward, plus what the loss declares it needs.
 
         `split` ("train" | "eval") picks the cached tables that `batch["index"]` points into.
         """
         n = batch["index"].shape[0]
-        logps, tokens = response_logps(self.policy, batch["input_ids"], batch["attention_mask"], batch["score_mask"])
+        share = self.shares_prompt()
+        logps, tokens = pair_batch_logps(self.policy, batch, share)
         fields: dict[str, Any] = dict(
             chosen=logps[:n], rejected=logps[n:], chosen_tokens=tokens[:n], rejected_tokens=tokens[n:]
         )
@@ -173,7 +188,7 @@ class PreferenceModule(L.LightningModule):
                 ref = cached[0]
             else:
                 with torch.no_grad(), self.frozen_scorer("reference") as scorer:
-                    ref, _ = response_logps(scorer, batch["input_ids"], batch["attention_mask"], batch["score_mask"])
+                    ref, _ = pair_batch_logps(scorer, batch, share)
             fields.update(ref_chosen=ref[:n], ref_rejected=ref[n:])
         if self.loss_fn.needs_marginal:
             frozen = self.loss_fn.marginal_source == "reference"

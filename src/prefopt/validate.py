@@ -48,7 +48,8 @@ STR_LIST: Check = (lambda v: isinstance(v, list) and all(isinstance(t, str) for 
 SCHEMA: dict[str, dict[str, Check]] = {
     "": {"seed": NONNEG_INT, "threads": POS_INT, "tags": STR_LIST, "objective": STR, "ckpt_path": OPT_STR,
          "loss": NODE, "model": NODE, "data": NODE, "trainer": NODE, "logger": NODE, "optim": NODE,
-         "eval": NODE, "checkpoint": NODE, "paths": NODE, "sweep": NODE, "logp_cache": BOOL},
+         "eval": NODE, "checkpoint": NODE, "paths": NODE, "sweep": NODE, "logp_cache": BOOL,
+         "share_prompt": BOOL},
     "data": {"name": STR, "path": OPT_STR, "max_length": POS_INT, "max_prompt_length": POS_INT,
              "batch_size": POS_INT, "eval_batch_size": POS_INT, "strict": BOOL, "source": NODE,
              "effective_batch_size": OPT_POS_INT},

@@ -7,6 +7,9 @@ For B pairs, rows 0..B-1 are prompt+chosen and rows B..2B-1 prompt+rejected:
   no prompt, right-padded to the longest response; start_ids is the model's start token (BOS, else EOS)
   plus the task's "no prompt" marker if it has one (S tokens); the score mask is 1 exactly at the
   response tokens, so every response token is scored, the first included;
+- prompt_ids, prompt_attention_mask (B, P) and response_ids, response_attention_mask (2B, R): the
+  same pairs with each prompt once (right-padded) and the responses apart (rows as above), for the
+  shared-prompt pass (prefopt.logps.shared_prompt_logps); left out when a prompt is empty;
 - index (B,): each pair's index in its dataset (keys for cached reference/marginal log-probs).
 Exercised by `pytest tests/data/test_collate.py`.
 """
@@ -51,4 +54,10 @@ class PairCollator:
             "marginal_score_mask": pad_right([[0] * len(start) + [1] * len(r) for r in responses], 0),
             "index": torch.tensor([int(it["index"]) for it in items], dtype=torch.long),
         }
+        once = prompts[: len(items)]
+        if all(len(p) for p in once):
+            batch["prompt_ids"] = pad_right(once, self.pad_id)
+            batch["prompt_attention_mask"] = pad_right([[1] * len(p) for p in once], 0)
+            batch["response_ids"] = pad_right(responses, self.pad_id)
+            batch["response_attention_mask"] = pad_right([[1] * len(r) for r in responses], 0)
         return batch
