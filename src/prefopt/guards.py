@@ -33,6 +33,11 @@ class FiniteGuard(Callback):
             self._stop(trainer, f"non-finite loss ({loss.item()})")
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        for name, param in pl_module.named_parameters():
-            if param.grad is not None and not torch.isfinite(param.grad).all():
-                self._stop(trainer, f"non-finite gradient in {name}")
+        """One device sync per step (not one per tensor): per-tensor flags stacked, then read once."""
+        grads = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
+        if not grads:
+            return
+        finite = torch.stack([torch.isfinite(g).all().to(grads[0][1].device) for _, g in grads])
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0, 0])
+            self._stop(trainer, f"non-finite gradient in {grads[first][0]}")

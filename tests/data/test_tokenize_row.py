@@ -88,3 +88,30 @@ def test_chat_row_without_chat_template_is_an_error(tok):
            "rejected": [{"role": "assistant", "content": "three"}]}
     with pytest.raises(DataError, match="the data has chat messages but the tokenizer .*has no chat template"):
         tokenize_row(row, t, 100, 50)
+
+
+def test_pre_encoded_rows_tokenize_alike_in_two_batched_calls(tok):
+    from prefopt.data.datamodule import tokenize_rows
+    from prefopt.data.tokenize import PreEncoded
+
+    words = WORDS.split()
+    rows = [{"prompt": " ".join(words[i % 5: i % 5 + 3]), "chosen": " " + words[(i + 1) % 10],
+             "rejected": " " + " ".join(words[(i + 2) % 10:(i + 2) % 10 + 2]) + ("</s>" if i % 3 == 0 else "")}
+            for i in range(30)]
+    one_by_one = [tokenize_row(r, tok, 100, 50) for r in rows]
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+        def __call__(self, text, **kwargs):
+            calls.append(text)
+            return tok(text, **kwargs)
+
+    items, _ = tokenize_rows(rows, Counting(), 100, 50, "train")
+    assert [{k: it[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for it in items] == one_by_one
+    batched = [c for c in calls if isinstance(c, list)]
+    assert len(batched) == 2 and len(calls) <= 4  # prompts, responses (+ the BOS probe of a row or two)
+    assert PreEncoded(tok, rows)("not seen before", add_special_tokens=False)["input_ids"] == tok(
+        "not seen before", add_special_tokens=False)["input_ids"]

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from prefopt.data.collate import PairCollator
 from prefopt.data.errors import DataError
 from prefopt.data.sampler import ResumableLoader
-from prefopt.data.tokenize import encode_row, truncate_pair
+from prefopt.data.tokenize import PreEncoded, encode_row, truncate_pair
 
 PROGRESS_MIN_ROWS = 1000
 
@@ -49,6 +49,7 @@ def tokenize_rows(
     items: list[dict[str, Any]] = []
     cut_prompts = cut_responses = 0
     show = len(rows) > PROGRESS_MIN_ROWS
+    tokenizer = PreEncoded(tokenizer, rows)  # string rows: one batched encode of all their texts
     for i, row in enumerate(tqdm(rows, desc=f"tokenizing {split}", disable=not show)):
         try:
             ids = encode_row(row, tokenizer, append_eos)
