@@ -155,11 +155,20 @@ def test_pair_batch_logps_falls_back_to_full_rows_without_the_shared_layout():
 
     model = tiny_model()
     b = collated(PAIRS)
-    shared, _ = pair_batch_logps(model, b)
+    shared, _ = pair_batch_logps(model, b, share_prompt=True)
     plain = {k: v for k, v in b.items() if not k.startswith(("prompt_", "response_"))}
-    full, _ = pair_batch_logps(model, plain)
+    full, _ = pair_batch_logps(model, plain, share_prompt=True)
     unshared, _ = pair_batch_logps(model, b, share_prompt=False)
     torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-5)
     assert torch.equal(full, unshared)
     no_prompt = collated([([], [8, 9], [10])])  # an empty prompt: no shared layout
     assert "prompt_ids" not in no_prompt
+
+
+def test_auto_shares_only_long_enough_prompts():
+    from prefopt.logps import SHARE_MIN_PROMPT_TOKENS, shares_batch_prompt
+
+    short = collated(PAIRS)  # prompts padded to 7 tokens
+    long = collated([([BOS] + [5] * (SHARE_MIN_PROMPT_TOKENS - 1), [8, 9], [10])])
+    assert not shares_batch_prompt(short, "auto") and shares_batch_prompt(long, "auto")
+    assert shares_batch_prompt(short, True) and not shares_batch_prompt(long, False)

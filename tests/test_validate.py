@@ -42,6 +42,7 @@ def test_defaults_pass():
         ("model.dtype=float64", r"model.dtype='float64'.*bfloat16"),
         ("trainer.max_steps=0", r"trainer.max_steps=0"),
         ("seed=-1", r"seed=-1 .*integer >= 0"),
+        ("share_prompt=maybe", r"share_prompt=.?maybe.? .*true, false or auto"),
         ("+data.bogus=1", r"data.bogus is not a setting of the `data` group; valid keys: name, path"),
         ("+model.bogus=1", r"model.bogus is not a setting of the `model` group"),
         ("+optim.bogus=1", r"optim.bogus is not a setting of the `optim` group; valid keys: lr"),

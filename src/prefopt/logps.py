@@ -167,10 +167,24 @@ def shared_prompt_logps(
     return sums, target_mask.sum(dim=1)
 
 
-def pair_batch_logps(model: torch.nn.Module, batch: dict[str, Tensor], share_prompt: bool = True):
+# "auto" shares a batch's prompts from this padded prompt length on: below it a second, short pass
+# costs more than it saves (2-layer d=64 model on one CPU thread, `python benchmarks/shared_prompt.py`:
+# 1.05-1.08x the training pass time at 6 prompt tokens, 0.78-0.96x at 16-64).
+SHARE_MIN_PROMPT_TOKENS = 16
+
+
+def shares_batch_prompt(batch: dict[str, Tensor], share_prompt: bool | str = "auto") -> bool:
+    """Whether `pair_batch_logps` runs this batch's prompts once: `share_prompt` true, or "auto" and
+    prompts padded to at least SHARE_MIN_PROMPT_TOKENS; never without the shared layout."""
+    if "prompt_ids" not in batch or share_prompt is False:
+        return False
+    return share_prompt is True or batch["prompt_ids"].shape[1] >= SHARE_MIN_PROMPT_TOKENS
+
+
+def pair_batch_logps(model: torch.nn.Module, batch: dict[str, Tensor], share_prompt: bool | str = "auto"):
     """(logps (2B,), n_tokens (2B,)) of a collated pair batch's responses given their prompts: with each
-    prompt run once when `share_prompt` and the batch carries the shared layout, else on full rows."""
-    if share_prompt and "prompt_ids" in batch:
+    prompt run once when `shares_batch_prompt`, else on full prompt+response rows (same numbers)."""
+    if shares_batch_prompt(batch, share_prompt):
         return shared_prompt_logps(
             model, batch["prompt_ids"], batch["prompt_attention_mask"], batch["response_ids"],
             batch["response_attention_mask"],

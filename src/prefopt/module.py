@@ -54,7 +54,7 @@ class PreferenceModule(L.LightningModule):
         warmup_ratio: float = 0.1,
         min_lr_ratio: float = 0.0,
         reference: torch.nn.Module | None = None,
-        share_prompt: bool = True,
+        share_prompt: bool | str = "auto",
     ) -> None:
         super().__init__()
         self.policy = policy
@@ -68,7 +68,7 @@ class PreferenceModule(L.LightningModule):
         if needs_frozen and not self.adapter_reference:
             self.reference = reference or frozen_copy(policy)
         self.share_prompt = share_prompt
-        self._share: bool | None = None  # decided at the first pass (after a strategy wrapped the model)
+        self._share: bool | str | None = None  # decided at the first pass (after a strategy wrapped the model)
         self._tables: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, split) -> buffer names
         self._checked: set[tuple[str, str]] = set()
 
@@ -160,15 +160,16 @@ class PreferenceModule(L.LightningModule):
         finally:
             self.policy.train(was_training)
 
-    def shares_prompt(self) -> bool:
-        """Whether passes run each prompt once for both responses (`share_prompt`). Not under activation
-        checkpointing (HF's or FSDP's): a recomputed layer would append to the prompt's key/value cache."""
+    def shares_prompt(self) -> bool | str:
+        """Whether passes run each prompt once for both responses: `share_prompt` (true, false, or "auto":
+        batches with long enough prompts), but never under activation checkpointing (HF's or FSDP's): a
+        recomputed layer would append to the prompt's key/value cache a second time."""
         if self._share is None:
             checkpointed = any(
                 getattr(m, "gradient_checkpointing", False) is True or type(m).__name__ == "CheckpointWrapper"
                 for m in self.policy.modules()
             )
-            self._share = self.share_prompt and not checkpointed
+            self._share = False if checkpointed else self.share_prompt
         return self._share
 
     def pair_logps(self, batch: dict[str, Tensor], split: str = "train") -> PairLogps:

@@ -116,7 +116,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     data.setup()  # tokenize now: bad rows fail before the trainer starts, drops are reported
     state["info"]["data"] = data.stats
     print_data_summary(state["info"].get("drops"), data.stats)
-    module = PreferenceModule(policy, loss, share_prompt=bool(cfg.get("share_prompt", True)),
+    module = PreferenceModule(policy, loss, share_prompt=cfg.get("share_prompt", "auto"),
                               **OmegaConf.to_container(cfg.optim, resolve=True))
 
     name, tags = run_identity(cfg, loss.name, cfg.data.name, HydraConfig.get().runtime.choices.get("loss"))

@@ -32,6 +32,7 @@ ANY: Check = (lambda v: True, "anything")
 STR: Check = (lambda v: isinstance(v, str), "a string")
 OPT_STR: Check = (lambda v: v is None or isinstance(v, str), "a string or null")
 BOOL: Check = (lambda v: isinstance(v, bool), "true or false")
+BOOL_AUTO: Check = (lambda v: isinstance(v, bool) or v == "auto", "true, false or auto")
 POS_INT: Check = (lambda v: _int(v) and v > 0, "an integer > 0")
 NONNEG_INT: Check = (lambda v: _int(v) and v >= 0, "an integer >= 0")
 OPT_POS_INT: Check = (lambda v: v is None or (_int(v) and v > 0), "an integer > 0 or null")
@@ -49,7 +50,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
     "": {"seed": NONNEG_INT, "threads": POS_INT, "tags": STR_LIST, "objective": STR, "ckpt_path": OPT_STR,
          "loss": NODE, "model": NODE, "data": NODE, "trainer": NODE, "logger": NODE, "optim": NODE,
          "eval": NODE, "checkpoint": NODE, "paths": NODE, "sweep": NODE, "logp_cache": BOOL,
-         "share_prompt": BOOL},
+         "share_prompt": BOOL_AUTO},
     "data": {"name": STR, "path": OPT_STR, "max_length": POS_INT, "max_prompt_length": POS_INT,
              "batch_size": POS_INT, "eval_batch_size": POS_INT, "strict": BOOL, "source": NODE,
              "effective_batch_size": OPT_POS_INT},
