@@ -77,20 +77,37 @@ def test_trainers(option):
     if kwargs.get("accelerator") == "cpu":
         trainer = L.Trainer(**kwargs, logger=False)
         assert trainer.max_steps == kwargs["max_steps"]
-    else:  # GPU configs: every key must be a Trainer argument
+    else:  # GPU configs: every key must be a Trainer argument, the whole config validates
         check_keys(cfg, "trainer")
+        validate_full(compose_with(f"trainer={option}"))
+    strategy = OmegaConf.to_container(cfg).get("strategy")
+    if isinstance(strategy, dict):  # fsdp, deepspeed: Lightning's strategy object builds on CPU
+        import importlib.util
+
+        from helpers import tiny_model
+        from prefopt.trainer_factory import build_strategy
+
+        if strategy["name"] == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+            with pytest.raises(ConfigError, match="trainer=deepspeed needs DeepSpeed.*pip install deepspeed"):
+                build_strategy(strategy, tiny_model())
+        else:
+            assert type(build_strategy(strategy, tiny_model())).__name__.lower().startswith(strategy["name"])
 
 
-@pytest.mark.parametrize("option", options("experiment"))
-def test_experiments_compose_and_validate(option):
+def validate_full(cfg):
     from omegaconf import open_dict
 
     from prefopt.validate import validate_config
 
-    cfg = compose_with(f"experiment={option}")
-    assert cfg.data.effective_batch_size == 128 and cfg.trainer.max_epochs == 1
     with open_dict(cfg):
         del cfg["hydra"]
         cfg.paths.cache_dir = "/tmp/cache"
     validate_config(cfg)
+
+
+@pytest.mark.parametrize("option", options("experiment"))
+def test_experiments_compose_and_validate(option):
+    cfg = compose_with(f"experiment={option}")
+    assert cfg.data.effective_batch_size == 128 and cfg.trainer.max_epochs == 1
+    validate_full(cfg)
     build_component(cfg.loss, "loss")

@@ -44,8 +44,13 @@ def _fsdp(spec: dict[str, Any], model: torch.nn.Module):
 
 
 def _deepspeed(spec: dict[str, Any], model: torch.nn.Module):
+    import importlib.util
+
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("trainer=deepspeed needs DeepSpeed, which is not installed: pip install deepspeed "
+                          "(or use trainer=fsdp, which needs nothing more)")
     return DeepSpeedStrategy(**spec)
 
 
