@@ -196,3 +196,18 @@ def test_no_shared_prompt_under_activation_checkpointing():
     model = tiny_model()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     assert not PreferenceModule(model, DPOLoss()).shares_prompt()
+
+
+def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():
+    """The fused kernel on CPU; one step moves the weights as the default implementation does."""
+    module = PreferenceModule(tiny_model(), SimPOLoss(), lr=1e-2, warmup_ratio=0.0)
+    module._trainer = type("T", (), {"estimated_stepping_batches": 10, "strategy": object()})()
+    opt = module.configure_optimizers()["optimizer"]
+    assert opt.defaults["fused"] is True
+    loop = PreferenceModule(tiny_model(), SimPOLoss(), lr=1e-2, warmup_ratio=0.0)
+    reference = torch.optim.AdamW(loop.policy.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
+    for m, o in ((module, opt), (loop, reference)):
+        m.loss_fn(m.pair_logps(pair_batch(PAIRS))).losses.mean().backward()
+        o.step()
+    for a, b in zip(module.policy.parameters(), loop.policy.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
