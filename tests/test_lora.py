@@ -97,3 +97,20 @@ def test_save_merges_adapters_into_a_plain_model(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     assert not is_lora(loaded)
     torch.testing.assert_close(logits(loaded, batch), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_shared_prompt_pass_of_a_lora_policy_equals_full_rows():
+    from helpers import collated
+    from prefopt.logps import check_shared_prompt, pair_batch_logps
+
+    model = lora_model()
+    with torch.no_grad():
+        for p in (p for n, p in model.named_parameters() if "lora_B" in n):
+            p.normal_()
+    batch = collated(PAIRS)
+    shared, _ = pair_batch_logps(model, batch, share_prompt=True)
+    rows, _ = pair_batch_logps(model, batch, share_prompt=False)
+    torch.testing.assert_close(shared, rows, rtol=1e-5, atol=1e-5)
+    assert check_shared_prompt(model, batch) is None
+    with model.disable_adapter():
+        assert check_shared_prompt(model, batch) is None

@@ -211,3 +211,22 @@ def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():
         o.step()
     for a, b in zip(module.policy.parameters(), loop.policy.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_checks_the_shared_pass_once_and_falls_back_when_it_does_not_fit(monkeypatch, capsys):
+    import prefopt.logps as logps_file
+
+    long_pairs = [([1] + [5 + i % 7 for i in range(20)], [8, 9, 2], [10, 2]), ([1] + [4] * 17, [12, 2], [13, 14, 2])]
+    batch = collated(long_pairs)
+    good = PreferenceModule(tiny_model(), DPOLoss())
+    good.pair_logps(batch)
+    assert good.shares_prompt() is True  # checked on the first batch, then shared
+
+    real = logps_file.shared_prompt_logps
+    monkeypatch.setattr(logps_file, "shared_prompt_logps", lambda *a, **k: (real(*a, **k)[0] + 1.0, real(*a, **k)[1]))
+    bad = PreferenceModule(tiny_model(), DPOLoss())
+    got = bad.pair_logps(batch)
+    assert bad.shares_prompt() is False
+    assert "does not reproduce LlamaForCausalLM's log-probs (summed log-probs differ by up to 1" in capsys.readouterr().out
+    expected = good.pair_logps({k: v for k, v in batch.items() if not k.startswith(("prompt_", "response_"))})
+    torch.testing.assert_close(got.chosen, expected.chosen)

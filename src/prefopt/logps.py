@@ -181,6 +181,29 @@ def shares_batch_prompt(batch: dict[str, Tensor], share_prompt: bool | str = "au
     return share_prompt is True or batch["prompt_ids"].shape[1] >= SHARE_MIN_PROMPT_TOKENS
 
 
+@torch.no_grad()
+def check_shared_prompt(model: torch.nn.Module, batch: dict[str, Tensor], atol: float = 0.05,
+                        rtol: float = 0.01) -> str | None:
+    """None when the shared-prompt pass reproduces `model`'s full-row log-probs on `batch` (in eval
+    mode), else what went wrong: an architecture whose cache or masks do not fit the shared layout."""
+    was_training = model.training
+    model.eval()
+    try:
+        shared, _ = shared_prompt_logps(
+            model, batch["prompt_ids"], batch["prompt_attention_mask"], batch["response_ids"],
+            batch["response_attention_mask"],
+        )
+        rows, _ = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["score_mask"])
+    except Exception as err:  # noqa: BLE001 - any failure means: do not share with this model
+        return f"{type(err).__name__}: {err}"
+    finally:
+        model.train(was_training)
+    diff = float((shared - rows).abs().max()) if rows.numel() else 0.0
+    if not diff <= atol + rtol * float(rows.abs().max() if rows.numel() else 0.0):
+        return f"summed log-probs differ by up to {diff:.3g}"
+    return None
+
+
 def pair_batch_logps(model: torch.nn.Module, batch: dict[str, Tensor], share_prompt: bool | str = "auto"):
     """(logps (2B,), n_tokens (2B,)) of a collated pair batch's responses given their prompts: with each
     prompt run once when `shares_batch_prompt`, else on full prompt+response rows (same numbers)."""
