@@ -1,4 +1,4 @@
-"""Batching tokenized pairs into the tensors the module scores (layout fixed in /tmp/contract.md).
+"""Batching tokenized pairs into the tensors the module scores.
 
 For B pairs, rows 0..B-1 are prompt+chosen and rows B..2B-1 prompt+rejected:
 - input_ids, attention_mask, score_mask (2B, L): right-padded; score_mask is 1 exactly at the
