@@ -99,3 +99,27 @@ def test_evaluate_policy_against_itself_and_another(tok, models):
     assert other["eval/oracle_reward"] == metrics["eval/oracle_reward"]
     lengths = [len(r) - (r[-1] == tok.eos_token_id) for r in ours]
     assert other["eval/length"] == pytest.approx(sum(lengths) / len(lengths))
+
+
+def test_a_lora_policy_is_its_own_reference_with_adapters_disabled(tok, models):
+    """Evaluating a LoRA policy against itself inside `disable_adapter` gives the metrics of evaluating
+    it against a separate copy of its base model."""
+    import copy
+
+    pytest.importorskip("peft")
+    from omegaconf import OmegaConf
+
+    from prefopt.model_setup import apply_lora
+
+    base = copy.deepcopy(models[1])
+    lora = apply_lora(copy.deepcopy(models[1]), OmegaConf.create({"r": 4, "dropout": 0.0}))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)  # adapters that change the answers
+    lora.eval()
+    shared, _ = evaluate(lora, lora, tok, PROMPTS, SortOracle(), max_new_tokens=8, seed=2,
+                         reference_context=lora.disable_adapter)
+    apart, _ = evaluate(lora, base, tok, PROMPTS, SortOracle(), max_new_tokens=8, seed=2)
+    assert shared == pytest.approx(apart, abs=1e-5)
+    assert shared["eval/kl"] != pytest.approx(0.0, abs=1e-3)  # the adapters were on for the policy side

@@ -114,3 +114,26 @@ def test_shared_prompt_pass_of_a_lora_policy_equals_full_rows():
     assert check_shared_prompt(model, batch) is None
     with model.disable_adapter():
         assert check_shared_prompt(model, batch) is None
+
+
+@pytest.mark.parametrize("logp_cache", ["true", "false"])
+def test_lora_run_end_to_end(cache_root, tmp_path, logp_cache):
+    """`model.lora.r=4 loss=dpo` trains, evaluates against the adapter-disabled policy and saves a
+    merged plain model; with and without the reference table."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from test_run import SMALL_SORT, run_cli
+
+    proc = run_cli([*SMALL_SORT, "loss=dpo", "model.lora.r=4", "trainer.max_steps=6", "logger=none",
+                    "checkpoint.enabled=false", f"logp_cache={logp_cache}", f"hydra.run.dir={tmp_path / 'run'}"],
+                   cache_root, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "completed" and "eval/kl" in results["metrics"]
+    assert results["info"]["logp_cache"]["used"] is (logp_cache == "true")
+    saved = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    start = load_file(next(cache_root.glob("sort_sft/*/model.safetensors")))
+    assert not any("lora" in k for k in saved) and set(saved) == set(start)
+    assert max((saved[k] - start[k]).abs().max().item() for k in saved) > 0  # the merged adapters moved it

@@ -7,6 +7,7 @@ own samples. `run.py` calls `evaluate` at the end of a run; exercised by `pytest
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
 import torch
@@ -68,6 +69,7 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 64,
     n_samples: int = 5,
+    reference_context: Callable[[], Any] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Sample both policies on `prompts` and score them. Returns (metrics, a few samples).
 
@@ -76,21 +78,26 @@ def evaluate(
     samples under the untempered models), eval/length (mean response tokens, EOS excluded).
     Both models sample with the same seed, so a policy identical to the reference gives win rate 0.5
     and KL 0. samples: the first `n_samples` {prompt, response, reference_response, reward}.
+    `reference_context`: entered around every use of `reference` (a LoRA policy is its own reference
+    inside `disable_adapter`), so no second model is needed.
     """
+    as_reference = reference_context or nullcontext
     if not prompts:
         raise ValueError("no evaluation prompts")
     prompt_ids = tokenizer(list(prompts))["input_ids"]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ours = sample(policy, tokenizer, prompt_ids, max_new_tokens, temperature, seed, batch_size, "eval: policy")
-    theirs = sample(
-        reference, tokenizer, prompt_ids, max_new_tokens, temperature, seed, batch_size, "eval: reference"
-    )
+    with as_reference():
+        theirs = sample(
+            reference, tokenizer, prompt_ids, max_new_tokens, temperature, seed, batch_size, "eval: reference"
+        )
     texts = tokenizer.batch_decode(ours, skip_special_tokens=True)
     ref_texts = tokenizer.batch_decode(theirs, skip_special_tokens=True)
     rewards = [float(r) for r in oracle(list(prompts), texts)]
     ref_rewards = [float(r) for r in oracle(list(prompts), ref_texts)]
     pi = sequence_logps(policy, prompt_ids, ours, pad_id, batch_size)
-    pi_ref = sequence_logps(reference, prompt_ids, ours, pad_id, batch_size)
+    with as_reference():
+        pi_ref = sequence_logps(reference, prompt_ids, ours, pad_id, batch_size)
     eos = tokenizer.eos_token_id
     lengths = [len(r) - (1 if r and r[-1] == eos else 0) for r in ours]
     metrics = {

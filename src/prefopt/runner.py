@@ -124,12 +124,15 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     caches = LogpCaches(cfg, data, cache_root, state["info"])  # at fit start: split over data-parallel ranks
     trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy,
                             extra_callbacks=[caches])
-    def starting_policy() -> torch.nn.Module:
-        """The untrained policy for the evaluation: the frozen reference if the module kept one, else
-        loaded again (the same weights: a folder, or the seeded tiny init), so training never holds it."""
+    def starting_policy() -> tuple[torch.nn.Module, Any]:
+        """(model, context) of the untrained policy for the evaluation: a LoRA policy itself with its
+        adapters disabled, the frozen reference if the module kept one, else loaded again (the same
+        weights: a folder, or the seeded tiny init), so training never holds it."""
+        if module.adapter_reference:
+            return module.policy, module.policy.disable_adapter
         if module.reference is not None:
-            return module.reference
-        return frozen_copy(load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed)[0])
+            return module.reference, None
+        return frozen_copy(load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed)[0]), None
 
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     metrics = _scalar_metrics(trainer.callback_metrics)
@@ -143,9 +146,11 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     if artifacts.oracle is not None and artifacts.eval_prompts:
         from prefopt.eval import evaluate
 
+        start, start_context = starting_policy()
         eval_metrics, samples = evaluate(
-            module.policy.eval(), starting_policy(), tokenizer, artifacts.eval_prompts, artifacts.oracle,
-            seed=cfg.seed, batch_size=cfg.eval.batch_size, **dict(artifacts.generation),
+            module.policy.eval(), start, tokenizer, artifacts.eval_prompts, artifacts.oracle,
+            seed=cfg.seed, batch_size=cfg.eval.batch_size, reference_context=start_context,
+            **dict(artifacts.generation),
         )
         metrics.update(_scalar_metrics(eval_metrics))
     state["samples"] = samples[: cfg.eval.n_samples_logged]
