@@ -67,3 +67,11 @@ def test_submitit_local_runs_two_jobs(cache_root, tmp_path):
     results = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json")]
     assert sorted(r["config"]["loss"]["_target_"].split(".")[-1] for r in results) == ["DPOLoss", "SimPOLoss"]
     assert all(r["status"] == "completed" for r in results)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_trainer_without_a_gpu_is_one_line(cache_root, tmp_path):
+    proc = run_cli([*COMMON, "trainer=gpu", f"hydra.run.dir={tmp_path / 'run'}"], cache_root, tmp_path)
+    assert proc.returncode == 1
+    assert "error: the trainer settings do not work on this machine: No supported gpu backend found!" in proc.stderr
+    assert "accelerator=gpu, devices=1" in proc.stderr and "Traceback" not in proc.stderr

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from prefopt.errors import ConfigError
@@ -78,6 +79,12 @@ def accumulation_for(effective: int, world_size: int, batch_size: int) -> int:
     return effective // per_step
 
 
+def _trainer_summary(kwargs: dict[str, Any]) -> str:
+    strategy = kwargs.get("strategy", "auto")
+    name = getattr(strategy, "strategy_name", None) or type(strategy).__name__ if not isinstance(strategy, str) else strategy
+    return f"accelerator={kwargs.get('accelerator', 'auto')}, devices={kwargs.get('devices', 'auto')}, strategy={name}"
+
+
 def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: str,
                   model: torch.nn.Module | None = None, extra_callbacks: list[Any] = ()) -> L.Trainer:
     checkpoints = output_dir / "checkpoints"
@@ -107,15 +114,20 @@ def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: s
         if kwargs.get("val_check_interval") is None and kwargs.get("max_steps", -1) > 0:
             # validate once, after the last optimizer step (counted in batches across epochs)
             extra["val_check_interval"] = kwargs["max_steps"] * accumulate
-        return L.Trainer(
-            **{**kwargs, **extra},
-            logger=loggers or False,
-            callbacks=callbacks,
-            enable_checkpointing=bool(cfg.checkpoint.enabled),
-            enable_progress_bar=False,
-            use_distributed_sampler=False,  # PreferenceDataModule shards the data itself (data/sampler.py)
-            default_root_dir=str(output_dir),
-        )
+        try:
+            return L.Trainer(
+                **{**kwargs, **extra},
+                logger=loggers or False,
+                callbacks=callbacks,
+                enable_checkpointing=bool(cfg.checkpoint.enabled),
+                enable_progress_bar=False,
+                use_distributed_sampler=False,  # PreferenceDataModule shards the data itself (data/sampler.py)
+                default_root_dir=str(output_dir),
+            )
+        except (ValueError, MisconfigurationException, RuntimeError) as err:  # e.g. fsdp on a CPU, no GPU
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"the trainer settings do not work on this machine: {first} "
+                              f"(trainer: {_trainer_summary(kwargs)})") from None
 
     trainer = make(int(kwargs.get("accumulate_grad_batches", 1)))
     effective = cfg.data.get("effective_batch_size")
