@@ -82,7 +82,8 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     from prefopt.models import load_policy
     from prefopt.module import PreferenceModule, frozen_copy
     from prefopt.logp_cache import LogpCaches
-    from prefopt.model_setup import prepare_for_training, save_policy
+    from prefopt.gather import full_policy_state, is_sharded, rebuild_policy
+    from prefopt.model_setup import is_lora, prepare_for_training, save_policy
     from prefopt.perf import ThroughputMonitor
     from prefopt.progress import quiet_lightning
     from prefopt.trainer_factory import build_trainer
@@ -124,23 +125,32 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     caches = LogpCaches(cfg, data, cache_root, state["info"])  # at fit start: split over data-parallel ranks
     trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy,
                             extra_callbacks=[caches])
-    def starting_policy() -> tuple[torch.nn.Module, Any]:
-        """(model, context) of the untrained policy for the evaluation: a LoRA policy itself with its
-        adapters disabled, the frozen reference if the module kept one, else loaded again (the same
-        weights: a folder, or the seeded tiny init), so training never holds it."""
-        if module.adapter_reference:
-            return module.policy, module.policy.disable_adapter
-        if module.reference is not None:
-            return module.reference, None
-        return frozen_copy(load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed)[0]), None
+    def load_start() -> torch.nn.Module:  # the untrained policy again: a folder, or the seeded tiny init
+        return load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed)[0]
 
     trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
     metrics = _scalar_metrics(trainer.callback_metrics)
     for callback in trainer.callbacks:
         if isinstance(callback, ThroughputMonitor):
             metrics.update(callback.metrics(module))
+    gathered = full_policy_state(trainer) if is_sharded(trainer.strategy) else None  # every rank takes part
     if not trainer.is_global_zero:  # data-parallel workers: rank 0 evaluates, saves and records
         return metrics
+    trained = module.policy
+    if gathered is not None:  # FSDP / ZeRO-3: the policy is split over ranks; rank 0 rebuilds it whole
+        trained = rebuild_policy(prepare_for_training(load_start(), cfg.model), gathered)
+        trained.to(trainer.strategy.root_device)
+        del gathered
+
+    def starting_policy() -> tuple[torch.nn.Module, Any]:
+        """(model, context) of the untrained policy for the evaluation: a LoRA policy itself with its
+        adapters disabled, the frozen reference if the module kept a usable one, else loaded again, so
+        training never holds it."""
+        if is_lora(trained):
+            return trained, trained.disable_adapter
+        if module.reference is not None and trained is module.policy:
+            return module.reference, None
+        return frozen_copy(load_start()), None
 
     samples: list[dict] = []
     if artifacts.oracle is not None and artifacts.eval_prompts:
@@ -148,7 +158,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
 
         start, start_context = starting_policy()
         eval_metrics, samples = evaluate(
-            module.policy.eval(), start, tokenizer, artifacts.eval_prompts, artifacts.oracle,
+            trained.eval(), start, tokenizer, artifacts.eval_prompts, artifacts.oracle,
             seed=cfg.seed, batch_size=cfg.eval.batch_size, reference_context=start_context,
             **dict(artifacts.generation),
         )
@@ -158,13 +168,13 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
         from prefopt.export import export_generations
 
         state["info"]["generations"] = export_generations(
-            module.policy.eval(), tokenizer, artifacts.eval_rows, output_dir / "generations.json",
+            trained.eval(), tokenizer, artifacts.eval_rows, output_dir / "generations.json",
             generator=f"prefopt-{cfg.model.name}-{loss.name}", dataset=cfg.data.name,
             max_prompts=cfg.eval.generate_max_prompts, max_new_tokens=cfg.eval.generate_max_new_tokens,
             temperature=cfg.eval.generate_temperature, seed=cfg.seed, batch_size=cfg.eval.batch_size,
         )
     log_summary(loggers, metrics, state["samples"], step=trainer.global_step)
-    save_policy(module.policy, tokenizer, output_dir / "model")
+    save_policy(trained, tokenizer, output_dir / "model")
     return metrics
 
 
