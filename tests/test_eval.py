@@ -123,3 +123,29 @@ def test_a_lora_policy_is_its_own_reference_with_adapters_disabled(tok, models):
     apart, _ = evaluate(lora, base, tok, PROMPTS, SortOracle(), max_new_tokens=8, seed=2)
     assert shared == pytest.approx(apart, abs=1e-5)
     assert shared["eval/kl"] != pytest.approx(0.0, abs=1e-3)  # the adapters were on for the policy side
+
+
+def test_start_side_from_the_cache_gives_the_same_metrics_and_is_computed_once(tok, models, tmp_path, monkeypatch):
+    import prefopt.eval as eval_file
+    from prefopt.eval_cache import cached_start_side
+
+    sampling = dict(max_new_tokens=8, temperature=1.0, seed=2, batch_size=4)
+    live, live_samples = evaluate(models[0], models[1], tok, PROMPTS, SortOracle(), **sampling)
+    calls = []
+    real = eval_file.sample
+    monkeypatch.setattr(eval_file, "sample", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
+    side, status = cached_start_side(tmp_path, models[1], tok, PROMPTS, SortOracle(), {"task": "sort"}, **sampling)
+    assert status == "built" and calls == [models[1]]
+    again, status = cached_start_side(tmp_path, models[1], tok, PROMPTS, SortOracle(), {"task": "sort"}, **sampling)
+    assert status == "hit" and again == side and calls == [models[1]]  # no second sampling
+    cached, cached_samples = evaluate(models[0], models[1], tok, PROMPTS, SortOracle(), start=again, **sampling)
+    assert cached == live and cached_samples == live_samples
+    assert calls == [models[1], models[0]]  # with the cache only the policy samples
+    for changed in ({"seed": 3}, {"max_new_tokens": 6}):
+        _, status = cached_start_side(tmp_path, models[1], tok, PROMPTS, SortOracle(), {"task": "sort"},
+                                      **{**sampling, **changed})
+        assert status == "built", changed
+    for args in ((models[0], PROMPTS, {"task": "sort"}), (models[1], PROMPTS[:3], {"task": "sort"}),
+                 (models[1], PROMPTS, {"task": "sort", "n": 1})):  # another start, prompts, task
+        _, status = cached_start_side(tmp_path, args[0], tok, args[1], SortOracle(), args[2], **sampling)
+        assert status == "built", args[1:]

@@ -2,7 +2,9 @@
 
 Both policies answer the held-out prompts (same seed); the task's oracle scores every answer; the win
 rate compares the two answers prompt by prompt; the KL is the Monte-Carlo estimate over the policy's
-own samples. `run.py` calls `evaluate` at the end of a run; exercised by `pytest tests/test_eval.py`.
+own samples. The starting policy's answers and rewards (`start_side`) can come from a cache shared by
+a sweep (prefopt.eval_cache). `run.py` calls `evaluate` at the end of a run; exercised by
+`pytest tests/test_eval.py`.
 """
 
 from __future__ import annotations
@@ -58,6 +60,29 @@ def sequence_logps(
     return out
 
 
+def start_side(
+    reference,
+    tokenizer,
+    prompts: list[str],
+    oracle: Callable[[list[str], list[str]], list[float]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    reference_context: Callable[[], Any] | None = None,
+) -> dict[str, list]:
+    """The starting policy's part of the evaluation, which no training changes: its seeded samples on
+    `prompts` (`ids`), their text and their oracle rewards. JSON-able, so a sweep can cache it."""
+    prompt_ids = tokenizer(list(prompts))["input_ids"]
+    with (reference_context or nullcontext)():
+        theirs = sample(
+            reference, tokenizer, prompt_ids, max_new_tokens, temperature, seed, batch_size, "eval: reference"
+        )
+    texts = tokenizer.batch_decode(theirs, skip_special_tokens=True)
+    return {"ids": [list(map(int, r)) for r in theirs], "texts": texts,
+            "rewards": [float(r) for r in oracle(list(prompts), texts)]}
+
+
 def evaluate(
     policy,
     reference,
@@ -70,6 +95,7 @@ def evaluate(
     batch_size: int = 64,
     n_samples: int = 5,
     reference_context: Callable[[], Any] | None = None,
+    start: dict[str, list] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Sample both policies on `prompts` and score them. Returns (metrics, a few samples).
 
@@ -79,7 +105,8 @@ def evaluate(
     Both models sample with the same seed, so a policy identical to the reference gives win rate 0.5
     and KL 0. samples: the first `n_samples` {prompt, response, reference_response, reward}.
     `reference_context`: entered around every use of `reference` (a LoRA policy is its own reference
-    inside `disable_adapter`), so no second model is needed.
+    inside `disable_adapter`), so no second model is needed. `start`: the reference's `start_side`
+    computed before (a cache hit); `reference` then only scores the policy's samples (the KL).
     """
     as_reference = reference_context or nullcontext
     if not prompts:
@@ -87,14 +114,12 @@ def evaluate(
     prompt_ids = tokenizer(list(prompts))["input_ids"]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ours = sample(policy, tokenizer, prompt_ids, max_new_tokens, temperature, seed, batch_size, "eval: policy")
-    with as_reference():
-        theirs = sample(
-            reference, tokenizer, prompt_ids, max_new_tokens, temperature, seed, batch_size, "eval: reference"
-        )
+    if start is None:
+        start = start_side(reference, tokenizer, prompts, oracle, max_new_tokens, temperature, seed, batch_size,
+                           reference_context)
     texts = tokenizer.batch_decode(ours, skip_special_tokens=True)
-    ref_texts = tokenizer.batch_decode(theirs, skip_special_tokens=True)
+    ref_texts, ref_rewards = start["texts"], start["rewards"]
     rewards = [float(r) for r in oracle(list(prompts), texts)]
-    ref_rewards = [float(r) for r in oracle(list(prompts), ref_texts)]
     pi = sequence_logps(policy, prompt_ids, ours, pad_id, batch_size)
     with as_reference():
         pi_ref = sequence_logps(reference, prompt_ids, ours, pad_id, batch_size)

@@ -157,10 +157,19 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
         from prefopt.eval import evaluate
 
         start, start_context = starting_policy()
+        sampling = dict(seed=cfg.seed, batch_size=cfg.eval.batch_size, **dict(artifacts.generation))
+        start_side = None
+        if cfg.eval.get("cache_start", True):  # the start's samples and rewards: once per sweep
+            from prefopt.eval_cache import cached_start_side
+
+            task = OmegaConf.to_container(cfg.data.source, resolve=True)
+            start_side, state["info"]["eval_start_cache"] = cached_start_side(
+                cache_root, start, tokenizer, artifacts.eval_prompts, artifacts.oracle, task, start_context,
+                **sampling,
+            )
         eval_metrics, samples = evaluate(
             trained.eval(), start, tokenizer, artifacts.eval_prompts, artifacts.oracle,
-            seed=cfg.seed, batch_size=cfg.eval.batch_size, reference_context=start_context,
-            **dict(artifacts.generation),
+            reference_context=start_context, start=start_side, **sampling,
         )
         metrics.update(_scalar_metrics(eval_metrics))
     state["samples"] = samples[: cfg.eval.n_samples_logged]

@@ -59,7 +59,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
               "lora": NODE},
     "optim": {"lr": POS_NUM, "weight_decay": NONNEG_NUM, "adam_betas": BETAS, "warmup_ratio": RATIO,
               "min_lr_ratio": UNIT},
-    "eval": {"batch_size": POS_INT, "n_samples_logged": NONNEG_INT, "generate": BOOL,
+    "eval": {"batch_size": POS_INT, "n_samples_logged": NONNEG_INT, "generate": BOOL, "cache_start": BOOL,
              "generate_max_prompts": POS_INT, "generate_max_new_tokens": POS_INT, "generate_temperature": NONNEG_NUM},
     "checkpoint": {"enabled": BOOL, "every_n_train_steps": NONNEG_INT},
     "logger": {"csv": BOOL, "wandb": NODE},

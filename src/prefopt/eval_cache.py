@@ -1,0 +1,50 @@
+"""The starting policy's side of the evaluation, computed once and shared by the runs of a sweep.
+
+Every run of a β sweep evaluates against the same starting policy on the same prompts with the same
+seed, so its samples, their text and their oracle rewards (`prefopt.eval.start_side`) are the same in
+every run. They are cached in `<cache_dir>/eval_start/<key>/start.json`, keyed by the starting
+policy's weights, the prompts' token ids, the tokenizer's vocabulary, the task (its config: the oracle
+comes from it) and the sampling settings. `eval.cache_start=false` turns it off. Used by
+`prefopt.runner`; exercised by `pytest tests/test_eval.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+from prefopt.cache import cached_dir, fingerprint
+from prefopt.eval import start_side
+from prefopt.logp_cache import weights_fingerprint
+
+FORMAT_VERSION = 1
+
+
+def start_key(reference: Any, tokenizer: Any, prompts: list[str], task: Any, reference_context=None,
+              **sampling: Any) -> str:
+    """Fingerprint of everything the starting policy's evaluation side depends on."""
+    with (reference_context or nullcontext)():
+        weights = weights_fingerprint(reference)
+    vocab = sorted(tokenizer.get_vocab().items()) if hasattr(tokenizer, "get_vocab") else len(tokenizer)
+    return fingerprint(FORMAT_VERSION, weights, tokenizer(list(prompts))["input_ids"], fingerprint(vocab), task,
+                       sampling)
+
+
+def cached_start_side(cache_root: Path, reference: Any, tokenizer: Any, prompts: list[str],
+                      oracle: Callable[[list[str], list[str]], list[float]], task: Any,
+                      reference_context: Callable[[], Any] | None = None, **sampling: Any) -> tuple[dict, str]:
+    """(start_side, "hit" | "built"): the starting policy's samples and rewards, from the cache or
+    computed now and stored. `sampling`: max_new_tokens, temperature, seed, batch_size."""
+    key = start_key(reference, tokenizer, prompts, task, reference_context, **sampling)
+    status = "hit"
+
+    def build(out: Path) -> None:
+        nonlocal status
+        status = "built"
+        side = start_side(reference, tokenizer, prompts, oracle, reference_context=reference_context, **sampling)
+        (out / "start.json").write_text(json.dumps(side))
+
+    folder = cached_dir(cache_root, "eval_start", key, build)
+    return json.loads((folder / "start.json").read_text()), status
