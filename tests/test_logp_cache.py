@@ -165,3 +165,22 @@ def test_a_sweep_computes_the_reference_once(cache_root, tmp_path):
     statuses = [i["tables"]["reference"]["status"] for i in infos]
     assert statuses[1] == "hit" and statuses[0] in ("built", "hit")  # built, unless an earlier test built it
     assert infos[0]["tables"]["reference"]["key"] == infos[1]["tables"]["reference"]["key"]
+
+
+def test_table_build_checks_the_shared_pass_and_falls_back(monkeypatch, capsys):
+    """With share_prompt=auto a table is built with shared prompts only after the first batch's check."""
+    import prefopt.logps as logps_file
+    from helpers import collated, tiny_model
+    from prefopt.logp_cache import compute_table
+
+    pairs = [([1] + [5 + (i + j) % 9 for j in range(18)], [8, 9, 2], [10 + i % 3, 2]) for i in range(6)]
+    batch = collated(pairs)
+    model = tiny_model()
+    rows, rows_tokens = compute_table(model, [batch], 6, "reference", torch.device("cpu"), share_prompt=False)
+    shared, _ = compute_table(model, [batch], 6, "reference", torch.device("cpu"), share_prompt="auto")
+    torch.testing.assert_close(shared, rows, rtol=1e-5, atol=1e-5)
+    real = logps_file.shared_prompt_logps
+    monkeypatch.setattr(logps_file, "shared_prompt_logps", lambda *a, **k: (real(*a, **k)[0] - 3.0, real(*a, **k)[1]))
+    checked, tokens = compute_table(model, [batch, batch], 6, "reference", torch.device("cpu"), share_prompt="auto")
+    assert torch.equal(checked, rows) and torch.equal(tokens, rows_tokens)
+    assert "share_prompt=auto: the shared-prompt pass does not reproduce" in capsys.readouterr().out

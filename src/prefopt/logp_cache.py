@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from prefopt.cache import DONE_MARKER, cached_dir, fingerprint
-from prefopt.logps import pair_batch_logps, response_logps
+from prefopt.logps import pair_batch_logps, response_logps, settle_sharing
 from prefopt.model_setup import is_lora
 
 FORMAT_VERSION = 1  # bump when what a table holds (or how it is computed) changes
@@ -111,9 +111,10 @@ def cache_key(kind: str, weights: str, data: Any, precision: str) -> str:
 
 @torch.no_grad()
 def compute_table(model: torch.nn.Module, loader: Iterable[dict[str, Tensor]], n_pairs: int, kind: str,
-                  device: torch.device, autocast=None) -> tuple[Tensor, Tensor]:
+                  device: torch.device, autocast=None, share_prompt: bool | str = "auto") -> tuple[Tensor, Tensor]:
     """(logps, tokens), each (n_pairs, 2) [chosen, rejected], from one pass over `loader` (any order);
-    pairs the loader does not reach keep logps NaN and tokens -1."""
+    pairs the loader does not reach keep logps NaN and tokens -1. Reference rows run each prompt once
+    when `share_prompt` says so (see prefopt.logps.settle_sharing)."""
     logps = torch.full((n_pairs, 2), float("nan"))
     tokens = torch.full((n_pairs, 2), -1, dtype=torch.long)
     with autocast or nullcontext():
@@ -121,8 +122,9 @@ def compute_table(model: torch.nn.Module, loader: Iterable[dict[str, Tensor]], n
             index = batch["index"]
             b = index.shape[0]
             batch = {k: v.to(device) for k, v in batch.items()}
-            if kind == "reference":  # each prompt once for its two responses
-                sums, counts = pair_batch_logps(model, batch)
+            if kind == "reference":
+                share_prompt = settle_sharing(model, batch, share_prompt)
+                sums, counts = pair_batch_logps(model, batch, share_prompt)
             else:
                 sums, counts = response_logps(
                     model, batch["marginal_input_ids"], batch["marginal_attention_mask"], batch["marginal_score_mask"]
@@ -197,7 +199,7 @@ def length_sorted_loader(dataset: Any, collator: Any, batch_size: int, shard: tu
 
 
 def build_tables(model: torch.nn.Module, data: Any, kind: str, device: torch.device, precision: str,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), share_prompt: bool | str = "auto"):
     """Tables of every split for `kind`, computed with `model` (the frozen starting policy), over this
     rank's `shard` of the pairs (the rest NaN / -1 until `merge_shards`).
 
@@ -215,7 +217,7 @@ def build_tables(model: torch.nn.Module, data: Any, kind: str, device: torch.dev
         for split in SPLITS:
             dataset = data.train_dataset if split == "train" else data.eval_dataset
             loader = length_sorted_loader(dataset, data.collator, batch_size, shard)
-            tables[split] = compute_table(scorer, loader, len(dataset), kind, device, autocast)
+            tables[split] = compute_table(scorer, loader, len(dataset), kind, device, autocast, share_prompt)
     finally:
         if scorer is model:
             model.to(home).train(was_training)
@@ -274,7 +276,8 @@ def attach_caches(cfg: Any, module: Any, data: Any, cache_root: Path, collective
                 if collective.global_rank == 0:
                     print(f"[prefopt] computing {kind} log-probs of the starting policy once (cache key {key}"
                           f"{f', split over {shard[1]} ranks' if shard[1] > 1 else ''})")
-                tables = build_tables(scorer, data, kind, device, precision, shard)
+                tables = build_tables(scorer, data, kind, device, precision, shard,
+                                      getattr(module, "share_prompt", "auto"))
                 return merge_shards(tables, collective, device, kind)
 
             folder, status = _tables_folder(cache_root, kind, key, compute, collective)

@@ -204,6 +204,19 @@ def check_shared_prompt(model: torch.nn.Module, batch: dict[str, Tensor], atol: 
     return None
 
 
+def settle_sharing(model: torch.nn.Module, batch: dict[str, Tensor], share_prompt: bool | str) -> bool | str:
+    """`share_prompt` after `batch`: "auto" turns into True or False at the first batch that would share,
+    by `check_shared_prompt` on it (False, with a message, for a model the shared pass does not fit);
+    any other value, or a batch that would not share, leaves it as it is."""
+    if share_prompt != "auto" or not shares_batch_prompt(batch, "auto"):
+        return share_prompt
+    problem = check_shared_prompt(model, batch)
+    if problem:
+        print(f"[prefopt] share_prompt=auto: the shared-prompt pass does not reproduce "
+              f"{type(model).__name__}'s log-probs ({problem}); scoring full rows")
+    return problem is None
+
+
 def pair_batch_logps(model: torch.nn.Module, batch: dict[str, Tensor], share_prompt: bool | str = "auto"):
     """(logps (2B,), n_tokens (2B,)) of a collated pair batch's responses given their prompts: with each
     prompt run once when `shares_batch_prompt`, else on full prompt+response rows (same numbers)."""

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from prefopt.logps import check_shared_prompt, pair_batch_logps, response_logps, shares_batch_prompt
+from prefopt.logps import pair_batch_logps, response_logps, settle_sharing
 from prefopt.losses import PairLogps, PreferenceLoss
 from prefopt.model_setup import is_lora
 
@@ -172,25 +172,13 @@ class PreferenceModule(L.LightningModule):
             self._share = False if checkpointed else self.share_prompt
         return self._share
 
-    def _check_sharing(self, batch: dict[str, Tensor]) -> bool | str:
-        """share_prompt=auto, first batch that would share: check the shared pass against full rows on it
-        once; a model it does not fit scores full rows from then on (and the run says so)."""
-        problem = check_shared_prompt(self.policy, batch)
-        if problem:
-            print(f"[prefopt] share_prompt=auto: the shared-prompt pass does not reproduce "
-                  f"{type(self.policy).__name__}'s log-probs ({problem}); scoring full rows")
-        self._share = False if problem else True
-        return self._share
-
     def pair_logps(self, batch: dict[str, Tensor], split: str = "train") -> PairLogps:
         """Policy log-probs of chosen and rejected in one forward, plus what the loss declares it needs.
 
         `split` ("train" | "eval") picks the cached tables that `batch["index"]` points into.
         """
         n = batch["index"].shape[0]
-        share = self.shares_prompt()
-        if share == "auto" and shares_batch_prompt(batch, share):
-            share = self._check_sharing(batch)
+        share = self._share = settle_sharing(self.policy, batch, self.shares_prompt())
         logps, tokens = pair_batch_logps(self.policy, batch, share)
         fields: dict[str, Any] = dict(
             chosen=logps[:n], rejected=logps[n:], chosen_tokens=tokens[:n], rejected_tokens=tokens[n:]
