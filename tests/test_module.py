@@ -192,10 +192,16 @@ def test_shared_prompt_training_matches_full_rows():
         torch.testing.assert_close(weights[0][k], weights[1][k], rtol=1e-4, atol=1e-5)
 
 
-def test_no_shared_prompt_under_activation_checkpointing():
+def test_no_shared_prompt_under_activation_checkpointing_or_a_sharded_strategy():
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
     model = tiny_model()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     assert not PreferenceModule(model, DPOLoss()).shares_prompt()
+    for strategy, expected in ((FSDPStrategy(), False), (DDPStrategy(), "auto")):
+        module = PreferenceModule(tiny_model(), DPOLoss())
+        module._trainer = type("T", (), {"strategy": strategy})()
+        assert module.shares_prompt() == expected
 
 
 def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():

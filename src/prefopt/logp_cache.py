@@ -227,23 +227,19 @@ def build_tables(model: torch.nn.Module, data: Any, kind: str, device: torch.dev
 def _tables_folder(root: Path, kind: str, key: str, compute: Any, collective: Any) -> tuple[Path, str]:
     """(folder of the tables, "hit" | "built"). One process builds under the cache lock (parallel jobs
     wait for it); data-parallel ranks each compute their shard, and rank 0 writes the merged tables."""
-    status = "hit"
-
-    def build(out: Path) -> None:
-        nonlocal status
-        status = "built"
-        _save(out, tables if collective.world_size > 1 else compute())
-
+    name = f"{kind}-{key}"
     if collective.world_size == 1:
-        return cached_dir(root, "logps", f"{kind}-{key}", build), status
-    final = Path(root) / "logps" / f"{kind}-{key}"
-    if collective.broadcast(not (final / DONE_MARKER).exists()):
-        tables = compute()  # every rank takes part: the merge is a collective
-        if collective.global_rank == 0:
-            cached_dir(root, "logps", f"{kind}-{key}", build)
-        collective.barrier("prefopt-logp-cache")
-        status = "built"
-    return final, status
+        built: list[bool] = []
+        folder = cached_dir(root, "logps", name, lambda out: built.append(True) or _save(out, compute()))
+        return folder, "built" if built else "hit"
+    final = Path(root) / "logps" / name
+    if not collective.broadcast(not (final / DONE_MARKER).exists()):
+        return final, "hit"
+    tables = compute()  # every rank takes part: the merge is a collective
+    if collective.global_rank == 0:
+        cached_dir(root, "logps", name, lambda out: _save(out, tables))
+    collective.barrier("prefopt-logp-cache")
+    return final, "built"
 
 
 def attach_caches(cfg: Any, module: Any, data: Any, cache_root: Path, collective: Any = None,

@@ -114,14 +114,21 @@ def response_logps(
     """
     body, head = model_body_and_head(model)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    target_mask = score_mask[:, 1:].bool()
+    # position t-1 predicts token t: states and targets line up after dropping the last / first column
+    return summed_logps(head, hidden[:, :-1], input_ids[:, 1:], score_mask[:, 1:].bool(), chunk_size)
+
+
+def summed_logps(head: torch.nn.Module, states: Tensor, targets: Tensor, target_mask: Tensor,
+                 chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> tuple[Tensor, Tensor]:
+    """Per-row sums of log p(target) over the positions in `target_mask`, and their counts.
+
+    states (N, T, H) are the hidden states that predict targets (N, T); the LM head runs only at the
+    K positions of `target_mask` (N, T, bool). Returns (logps (N,) float32, n_tokens (N,)).
+    """
     rows = target_mask.nonzero(as_tuple=True)[0]
-    states = hidden[:, :-1][target_mask]  # (K, H): only positions that predict a scored token
-    targets = input_ids[:, 1:][target_mask]  # (K,)
-    per_token = head_logps(head, states, targets, chunk_size)
-    sums = torch.zeros(input_ids.shape[0], dtype=per_token.dtype, device=per_token.device)
-    sums = sums.index_add(0, rows, per_token)
-    return sums, target_mask.sum(dim=1)
+    per_token = head_logps(head, states[target_mask], targets[target_mask], chunk_size)  # (K,)
+    sums = torch.zeros(targets.shape[0], dtype=per_token.dtype, device=per_token.device)
+    return sums.index_add(0, rows, per_token), target_mask.sum(dim=1)
 
 
 def shared_prompt_logps(
@@ -149,7 +156,7 @@ def shared_prompt_logps(
     cache = DynamicCache(ddp_cache_data=[(torch.cat([k, k]), torch.cat([v, v])) for k, v in layers])
     lengths = prompt_mask.sum(dim=1)
     last = out.last_hidden_state[torch.arange(prompt_ids.shape[0], device=prompt_ids.device), lengths - 1]
-    n_rows, width = response_ids.shape
+    width = response_ids.shape[1]
     positions = lengths.repeat(2).unsqueeze(1) + torch.arange(width, device=response_ids.device)
     hidden = body(
         input_ids=response_ids,
@@ -158,13 +165,9 @@ def shared_prompt_logps(
         use_cache=True,
         **{cache_arg: cache},
     ).last_hidden_state
-    target_mask = response_mask.bool()
-    rows = target_mask.nonzero(as_tuple=True)[0]
     # token j of a response is predicted by the state before it: the prompt's last (j = 0), else j - 1
-    states = torch.cat([last.repeat(2, 1).unsqueeze(1), hidden[:, :-1]], dim=1)[target_mask]
-    per_token = head_logps(head, states, response_ids[target_mask], chunk_size)
-    sums = torch.zeros(n_rows, dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)
-    return sums, target_mask.sum(dim=1)
+    states = torch.cat([last.repeat(2, 1).unsqueeze(1), hidden[:, :-1]], dim=1)
+    return summed_logps(head, states, response_ids, response_mask.bool(), chunk_size)
 
 
 # "auto" shares a batch's prompts from this padded prompt length on: below it a second, short pass
@@ -189,11 +192,8 @@ def check_shared_prompt(model: torch.nn.Module, batch: dict[str, Tensor], atol: 
     was_training = model.training
     model.eval()
     try:
-        shared, _ = shared_prompt_logps(
-            model, batch["prompt_ids"], batch["prompt_attention_mask"], batch["response_ids"],
-            batch["response_attention_mask"],
-        )
-        rows, _ = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["score_mask"])
+        shared, _ = pair_batch_logps(model, batch, share_prompt=True)
+        rows, _ = pair_batch_logps(model, batch, share_prompt=False)
     except Exception as err:  # noqa: BLE001 - any failure means: do not share with this model
         return f"{type(err).__name__}: {err}"
     finally:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from prefopt.logps import pair_batch_logps, response_logps, settle_sharing
+from prefopt.gather import is_sharded
 from prefopt.losses import PairLogps, PreferenceLoss
 from prefopt.model_setup import is_lora
 
@@ -163,13 +164,16 @@ class PreferenceModule(L.LightningModule):
     def shares_prompt(self) -> bool | str:
         """Whether passes run each prompt once for both responses: `share_prompt` (true, false, or "auto":
         batches with long enough prompts), but never under activation checkpointing (HF's or FSDP's): a
-        recomputed layer would append to the prompt's key/value cache a second time."""
+        recomputed layer would append to the prompt's key/value cache a second time; nor under FSDP /
+        ZeRO-3, which gather weights in every pass, so all ranks must run the same passes while "auto"
+        decides per batch (prompt lengths differ by rank)."""
         if self._share is None:
             checkpointed = any(
                 getattr(m, "gradient_checkpointing", False) is True or type(m).__name__ == "CheckpointWrapper"
                 for m in self.policy.modules()
             )
-            self._share = False if checkpointed else self.share_prompt
+            sharded = self._trainer is not None and is_sharded(self._trainer.strategy)
+            self._share = False if checkpointed or sharded else self.share_prompt
         return self._share
 
     def pair_logps(self, batch: dict[str, Tensor], split: str = "train") -> PairLogps:

@@ -125,8 +125,6 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     caches = LogpCaches(cfg, data, cache_root, state["info"])  # at fit start: split over data-parallel ranks
     trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy,
                             extra_callbacks=[caches])
-    if is_sharded(trainer.strategy):  # FSDP/ZeRO-3 gather weights in every pass: all ranks must run the same
-        module.share_prompt = False   # passes, and "auto" decides per batch (prompt lengths differ by rank)
 
     def load_start() -> torch.nn.Module:  # the untrained policy again: a folder, or the seeded tiny init
         return load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed)[0]

@@ -81,7 +81,7 @@ def accumulation_for(effective: int, world_size: int, batch_size: int) -> int:
 
 def _trainer_summary(kwargs: dict[str, Any]) -> str:
     strategy = kwargs.get("strategy", "auto")
-    name = getattr(strategy, "strategy_name", None) or type(strategy).__name__ if not isinstance(strategy, str) else strategy
+    name = strategy if isinstance(strategy, str) else getattr(strategy, "strategy_name", type(strategy).__name__)
     return f"accelerator={kwargs.get('accelerator', 'auto')}, devices={kwargs.get('devices', 'auto')}, strategy={name}"
 
 
