@@ -4,11 +4,13 @@ A word-level tokenizer over "w4".."w{V-1}" (plus <pad> <s> </s> <unk>) makes tex
 known exactly: a prompt of n words tokenizes to BOS + n ids, a response of n words to n ids (+ EOS),
 for prefopt's tokenization and TRL's alike. `MODELS` are the two benchmark sizes, built with
 prefopt.models.build_tiny: `tiny` (the `model=tiny` architecture, 4k vocabulary) and `small` (about
-20M parameters, 32k vocabulary). Used by `python benchmarks/throughput.py` and tests/test_trl_parity.py.
+20M parameters, 32k vocabulary). `make_variable_rows` draws long-tailed lengths (the benchmark's `--lengths variable`).
+Used by `python benchmarks/throughput.py` and tests/test_trl_parity.py.
 """
 
 from __future__ import annotations
 
+import math
 import random
 
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -56,6 +58,38 @@ def make_rows(n_pairs: int, prompt_tokens: int, response_tokens: int, vocab_size
             "rejected": " " + words(rng, response_tokens - 1, vocab_size),
         }
         for _ in range(n_pairs)
+    ]
+
+
+# Long-tailed lengths like UltraFeedback's (prompts and responses log-normal, a pair's two responses
+# correlated in length, as answers to one prompt are): medians 48 and 64 tokens, capped below.
+PROMPT_MEDIAN, PROMPT_SIGMA = 48, 0.8
+RESPONSE_MEDIAN, RESPONSE_SIGMA, RESPONSE_PAIR_CORR = 64, 0.7, 0.5
+
+
+def variable_lengths(n_pairs: int, max_prompt: int, max_total: int, seed: int = 0) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) token counts (prompt with BOS, responses with EOS), log-normal and
+    capped: prompt <= max_prompt, prompt + each response <= max_total, every part >= 2 tokens."""
+    rng = random.Random(seed)
+    shared, own = RESPONSE_PAIR_CORR ** 0.5, (1 - RESPONSE_PAIR_CORR) ** 0.5
+    out = []
+    for _ in range(n_pairs):
+        p = max(2, min(max_prompt, round(PROMPT_MEDIAN * math.exp(PROMPT_SIGMA * rng.gauss(0, 1)))))
+        z = rng.gauss(0, 1)
+        c, r = (max(2, min(max_total - p, round(RESPONSE_MEDIAN * math.exp(
+            RESPONSE_SIGMA * (shared * z + own * rng.gauss(0, 1)))))) for _ in range(2))
+        out.append((p, c, r))
+    return out
+
+
+def make_variable_rows(n_pairs: int, vocab_size: int, max_prompt: int, max_total: int,
+                       seed: int = 0) -> list[dict]:
+    """Rows with `variable_lengths` token counts (tokenized exactly so: no truncation on either side)."""
+    rng = random.Random(seed + 1)
+    return [
+        {"prompt": words(rng, p - 1, vocab_size), "chosen": " " + words(rng, c - 1, vocab_size),
+         "rejected": " " + words(rng, r - 1, vocab_size)}
+        for p, c, r in variable_lengths(n_pairs, max_prompt, max_total, seed)
     ]
 
 

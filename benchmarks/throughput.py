@@ -1,27 +1,44 @@
-"""Training throughput and peak memory: prefopt's DPO, IPO, SimPO, RMiPO against TRL, side by side.
+"""Training step cost and peak memory: prefopt's losses against TRL 1.16, side by side, with intervals.
 
-Every configuration trains the same synthetic model (same initial weights), on the same pairs in the
-same order (prompts and responses of 64 tokens each), with the same batch size, optimizer settings
-(AdamW, constant learning rate, gradient clipping 1.0, float32, no gradient checkpointing, metrics
-logged every 10 steps), and the same number of steps:
-  ours: prefopt.module.PreferenceModule + PreferenceDataModule under a Lightning Trainer, for dpo, ipo,
-        simpo, rmipo (live marginal), and with cached frozen log-probs (prefopt.logp_cache):
-        dpo+cache, rmipo_ref+cache (RMiPO with marginal=reference); every pass runs each prompt once for
-        both responses (`share_prompt`), except in dpo-rows and simpo-rows (full prompt+response rows);
-  trl:  TRL's DPOTrainer (loss_type sigmoid -> dpo, ipo -> ipo) and trl.experimental.cpo.CPOTrainer
-        (loss_type simpo, cpo_alpha 0 -> simpo).
-Each configuration is its own forked process (one torch thread; its own memory high-water mark). All
-build first; then each runs a warm-up, and then the measured segments run one at a time, interleaved
-A B C ... A B C ..., so that drift in machine load hits every configuration alike. Every step is
-timed; the step time is the median over all measured steps (robust to bursts of load from elsewhere).
-Peak memory: the process's resident-set high-water mark during training above its size before the
-model was built (CPU), or max_memory_allocated (CUDA). Each worker fixes glibc's malloc thresholds
-(see `tune_malloc`), the same for both implementations.
+Every configuration trains the same synthetic model (same initial weights) on the same pairs, with the
+same batch size, optimizer (AdamW, constant learning rate, clipping 1.0, float32, no activation
+checkpointing, metrics every 10 steps) and number of steps. `--lengths fixed`: prompts and responses of
+64 tokens, no padding, both sides in file order. `--lengths variable`: UltraFeedback-like long-tailed
+lengths (benchmarks/synthetic.py: log-normal, capped at 128 prompt / 256 total tokens).
+  ours          prefopt.module.PreferenceModule under Lightning: dpo, ipo, simpo, rmipo (live marginal),
+                dpo+cache / rmipo_ref+cache (cached reference table, prefopt.logp_cache), dpo-rows /
+                simpo-rows (full prompt+response rows instead of each prompt once); with variable
+                lengths our default loader for such data: `group_by_length` (data/sampler.py).
+  trl           TRL as shipped: DPOTrainer (sigmoid -> dpo, ipo) and, for simpo, TRL's experimental
+                trl.experimental.cpo.CPOTrainer (loss_type simpo, cpo_alpha 0), sequential order.
+  trl-tuned     DPOTrainer with TRL's knobs that help: precompute_ref_log_probs=True (against our
+                dpo+cache) and, with variable lengths, train_sampling_strategy="group_by_length".
+  trl-gpu-path  DIAGNOSTIC: DPOTrainer with its CUDA code path forced on the CPU. TRL's fused LM head
+                (trl.trainer.utils.add_fused_lm_head) scores only completion positions when
+                `_use_triton(device)` (CUDA/XPU with Triton) and every position elsewhere; the patch
+                makes that test true, while the per-tile statistics keep their torch fallback (on a GPU
+                they are Triton kernels). This is what a GPU user's TRL computes; CPOTrainer has no
+                such branch (full logits on every device), so for simpo `trl` is also its GPU path.
+Method: each configuration is its own forked process (one torch thread). All build first; after a
+warm-up, measured segments run one at a time, interleaved A B C ... A B C ... (the first rotating), so
+load from elsewhere hits all alike. Step cost is CPU time of the process (time.process_time), which a
+busy machine inflates far less than wall time (also reported). cpu_ms_per_step is the mean over all
+measured steps, with a 95% t-interval over the per-round segment means; every ratio ours/TRL comes
+with a 95% t-interval over the per-round log ratios (same rounds, paired). Load averages are recorded.
+Peak memory: separate processes run the same configuration for a few steps under torch's profiler
+(allocation events; on CUDA max_memory_allocated): the most memory live tensors held above a baseline
+taken after imports and the model build (reference copies, optimizer state, activations, gradients
+and any reference table are all above it). mfu: the policy's model FLOPs per step (6 x matmul weights
+x real tokens + causal attention, the same for every implementation) / CPU step time / the one-thread
+float32 matmul peak measured in this run. padded_share: share of the tokens the policy's transformer
+pass processes that are padding (ours: the layout it ran, shared prompt or rows).
 
-    python benchmarks/throughput.py                       # tiny and small, all losses, TRL if installed
-    python benchmarks/throughput.py --models tiny --rounds 3 --json bench.json
+    python benchmarks/throughput.py                       # tiny and small, fixed and variable lengths
+    python benchmarks/throughput.py --models tiny --lengths variable --losses dpo,simpo --rounds 8 --json b.json
 
-`--json FILE` writes rows {impl, loss, model, pairs_per_s, tokens_per_s, peak_mem_mb, step_ms, ...}.
+`--json FILE` writes rows {impl, loss, model, lengths, pairs_per_s, tokens_per_s, peak_mem_mb,
+cpu_ms_per_step, ci_low, ci_high, padded_share, mfu, ...}; TRL rows also carry `speedup` (their CPU
+step time / ours, with speedup_ci_low/high) and `mem_ratio` (ours / theirs) against `vs_ours`.
 TRL is the optional extra `pip install -e ".[trl]"` (trl==1.16.0).
 """
 
@@ -29,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import statistics
@@ -42,6 +60,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -49,15 +68,22 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from memory import peak_rss_mb, rss_mb  # noqa: E402
-from synthetic import MODELS, build_model, make_rows, n_params  # noqa: E402
+from bench_stats import mean_interval, ratio_interval  # noqa: E402
+from synthetic import MODELS, build_model, make_rows, make_variable_rows, n_params  # noqa: E402
 
-PROMPT_TOKENS = RESPONSE_TOKENS = 64
+FIXED = 64  # prompt and response tokens with --lengths fixed
+VARIABLE_MAX_PROMPT, VARIABLE_MAX_TOTAL = 128, 256
 BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "rmipo": 2.0}
 GAMMA_BETA_RATIO = 0.5
 LOG_EVERY = 10  # both frameworks' default: ours `log_every_n_steps`, TRL's `logging_steps`
-OURS = ["dpo", "ipo", "simpo", "rmipo", "dpo+cache", "rmipo_ref+cache", "dpo-rows", "simpo-rows"]
-TRL = ["dpo", "ipo", "simpo"]
+OURS = ["dpo", "ipo", "simpo", "rmipo", "dpo+cache", "ipo+cache", "rmipo_ref+cache", "dpo-rows", "simpo-rows"]
+DEFAULT_OURS = ["dpo", "simpo", "dpo+cache"]
+TRL_IMPLS = {"trl": ["dpo", "ipo", "simpo"], "trl-tuned": ["dpo", "ipo"], "trl-gpu-path": ["dpo", "ipo"]}
+VS_OURS = {("trl-tuned", "dpo"): "dpo+cache", ("trl-tuned", "ipo"): "ipo+cache"}  # else the same loss
+LABELS = {
+    "trl-gpu-path": "diagnostic: TRL's CUDA code path (completion-only LM head) forced on the CPU",
+    ("trl", "simpo"): "experimental: trl.experimental.cpo.CPOTrainer (no device branch: also its GPU path)",
+}
 
 
 def trl_available() -> bool:
@@ -68,59 +94,71 @@ def trl_available() -> bool:
     return True
 
 
-def reset_peak_rss() -> None:
-    """Start the resident-set high-water mark afresh from the current size (Linux)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
 # ---------------------------------------------------------------- the gate: one segment at a time
 
 
 class Gate:
-    """Blocks training at segment boundaries until the coordinator says go; times every step."""
+    """Blocks training at segment boundaries until the coordinator says go; times every step in CPU
+    time of this process and wall time. `conn=None`: no gating (the memory runs)."""
 
     def __init__(self, conn, boundaries: set[int], device: str):
         self.conn, self.boundaries, self.device = conn, boundaries, device
-        self.last = 0.0
-        self.step_times: list[float] = []  # seconds of each step of the current segment
+        self.last = (0.0, 0.0)
+        self.cpu: list[float] = []
+        self.wall: list[float] = []
         self.losses: list[float] = []
 
-    def _sync(self) -> None:
+    def _now(self) -> tuple[float, float]:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
+        return time.process_time(), time.perf_counter()
 
     def _wait(self) -> None:
-        try:
-            message = self.conn.recv()
-        except (EOFError, OSError):  # the coordinator is gone
-            os._exit(1)
-        if message != "go":
-            os._exit(1)
-        self._sync()
-        self.last = time.perf_counter()
+        if self.conn is not None:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):  # the coordinator is gone
+                os._exit(1)
+            if message != "go":
+                os._exit(1)
+        self.last = self._now()
 
     def start(self) -> None:
-        reset_peak_rss()
-        if self.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
         self._wait()
 
     def step(self, done_steps: int) -> None:
-        self._sync()
-        now = time.perf_counter()
-        self.step_times.append(now - self.last)
+        now = self._now()
+        self.cpu.append(now[0] - self.last[0])
+        self.wall.append(now[1] - self.last[1])
         self.last = now
-        if done_steps in self.boundaries:
-            self.conn.send(("segment", self.step_times))
-            self.step_times = []
+        if done_steps in self.boundaries and self.conn is not None:
+            self.conn.send(("segment", (self.cpu, self.wall)))
+            self.cpu, self.wall = [], []
             self._wait()
 
 
 # ---------------------------------------------------------------- our side
+
+
+def our_loss(loss_name: str):
+    from prefopt.losses import DPOLoss, IPOLoss, RMiPOLoss, SimPOLoss
+
+    base = loss_name.split("+")[0].removesuffix("-rows")
+    return {
+        "dpo": lambda: DPOLoss(beta=BETA["dpo"]),
+        "ipo": lambda: IPOLoss(beta=BETA["ipo"]),
+        "simpo": lambda: SimPOLoss(beta=BETA["simpo"], gamma_beta_ratio=GAMMA_BETA_RATIO),
+        "rmipo": lambda: RMiPOLoss(beta=BETA["rmipo"]),
+        "rmipo_ref": lambda: RMiPOLoss(beta=BETA["rmipo"], marginal="reference"),
+    }[base]()
+
+
+def padding(batches, shared) -> float:
+    """Padded share of the tokens over `batches`; `shared(batch)` says which layout a batch runs."""
+    from prefopt.data.collate import token_counts
+
+    counts = [token_counts(b, shared(b)) for b in batches]
+    return 1.0 - sum(r for r, _ in counts) / max(1, sum(p for _, p in counts))
 
 
 def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_root: Path) -> dict[str, Any]:
@@ -129,31 +167,25 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
 
     from prefopt.data.datamodule import PreferenceDataModule
     from prefopt.logp_cache import attach_caches
-    from prefopt.losses import DPOLoss, IPOLoss, RMiPOLoss, SimPOLoss
+    from prefopt.logps import shares_batch_prompt
     from prefopt.module import PreferenceModule
 
-    base = loss_name.split("+")[0].removesuffix("-rows")
-    loss = {
-        "dpo": lambda: DPOLoss(beta=BETA["dpo"]),
-        "ipo": lambda: IPOLoss(beta=BETA["ipo"]),
-        "simpo": lambda: SimPOLoss(beta=BETA["simpo"], gamma_beta_ratio=GAMMA_BETA_RATIO),
-        "rmipo": lambda: RMiPOLoss(beta=BETA["rmipo"]),
-        "rmipo_ref": lambda: RMiPOLoss(beta=BETA["rmipo"], marginal="reference"),
-    }[base]()
-
-    class InOrder(PreferenceDataModule):  # TRL runs with train_sampling_strategy="sequential" too
+    class InOrder(PreferenceDataModule):  # fixed lengths: file order, as TRL's sequential sampler
         def train_dataloader(self):
             return self.loader("train", shuffle=False)
 
-    data = InOrder(rows, [], tokenizer, max_length=PROMPT_TOKENS + RESPONSE_TOKENS,
-                   max_prompt_length=PROMPT_TOKENS, batch_size=args.batch_size, eval_batch_size=args.batch_size,
-                   seed=0)
+    variable = args.lengths == "variable"
+    data = (PreferenceDataModule if variable else InOrder)(
+        rows, [], tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+        batch_size=args.batch_size, eval_batch_size=args.batch_size, seed=0, group_by_length=variable)
     data.setup()
-    module = PreferenceModule(model, loss, lr=args.lr, weight_decay=0.0, adam_betas=(0.9, 0.95),
+    share_prompt = not loss_name.endswith("-rows")
+    module = PreferenceModule(model, our_loss(loss_name), lr=args.lr, weight_decay=0.0, adam_betas=(0.9, 0.95),
                               warmup_ratio=0.0, min_lr_ratio=1.0,  # constant learning rate
-                              share_prompt=not loss_name.endswith("-rows"))
-    info: dict[str, Any] = {}
-    if loss_name.endswith("+cache"):
+                              share_prompt=share_prompt)
+    info: dict[str, Any] = {"padded_share": padding(data.train_dataloader(),
+                                                    lambda b: shares_batch_prompt(b, share_prompt))}
+    if "+cache" in loss_name:
         accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
         cfg = OmegaConf.create({"logp_cache": True, "trainer": {"accelerator": accelerator, "precision": "32-true"}})
         t0 = time.perf_counter()
@@ -181,20 +213,49 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
 # ---------------------------------------------------------------- TRL's side
 
 
-def run_trl(loss_name: str, model, tokenizer, rows, args, gate: Gate, workdir: Path) -> dict[str, Any]:
+def force_trl_gpu_path() -> None:
+    """DIAGNOSTIC: make TRL's fused LM head take its CUDA branch on the CPU (completion positions only).
+
+    trl/trainer/utils.py `add_fused_lm_head` sets `compact = _use_triton(hidden_states.device)` and
+    scores `hidden_states[mask]` when it is true; the kernels module keeps its own `_use_triton`, so
+    the per-tile statistics still run as torch ops (Triton does not run on a CPU)."""
+    import trl.trainer.utils as trl_utils
+
+    trl_utils._use_triton = lambda device: True
+
+
+def trl_padding(trainer, cpo: bool) -> float:
+    """Padded share of TRL's batches over its training order (its own loader and collator)."""
+    real = processed = 0
+    for b in trainer.get_train_dataloader():
+        if cpo:  # concatenated_forward pads chosen and rejected to the longer of the two
+            width = max(b["chosen_input_ids"].shape[1], b["rejected_input_ids"].shape[1])
+            processed += 2 * b["chosen_input_ids"].shape[0] * width
+            real += int(b["chosen_attention_mask"].sum() + b["rejected_attention_mask"].sum())
+        else:
+            processed += b["input_ids"].numel()
+            real += int(b["attention_mask"].sum())
+    return 1.0 - real / max(1, processed)
+
+
+def run_trl(impl: str, loss_name: str, model, tokenizer, rows, args, gate: Gate, workdir: Path) -> dict[str, Any]:
     import copy
 
     from datasets import Dataset
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
 
+    tuned = impl == "trl-tuned"
+    sampling = "group_by_length" if tuned and args.lengths == "variable" else "sequential"
     common = dict(
         output_dir=str(workdir), per_device_train_batch_size=args.batch_size, max_steps=args.total_steps,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0, logging_steps=LOG_EVERY, save_strategy="no",
         eval_strategy="no", report_to=[], use_cpu=not args.device.startswith("cuda"), bf16=False, fp16=False,
         gradient_checkpointing=False, dataloader_num_workers=0, seed=0, disable_tqdm=True,
-        train_sampling_strategy="sequential", max_length=PROMPT_TOKENS + RESPONSE_TOKENS,
+        train_sampling_strategy=sampling, max_length=args.max_length,
+        # TRL drops unknown columns before the sampler reads `length`; keeping them lets group_by_length work
+        remove_unused_columns=sampling != "group_by_length",
     )
     dataset = Dataset.from_list(rows)
 
@@ -205,15 +266,17 @@ def run_trl(loss_name: str, model, tokenizer, rows, args, gate: Gate, workdir: P
         def on_step_end(self, args_, state, control, **kwargs):
             gate.step(state.global_step)
 
-    if loss_name in ("dpo", "ipo"):
+    cpo = loss_name == "simpo"
+    if not cpo:
         from trl import DPOConfig, DPOTrainer
 
-        config = DPOConfig(loss_type=["sigmoid" if loss_name == "dpo" else "ipo"], beta=BETA[loss_name], **common)
-        ref = copy.deepcopy(model).eval().requires_grad_(False)
+        if impl == "trl-gpu-path":
+            force_trl_gpu_path()
+        config = DPOConfig(loss_type=["sigmoid" if loss_name == "dpo" else "ipo"], beta=BETA[loss_name],
+                           precompute_ref_log_probs=tuned, **common)
+        ref = None if tuned else copy.deepcopy(model).eval().requires_grad_(False)
         trainer = DPOTrainer(model=model, ref_model=ref, args=config, train_dataset=dataset,
                              processing_class=tokenizer, callbacks=[GateCallback()])
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
-        seq_len = batch["input_ids"].shape[1]
     else:
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
@@ -221,16 +284,22 @@ def run_trl(loss_name: str, model, tokenizer, rows, args, gate: Gate, workdir: P
                            simpo_gamma=BETA["simpo"] * GAMMA_BETA_RATIO, **common)
         trainer = CPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              callbacks=[GateCallback()])
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
-        seq_len = batch["chosen_input_ids"].shape[1]
     trainer.remove_callback(PrinterCallback)  # logs go to log_history, not the console (ours print none)
-    if seq_len != PROMPT_TOKENS + RESPONSE_TOKENS:
-        raise RuntimeError(f"TRL tokenized the pairs to {seq_len} tokens, not {PROMPT_TOKENS + RESPONSE_TOKENS}")
+    if sampling == "group_by_length":  # a `length` column, as TRL's docs advise: prompt + longer response
+        ds = trainer.train_dataset
+        trainer.train_dataset = ds.add_column("length", [
+            len(p) + max(len(c), len(r)) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])])
+    info = {"padded_share": trl_padding(trainer, cpo)}
+    if args.lengths == "fixed":
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+        seq_len = batch["chosen_input_ids" if cpo else "input_ids"].shape[1]
+        if seq_len != 2 * FIXED:
+            raise RuntimeError(f"TRL tokenized the pairs to {seq_len} tokens, not {2 * FIXED}")
     trainer.train()
     # TRL logs window means of the loss; its closing record has the mean over every step
-    mean_loss = next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None)
-    first_loss = next((h["loss"] for h in trainer.state.log_history if "loss" in h), None)
-    return {"mean_loss": mean_loss, "first_window_loss": first_loss}
+    info["mean_loss"] = next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h),
+                             None)
+    return info
 
 
 # ---------------------------------------------------------------- one configuration per process
@@ -261,32 +330,64 @@ def die_with_parent() -> None:
         pass
 
 
-def worker(conn, impl: str, loss_name: str, model_name: str, args, cache_root: str) -> None:
+def bench_rows(model_name: str, args) -> list[dict]:
+    vocab = MODELS[model_name]["vocab"]
+    n = args.batch_size * args.total_steps
+    if args.lengths == "fixed":
+        return make_rows(n, FIXED, FIXED, vocab, seed=1)
+    return make_variable_rows(n, vocab, VARIABLE_MAX_PROMPT, VARIABLE_MAX_TOTAL, seed=1)
+
+
+def run_config(impl: str, loss: str, model, tokenizer, rows, args, gate: Gate, cache_root: str) -> dict:
+    with tempfile.TemporaryDirectory() as workdir:
+        if impl == "ours":
+            return run_ours(loss, model, tokenizer, rows, args, gate, Path(cache_root))
+        return run_trl(impl, loss, model, tokenizer, rows, args, gate, Path(workdir))
+
+
+def worker(conn, impl: str, loss: str, model_name: str, args, cache_root: str) -> None:
+    """Timed run: builds, reports, then trains segment by segment as the coordinator says."""
     die_with_parent()
     tune_malloc()
     torch.set_num_threads(1)
-    reset_peak_rss()
-    base_rss = rss_mb()
     try:
         model, tokenizer = build_model(model_name, seed=0)
-        rows = make_rows(args.batch_size * args.total_steps, PROMPT_TOKENS, RESPONSE_TOKENS,
-                         MODELS[model_name]["vocab"], seed=1)
+        rows = bench_rows(model_name, args)
         boundaries = {args.warmup + r * args.steps for r in range(args.rounds + 1)}
         gate = Gate(conn, boundaries, args.device)
         if args.device.startswith("cuda"):
             model = model.to(args.device)
         conn.send(("built", n_params(model)))
-        with tempfile.TemporaryDirectory() as workdir:
-            if impl == "ours":
-                info = run_ours(loss_name, model, tokenizer, rows, args, gate, Path(cache_root))
-            else:
-                info = run_trl(loss_name, model, tokenizer, rows, args, gate, Path(workdir))
-        if args.device.startswith("cuda"):
-            peak = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            peak = peak_rss_mb() - base_rss
-        conn.send(("done", dict(peak_mem_mb=peak, losses=gate.losses, **info)))
+        info = run_config(impl, loss, model, tokenizer, rows, args, gate, cache_root)
+        conn.send(("done", dict(losses=gate.losses, **info)))
     except BaseException as err:  # report, so the coordinator does not wait forever
+        import traceback
+
+        conn.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()[-3000:]}"))
+    finally:
+        conn.close()
+
+
+def memory_worker(conn, impl: str, loss: str, model_name: str, args, cache_root: str) -> None:
+    """Peak memory of live tensors above the baseline after imports and model build, over a short run."""
+    from memory import peak_mb
+
+    die_with_parent()
+    torch.set_num_threads(1)
+    try:
+        import lightning  # noqa: F401  - imports before the baseline
+        if impl != "ours":
+            import trl  # noqa: F401
+        model, tokenizer = build_model(model_name, seed=0)
+        rows = bench_rows(model_name, args)
+        if args.device.startswith("cuda"):
+            model = model.to(args.device)
+        short = argparse.Namespace(**{**vars(args), "total_steps": args.memory_steps})
+        gate = Gate(None, set(), args.device)
+        peak = peak_mb(lambda: run_config(impl, loss, model, tokenizer, rows, short, gate, cache_root),
+                                   args.device)
+        conn.send(("done", peak))
+    except BaseException as err:
         import traceback
 
         conn.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()[-3000:]}"))
@@ -312,20 +413,22 @@ def expect(conn, kind: str, who: str):
     return msg[1]
 
 
-def bench_model(model_name: str, configs: list[tuple[str, str]], args, cache_root: str) -> list[dict[str, Any]]:
+def timed_segments(model_name: str, configs: list[tuple[str, str]], args, cache_root: str):
+    """Per configuration: per-round lists of step CPU and wall times, the final report, n_params."""
     ctx = mp.get_context("fork")
     procs: dict[tuple[str, str], tuple[Any, Any]] = {}
+    rounds: dict[tuple[str, str], list[tuple[list[float], list[float]]]] = {c: [] for c in configs}
+    done: dict[tuple[str, str], dict] = {}
     n_params_ = 0
     try:
-        for impl, loss in configs:  # build one at a time
+        for c in configs:  # build one at a time
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker, args=(child, impl, loss, model_name, args, cache_root), daemon=True)
+            proc = ctx.Process(target=worker, args=(child, *c, model_name, args, cache_root), daemon=True)
             proc.start()
             child.close()
-            procs[(impl, loss)] = (proc, parent)
-            n_params_ = expect(parent, "built", f"{impl}/{loss}")
-            print(f"  built {impl:4} {loss:16} ({model_name}, {n_params_ / 1e6:.1f}M parameters)", flush=True)
-        steps: dict[tuple[str, str], list[float]] = {c: [] for c in configs}  # every measured step
+            procs[c] = (proc, parent)
+            n_params_ = expect(parent, "built", f"{c[0]}/{c[1]}")
+            print(f"  built {c[0]:12} {c[1]:16} ({model_name}, {n_params_ / 1e6:.1f}M parameters)", flush=True)
         for c in configs:  # warm-up, one at a time
             go(procs[c][1], f"{c[0]}/{c[1]}")
             expect(procs[c][1], "segment", f"{c[0]}/{c[1]}")
@@ -333,111 +436,205 @@ def bench_model(model_name: str, configs: list[tuple[str, str]], args, cache_roo
             order = configs[r % len(configs):] + configs[: r % len(configs)]
             for c in order:
                 go(procs[c][1], f"{c[0]}/{c[1]}")
-                steps[c].extend(expect(procs[c][1], "segment", f"{c[0]}/{c[1]}"))
-            print(f"  round {r + 1}/{args.rounds} done", flush=True)
-        rows = []
+                rounds[c].append(expect(procs[c][1], "segment", f"{c[0]}/{c[1]}"))
+            print(f"  round {r + 1}/{args.rounds} done (load {os.getloadavg()[0]:.1f})", flush=True)
         for c in configs:
             proc, conn = procs[c]
             go(conn, f"{c[0]}/{c[1]}")
-            done = expect(conn, "done", f"{c[0]}/{c[1]}")
+            done[c] = expect(conn, "done", f"{c[0]}/{c[1]}")
             proc.join(timeout=60)
-            step_s = statistics.median(steps[c])
-            pairs_per_s = args.batch_size / step_s
-            losses = done.pop("losses")  # ours: every step's loss; TRL: none (it reports mean_loss)
-            mean_loss = done.pop("mean_loss", statistics.fmean(losses) if losses else None)
-            rows.append(dict(
-                impl=c[0], loss=c[1], model=model_name, pairs_per_s=pairs_per_s,
-                tokens_per_s=pairs_per_s * 2 * (PROMPT_TOKENS + RESPONSE_TOKENS), peak_mem_mb=done.pop("peak_mem_mb"),
-                step_ms=1e3 * step_s, step_ms_min=1e3 * min(steps[c]), step_ms_mean=1e3 * statistics.fmean(steps[c]),
-                mean_loss=mean_loss,
-                n_params=n_params_, batch_size=args.batch_size, device=args.device, **done,
-            ))
     finally:
         for proc, _ in procs.values():
             if proc.is_alive():
                 proc.kill()
-    return rows
+    return rounds, done, n_params_
+
+
+def peak_memory(model_name: str, c: tuple[str, str], args, cache_root: str) -> float:
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=memory_worker, args=(child, *c, model_name, args, cache_root), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        return expect(parent, "done", f"memory {c[0]}/{c[1]}")
+    finally:
+        proc.join(timeout=60)
+        if proc.is_alive():
+            proc.kill()
+
+
+# ---------------------------------------------------------------- FLOPs and the matmul peak
+
+
+def matmul_peak_flops(seconds: float = 1.0) -> float:
+    """One-thread float32 matmul FLOP/s in CPU time: the best of square sizes 256..1024."""
+    best = 0.0
+    for size in (256, 512, 1024):
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        a @ b
+        reps, start = 0, time.process_time()
+        while (spent := time.process_time() - start) < seconds / 3 or reps < 3:
+            a @ b
+            reps += 1
+        best = max(best, 2 * size ** 3 * reps / spent)
+    return best
+
+
+def step_flops(model, rows_lengths: list[tuple[int, int, int]], batch_size: int) -> float:
+    """Model FLOPs of one policy training step (forward + backward = 3 x forward) on the mean pair:
+    2 x matmul weights per token (LM head at every position, as the usual 6N formula) plus causal
+    attention (2 x layers x width x length^2 per row forward), for prompt+chosen and prompt+rejected."""
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    cfg = model.config
+    per_pair = 0.0
+    for p, c, r in rows_lengths:
+        for length in (p + c, p + r):
+            per_pair += 2 * matmul * length + 2 * cfg.num_hidden_layers * cfg.hidden_size * length ** 2
+    return 3 * per_pair / len(rows_lengths) * batch_size
+
+
+def token_lengths(rows: list[dict]) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) tokens of synthetic rows: words + BOS / + EOS."""
+    return [(len(r["prompt"].split()) + 1, len(r["chosen"].split()) + 1, len(r["rejected"].split()) + 1)
+            for r in rows]
+
+
+# ---------------------------------------------------------------- rows and ratios
+
+
+def configurations(losses: list[str], with_trl: bool, impls: list[str]) -> list[tuple[str, str]]:
+    configs = [("ours", name) for name in losses]
+    if with_trl:
+        bases = {name.split("+")[0].removesuffix("-rows") for name in losses}
+        for impl in impls:
+            configs += [(impl, name) for name in TRL_IMPLS[impl] if name in bases]
+    return configs
+
+
+def label(impl: str, loss: str) -> str:
+    return LABELS.get((impl, loss)) or LABELS.get(impl, "")
+
+
+def result_rows(model_name, lengths, configs, rounds, done, mem, n_params_, flops, peak_flops, load, args):
+    out = []
+    tokens_per_pair = statistics.fmean(2 * p + c + r for p, c, r in lengths)
+    for c in configs:
+        cpu = [statistics.fmean(seg[0]) for seg in rounds[c]]
+        wall = [statistics.fmean(seg[1]) for seg in rounds[c]]
+        mean_cpu, low, high = mean_interval(cpu)
+        mean_wall, wall_low, wall_high = mean_interval(wall)
+        report = dict(done[c])
+        losses = report.pop("losses")
+        mean_loss = report.pop("mean_loss", statistics.fmean(losses) if losses else None)
+        out.append(dict(
+            impl=c[0], loss=c[1], model=model_name, lengths=args.lengths,
+            pairs_per_s=args.batch_size / mean_cpu, tokens_per_s=args.batch_size * tokens_per_pair / mean_cpu,
+            peak_mem_mb=mem[c], cpu_ms_per_step=1e3 * mean_cpu, ci_low=1e3 * low, ci_high=1e3 * high,
+            wall_ms_per_step=1e3 * mean_wall, wall_ci_low=1e3 * wall_low, wall_ci_high=1e3 * wall_high,
+            padded_share=report.pop("padded_share"), mfu=flops / mean_cpu / peak_flops,
+            model_flops_per_step=flops, matmul_peak_gflops=peak_flops / 1e9, mean_loss=mean_loss,
+            label=label(*c), n_params=n_params_, batch_size=args.batch_size, device=args.device,
+            rounds=args.rounds, steps_per_round=args.steps, loadavg_start=load[0], loadavg_end=load[1],
+            **report,
+        ))
+    for row in out:  # TRL rows: speed and memory of ours against them, paired by round
+        if row["impl"] == "ours":
+            continue
+        vs = VS_OURS.get((row["impl"], row["loss"]), row["loss"])
+        if ("ours", vs) not in rounds:
+            continue
+        theirs = [statistics.fmean(seg[0]) for seg in rounds[(row["impl"], row["loss"])]]
+        ours = [statistics.fmean(seg[0]) for seg in rounds[("ours", vs)]]
+        ratio, low, high = ratio_interval(theirs, ours)
+        row.update(vs_ours=vs, speedup=ratio, speedup_ci_low=low, speedup_ci_high=high,
+                   mem_ratio=mem[("ours", vs)] / mem[(row["impl"], row["loss"])])
+    return out
+
+
+def bench(model_name: str, losses: list[str], with_trl: bool, args, cache_root: str) -> list[dict]:
+    configs = configurations(losses, with_trl, args.impls)
+    print(f"{model_name}, {args.lengths} lengths: {len(configs)} configurations, batch {args.batch_size} pairs, "
+          f"{args.warmup} warm-up + {args.rounds} x {args.steps} measured steps, device {args.device}", flush=True)
+    load_start = os.getloadavg()
+    peak = matmul_peak_flops()
+    rounds, done, n_params_ = timed_segments(model_name, configs, args, cache_root)
+    peak = max(peak, matmul_peak_flops())
+    load_end = os.getloadavg()
+    mem = {c: peak_memory(model_name, c, args, cache_root) for c in configs}
+    model, _ = build_model(model_name, seed=0)
+    lengths = token_lengths(bench_rows(model_name, args))
+    flops = step_flops(model, lengths, args.batch_size)
+    return result_rows(model_name, lengths, configs, rounds, done, mem, n_params_, flops, peak,
+                     (load_start, load_end), args)
 
 
 # ---------------------------------------------------------------- report
 
 
-def find(rows, impl, loss, model):
-    return next((r for r in rows if r["impl"] == impl and r["loss"] == loss and r["model"] == model), None)
-
-
-def ratio_lines(rows: list[dict], models: list[str]) -> list[str]:
-    lines = []
-    for model in models:
-        for loss in TRL:
-            a, b = find(rows, "ours", loss, model), find(rows, "trl", loss, model)
-            if a and b:
-                trained = (f"{a['mean_loss'] / b['mean_loss']:.3f}" if a["mean_loss"] and b["mean_loss"] else "n/a")
-                lines.append(f"{model:5} {loss:6} ours/TRL: pairs/s {a['pairs_per_s'] / b['pairs_per_s']:.2f}x, "
-                             f"peak memory {a['peak_mem_mb'] / b['peak_mem_mb']:.2f}x, mean loss {trained}")
-        for num, den in [("rmipo", "dpo"), ("rmipo", "simpo"), ("dpo+cache", "simpo"),
-                         ("rmipo_ref+cache", "simpo"), ("dpo+cache", "dpo"), ("dpo", "dpo-rows"),
-                         ("simpo", "simpo-rows")]:
-            a, b = find(rows, "ours", num, model), find(rows, "ours", den, model)
-            if a and b:
-                lines.append(f"{model:5} ours {num}/{den}: step time {a['step_ms'] / b['step_ms']:.3f}, "
-                             f"peak memory {a['peak_mem_mb'] / b['peak_mem_mb']:.3f}")
-    return lines
-
-
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'model':6} {'impl':5} {'loss':16} {'pairs/s':>9} {'tokens/s':>10} {'step ms':>9} "
-          f"{'peak MiB':>9} {'mean loss':>10}")
+    print(f"\n{'model':5} {'len':4} {'impl':12} {'loss':10} {'cpu ms/step (95% CI)':>24} {'pairs/s':>8} "
+          f"{'pad':>5} {'mfu':>6} {'MiB':>7} {'ours faster (95% CI)':>22} {'mem ours/x':>10}")
     for r in rows:
-        loss = "" if r["mean_loss"] is None else f"{r['mean_loss']:.4f}"
-        print(f"{r['model']:6} {r['impl']:5} {r['loss']:16} {r['pairs_per_s']:9.2f} {r['tokens_per_s']:10.0f} "
-              f"{r['step_ms']:9.1f} {r['peak_mem_mb']:9.0f} {loss:>10}")
+        ci = f"{r['cpu_ms_per_step']:.1f} ({r['ci_low']:.1f}-{r['ci_high']:.1f})"
+        speed = (f"{r['speedup']:.2f}x ({r['speedup_ci_low']:.2f}-{r['speedup_ci_high']:.2f})"
+                 if "speedup" in r else "")
+        mem = f"{r['mem_ratio']:.2f}" if "mem_ratio" in r else ""
+        print(f"{r['model']:5} {r['lengths'][:4]:4} {r['impl']:12} {r['loss']:10} {ci:>24} {r['pairs_per_s']:8.2f} "
+              f"{r['padded_share']:5.1%} {r['mfu']:6.1%} {r['peak_mem_mb']:7.1f} {speed:>22} {mem:>10}")
+    print("speedup: TRL's CPU time per step / ours (vs_ours row), 95% t-interval over paired rounds; "
+          "trl-gpu-path is a diagnostic of what TRL runs on a GPU")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="tiny,small", help="comma list of: " + ", ".join(MODELS))
-    ap.add_argument("--losses", default=",".join(OURS), help="ours: " + ", ".join(OURS))
+    ap.add_argument("--lengths", default="fixed,variable", help="comma list of: fixed, variable")
+    ap.add_argument("--losses", default=",".join(DEFAULT_OURS), help="ours: " + ", ".join(OURS))
+    ap.add_argument("--impls", default=",".join(TRL_IMPLS), help="TRL rows: " + ", ".join(TRL_IMPLS))
     ap.add_argument("--no-trl", action="store_true", help="only our implementations")
     ap.add_argument("--batch-size", type=int, default=4, help="pairs per step")
-    ap.add_argument("--steps", type=int, default=None, help="steps per measured segment (tiny 20, small 3)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per measured segment (tiny 10, small 2)")
     ap.add_argument("--warmup", type=int, default=2, help="steps before measuring")
-    ap.add_argument("--rounds", type=int, default=3, help="measured segments per configuration")
+    ap.add_argument("--rounds", type=int, default=8, help="measured segments per configuration (>= 3)")
+    ap.add_argument("--memory-steps", type=int, default=3, help="steps of each memory run")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and torch.cuda.is_initialized():
         raise SystemExit("CUDA must not be initialised before the workers fork")
+    if args.rounds < 3:
+        raise SystemExit("--rounds must be at least 3 for an interval")
     losses = [name for name in args.losses.split(",") if name]
     unknown = sorted(set(losses) - set(OURS))
     if unknown:
         raise SystemExit(f"unknown --losses {unknown}; choose from {OURS}")
+    args.impls = [i for i in args.impls.split(",") if i]
+    if set(args.impls) - set(TRL_IMPLS):
+        raise SystemExit(f"unknown --impls {sorted(set(args.impls) - set(TRL_IMPLS))}; choose from {list(TRL_IMPLS)}")
     with_trl = not args.no_trl and trl_available()
     if not args.no_trl and not with_trl:
         print("TRL is not installed (pip install -e '.[trl]'): measuring our implementations only")
-    models = [m for m in args.models.split(",") if m]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as cache_root:
-        for model in models:
+        for model in [m for m in args.models.split(",") if m]:
             if model not in MODELS:
                 raise SystemExit(f"unknown model {model!r}; choose from {list(MODELS)}")
-            run_args = argparse.Namespace(**vars(args))
-            run_args.steps = args.steps or (20 if model == "tiny" else 3)
-            run_args.total_steps = args.warmup + args.rounds * run_args.steps
-            configs = [("ours", name) for name in losses]
-            if with_trl:
-                configs += [("trl", name) for name in TRL if name in losses]
-            print(f"{model}: {len(configs)} configurations, batch {args.batch_size} pairs, "
-                  f"{args.warmup} warm-up + {args.rounds} x {run_args.steps} measured steps, device {args.device}",
-                  flush=True)
-            rows += bench_model(model, configs, run_args, cache_root)
+            for lengths in [x for x in args.lengths.split(",") if x]:
+                if lengths not in ("fixed", "variable"):
+                    raise SystemExit(f"unknown --lengths {lengths!r}; choose from fixed, variable")
+                run_args = argparse.Namespace(**vars(args))
+                run_args.lengths = lengths
+                run_args.steps = args.steps or (10 if model == "tiny" else 2)
+                run_args.total_steps = args.warmup + args.rounds * run_args.steps
+                run_args.max_length = 2 * FIXED if lengths == "fixed" else VARIABLE_MAX_TOTAL
+                run_args.max_prompt_length = FIXED if lengths == "fixed" else VARIABLE_MAX_PROMPT
+                rows += bench(model, losses, with_trl, run_args, cache_root)
+                if args.json:  # after every block: a long run that dies keeps what it measured
+                    args.json.write_text(json.dumps(rows, indent=1))
     print_table(rows)
-    print()
-    for line in ratio_lines(rows, models):
-        print(line)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
         print(f"\nrows written to {args.json}")
     return rows
 

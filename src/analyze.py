@@ -6,6 +6,7 @@ sensitivity.csv (per method), grid.csv (per grid point), pairwise.csv, runs.csv,
     python src/analyze.py multirun/beta --out docs/results/beta_sensitivity
     python src/analyze.py docs/results/beta_sensitivity/runs.csv --out /tmp/again   # from the saved table
     python src/analyze.py multirun/beta --methods rmipo,rmipo_shuffled            # some methods only
+    python src/analyze.py multirun/beta --wandb      # also log the report as a W&B run (job_type=study)
 
 The score, tolerance and default learning rate come from the sweep's config (conf/sweep/<study>.yaml,
 key `sweep`); the options below override them. The functions live in prefopt.analysis.
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--x", help="config key on the x-axis of the score plot (default: loss.beta)")
     parser.add_argument("--methods", help="comma-separated loss config names to keep (default: all)")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="log the tables and plots as one job_type=study W&B run in the runs' project and "
+                             "group (offline unless WANDB_MODE=online; upload with `wandb sync`)")
     args = parser.parse_args(argv)
 
     import matplotlib
@@ -43,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for name, path in written.items():
         print(f"{name:28s} {path}")
+    if args.wandb:
+        from prefopt.analysis.wandb_study import log_study
+
+        print(f"{'W&B study run':28s} {log_study(args.source, written)}")
     return 0
 
 

@@ -17,6 +17,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from prefopt.launcher import register as register_launcher_resolvers  # noqa: E402
+
+register_launcher_resolvers()  # conf/hydra/launcher/submitit_slurm.yaml reads trainer.devices through them
+
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -30,14 +34,22 @@ def main(cfg: DictConfig):
 
 
 def precheck() -> None:
-    """Fail in milliseconds, naming the valid keys, on `loss.<key>=` overrides the loss lacks."""
+    """Fail in milliseconds, naming the valid keys, on `loss.<key>=` overrides the loss lacks, and on
+    an output folder that cannot be written."""
     from prefopt.config import ConfigError, precheck_group_overrides
+    from prefopt.launcher import precheck_slurm
+    from prefopt.preflight import check_output_argv
 
     try:
         precheck_group_overrides(sys.argv[1:], CONF_DIR, "loss", default="rmipo")
+        precheck_slurm(sys.argv[1:], CONF_DIR)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    problem = check_output_argv(sys.argv[1:])  # before Hydra, whose own failure here is a traceback
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

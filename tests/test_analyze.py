@@ -15,7 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefopt.analysis import analyze, grid_table, load_runs, method_summary, pairwise_differences, study_settings
+from prefopt.analysis import (
+    analyze, grid_table, load_runs, load_study, markdown_report, method_summary, pairwise_differences, study_settings,
+)
+from prefopt.analysis.stats import PAIR_COLUMNS, holm, paired_t_p, seed_noise, t_interval
 
 matplotlib.use("Agg")  # figures to files only
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +55,18 @@ def write_run(folder: Path, method: str, beta: float, seed: int, score: float, h
         pd.DataFrame(rows).to_csv(folder / "csv" / "metrics.csv", index=False)
 
 
+def make_runs(methods: dict, targets: str = "prefopt.losses.DPOLoss") -> pd.DataFrame:
+    """A runs table as load_runs returns it: {method: {(β, lr): [score of seed 0, 1, ...]}}."""
+    rows = []
+    for method, grid in methods.items():
+        for (beta, lr), scores in grid.items():
+            for seed, score in enumerate(scores):
+                rows.append({"run": f"{method}/beta={beta},lr={lr},seed={seed}", "status": "completed", "error": None,
+                             "method": method, "seed": seed, "wall_time_s": 1.0, "eval/oracle_reward": score,
+                             "loss._target_": targets, "loss.beta": beta, "optim.lr": lr})
+    return pd.DataFrame(rows)
+
+
 @pytest.fixture(scope="module")
 def multirun(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("multirun")
@@ -68,7 +83,7 @@ def multirun(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def summary(multirun):
     runs = load_runs(multirun)
-    return method_summary(runs, study_settings(runs), n_boot=500).set_index("method")
+    return method_summary(runs, study_settings(runs)).set_index("method")
 
 
 def test_runs_table_has_methods_seeds_metrics_and_config(multirun):
@@ -80,45 +95,127 @@ def test_runs_table_has_methods_seeds_metrics_and_config(multirun):
     settings = study_settings(runs)
     assert (settings.name, settings.score, settings.tolerance) == ("handmade", "eval/oracle_reward", 0.02)
     assert settings.defaults == {"optim.lr": pytest.approx(1e-4)}
+    assert settings.window == {"loss.beta": 0.5, "optim.lr": 0.5} and settings.focus is None
+    assert settings.compare == ("best", "mean_regret", "regret_default") and settings.alpha == 0.05
     assert study_settings(runs, tolerance=0.1).tolerance == 0.1
+
+
+def test_study_settings_read_the_sweep_section():
+    runs = pd.DataFrame({"sweep.window.loss.beta": [1.0], "sweep.compare": ["['best']"], "sweep.focus": ["rmipo"],
+                         "sweep.alpha": [0.1], "sweep.bounds.loss.gamma_min": ["[0.0, None]"]})
+    settings = study_settings(runs)
+    assert settings.window == {"loss.beta": 1.0} and settings.compare == ("best",)
+    assert (settings.focus, settings.alpha, settings.bounds) == ("rmipo", 0.1, {"loss.gamma_min": [0.0, None]})
 
 
 def test_summary_numbers_by_hand(summary):
     dpo = summary.loc["dpo"]
-    assert dpo["best"] == pytest.approx(0.82)
-    assert dpo["median"] == pytest.approx(0.81)
-    assert dpo["worst"] == pytest.approx(0.55)
-    assert dpo["range"] == pytest.approx(0.27)
-    assert dpo["share_within_tol"] == pytest.approx(2 / 3)  # .82 and .81 are within .02 of .82
-    assert dpo["regret_default"] == pytest.approx(0.27)  # DPOLoss's default β is 0.1
+    assert dpo["best"] == pytest.approx(0.82)  # β=1: seeds .80 and .84
+    # t-interval over 2 seeds: .82 ± t(.975, 1)·sd/√2, sd = .04/√2
+    half = 12.7062047 * np.std([0.80, 0.84], ddof=1) / np.sqrt(2)
+    assert (dpo["best_lo"], dpo["best_hi"]) == (pytest.approx(0.82 - half), pytest.approx(0.82 + half))
+    # window: β within ½ decade of 1 (0.3 is 0.52 decades away, within the slack; 0.1 is not)
+    assert dpo["mean_regret"] == pytest.approx(np.mean([0.80 - 0.80, 0.84 - 0.83]))
+    assert dpo["share_within_tol"] == 1.0  # .81 and .82 are within .02 of .82
+    assert dpo["regret_default"] == pytest.approx(0.27)  # DPOLoss's default β is 0.1: (.30 + .24) / 2
     assert dpo["default_point"] == "beta=0.1" and dpo["best_point"] == "beta=1"
     assert dpo["seed_sd"] == pytest.approx(np.sqrt((0.005 + 0.0002 + 0.0008) / 3))
     assert (dpo["points"], dpo["runs"], dpo["seeds_per_point"]) == (3, 6, 2)  # the failed run is not a point
+    assert dpo["edges"] == "beta at upper edge (1)"
+    assert not dpo["window_complete"] and "truncated: beta above 3.2, lr not swept" in dpo["window"]
     rmipo = summary.loc["rmipo"]
-    assert rmipo["range"] == pytest.approx(0.0, abs=1e-9) and rmipo["share_within_tol"] == 1.0
+    assert rmipo["mean_regret"] == pytest.approx(0.0, abs=1e-9) and rmipo["share_within_tol"] == 1.0
     assert rmipo["regret_default"] == pytest.approx(0.0, abs=1e-9)  # RMiPOLoss's default β is 2
     ipo = summary.loc["ipo"]  # IPOLoss's default β (0.1) is not on its grid: no regret
     assert np.isnan(ipo["regret_default"]) and np.isnan(ipo["regret_default_lo"])
     assert ipo["default_point"] == "" or pd.isna(ipo["default_point"])
 
 
-def test_bootstrap_intervals_bracket_the_estimates(summary):
-    dpo = summary.loc["dpo"]
-    # resampled best = max of seed-means drawn from {.80,.81,.82} (β .3) and {.80,.82,.84} (β 1)
-    assert 0.80 <= dpo["best_lo"] <= 0.82 <= dpo["best_hi"] <= 0.84
-    assert dpo["range_lo"] >= 0.80 - 0.60 and dpo["range_hi"] <= 0.84 - 0.50
-    rmipo = summary.loc["rmipo"]
-    assert rmipo["range_lo"] >= 0 and rmipo["range_hi"] <= 0.01 + 1e-9
+def test_t_interval_paired_t_and_holm_by_hand():
+    mean, lo, hi, n = t_interval(np.array([1.0, 2.0, 3.0, np.nan]))
+    assert (mean, n) == (2.0, 3) and (lo, hi) == (pytest.approx(2 - 4.30265 / np.sqrt(3), rel=1e-5),
+                                                  pytest.approx(2 + 4.30265 / np.sqrt(3), rel=1e-5))
+    assert np.isnan(t_interval(np.array([0.5]))[1])
+    t = 2 / (1 / np.sqrt(3))
+    assert paired_t_p(np.array([1.0, 2.0, 3.0])) == pytest.approx(1 - t / np.sqrt(2 + t * t))  # df = 2
+    assert paired_t_p(np.array([0.1, 0.1])) == 0.0 and paired_t_p(np.array([0.0, 0.0])) == 1.0
+    assert np.isnan(paired_t_p(np.array([0.3])))
+    adjusted = holm(np.array([0.01, 0.04, 0.03, np.nan]))
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and np.isnan(adjusted[3])
 
 
-def test_differences_beyond_seed_noise(multirun):
+def test_seed_noise_splits_the_shared_seed_effect():
+    runs = make_runs({"a": {(1.0, 1e-4): [1.0, 2.0, 3.0], (2.0, 1e-4): [2.0, 4.0, 3.0]}})
+    noise = seed_noise(runs, study_settings(runs))
+    # centred rows [-1, 0, 1], [-1, 1, 0]: seed effects [-1, .5, .5], residual ss 1 over 2 df
+    assert noise["residual_sd"] == pytest.approx(np.sqrt(0.5))
+    assert noise["seed_effect_sd"] == pytest.approx(np.sqrt(0.75 - 0.5 / 2))
+    assert (noise["points"], noise["seeds"]) == (2, 3)
+
+
+def test_differences_are_paired_by_seed_with_holm(multirun):
     runs = load_runs(multirun)
-    pairs = pairwise_differences(runs, study_settings(runs), n_boot=500).set_index(["a", "b", "stat"])
-    assert pairs.loc[("dpo", "rmipo", "range"), "diff"] == pytest.approx(0.27)
-    assert pairs.loc[("dpo", "rmipo", "range"), "exceeds_noise"]  # resampled ranges: >= .20 vs <= .01
-    assert pairs.loc[("dpo", "rmipo", "median"), "exceeds_noise"]  # >= .80 vs <= .71
-    assert not pairs.loc[("ipo", "rmipo", "range"), "exceeds_noise"]  # both resample within [0, .01]
-    assert not pairs.loc[("ipo", "rmipo", "median"), "exceeds_noise"]
+    pairs = pairwise_differences(runs, study_settings(runs)).set_index(["a", "b", "stat"])
+    row = pairs.loc[("dpo", "rmipo", "best")]
+    assert row["diff"] == pytest.approx(0.12) and row["n_seeds"] == 2  # paired: [.80-.70, .84-.70]
+    t = 0.12 / (np.std([0.10, 0.14], ddof=1) / np.sqrt(2))
+    assert row["p"] == pytest.approx(1 - 2 / np.pi * np.arctan(t))  # t with 1 df is Cauchy
+    assert pd.isna(pairs.loc[("dpo", "rmipo", "mean_regret"), "p"])  # windows truncated: not tested
+    assert pairs.loc[("dpo", "rmipo", "mean_regret"), "note"].startswith("window truncated: dpo")
+    assert ("ipo", "rmipo", "regret_default") not in pairs.index  # ipo has no default point
+    tested = pairs[pairs["p"].notna()]
+    assert list(tested["p_holm"]) == pytest.approx(list(holm(tested["p"].to_numpy())))
+    assert not tested["verdict"].any()  # two seeds: nothing holds at family-wise 5%
+
+
+def test_verdicts_with_five_seeds_and_a_focus():
+    base = {(b, lr): [0.80, 0.81, 0.79, 0.80, 0.82] for b in (0.1, 0.3, 1.0) for lr in (1e-5, 3e-5, 1e-4)}
+    base[(0.3, 3e-5)] = [0.85, 0.86, 0.84, 0.85, 0.87]  # an interior best
+    better = {k: [v + 0.10 + 0.002 * i for i, v in enumerate(vals)] for k, vals in base.items()}
+    runs = make_runs({"a": base, "b": better, "c": base}, targets="prefopt.losses.RMiPOLoss")
+    settings = study_settings(runs, focus="a")
+    pairs = pairwise_differences(runs, settings).set_index(["a", "b", "stat"])
+    assert set(pairs.index.get_level_values("b")) == {"b", "c"}  # the focus against each other method
+    assert pairs.loc[("a", "b", "best"), "verdict"] is True and pairs.loc[("a", "c", "best"), "verdict"] is False
+    assert pairs.loc[("a", "b", "best"), "diff"] == pytest.approx(-0.104)
+    assert pairs.loc[("a", "b", "mean_regret"), "note"] == ""  # complete 3 × 3 windows: tested
+    text = markdown_report(runs, settings, method_summary(runs, settings), pairwise_differences(runs, settings),
+                           grid_table(runs, settings))
+    assert "- best: b > a by 0.104" in text and "a against each other method" in text
+    with pytest.raises(ValueError, match="sweep.focus='z' is not a method of this study"):
+        pairwise_differences(runs, study_settings(runs, focus="z"))
+    with pytest.raises(ValueError, match=r"sweep.compare has \['range'\]"):
+        pairwise_differences(runs, study_settings(runs, compare=("best", "range")))
+
+
+def test_one_seed_gives_no_verdict_and_no_verdict_sentence():
+    runs = make_runs({"a": {(1.0, 1e-4): [0.8], (2.0, 1e-4): [0.7]}, "b": {(1.0, 1e-4): [0.5], (2.0, 1e-4): [0.6]}})
+    settings = study_settings(runs)
+    pairs = pairwise_differences(runs, settings)
+    assert pairs["verdict"].isna().all() and set(pairs["note"]) == {"one seed"}
+    text = markdown_report(runs, settings, method_summary(runs, settings), pairs, grid_table(runs, settings))
+    assert "n/a (one seed)" in text
+    assert "No difference holds" not in text and "Differences that hold" not in text
+    assert "Seed noise: not measured (one seed per point)." in text
+
+
+def test_best_on_a_grid_edge_is_flagged_per_axis():
+    betas, lrs = (0.1, 0.3, 1.0, 3.0, 10.0), (1e-5, 3e-5, 1e-4)
+    edge = {(b, lr): [0.5 + 0.01 * np.log10(b) - 0.01 * abs(np.log10(lr) + 4.5)] * 2 for b in betas for lr in lrs}
+    inner = {(b, lr): [0.5 - 0.01 * abs(np.log10(b)) - 0.01 * abs(np.log10(lr) + 4.5)] * 2 for b in betas for lr in lrs}
+    runs = make_runs({"edge": edge, "inner": inner})
+    summary = method_summary(runs, study_settings(runs)).set_index("method")
+    assert summary.loc["edge", "edges"] == "beta at upper edge (10)"
+    assert summary.loc["edge", "window"] == "beta 3–10 × lr 1e-05–0.0001 (6 points); truncated: beta above 32"
+    assert summary.loc["inner", "edges"] == "" and summary.loc["inner", "window_complete"]
+    assert summary.loc["inner", "window"] == "beta 0.3–3 × lr 1e-05–0.0001 (9 points)"
+    bounded = study_settings(runs, bounds={"loss.beta": [None, 10.0]})
+    assert method_summary(runs, bounded).set_index("method").loc["edge", "edges"] == \
+        "beta at natural upper bound (10)"
+    text = markdown_report(runs, study_settings(runs), summary.reset_index(), pd.DataFrame(columns=PAIR_COLUMNS),
+                           grid_table(runs, study_settings(runs)))
+    assert "- edge: **best on the grid's edge: beta at upper edge (10)** (extend the grid)" in text
+    assert "- inner: best is interior; window beta 0.3–3" in text
 
 
 def test_grid_table_means_and_extras(multirun):
@@ -138,26 +235,57 @@ def test_unknown_score_names_the_metrics(multirun):
 
 
 def test_analyze_writes_report_tables_and_figures(multirun, tmp_path):
-    written = analyze(multirun, tmp_path / "report", n_boot=300)
-    for name in ("sensitivity.md", "sensitivity.csv", "grid.csv", "runs.csv", "curves.csv",
+    written = analyze(multirun, tmp_path / "report")
+    for name in ("sensitivity.md", "sensitivity.csv", "grid.csv", "runs.csv", "curves.csv", "pairwise.csv",
                  "score_vs_beta.png", "reward_vs_kl.png", "training_margin_delta.png"):
         assert written[name].exists(), name
     for name in ("score_vs_beta.png", "reward_vs_kl.png", "training_margin_delta.png"):
         assert written[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = pd.read_csv(written["sensitivity.csv"]).set_index("method")
-    assert table.loc["dpo", "range"] == pytest.approx(0.27)
+    assert table.loc["dpo", "regret_default"] == pytest.approx(0.27)
+    pairs = pd.read_csv(written["pairwise.csv"])
+    assert list(pairs.columns) == PAIR_COLUMNS and len(pairs) == len(pairs[["a", "b", "stat"]].drop_duplicates())
     text = written["sensitivity.md"].read_text()
     assert "| **dpo** | 0.820 [" in text and "regret at default" in text
-    assert "range over the grid: rmipo is narrower than dpo by 0.270" in text
+    assert "No difference holds at the family-wise error rate." in text  # two seeds, 3 comparisons tested
+    assert "every pair of methods × (best, mean regret in the window, regret at default), 3 comparisons" in text
     assert "beta=-1,seed=0" in text and "loss.beta must be a number > 0" in text  # the failed run
     curves = pd.read_csv(written["curves.csv"])
     assert set(curves["run"].str.split("/").str[0]) == {"rmipo"} and len(curves) == 4 * 30  # no summary rows
     assert curves.groupby("run")["train/margin/mean"].first().tolist() == pytest.approx([1.6] * 4)
 
-    again = analyze(written["runs.csv"], tmp_path / "again", n_boot=300)  # from the saved tables
+    again = analyze(written["runs.csv"], tmp_path / "again")  # from the saved tables
     assert pd.read_csv(again["sensitivity.csv"])["best"].tolist() == pytest.approx(
         pd.read_csv(written["sensitivity.csv"])["best"].tolist())
     assert again["training_margin_delta.png"].exists()
+
+
+def test_regenerating_from_runs_csv_is_identical(multirun, tmp_path):
+    """analyze(runs.csv) twice in place writes the same bytes: the committed reports can be checked."""
+    first = analyze(multirun, tmp_path / "report")
+    once = analyze(first["runs.csv"])
+    before = {name: path.read_bytes() for name, path in once.items() if not name.endswith(".png")}
+    twice = analyze(first["runs.csv"])
+    assert {name: twice[name].read_bytes() for name in before} == before
+
+
+COMMITTED = sorted(p.parent.name for p in (ROOT / "docs" / "results").glob("*/runs.csv"))
+
+
+@pytest.mark.parametrize("study", COMMITTED)
+def test_committed_reports_regenerate_from_their_runs_csv(study):
+    """`python src/analyze.py docs/results/<study>/runs.csv` reproduces the committed tables and text
+    (checked here without drawing the figures)."""
+    folder = ROOT / "docs" / "results" / study
+    runs, _, settings = load_study(folder / "runs.csv")
+    summary, pairs, grid = method_summary(runs, settings), pairwise_differences(runs, settings), grid_table(runs, settings)
+    for name, table in (("sensitivity.csv", summary), ("pairwise.csv", pairs), ("grid.csv", grid)):
+        assert table.to_csv(index=False) == (folder / name).read_text(), f"{study}/{name} is stale"
+    figures = [name for name in ("score_vs_beta.png", "reward_vs_kl.png", "training_margin_delta.png")
+               if (folder / name).exists()]
+    command = f"python src/analyze.py docs/results/{study}/runs.csv"
+    text = markdown_report(runs, settings, summary, pairs, grid, figures=figures, command=command)
+    assert text == (folder / "sensitivity.md").read_text(), f"{study}/sensitivity.md is stale"
 
 
 def test_cli_writes_into_the_folder_and_fails_cleanly(multirun, tmp_path, capsys):

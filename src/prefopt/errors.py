@@ -1,4 +1,7 @@
-"""Errors that mean the user must change something; run.py reports them as one message, no traceback."""
+"""Errors that mean the user must change something; run.py reports them as one message, no traceback.
+
+Used across the package; `prefopt.runner.user_errors` lists the ones reported without a traceback.
+"""
 
 
 class ConfigError(ValueError, TypeError):
@@ -8,3 +11,13 @@ class ConfigError(ValueError, TypeError):
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient: the message names the step and where the last good weights are."""
+
+
+class CacheError(RuntimeError):
+    """A cached artifact that cannot be used or rebuilt (a read-only cache, a build lock held too long):
+    the message names the file or folder and what to do."""
+
+
+class ResumeMismatch(ConfigError):
+    """`ckpt_path` names a checkpoint saved by a different run (config, data or tokenizer), or none
+    exists: the message names what differs."""

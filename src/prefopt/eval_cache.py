@@ -4,18 +4,22 @@ Every run of a β sweep evaluates against the same starting policy on the same p
 seed, so its samples, their text and their oracle rewards (`prefopt.eval.start_side`) are the same in
 every run. They are cached in `<cache_dir>/eval_start/<key>/start.json`, keyed by the starting
 policy's weights, the prompts' token ids, the tokenizer's vocabulary, the task (its config: the oracle
-comes from it) and the sampling settings. `eval.cache_start=false` turns it off. Used by
+comes from it) and the sampling settings. `eval.cache_start=false` turns it off. Where the cache cannot
+hold it (read-only, or its lock is held too long) it is computed for the run only, so a trained run is
+never lost at its last step (tests/test_cache_faults.py). Used by
 `prefopt.runner`; exercised by `pytest tests/test_eval.py`.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
 from prefopt.cache import cached_dir, fingerprint
+from prefopt.errors import CacheError
 from prefopt.eval import start_side
 from prefopt.logp_cache import weights_fingerprint
 
@@ -46,5 +50,10 @@ def cached_start_side(cache_root: Path, reference: Any, tokenizer: Any, prompts:
         side = start_side(reference, tokenizer, prompts, oracle, reference_context=reference_context, **sampling)
         (out / "start.json").write_text(json.dumps(side))
 
-    folder = cached_dir(cache_root, "eval_start", key, build)
+    try:
+        folder = cached_dir(cache_root, "eval_start", key, build)
+    except CacheError as err:  # a read-only cache without it, a lock held too long: the run goes on
+        print(f"[prefopt] the starting policy's evaluation is computed for this run only: {err}", file=sys.stderr)
+        side = start_side(reference, tokenizer, prompts, oracle, reference_context=reference_context, **sampling)
+        return side, "computed, not cached"
     return json.loads((folder / "start.json").read_text()), status

@@ -4,7 +4,8 @@ DPO and IPO need reference log-probs, RMiPO with `marginal=reference` the prompt
 both come from the starting policy, which never changes, so one no-gradient pass over the train and
 eval pairs (in batches of similar length) serves every run that shares it (a β sweep computes them
 once). The cache lives in `<cache_dir>/logps/<kind>-<key>/{train,eval}.safetensors` (tables `logps`,
-`tokens`: (N, 2) for [chosen, rejected] of pair index 0..N-1); the key is a fingerprint of the
+`tokens`: (N, 2) for [chosen, rejected] of pair index 0..N-1; checksummed and verified on use by
+prefopt.cache, and checked to hold one row per pair); the key is a fingerprint of the
 starting policy's tensors and config, the tokenized pairs (ids, in order), the truncation settings,
 the marginal pass's start tokens and the numeric precision. A run that finds the tables (or has just
 built them) serves the loss from them and drops the frozen reference model before training.
@@ -34,7 +35,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from prefopt.cache import DONE_MARKER, cached_dir, fingerprint
+from prefopt.cache import artifact_problem, cached_dir, fingerprint
+from prefopt.errors import CacheError
 from prefopt.logps import pair_batch_logps, response_logps, settle_sharing
 from prefopt.model_setup import is_lora
 
@@ -172,18 +174,26 @@ def _device(cfg: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _save(out: Path, tables: dict[str, tuple[Tensor, Tensor]]) -> None:
+def _save(out: Path, tables: dict[str, tuple[Tensor, Tensor]]) -> dict[str, int]:
+    """Write the tables; returns the pair count of each file (recorded in the cache manifest)."""
     from safetensors.torch import save_file
 
     for split, (logps, tokens) in tables.items():
         save_file({"logps": logps.contiguous(), "tokens": tokens.contiguous()}, str(out / f"{split}.safetensors"))
+    return {f"{split}.safetensors": int(logps.shape[0]) for split, (logps, _) in tables.items()}
 
 
-def _load(folder: Path, split: str) -> tuple[Tensor, Tensor]:
+def _load(folder: Path, split: str, n_pairs: int) -> tuple[Tensor, Tensor]:
+    """The (logps, tokens) table of `split`, checked to hold one row per pair of the split."""
     from safetensors.torch import load_file
 
-    tensors = load_file(str(folder / f"{split}.safetensors"))
-    return tensors["logps"], tensors["tokens"]
+    path = folder / f"{split}.safetensors"
+    tensors = load_file(str(path))
+    logps, tokens = tensors["logps"], tensors["tokens"]
+    if logps.shape[0] != n_pairs or tokens.shape[0] != n_pairs:
+        raise CacheError(f"{path} holds {logps.shape[0]} rows for the {n_pairs} pairs of the {split} split; "
+                         f"delete {folder} to rebuild it")
+    return logps, tokens
 
 
 def length_sorted_loader(dataset: Any, collator: Any, batch_size: int, shard: tuple[int, int] = (0, 1)):
@@ -233,7 +243,7 @@ def _tables_folder(root: Path, kind: str, key: str, compute: Any, collective: An
         folder = cached_dir(root, "logps", name, lambda out: built.append(True) or _save(out, compute()))
         return folder, "built" if built else "hit"
     final = Path(root) / "logps" / name
-    if not collective.broadcast(not (final / DONE_MARKER).exists()):
+    if not collective.broadcast(artifact_problem(final) is not None):  # missing or damaged: rebuild
         return final, "hit"
     tables = compute()  # every rank takes part: the merge is a collective
     if collective.global_rank == 0:
@@ -278,7 +288,8 @@ def attach_caches(cfg: Any, module: Any, data: Any, cache_root: Path, collective
 
             folder, status = _tables_folder(cache_root, kind, key, compute, collective)
             for split in SPLITS:
-                logps, tokens = _load(folder, split)
+                dataset = data.train_dataset if split == "train" else data.eval_dataset
+                logps, tokens = _load(folder, split, len(dataset))
                 module.use_logp_table(kind, split, logps, tokens)
             info["tables"][kind] = {"status": status, "key": key, "seconds": round(time.time() - t0, 3),
                                     "ranks": shard[1]}

@@ -1,9 +1,11 @@
-"""Preparing a loaded policy for training and saving it afterwards: gradient checkpointing, LoRA.
+"""Preparing a loaded policy for training and saving it afterwards: gradient checkpointing, LoRA, dropout.
 
 `prepare_for_training` applies `model.gradient_checkpointing` and `model.lora` (peft); with LoRA only the
 adapter weights train, and the reference policy is the same model with its adapters disabled (no second
-copy in memory). `save_policy` writes a plain Hugging Face folder (LoRA merged into the weights) that
-`AutoModelForCausalLM.from_pretrained` loads as is. Used by `prefopt.runner`.
+copy in memory). `model.disable_dropout` (default true, as TRL) sets every dropout probability of the
+policy to 0, LoRA's included, so log-ratios and RMiPO's δ carry no dropout noise. `save_policy` writes a plain Hugging Face folder (LoRA merged into the weights) that
+`AutoModelForCausalLM.from_pretrained` loads as is. Used by `prefopt.runner`; exercised by
+`pytest tests/test_dropout.py tests/test_lora.py`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,22 @@ def apply_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:
     return get_peft_model(model, config)
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout probability in `model` to 0: `nn.Dropout` modules (LoRA's `lora_dropout` among
+    them) and the float `*dropout*` attributes attention layers pass to their kernels while training
+    (e.g. `attention_dropout`). The saved config keeps its values. Returns how many were non-zero."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            changed += module.p != 0
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name.lower() and isinstance(value, float) and not isinstance(value, bool):
+                changed += value != 0
+                setattr(module, name, 0.0)
+    return int(changed)
+
+
 def prepare_for_training(model: torch.nn.Module, model_cfg: Any) -> torch.nn.Module:
     if model_cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -43,6 +61,8 @@ def prepare_for_training(model: torch.nn.Module, model_cfg: Any) -> torch.nn.Mod
     lora = model_cfg.get("lora")
     if lora and lora.get("r"):
         model = apply_lora(model, lora)
+    if model_cfg.get("disable_dropout", True):
+        disable_dropout(model)
     return model
 
 

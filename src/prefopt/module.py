@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import lightning as L
 import torch
 from torch import Tensor
 
+from prefopt.errors import ConfigError
 from prefopt.logps import pair_batch_logps, response_logps, settle_sharing
+from prefopt.checkpointing import fill_frozen, trainable_only
 from prefopt.gather import is_sharded
 from prefopt.losses import PairLogps, PreferenceLoss
 from prefopt.model_setup import is_lora
@@ -32,6 +34,17 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     ref = copy.deepcopy(model)
     ref.requires_grad_(False)
     return ref.eval()
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`model` in eval mode (dropout off) for the duration, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
@@ -72,6 +85,7 @@ class PreferenceModule(L.LightningModule):
         self._share: bool | str | None = None  # decided at the first pass (after a strategy wrapped the model)
         self._tables: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, split) -> buffer names
         self._checked: set[tuple[str, str]] = set()
+        self._total_steps: int | None = None  # optimizer steps of this fit, set by configure_optimizers
 
     # ---- log-probs of the frozen starting policy: live passes or cached tables -------------------
 
@@ -153,13 +167,8 @@ class PreferenceModule(L.LightningModule):
                 f"the loss needs {kind} log-probs of the starting policy, but the reference model was released "
                 "and no cached table covers this split"
             )
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            with self.policy.disable_adapter():
-                yield self.policy
-        finally:
-            self.policy.train(was_training)
+        with eval_mode(self.policy), self.policy.disable_adapter():
+            yield self.policy
 
     def shares_prompt(self) -> bool | str:
         """Whether passes run each prompt once for both responses: `share_prompt` (true, false, or "auto":
@@ -201,7 +210,8 @@ class PreferenceModule(L.LightningModule):
             if cached is not None:
                 marg, marg_tokens = cached
             else:
-                scope = self.frozen_scorer("marginal") if frozen else nullcontext(self.policy)
+                # the live marginal pass is a measurement, not a training pass: no dropout noise in δ
+                scope = self.frozen_scorer("marginal") if frozen else eval_mode(self.policy)
                 with torch.no_grad(), scope as scorer:
                     marg, marg_tokens = response_logps(
                         scorer,
@@ -218,11 +228,14 @@ class PreferenceModule(L.LightningModule):
         return PairLogps(**fields)
 
     def progress(self) -> float:
-        """Share of training done: global step / max_steps (0 without a step-limited trainer)."""
-        trainer = self._trainer
-        if trainer is None or not trainer.max_steps or trainer.max_steps <= 0:
+        """Share of training done, by optimizer steps: global step / (total steps - 1), so 0 during the
+        first optimizer step and 1.0 during the last (all micro-batches of one step share its value).
+        The total is Lightning's `estimated_stepping_batches` (max_steps, or epochs × batches per epoch ÷
+        accumulation), fixed when the optimizer is configured; 0 before that."""
+        trainer, total = self._trainer, self._total_steps
+        if trainer is None or not total:
             return 0.0
-        return min(1.0, trainer.global_step / trainer.max_steps)
+        return 1.0 if total <= 1 else min(1.0, trainer.global_step / (total - 1))
 
     def _logs_this_step(self) -> bool:
         """Whether a training step's metrics would reach the loggers (every `log_every_n_steps`, and the
@@ -232,7 +245,7 @@ class PreferenceModule(L.LightningModule):
         connector = getattr(trainer, "_logger_connector", None)
         if trainer is None or connector is None or connector.should_update_logs:
             return True
-        return bool(trainer.max_steps and trainer.max_steps > 0 and trainer.global_step + 1 >= trainer.max_steps)
+        return bool(self._total_steps and trainer.global_step + 1 >= self._total_steps)
 
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         logps = self.pair_logps(batch, split="train" if stage == "train" else "eval")
@@ -269,10 +282,13 @@ class PreferenceModule(L.LightningModule):
         self._step(batch, "val")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen reference out: it is the starting policy, rebuilt when a run resumes."""
+        """Leave the frozen reference out: it is the starting policy, rebuilt when a run resumes; a LoRA
+        policy keeps only its adapters (prefopt.checkpointing; not under FSDP/ZeRO-3, which save shards)."""
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("reference.")]:
             del state[key]
+        if self._trainer is None or not is_sharded(self._trainer.strategy):
+            trainable_only(self.policy, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Fill in the reference this run holds (or drop one an older checkpoint carries)."""
@@ -281,6 +297,7 @@ class PreferenceModule(L.LightningModule):
             del state[key]
         if self.reference is not None:
             state.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
+        fill_frozen(self.policy, checkpoint)  # a LoRA checkpoint's frozen base weights: this run's own
 
     def _fused_adam(self, params: list[Tensor]) -> bool:
         """The fused AdamW kernel (what HF Trainer and so TRL use by default): on one CPU thread 15 ms a
@@ -294,6 +311,20 @@ class PreferenceModule(L.LightningModule):
             for p in params
         )
 
+    def training_length(self) -> int:
+        """Optimizer steps this fit takes (`trainer.estimated_stepping_batches`); a ConfigError when it
+        cannot be known (no step or epoch limit, or data of unknown length without max_steps), which the
+        learning-rate schedule and any loss that `needs_progress` require."""
+        total = self.trainer.estimated_stepping_batches
+        if math.isfinite(total) and total > 0:
+            return int(total)
+        users = "the learning-rate schedule" + (
+            f" and loss {self.loss_fn.name} (its settings follow the share of training done)"
+            if getattr(self.loss_fn, "needs_progress", False) else "")
+        raise ConfigError(f"the number of optimizer steps cannot be known (trainer.max_steps="
+                          f"{self.trainer.max_steps}, trainer.max_epochs={self.trainer.max_epochs}), and "
+                          f"{users} need it: set trainer.max_steps or trainer.max_epochs")
+
     def configure_optimizers(self):
         decay, no_decay = [], []
         for p in self.policy.parameters():
@@ -305,7 +336,7 @@ class PreferenceModule(L.LightningModule):
             betas=self.adam_betas,
             fused=self._fused_adam(decay + no_decay) or None,
         )
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self._total_steps = self.training_length()
         warmup = int(self.warmup_ratio * total)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, total, warmup, self.min_lr_ratio)

@@ -1,16 +1,23 @@
-"""A training progress bar counted in optimizer steps (not epochs), and quieter Lightning logs.
+"""What a run shows while it works: training progress counted in optimizer steps, quieter Lightning
+logs, and a copy of the console in the run folder's `run.log`.
 
-Lightning's own bars count batches per epoch, which reads oddly for step-limited preference runs
-("Epoch 3/-2"); this one shows `step/max_steps` with the current loss. Used by `prefopt.runner`.
+- `StepProgressBar`: on a terminal, a tqdm bar `step/max_steps` with the latest loss; anywhere else
+  (a file, a pipe, a cluster log), one plain line every N steps instead of bar redraws.
+- `ConsoleLog`: everything printed to stdout/stderr also goes to `run.log`, where a line redrawn with
+  carriage returns (a progress bar) keeps only its final state.
+Used by `prefopt.runner`; exercised by `pytest tests/test_run_log.py`.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import time
 import warnings
+from pathlib import Path
+from typing import IO, Any
 
 from lightning.pytorch.callbacks import Callback
-from tqdm.auto import tqdm
 
 
 def quiet_lightning() -> None:
@@ -28,26 +35,121 @@ def quiet_lightning() -> None:
     hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars for every load
 
 
-class StepProgressBar(Callback):
-    """tqdm over optimizer steps with the latest training loss and accuracy."""
+def on_terminal(stream: Any = None) -> bool:
+    stream = stream if stream is not None else sys.stderr
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
-    def __init__(self, desc: str = "training") -> None:
+
+class StepProgressBar(Callback):
+    """Progress over optimizer steps with the latest training loss and accuracy: a tqdm bar on a
+    terminal, else a line `[prefopt] <desc>: step 40/200, loss 0.652, accuracy 0.750` every `every`
+    steps (default: a tenth of the run) and at the last step."""
+
+    def __init__(self, desc: str = "training", every: int | None = None, terminal: bool | None = None) -> None:
         self.desc = desc
-        self.bar: tqdm | None = None
+        self.every = every
+        self.terminal = terminal
+        self.bar: Any = None
+        self.last_line = -1
+        self.started = 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        self.bar = tqdm(total=total, initial=trainer.global_step, desc=self.desc, unit="step", dynamic_ncols=True)
+        self.started = time.time()
+        if self.terminal if self.terminal is not None else on_terminal():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=trainer.global_step, desc=self.desc, unit="step", dynamic_ncols=True)
+        elif self.every is None:
+            self.every = max(5, (total or 100) // 10)
+
+    def _postfix(self, trainer) -> dict[str, str]:
+        metrics = trainer.callback_metrics
+        names = {"train/loss": "loss", "train/rewards/accuracies": "accuracy"}
+        return {short: f"{float(metrics[k]):.3f}" for k, short in names.items() if k in metrics}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.bar is None:
+        step = trainer.global_step
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(self._postfix(trainer), refresh=False)
             return
-        self.bar.update(trainer.global_step - self.bar.n)
-        metrics = trainer.callback_metrics
-        post = {k.split("/", 1)[1]: f"{float(metrics[k]):.3f}" for k in ("train/loss", "train/rewards/accuracies") if k in metrics}
-        self.bar.set_postfix(post, refresh=False)
+        last = bool(trainer.max_steps and step >= trainer.max_steps)
+        if step != self.last_line and (step % self.every == 0 or last):
+            self.last_line = step
+            total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+            post = "".join(f", {k} {v}" for k, v in self._postfix(trainer).items())
+            rate = step / max(time.time() - self.started, 1e-9)
+            print(f"[prefopt] {self.desc}: step {step}{total}{post} ({rate:.1f} steps/s)", flush=True)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class _LineLog:
+    """Writes text to a file line by line; a line redrawn with '\\r' keeps only its last state."""
+
+    def __init__(self, file: IO[str]) -> None:
+        self.file = file
+        self.partial = ""
+
+    def write(self, text: str) -> None:
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            self.file.write(line.rsplit("\r", 1)[-1] + "\n")
+        if lines:
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.partial.rsplit("\r", 1)[-1].strip():
+            self.file.write(self.partial.rsplit("\r", 1)[-1] + "\n")
+        self.partial = ""
+        self.file.close()
+
+
+class _Tee:
+    """A stdout/stderr stand-in: writes go to the console and to the shared run.log."""
+
+    def __init__(self, stream: Any, log: _LineLog) -> None:
+        self._stream, self._log = stream, log
+
+    def write(self, text: str) -> int:
+        self._stream.write(text)
+        self._log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ... of the console
+        return getattr(self._stream, name)
+
+
+class ConsoleLog:
+    """Copy stdout and stderr into `path` (appended) until `close()`; usable as a context manager."""
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.log = _LineLog(open(path, "a", encoding="utf-8"))
+        self.saved = (sys.stdout, sys.stderr)
+        sys.stdout, sys.stderr = _Tee(sys.stdout, self.log), _Tee(sys.stderr, self.log)
+
+    def close(self) -> None:
+        if self.log is None:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        sys.stdout, sys.stderr = self.saved
+        self.log.close()
+        self.log = None
+
+    def __enter__(self) -> "ConsoleLog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,6 +1,7 @@
 """Writing `results.json`: status, metrics, resolved config, package versions, seed, wall time.
 
-The file is written atomically (temp file + rename) so a reader never sees half of it. The contract
+The file is written atomically (temp file + rename) so a reader never sees half of it; a failed write
+(a full disk) removes the temp file, says so on stderr and exits 1 (tests/test_preflight.py). The contract
 is in DESIGN.md; `src/analyze.py` and resumable sweeps read it.
 """
 
@@ -10,6 +11,7 @@ import json
 import math
 import os
 import platform
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -46,8 +48,14 @@ def write_results(path: str | os.PathLike, **fields: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"versions": package_versions(), **to_jsonable(fields)}
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk, a folder made read-only mid-run: say so, never leave a .tmp
+        tmp.unlink(missing_ok=True)
+        print(f"error: could not write {path} ({err.strerror or err}); the run's outcome is not recorded",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     return path
 
 

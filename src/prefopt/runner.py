@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config import ConfigError, build_component
+from prefopt.loggers import sweep_group
 from prefopt.results import read_results, write_results
 from prefopt.validate import validate_config
 
@@ -28,27 +29,29 @@ from prefopt.validate import validate_config
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean the user must change something: reported without a traceback."""
     from prefopt.data.errors import DataError
-    from prefopt.errors import TrainingDiverged
+    from prefopt.errors import CacheError, TrainingDiverged
     from prefopt.models import ModelLoadError
 
-    return (ConfigError, DataError, ModelLoadError, TrainingDiverged)
+    return (ConfigError, DataError, ModelLoadError, TrainingDiverged, CacheError)
 
 
 def _hydra_context() -> tuple[Path, bool, str]:
     """(output dir, is multirun, sweep group name) of the current Hydra job."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    group = Path(hc.sweep.dir).name if multirun else "single-runs"
+    group = sweep_group(hc.sweep.dir if multirun else None, hc.runtime.choices.get("sweep"))
     return Path(hc.runtime.output_dir), multirun, group
 
 
 def global_rank() -> int:
     """This process's rank in a data-parallel run (0 when there is none)."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", os.environ.get("LOCAL_RANK", "0"))))
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if hasattr(v, "item") or isinstance(v, (int, float))}
+    """Scalar metrics with a `/` in their name (`train_loss` and the like are progress-bar copies)."""
+    return {k: float(v) for k, v in metrics.items()
+            if "/" in k and (hasattr(v, "item") or isinstance(v, (int, float)))}
 
 
 def print_summary(metrics: dict[str, float], output_dir: Path) -> None:
@@ -68,6 +71,7 @@ def print_data_summary(source_drops: dict | None, stats: dict[str, Any]) -> None
         for reason, n in split_drops.items():
             drops[reason.replace("_", " ")] = drops.get(reason.replace("_", " "), 0) + n
     drops["emptied by truncation"] = stats.get("train/dropped_truncated", 0) + stats.get("eval/dropped_truncated", 0)
+    drops["prompt too long"] = stats.get("train/dropped_prompt_too_long", 0) + stats.get("eval/dropped_prompt_too_long", 0)
     dropped = ", ".join(f"{reason} {n}" for reason, n in drops.items() if n) or "none"
     print(f"[prefopt] data: {stats.get('train/pairs', 0)} train pairs, {stats.get('eval/pairs', 0)} eval pairs; "
           f"dropped: {dropped}")
@@ -78,7 +82,8 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     import lightning as L
 
     from prefopt.data.datamodule import PreferenceDataModule
-    from prefopt.loggers import log_summary, make_loggers, run_identity
+    from prefopt.data.layout import detect_layout
+    from prefopt.loggers import hyperparameters, log_summary, make_loggers, run_identity, wandb_identity
     from prefopt.models import load_policy
     from prefopt.module import PreferenceModule, frozen_copy
     from prefopt.logp_cache import LogpCaches
@@ -86,7 +91,10 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     from prefopt.model_setup import is_lora, prepare_for_training, save_policy
     from prefopt.perf import ThroughputMonitor
     from prefopt.progress import quiet_lightning
+    from prefopt.resume import RunRecord
     from prefopt.trainer_factory import build_trainer
+    from prefopt.disk import check_disk_space
+    from prefopt.hardware import setup_line
 
     quiet_lightning()
 
@@ -113,23 +121,35 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
         marginal_prefix=artifacts.marginal_prefix,
         strict=cfg.data.get("strict", False),
         append_eos=artifacts.responses_end_with_eos,
+        group_by_length=cfg.data.get("group_by_length", False),
+        max_tokens_per_batch=cfg.data.get("max_tokens_per_batch"),
     )
     data.setup()  # tokenize now: bad rows fail before the trainer starts, drops are reported
     state["info"]["data"] = data.stats
     print_data_summary(state["info"].get("drops"), data.stats)
+    state["info"]["data_layout"] = detect_layout(artifacts.info, artifacts.train_rows)
+    print(f"[prefopt] data layout: {state['info']['data_layout']}")
     module = PreferenceModule(policy, loss, share_prompt=cfg.get("share_prompt", "auto"),
                               **OmegaConf.to_container(cfg.optim, resolve=True))
 
-    name, tags = run_identity(cfg, loss.name, cfg.data.name, HydraConfig.get().runtime.choices.get("loss"))
+    name, tags = run_identity(cfg, loss.name, cfg.data.name, cfg.method)
     state["loggers"] = loggers = make_loggers(cfg, output_dir, name, group, tags)
+    if wandb_identity(loggers):
+        state["info"]["wandb"] = wandb_identity(loggers)
+    run_record = RunRecord(cfg, data, tokenizer, state["info"])  # into every checkpoint; checked on resume
+    run_record.check(state.get("ckpt_path"))  # before any table is built: a mismatch costs seconds
     caches = LogpCaches(cfg, data, cache_root, state["info"])  # at fit start: split over data-parallel ranks
     trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy,
-                            extra_callbacks=[caches])
+                            extra_callbacks=[caches, run_record, state["interrupts"]])
 
     def load_start() -> torch.nn.Module:  # the untrained policy again: a folder, or the seeded tiny init
         return load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed)[0]
 
-    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    check_disk_space(cfg, trainer, policy, output_dir, cache_root, data.stats.get("train/pairs", 0),
+                     data.stats.get("eval/pairs", 0))  # stops in one line where a folder lacks the room
+    if trainer.is_global_zero:
+        print(setup_line(trainer, policy))  # device, precision, weights dtype, attention implementation
+    trainer.fit(module, datamodule=data, ckpt_path=state.get("ckpt_path"))
     metrics = _scalar_metrics(trainer.callback_metrics)
     for callback in trainer.callbacks:
         if isinstance(callback, ThroughputMonitor):
@@ -170,7 +190,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
             )
         eval_metrics, samples = evaluate(
             trained.eval(), start, tokenizer, artifacts.eval_prompts, artifacts.oracle,
-            reference_context=start_context, start=start_side, **sampling,
+            reference_context=start_context, start=start_side, n_samples=cfg.eval.n_samples_logged, **sampling,
         )
         metrics.update(_scalar_metrics(eval_metrics))
     state["samples"] = samples[: cfg.eval.n_samples_logged]
@@ -183,14 +203,17 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
             max_prompts=cfg.eval.generate_max_prompts, max_new_tokens=cfg.eval.generate_max_new_tokens,
             temperature=cfg.eval.generate_temperature, seed=cfg.seed, batch_size=cfg.eval.batch_size,
         )
-    log_summary(loggers, metrics, state["samples"], step=trainer.global_step)
+    log_summary(loggers, metrics, state["samples"], step=trainer.global_step, hparams=hyperparameters(cfg))
     save_policy(trained, tokenizer, output_dir / "model")
     return metrics
 
 
 def run(cfg: DictConfig) -> dict[str, float] | None:
     """Run one job and write its results.json; returns the metrics (None when it failed)."""
-    from prefopt.loggers import finish_loggers
+    from prefopt.loggers import fill_method, finish_loggers
+    from prefopt.preflight import preflight, stop_if_unwritable
+    from prefopt.progress import ConsoleLog
+    from prefopt.signals import InterruptGuard, Interrupted, record_interrupt
 
     started = time.time()
     output_dir, multirun, group = _hydra_context()
@@ -198,10 +221,15 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
     if previous and previous.get("status") == "completed":
         print(f"[prefopt] {output_dir} already completed: skipping (its results are kept)")
         return previous.get("metrics", {})
-    state: dict[str, Any] = {"loggers": [], "info": {}, "samples": []}
+    stop_if_unwritable(output_dir)  # before anything writes there: one line, exit 1
+    console = ConsoleLog(output_dir / "run.log") if global_rank() == 0 else None  # the console, kept
+    fill_method(cfg, HydraConfig.get().runtime.choices.get("loss"))
+    state: dict[str, Any] = {"loggers": [], "info": {}, "samples": [], "status": "failed", "error": None,
+                             "interrupts": InterruptGuard(bool(cfg.checkpoint.enabled)).install()}
     record = dict(config=OmegaConf.to_container(cfg, resolve=False), seed=cfg.seed)
     try:
         record["config"] = OmegaConf.to_container(cfg, resolve=True)
+        state["ckpt_path"] = preflight(cfg, output_dir)  # the cache, and what ckpt_path resumes
         metrics = train_and_evaluate(cfg, output_dir, group, state)
         if global_rank() != 0:
             return metrics
@@ -214,11 +242,17 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
             wall_time_s=time.time() - started,
             **record,
         )
+        state["status"] = "completed"
         print_summary(metrics, output_dir)
         return metrics
+    except Interrupted as stop:  # SIGINT / SIGTERM: results say so, then exit 130 / 143
+        state["status"], state["error"] = "interrupted", str(stop)
+        record_interrupt(stop, output_dir, list(HydraConfig.get().overrides.task), global_rank(), info=state["info"],
+                         wall_time_s=time.time() - started, **record)
     except BaseException as err:
         known = isinstance(err, user_errors())
         message = str(err) if known else f"{type(err).__name__}: {err}"
+        state["error"] = message
         if global_rank() != 0:
             raise
         write_results(
@@ -241,6 +275,9 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
             return None
         raise
     finally:
-        finish_loggers(state["loggers"])
+        state["interrupts"].restore()
+        finish_loggers(state["loggers"], state["status"], state["error"])
         state.clear()
         gc.collect()
+        if console is not None:
+            console.close()

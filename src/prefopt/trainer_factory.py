@@ -1,12 +1,20 @@
 """Building the Lightning Trainer of a run from `cfg.trainer` plus the run's callbacks and loggers.
 
-- Validation runs once after the last optimizer step unless `trainer.val_check_interval` says otherwise.
+- Validation runs 4-8 times at evenly spaced optimizer steps, the last one at the final step
+  (`validation_steps`), unless `trainer.val_check_interval` says otherwise (N: every N batches).
 - Checkpoints go to `<run dir>/checkpoints` (`last.ckpt`, plus every `checkpoint.every_n_train_steps`).
 - `trainer.strategy` may be a Lightning name (`ddp`) or a mapping with `name: fsdp|deepspeed` whose
   other keys configure that strategy (conf/trainer/fsdp.yaml, deepspeed.yaml); FSDP wraps each decoder
   layer of the model (from its `_no_split_modules`).
 - `data.effective_batch_size` fixes devices × batch × accumulation: the accumulation is derived from the
   device count, so an experiment means the same thing on 1 GPU or 8.
+- `DataFitCheck` compares the data with the settings before Lightning sizes the fit: fewer batches per
+  device than one optimizer step accumulates is a one-line error; a `val_check_interval` longer than an
+  epoch (with `check_val_every_n_epoch` set) is lowered to the epoch's batches, and says so.
+- `trainer.gradient_clip_val` is applied by `prefopt.clipping.GradientClipper`, not by Lightning, whose
+  mixed-precision plugin refuses to clip for the fused AdamW and whose FSDP plugin cannot clip by norm
+  (DeepSpeed, which clips inside its engine, keeps Lightning's setting).
+Exercised by `pytest tests/test_gpu_configs.py tests/test_scale.py`.
 """
 
 from __future__ import annotations
@@ -17,12 +25,15 @@ from typing import Any, Callable
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt.clipping import GradientClipper
 from prefopt.errors import ConfigError
 from prefopt.guards import FiniteGuard
 from prefopt.perf import ThroughputMonitor
 from prefopt.progress import StepProgressBar
+from prefopt.signals import slurm_plugins
 
 
 def decoder_layer_classes(model: torch.nn.Module) -> set[type]:
@@ -79,6 +90,61 @@ def accumulation_for(effective: int, world_size: int, batch_size: int) -> int:
     return effective // per_step
 
 
+class DataFitCheck(Callback):
+    """Checks, at `setup` (before Lightning builds the loop), that the training data fills what the
+    trainer settings assume; see the module docstring."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if stage != "fit" or datamodule is None:
+            return
+        batches = len(datamodule.train_dataloader())
+        check_one_step_fits(batches, trainer.accumulate_grad_batches, trainer.world_size,
+                            len(datamodule.train_dataset) if datamodule.train_dataset is not None else None)
+        interval = trainer.val_check_interval
+        if isinstance(interval, int) and interval > batches and trainer.check_val_every_n_epoch is not None:
+            print(f"[prefopt] trainer.val_check_interval={interval} batches is longer than an epoch "
+                  f"({batches} batches per device): validating every {batches} batches instead")
+            trainer.val_check_interval = batches
+
+
+def check_one_step_fits(batches: int, accumulate: int, world_size: int, pairs: int | None = None) -> None:
+    """A ConfigError when an epoch has fewer batches per device than one optimizer step accumulates."""
+    if batches >= accumulate:
+        return
+    what = f"{pairs} train pairs" if pairs is not None else "the train data"
+    raise ConfigError(
+        f"{what} make {batches} batch(es) per device, fewer than the {accumulate} accumulated for one "
+        f"optimizer step ({world_size} device(s)): lower data.effective_batch_size (or "
+        f"trainer.accumulate_grad_batches) or use more data"
+    )
+
+
+def is_deepspeed(strategy: Any) -> bool:
+    name = strategy if isinstance(strategy, str) else type(strategy).__name__
+    return "deepspeed" in name.lower()
+
+
+def take_clipping(kwargs: dict[str, Any]) -> list[Any]:
+    """Move gradient clipping from the Trainer arguments into a `GradientClipper` callback (none for
+    DeepSpeed, which clips inside its own step with Lightning's `gradient_clip_val`)."""
+    if is_deepspeed(kwargs.get("strategy", "auto")):
+        return []
+    value = kwargs.pop("gradient_clip_val", None)
+    algorithm = kwargs.pop("gradient_clip_algorithm", None)
+    return [GradientClipper(value, algorithm)] if value else []
+
+
+def validation_steps(max_steps: int, points: range = range(4, 9)) -> int:
+    """Optimizer steps between validations: max_steps / n for the smallest n in `points` that divides
+    max_steps (200 -> 50: 4 points), so that the last validation falls on the last step; max_steps
+    (one validation, at the end) when none does."""
+    for n in points:
+        if max_steps % n == 0:
+            return max_steps // n
+    return max_steps
+
+
 def _trainer_summary(kwargs: dict[str, Any]) -> str:
     strategy = kwargs.get("strategy", "auto")
     name = strategy if isinstance(strategy, str) else getattr(strategy, "strategy_name", type(strategy).__name__)
@@ -93,27 +159,24 @@ def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: s
         StepProgressBar(desc),
         FiniteGuard(checkpoints if cfg.checkpoint.enabled else None),
         ThroughputMonitor(),
+        DataFitCheck(),
     ]
     if cfg.checkpoint.enabled:
-        from lightning.pytorch.callbacks import ModelCheckpoint
+        from prefopt.checkpointing import checkpoint_callback
 
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(checkpoints),
-                save_last=True,
-                save_top_k=-1 if cfg.checkpoint.every_n_train_steps else 0,  # keep every periodic one
-                every_n_train_steps=cfg.checkpoint.every_n_train_steps or None,
-            )
-        )
+        callbacks.append(checkpoint_callback(cfg, checkpoints))  # last.ckpt + the newest checkpoint.keep periodic
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.pop("_target_", None)
     kwargs["strategy"] = build_strategy(kwargs.get("strategy", "auto"), model)
+    callbacks.extend(take_clipping(kwargs))
+    if not kwargs.get("plugins"):  # under SLURM: requeue on SIGUSR1 and resume (prefopt.signals)
+        kwargs["plugins"] = slurm_plugins() or None
 
     def make(accumulate: int) -> L.Trainer:
         extra = {"accumulate_grad_batches": accumulate}
         if kwargs.get("val_check_interval") is None and kwargs.get("max_steps", -1) > 0:
-            # validate once, after the last optimizer step (counted in batches across epochs)
-            extra["val_check_interval"] = kwargs["max_steps"] * accumulate
+            # a few validations, the last after the last optimizer step (counted in batches across epochs)
+            extra["val_check_interval"] = validation_steps(kwargs["max_steps"]) * accumulate
         try:
             return L.Trainer(
                 **{**kwargs, **extra},

@@ -47,23 +47,24 @@ NODE: Check = (lambda v: v is None or isinstance(v, dict), "a mapping or null")
 STR_LIST: Check = (lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v), "a list of strings")
 
 SCHEMA: dict[str, dict[str, Check]] = {
-    "": {"seed": NONNEG_INT, "threads": POS_INT, "tags": STR_LIST, "objective": STR, "ckpt_path": OPT_STR,
+    "": {"seed": NONNEG_INT, "threads": POS_INT, "tags": STR_LIST, "objective": STR, "method": OPT_STR, "ckpt_path": OPT_STR,
          "loss": NODE, "model": NODE, "data": NODE, "trainer": NODE, "logger": NODE, "optim": NODE,
          "eval": NODE, "checkpoint": NODE, "paths": NODE, "sweep": NODE, "logp_cache": BOOL,
          "share_prompt": BOOL_AUTO},
     "data": {"name": STR, "path": OPT_STR, "max_length": POS_INT, "max_prompt_length": POS_INT,
              "batch_size": POS_INT, "eval_batch_size": POS_INT, "strict": BOOL, "source": NODE,
-             "effective_batch_size": OPT_POS_INT},
+             "effective_batch_size": OPT_POS_INT, "group_by_length": BOOL, "max_tokens_per_batch": OPT_POS_INT},
     "model": {"name": STR, "path": OPT_STR, "lr": POS_NUM, "dtype": DTYPE, "vocab_size": POS_INT,
               "tiny": NODE, "gguf": NODE, "attn_implementation": OPT_STR, "gradient_checkpointing": BOOL,
-              "lora": NODE},
+              "lora": NODE, "disable_dropout": BOOL},
     "optim": {"lr": POS_NUM, "weight_decay": NONNEG_NUM, "adam_betas": BETAS, "warmup_ratio": RATIO,
               "min_lr_ratio": UNIT},
     "eval": {"batch_size": POS_INT, "n_samples_logged": NONNEG_INT, "generate": BOOL, "cache_start": BOOL,
              "generate_max_prompts": POS_INT, "generate_max_new_tokens": POS_INT, "generate_temperature": NONNEG_NUM},
-    "checkpoint": {"enabled": BOOL, "every_n_train_steps": NONNEG_INT},
+    "checkpoint": {"enabled": BOOL, "every_n_train_steps": NONNEG_INT,
+                   "keep": ((lambda v: _int(v) and (v > 0 or v == -1)), "an integer > 0, or -1 to keep all")},
     "logger": {"csv": BOOL, "wandb": NODE},
-    "paths": {"cache_dir": STR},
+    "paths": {"cache_dir": STR, "lock_timeout_s": NONNEG_NUM},
 }
 
 

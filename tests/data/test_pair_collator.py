@@ -2,7 +2,7 @@
 
 import torch
 
-from prefopt.data.collate import PairCollator, pad_right
+from prefopt.data.collate import PairCollator, pad_right, token_counts
 
 torch.set_num_threads(1)
 
@@ -52,3 +52,11 @@ def test_marginal_start_marker_is_not_scored():
     b = PairCollator(pad_id=PAD, start_ids=[START, 14])(ITEMS[:1])
     assert b["marginal_input_ids"].tolist() == [[1, 14, 7, 8, 2], [1, 14, 9, 2, 0]]
     assert b["marginal_score_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 0, 1, 1, 0]]
+
+
+def test_token_counts_real_and_processed_per_layout():
+    b = PairCollator(pad_id=PAD, start_ids=[START])(ITEMS)
+    # full rows: 4 rows x 5 columns = 20 processed; real 5 + 3 + 4 + 5 = 17
+    assert token_counts(b, shared=False) == (17, 20)
+    # shared: prompts (2 x 2) + responses (4 x 4) = 20 processed; real prompts 2 + 1, responses 3 + 2 + 2 + 4
+    assert token_counts(b, shared=True) == (14, 20)

@@ -90,7 +90,7 @@ def test_chat_row_without_chat_template_is_an_error(tok):
         tokenize_row(row, t, 100, 50)
 
 
-def test_pre_encoded_rows_tokenize_alike_in_two_batched_calls(tok):
+def test_pre_encoded_rows_tokenize_alike_in_three_batched_calls(tok):
     from prefopt.data.datamodule import tokenize_rows
     from prefopt.data.tokenize import PreEncoded
 
@@ -112,6 +112,6 @@ def test_pre_encoded_rows_tokenize_alike_in_two_batched_calls(tok):
     items, _ = tokenize_rows(rows, Counting(), 100, 50, "train")
     assert [{k: it[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for it in items] == one_by_one
     batched = [c for c in calls if isinstance(c, list)]
-    assert len(batched) == 2 and len(calls) <= 4  # prompts, responses (+ the BOS probe of a row or two)
+    assert len(batched) == 3 and len(calls) == 3  # prompts, prompt + response, the texts that end in "</s>"
     assert PreEncoded(tok, rows)("not seen before", add_special_tokens=False)["input_ids"] == tok(
         "not seen before", add_special_tokens=False)["input_ids"]

@@ -1,6 +1,11 @@
 """The study's figures (matplotlib, no display needed): score vs β per method with seed error bars,
 gold reward vs KL for every run (the DPO paper's frontier), and RMiPO's margin and δ over training.
 
+Every figure uses one scale per axis key (β is on a log axis in every panel or in none), draws the
+logged points themselves (training curves are seed means of the logged steps, unsmoothed unless
+`smooth` asks for it, and then say so) and lays out with matplotlib's constrained layout so that
+titles and legends fit inside the saved image.
+
 Each function takes the tables of prefopt.analysis (runs, grid, curves), draws one figure, saves it
 when given a path, and returns it. The backend is left to matplotlib (inline in a notebook; the CLI
 picks Agg). Exercised by `pytest tests/test_analyze.py`.
@@ -50,7 +55,9 @@ def plot_score_vs_param(
     methods = list(dict.fromkeys(grid["method"]))
     cols = min(4, max(1, int(np.ceil(np.sqrt(len(methods))))))
     rows = int(np.ceil(len(methods) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows + 0.4), sharey=True, squeeze=False,
+                             layout="constrained")
+    log_x = x in grid and _log_axis(grid[x])  # one scale for every panel
     others = [c for c in grid.columns if c not in (x, "method", "seeds", "score_mean", "score_sd", "is_default")
               and "/" not in c]
     for ax, method in zip(axes.flat, methods):
@@ -70,7 +77,7 @@ def plot_score_vs_param(
                            edgecolors="black", zorder=5, label="default")
         if "eval/oracle_reward_start" in rows_m:
             ax.axhline(rows_m["eval/oracle_reward_start"].mean(), color="grey", ls="--", lw=1, label="start policy")
-        if _log_axis(rows_m[x]):
+        if log_x:
             ax.set_xscale("log")
         ax.set_title(method)
         ax.set_xlabel(label(x))
@@ -80,8 +87,7 @@ def plot_score_vs_param(
         ax.set_ylabel(f"{score_label} (mean ± sd over seeds)")
     for ax in list(axes.flat)[len(methods):]:
         ax.set_visible(False)
-    fig.suptitle(f"{score_label} vs {label(x)}")
-    fig.tight_layout()
+    fig.suptitle(f"{label(score_label)} vs {label(x)}")
     return _save(fig, path)
 
 
@@ -96,7 +102,7 @@ def plot_reward_vs_kl(
     shaped by `marker_by` when it varies; the star is the starting policy (KL 0, its own reward)."""
     done = completed(runs).dropna(subset=[score, kl])
     shapes = sorted(done[marker_by].dropna().unique()) if marker_by in done and done[marker_by].nunique() > 1 else []
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(7, 4.8), layout="constrained")
     for i, (method, rows) in enumerate(done.groupby("method", sort=True)):
         colour = f"C{i % 10}"
         for value, part in rows.groupby(marker_by, sort=True) if shapes else [(None, rows)]:
@@ -114,24 +120,24 @@ def plot_reward_vs_kl(
     ax.set_title("gold reward vs KL, one point per run")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_training_curves(
     curves: pd.DataFrame, runs: pd.DataFrame, metrics: tuple[str, ...] = ("train/margin/mean", "train/pmi/delta"),
-    hue: str = "loss.beta", path: str | Path | None = None, smooth: int = 3,
+    hue: str = "loss.beta", path: str | Path | None = None, smooth: int = 1,
 ) -> plt.Figure | None:
     """Rows: `metrics`; columns: the methods that logged them; one line per (`hue`, other swept key)
-    value, averaged over seeds and smoothed with a `smooth`-point rolling mean. None without curves."""
+    value through the seed means of the logged points (markers), and with `smooth` > 1 a rolling mean
+    over that many points (named in the title). None without curves."""
     metrics = tuple(m for m in metrics if m in curves.columns and curves[m].notna().any())
     if curves.empty or not metrics:
         return None
     meta_cols = ["run", "method", *(c for c in (hue, "optim.lr") if c in runs.columns)]
     table = curves.merge(runs[meta_cols], on="run", how="inner")
     methods = sorted(table["method"].unique())
-    fig, axes = plt.subplots(len(metrics), len(methods), figsize=(5 * len(methods), 3.2 * len(metrics)),
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(len(metrics), len(methods), figsize=(5 * len(methods), 3.2 * len(metrics) + 0.8),
+                             squeeze=False, sharex=True, sharey="row", layout="constrained")
     for j, method in enumerate(methods):
         rows_m = table[table["method"] == method]
         group_keys = [k for k in (hue, "optim.lr") if k in rows_m and rows_m[k].nunique() > 1]
@@ -142,8 +148,8 @@ def plot_training_curves(
                 mean = series.groupby("step")[metric].mean().dropna()
                 if mean.empty:
                     continue
-                ax.plot(mean.index, mean.rolling(smooth, min_periods=1).mean(), **styles[values],
-                        marker="o" if len(mean) < 5 else None,
+                shown = mean.rolling(smooth, min_periods=1).mean() if smooth > 1 else mean
+                ax.plot(mean.index, shown, **styles[values], marker="o", ms=3,
                         label=_series_label(series.iloc[0], group_keys))
             if rows_m[metric].isna().all():
                 ax.text(0.5, 0.5, f"{method} does not log\n{metric}", ha="center", va="center",
@@ -153,9 +159,10 @@ def plot_training_curves(
             if i == len(metrics) - 1:
                 ax.set_xlabel("training step")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.suptitle(f"over training (mean over seeds, rolling mean of {smooth} logged points)")
-    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) // 4), 1, 1))
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8, frameon=False)
+    how = f"rolling mean of {smooth} logged points" if smooth > 1 else "each point a logged step"
+    fig.suptitle(f"over training (mean over seeds; {how})")
+    if labels:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     return _save(fig, path)
 
 

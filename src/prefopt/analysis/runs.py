@@ -26,18 +26,28 @@ from prefopt.results import read_results
 RESERVED = ("run", "status", "error", "method", "seed", "wall_time_s")
 DEFAULT_SCORE = "eval/oracle_reward"
 DEFAULT_TOLERANCE = 0.02
+DEFAULT_WINDOW = {"loss.beta": 0.5, "optim.lr": 0.5}  # decades either side of a method's best
+DEFAULT_COMPARE = ("best", "mean_regret", "regret_default")
 CURVE_METRICS = ("train/margin/mean", "train/pmi/delta")
 
 
 @dataclass
 class StudySettings:
-    """How a study is scored: the metric, the "near the best" tolerance, and the untuned value of each
-    swept key that is not a loss argument (loss arguments default to the loss class's own defaults)."""
+    """How a study is scored and compared (conf/sweep/<study>.yaml, key `sweep`): the metric, the
+    "near the best" tolerance, the untuned value of each swept key that is not a loss argument (loss
+    arguments default to the loss class's own defaults), the sensitivity window (decades either side
+    of the best, per axis), the compared statistics, the focus method (None: every pair), the
+    family-wise error rate, and natural bounds of swept keys ([low, high], None for none)."""
 
     name: str = "study"
     score: str = DEFAULT_SCORE
     tolerance: float = DEFAULT_TOLERANCE
     defaults: dict[str, Any] = field(default_factory=dict)
+    window: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WINDOW))
+    compare: tuple[str, ...] = DEFAULT_COMPARE
+    focus: str | None = None
+    alpha: float = 0.05
+    bounds: dict[str, Any] = field(default_factory=dict)
 
 
 def flat_config(tree: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +66,10 @@ def loss_class(target: str) -> type | None:
 
 
 def _method(run_dir: Path, config: dict[str, Any]) -> str:
-    """The loss config's name from Hydra's record of the job, else the loss class's `name`."""
+    """The config's `method` (a label a study's point may set, e.g. `rmipo_marginal_reference`), else
+    the loss config's name from Hydra's record of the job, else the loss class's `name`."""
+    if config.get("method"):
+        return str(config["method"])
     hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
     if hydra_yaml.exists():
         choice = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices.loss")
@@ -134,19 +147,41 @@ def study_settings(runs: pd.DataFrame, **overrides: Any) -> StudySettings:
         values = runs[column].dropna()
         return values.iloc[0] if len(values) else None
 
-    prefix = "sweep.defaults."
-    defaults = {c[len(prefix):]: first(c) for c in runs.columns if c.startswith(prefix)}
+    def section(prefix: str) -> dict[str, Any]:
+        found = {c[len(prefix):]: first(c) for c in runs.columns if c.startswith(prefix)}
+        return {k: v for k, v in found.items() if v is not None}
+
     names = list(dict.fromkeys(runs["sweep.name"].dropna().astype(str))) if "sweep.name" in runs else []
     settings = StudySettings(
         name=" + ".join(names) or "study",
         score=str(first("sweep.score") or DEFAULT_SCORE),
         tolerance=float(first("sweep.tolerance") if first("sweep.tolerance") is not None else DEFAULT_TOLERANCE),
-        defaults={k: v for k, v in defaults.items() if v is not None},
+        defaults=section("sweep.defaults."),
+        window={k: float(v) for k, v in section("sweep.window.").items()} or dict(DEFAULT_WINDOW),
+        compare=tuple(_listed(first("sweep.compare")) or DEFAULT_COMPARE),
+        focus=str(first("sweep.focus")) if first("sweep.focus") is not None else None,
+        alpha=float(first("sweep.alpha") if first("sweep.alpha") is not None else 0.05),
+        bounds={k: _listed(v) for k, v in section("sweep.bounds.").items()},
     )
     for key, value in overrides.items():
         if value is not None:
             setattr(settings, key, value)
     return settings
+
+
+def _listed(value: Any) -> list[Any]:
+    """A list config value as flat_config wrote it ("['tuned', 'mean_regret']", "[0, None]"), parsed."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    import ast
+
+    try:
+        parsed = ast.literal_eval(str(value))
+    except (ValueError, SyntaxError):
+        parsed = [part.strip() for part in str(value).strip("[]").split(",") if part.strip()]
+    return list(parsed) if isinstance(parsed, (list, tuple)) else [parsed]
 
 
 def default_point(runs: pd.DataFrame, method: str, keys: list[str], settings: StudySettings) -> dict | None:

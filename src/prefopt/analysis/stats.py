@@ -1,13 +1,34 @@
-"""The sensitivity statistics: seed-mean score per grid point, per-method summaries, bootstrap intervals.
+"""The sensitivity statistics and the verdicts between methods: the seed is the unit of replication.
 
-For a method with grid points g (its swept config values, seed excluded) and seed-mean scores μ_g:
-best = max μ_g, median, worst = min μ_g, range = best - worst, share within tolerance =
-#{g : μ_g >= best - tol} / #g, regret at default = best - μ_default (the loss's own default β and the
-study's default for other swept keys), seed sd = pooled within-point standard deviation over seeds.
-Bootstrap: resample the seeds of every grid point with replacement, recompute the statistic; the
-2.5 and 97.5 percentiles give its 95% interval. A difference between two methods exceeds seed noise
-when the 95% interval of (statistic of A - statistic of B), from independent resamples, excludes 0.
-Exercised by `pytest tests/test_analyze.py` (numbers worked out by hand).
+A method's runs form a table y[g, s]: grid point g (its swept config values, seed excluded) × seed s.
+Each compared statistic is computed *per seed* and then averaged over seeds, so seeds are the
+replicates, and two methods run on the same seeds are compared seed by seed (paired):
+
+- selection: the method's best point b is the grid point with the highest seed-mean. Its window W is
+  the points within `settings.window` decades of b on each window axis (default ±½ decade of
+  loss.beta and of optim.lr), every other swept key at b's value: the same span for every method;
+  *complete* when the grid reaches the full span on each side of b.
+- `best` = y[b, s]; `mean_regret` = y[b, s] - mean over W of y[g, s] (what a user loses who lands
+  anywhere in the window); `regret_default` = y[b, s] - y[default, s] (the loss class's own default β,
+  the study's default for other swept keys).
+- descriptive only: `share_within_tol` (share of W whose seed-mean is within the tolerance of the best),
+  `seed_sd` (pooled within-point sd), the window and the grid-edge flags.
+
+Selection is on all seeds, so every comparison is conditional on the grids: a grid maximum is biased
+upward, by the same amount for two methods with the same grid and surface (the simulated null), more
+for a flat surface than for a sharp peak (at most about σ/√n · E[max of the tied points' noise]).
+Leave-one-seed-out selection removes that bias but makes the per-seed values positively correlated:
+on the simulated null its t-test rejected 13% at a nominal 5%, so it is not used.
+
+Intervals: mean ± t(0.975, n-1)·sd/√n over the n seeds. Verdicts: for each pair (A, B) and statistic,
+the paired differences d_s = T_s(A) - T_s(B) over the seeds both have, a two-sided one-sample t-test
+of mean d = 0, and Holm's step-down over every tested comparison in the table (the family): `verdict`
+is True when the Holm-adjusted p is below `settings.alpha`. A seed-level sign-flip permutation test
+would need no normality, but with 5 seeds it has 32 sign patterns, so its smallest two-sided p is
+1/16: it could not reject at 5% even before the multiplicity correction. Seed-level scores are means
+over hundreds of evaluation prompts (close to normal); tests/test_stats_calibration.py checks the
+family-wise error and the power on simulated studies with the committed study's seed noise.
+Exercised by `pytest tests/test_analyze.py tests/test_stats_calibration.py` (numbers worked by hand).
 """
 
 from __future__ import annotations
@@ -18,27 +39,41 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats as st
 
 from prefopt.analysis.runs import StudySettings, completed, default_point, swept_keys
 
-STATS = ("best", "median", "worst", "range", "share_within_tol", "regret_default")
-COMPARED = ("best", "median", "worst", "range", "regret_default")  # the pairwise comparisons
+TESTED = ("best", "mean_regret", "regret_default")  # per-seed statistics, with intervals and tests
+WINDOW_STATS = ("mean_regret",)  # comparable only when both windows are complete
 EXTRA_METRICS = ("eval/oracle_reward_start", "eval/win_rate", "eval/kl", "eval/length")
+SPAN_SLACK = 0.06  # decades: 1-3-10 grids step by 0.477 and 0.523 decades; both count as half a decade
+PAIR_COLUMNS = ["a", "b", "stat", "diff", "lo", "hi", "n_seeds", "p", "p_holm", "verdict", "note"]
 
 
 @dataclass
 class MethodGrid:
-    """One method's grid: the points (dicts of swept values), each point's seed scores, the default."""
+    """One method's grid: the points (dicts of swept values), the (points × seeds) score table with
+    NaN where a run is missing, the seeds (columns), and the index of the default point."""
 
     method: str
     keys: list[str]
     points: list[dict[str, Any]]
-    scores: list[np.ndarray]
+    table: np.ndarray
+    seeds: list[Any]
     default_index: int | None
+
+    @property
+    def scores(self) -> list[np.ndarray]:
+        """Each point's available seed scores."""
+        return [row[np.isfinite(row)] for row in self.table]
+
+    @property
+    def means(self) -> np.ndarray:
+        return np.array([s.mean() if len(s) else np.nan for s in self.scores])
 
 
 def method_grids(runs: pd.DataFrame, settings: StudySettings) -> list[MethodGrid]:
-    """Group the completed runs with a score by method and grid point."""
+    """Group the completed runs with a score by method, grid point and seed."""
     done = completed(runs)
     if settings.score not in done.columns:
         raise KeyError(f"no run has the metric {settings.score!r}; metrics: "
@@ -48,14 +83,16 @@ def method_grids(runs: pd.DataFrame, settings: StudySettings) -> list[MethodGrid
     for method in sorted(done["method"].unique()):
         rows = done[done["method"] == method]
         keys = swept_keys(runs, method)
-        points, scores = [], []
+        seeds = sorted(rows["seed"].unique().tolist())
+        points, table = [], []
         for values, group in rows.groupby(keys, sort=True, dropna=False) if keys else [((), rows)]:
             values = values if isinstance(values, tuple) else (values,)
             points.append(dict(zip(keys, values)))
-            scores.append(group[settings.score].to_numpy(dtype=float))
+            by_seed = group.groupby("seed")[settings.score].mean()
+            table.append([by_seed.get(s, np.nan) for s in seeds])
         default = default_point(runs, method, keys, settings)
         index = next((i for i, p in enumerate(points) if default is not None and _same_point(p, default)), None)
-        grids.append(MethodGrid(method, keys, points, scores, index))
+        grids.append(MethodGrid(method, keys, points, np.array(table, dtype=float), seeds, index))
     return grids
 
 
@@ -70,28 +107,125 @@ def _same_point(point: dict[str, Any], target: dict[str, Any]) -> bool:
     return True
 
 
-def statistics(means: np.ndarray, tolerance: float, default_index: int | None) -> dict[str, np.ndarray]:
-    """The summary statistics of seed-mean scores; `means` is (P,) or (B, P) for B bootstrap draws."""
-    means = np.atleast_2d(means)
-    best = means.max(axis=1)
-    out = {
-        "best": best,
-        "median": np.median(means, axis=1),
-        "worst": means.min(axis=1),
-        "range": best - means.min(axis=1),
-        "share_within_tol": (means >= best[:, None] - tolerance - 1e-12).mean(axis=1),
-        "regret_default": best - means[:, default_index] if default_index is not None else np.full(len(best), np.nan),
-    }
+def _log10(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return float(np.log10(value)) if value > 0 else None
+
+
+def window_indices(grid: MethodGrid, centre: int, window: dict[str, float]) -> np.ndarray:
+    """The points within `window[key]` decades of point `centre` on each window axis, every other
+    swept key at the centre's value."""
+    c = grid.points[centre]
+    keep = []
+    for i, p in enumerate(grid.points):
+        inside = True
+        for key in grid.keys:
+            if key in window and _log10(p[key]) is not None and _log10(c[key]) is not None:
+                inside &= abs(_log10(p[key]) - _log10(c[key])) <= window[key] + SPAN_SLACK
+            else:
+                inside &= _same_point({key: p[key]}, {key: c[key]})
+        if inside:
+            keep.append(i)
+    return np.array(keep, dtype=int)
+
+
+def window_complete(grid: MethodGrid, centre: int, window: dict[str, float]) -> tuple[bool, str]:
+    """Whether the grid reaches `window[key]` decades on both sides of point `centre` for every window
+    axis, and a description: "beta 0.3–3 × lr 3e-05–0.0003 (9 points)", "(truncated: ...)"."""
+    c = grid.points[centre]
+    missing, spans = [], []
+    for key, decades in window.items():
+        short = key.rsplit(".", 1)[-1]
+        if key not in grid.keys or _log10(c[key]) is None:
+            missing.append(f"{short} not swept")
+            continue
+        logs = [_log10(p[key]) for p in grid.points if _log10(p[key]) is not None]
+        lo, hi = _log10(c[key]) - decades, _log10(c[key]) + decades
+        if min(logs) > lo + SPAN_SLACK:
+            missing.append(f"{short} below {10 ** lo:.2g}")
+        if max(logs) < hi - SPAN_SLACK:
+            missing.append(f"{short} above {10 ** hi:.2g}")
+        inside = [v for v in logs if lo - SPAN_SLACK <= v <= hi + SPAN_SLACK]
+        spans.append(f"{short} {format_value(10 ** min(inside))}–{format_value(10 ** max(inside))}")
+    text = " × ".join(spans) + f" ({len(window_indices(grid, centre, window))} points)"
+    return not missing, text + (f"; truncated: {', '.join(missing)}" if missing else "")
+
+
+def edge_flags(grid: MethodGrid, centre: int, bounds: dict[str, Any] | None = None) -> list[str]:
+    """For each numeric swept key, whether point `centre` is at the lowest or highest value of the
+    method's grid, e.g. ["beta at upper edge (1)"]; a value at a natural bound (`bounds[key]` =
+    [low, high]) is said so instead of flagged as an edge to extend."""
+    flags = []
+    for key in grid.keys:
+        try:
+            values = sorted({float(p[key]) for p in grid.points})
+            value = float(grid.points[centre][key])
+        except (TypeError, ValueError):
+            continue  # a categorical axis (marginal=policy|reference) has no edge
+        if len(values) < 2:
+            continue
+        low, high = (list(bounds.get(key) or [None, None]) + [None, None])[:2] if bounds else (None, None)
+        short = key.rsplit(".", 1)[-1]
+        for side, edge, bound in (("lower", values[0], low), ("upper", values[-1], high)):
+            if np.isclose(value, edge):
+                natural = bound is not None and np.isclose(value, float(bound))
+                flags.append(f"{short} at natural {side} bound ({format_value(value)})" if natural
+                             else f"{short} at {side} edge ({format_value(value)})")
+    return flags
+
+
+def per_seed(grid: MethodGrid, window: dict[str, float]) -> dict[str, np.ndarray]:
+    """Each TESTED statistic for each seed of `grid.seeds`, at the best point and window chosen on the
+    seed-means (NaN where a needed run is missing)."""
+    best = int(np.nanargmax(grid.means))
+    inside = window_indices(grid, best, window)
+    y = grid.table
+    default = y[grid.default_index] if grid.default_index is not None else np.full(len(grid.seeds), np.nan)
+    return {"best": y[best], "mean_regret": y[best] - y[inside].mean(axis=0), "regret_default": y[best] - default}
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float, int]:
+    """(mean, lo, hi, n) of the finite values: mean ± t((1+level)/2, n-1)·sd/√n; NaN bounds when n < 2."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    mean = float(values.mean())
+    if n < 2:
+        return mean, float("nan"), float("nan"), n
+    half = float(st.t.ppf((1 + level) / 2, n - 1) * values.std(ddof=1) / np.sqrt(n))
+    return mean, mean - half, mean + half, n
+
+
+def paired_t_p(diffs: np.ndarray) -> float:
+    """Two-sided p of the one-sample t-test of mean(diffs) = 0 (NaN below 2 values; a constant
+    difference gives 1 when it is 0 and 0 otherwise)."""
+    diffs = np.asarray(diffs, dtype=float)
+    diffs = diffs[np.isfinite(diffs)]
+    if len(diffs) < 2:
+        return float("nan")
+    sd = diffs.std(ddof=1)
+    if sd <= 1e-12 * max(1.0, abs(diffs.mean())):
+        return 1.0 if abs(diffs.mean()) <= 1e-12 else 0.0
+    t = diffs.mean() / (sd / np.sqrt(len(diffs)))
+    return float(2 * st.t.sf(abs(t), len(diffs) - 1))
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN entries stay NaN and are not counted in the family)."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(len(p), np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m = len(idx)
+    running = 0.0
+    for rank, i in enumerate(idx[np.argsort(p[idx], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
     return out
-
-
-def bootstrap_means(grid: MethodGrid, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, P) seed-means, each grid point's seeds resampled with replacement."""
-    columns = []
-    for scores in grid.scores:
-        idx = rng.integers(0, len(scores), size=(n_boot, len(scores)))
-        columns.append(scores[idx].mean(axis=1))
-    return np.stack(columns, axis=1)
 
 
 def pooled_seed_sd(grid: MethodGrid) -> float:
@@ -100,63 +234,102 @@ def pooled_seed_sd(grid: MethodGrid) -> float:
     return float(np.sqrt(np.mean(variances))) if variances else float("nan")
 
 
-def method_summary(
-    runs: pd.DataFrame, settings: StudySettings, n_boot: int = 2000, seed: int = 0
-) -> pd.DataFrame:
-    """One row per method: the statistics, their bootstrap 95% intervals (`<stat>_lo`, `<stat>_hi`; NaN
-    when some grid point has a single seed),
-    the best and default points, the number of points, runs and seeds, and the pooled seed sd."""
-    rng = np.random.default_rng(seed)
+def seed_noise(runs: pd.DataFrame, settings: StudySettings) -> dict[str, float]:
+    """The study's seed noise split into a seed effect shared by every grid point of a seed (same data
+    order and sampling) and the residual: y[g, s] = μ_g + u_s + e_gs, estimated by the two-way
+    decomposition over the points that have every seed. Returns {"seed_effect_sd", "residual_sd",
+    "total_sd", "points", "seeds"} (NaN where fewer than 2 points or seeds)."""
+    tables = []
+    for grid in method_grids(runs, settings):
+        full = grid.table[np.isfinite(grid.table).all(axis=1)]
+        if len(full):
+            tables.append(pd.DataFrame(full, columns=grid.seeds))
+    table = pd.concat(tables, ignore_index=True).dropna(axis=1).to_numpy() if tables else np.empty((0, 0))
+    points, seeds = table.shape if table.size else (0, 0)
+    if points < 2 or seeds < 2:
+        return {"seed_effect_sd": float("nan"), "residual_sd": float("nan"), "total_sd": float("nan"),
+                "points": points, "seeds": seeds}
+    centred = table - table.mean(axis=1, keepdims=True)
+    effect = centred.mean(axis=0)
+    residual_var = float(((centred - effect) ** 2).sum() / ((points - 1) * (seeds - 1)))
+    effect_var = max(0.0, float(effect.var(ddof=1)) - residual_var / points)
+    return {"seed_effect_sd": float(np.sqrt(effect_var)), "residual_sd": float(np.sqrt(residual_var)),
+            "total_sd": float(np.sqrt(effect_var + residual_var)), "points": points, "seeds": seeds}
+
+
+def method_summary(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
+    """One row per method: each TESTED statistic with its t-interval (`<stat>_lo`, `<stat>_hi`; NaN
+    with one seed), `share_within_tol`, the best and default points, the window and whether it is
+    complete, the grid-edge flags, the number of points, runs and seeds, and the pooled seed sd."""
     rows = []
     for grid in method_grids(runs, settings):
-        means = np.array([s.mean() for s in grid.scores])
-        point = statistics(means, settings.tolerance, grid.default_index)
-        boot = statistics(bootstrap_means(grid, n_boot, rng), settings.tolerance, grid.default_index)
+        means = grid.means
+        centre = int(np.nanargmax(means))
         row: dict[str, Any] = {"method": grid.method, "swept": ", ".join(grid.keys), "points": len(grid.points),
                                "runs": int(sum(len(s) for s in grid.scores)),
                                "seeds_per_point": int(min(len(s) for s in grid.scores))}
-        replicated = row["seeds_per_point"] >= 2
-        for name in STATS:
-            row[name] = float(point[name][0])
-            finite = replicated and np.isfinite(boot[name]).any()
-            lo, hi = np.nanpercentile(boot[name], [2.5, 97.5]) if finite else (np.nan, np.nan)
-            row[f"{name}_lo"], row[f"{name}_hi"] = float(lo), float(hi)
+        for name, values in per_seed(grid, settings.window).items():
+            mean, lo, hi, _ = t_interval(values)
+            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = mean, lo, hi
+        row["best"] = float(means[centre])  # the seed-mean, also where some seed misses a run
+        inside = window_indices(grid, centre, settings.window)
+        row["share_within_tol"] = float((means[inside] >= means[centre] - settings.tolerance - 1e-12).mean())
         row["seed_sd"] = pooled_seed_sd(grid)
-        row["best_point"] = _describe(grid.points[int(np.argmax(means))])
+        row["best_point"] = _describe(grid.points[centre])
         row["default_point"] = _describe(grid.points[grid.default_index]) if grid.default_index is not None else ""
+        row["window_complete"], row["window"] = window_complete(grid, centre, settings.window)
+        row["edges"] = "; ".join(edge_flags(grid, centre, settings.bounds))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def pairwise_differences(
-    runs: pd.DataFrame, settings: StudySettings, n_boot: int = 2000, seed: int = 0, stats: tuple[str, ...] = COMPARED
-) -> pd.DataFrame:
-    """For every pair of methods and statistic: A - B, its bootstrap 95% interval, and whether the
-    interval excludes 0 (`exceeds_noise`; None when a grid point of A or B has a single seed, so
-    that no seed noise was measured)."""
-    rng = np.random.default_rng(seed + 1)
-    grids = method_grids(runs, settings)
-    point, boot = {}, {}
-    for grid in grids:
-        means = np.array([s.mean() for s in grid.scores])
-        point[grid.method] = statistics(means, settings.tolerance, grid.default_index)
-        boot[grid.method] = statistics(bootstrap_means(grid, n_boot, rng), settings.tolerance, grid.default_index)
-    replicated = {g.method: min(len(s) for s in g.scores) >= 2 for g in grids}
+def compared_pairs(methods: list[str], focus: str | None) -> list[tuple[str, str]]:
+    """Every pair of methods, or (focus, other) for each other method when a focus is given."""
+    if focus:
+        if focus not in methods:
+            raise ValueError(f"sweep.focus={focus!r} is not a method of this study; methods: {methods}")
+        return [(focus, m) for m in methods if m != focus]
+    return list(combinations(methods, 2))
+
+
+def pairwise_differences(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
+    """One row per (a, b, stat) for the compared pairs (`settings.focus`) and statistics
+    (`settings.compare`): the paired mean difference a - b over their common seeds, its unadjusted
+    95% t-interval, n_seeds, the t-test's p, the Holm-adjusted p over the whole table, and `verdict`
+    (True: the difference holds at family-wise error `settings.alpha`; None: not tested, see `note`)."""
+    return compare_grids(method_grids(runs, settings), settings)
+
+
+def compare_grids(grids: list[MethodGrid], settings: StudySettings) -> pd.DataFrame:
+    """pairwise_differences on grids already built (the calibration test simulates them directly)."""
+    unknown = sorted(set(settings.compare) - set(TESTED))
+    if unknown:
+        raise ValueError(f"sweep.compare has {unknown}; statistics that can be compared: {list(TESTED)}")
+    by_method = {g.method: g for g in grids}
+    seeds = {m: dict(zip(g.seeds, range(len(g.seeds)))) for m, g in by_method.items()}
+    values = {m: per_seed(g, settings.window) for m, g in by_method.items()}
+    complete = {m: window_complete(g, int(np.nanargmax(g.means)), settings.window)[0] for m, g in by_method.items()}
     rows = []
-    for a, b in combinations([g.method for g in grids], 2):
-        for name in stats:
-            diff = float(point[a][name][0] - point[b][name][0])
-            draws = boot[a][name] - boot[b][name]
-            if not np.isfinite(draws).any():
-                continue
-            if not (replicated[a] and replicated[b]):  # one seed somewhere: no noise to compare with
-                rows.append({"a": a, "b": b, "stat": name, "diff": diff, "lo": np.nan, "hi": np.nan,
-                             "exceeds_noise": None})
-                continue
-            lo, hi = np.percentile(draws, [2.5, 97.5])
-            rows.append({"a": a, "b": b, "stat": name, "diff": diff, "lo": float(lo), "hi": float(hi),
-                         "exceeds_noise": bool(lo > 0 or hi < 0)})
-    return pd.DataFrame(rows, columns=["a", "b", "stat", "diff", "lo", "hi", "exceeds_noise"])
+    for a, b in compared_pairs(sorted(by_method), settings.focus):
+        common = [s for s in by_method[a].seeds if s in seeds[b]]
+        for name in settings.compare:
+            diffs = np.array([values[a][name][seeds[a][s]] - values[b][name][seeds[b][s]] for s in common])
+            diffs = diffs[np.isfinite(diffs)]
+            if not len(diffs):
+                continue  # e.g. regret at a default that is not on a grid
+            mean, lo, hi, n = t_interval(diffs)
+            note = ""
+            if n < 2:
+                note = "one seed"
+            elif name in WINDOW_STATS and not (complete[a] and complete[b]):
+                note = "window truncated: " + ", ".join(m for m in (a, b) if not complete[m])
+            rows.append({"a": a, "b": b, "stat": name, "diff": mean, "lo": lo, "hi": hi, "n_seeds": n,
+                         "p": paired_t_p(diffs) if not note else float("nan"), "note": note})
+    table = pd.DataFrame(rows, columns=[c for c in PAIR_COLUMNS if c not in ("p_holm", "verdict")])
+    table["p_holm"] = holm(table["p"].to_numpy(dtype=float))
+    table["verdict"] = pd.Series([None if np.isnan(q) else bool(q < settings.alpha) for q in table["p_holm"]],
+                                 index=table.index, dtype=object)
+    return table[PAIR_COLUMNS]
 
 
 def grid_table(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:

@@ -11,7 +11,9 @@ For B pairs, rows 0..B-1 are prompt+chosen and rows B..2B-1 prompt+rejected:
   same pairs with each prompt once (right-padded) and the responses apart (rows as above), for the
   shared-prompt pass (prefopt.logps.shared_prompt_logps); left out when a prompt is empty;
 - index (B,): each pair's index in its dataset (keys for cached reference/marginal log-probs).
-Exercised by `pytest tests/data/test_collate.py`.
+`token_counts` says how much of what a layout runs through the transformer is padding (the padded
+share that length grouping, data/sampler.py, keeps low).
+Exercised by `pytest tests/data/test_pair_collator.py`.
 """
 
 from __future__ import annotations
@@ -61,3 +63,12 @@ class PairCollator:
             batch["response_ids"] = pad_right(responses, self.pad_id)
             batch["response_attention_mask"] = pad_right([[1] * len(r) for r in responses], 0)
         return batch
+
+
+def token_counts(batch: dict[str, Tensor], shared: bool) -> tuple[int, int]:
+    """(real, processed) tokens the policy's pass over `batch` runs through the transformer: with
+    `shared`, each prompt once (B, P) plus the responses (2B, R); else the full rows (2B, L)."""
+    if shared:
+        real = int(batch["prompt_attention_mask"].sum() + batch["response_attention_mask"].sum())
+        return real, batch["prompt_ids"].numel() + batch["response_ids"].numel()
+    return int(batch["attention_mask"].sum()), batch["input_ids"].numel()

@@ -1,9 +1,12 @@
 """The Lightning DataModule: tokenizes preference rows once and serves collated pair batches.
 
 `setup()` tokenizes train and eval rows (see tokenize.py), drops pairs whose responses truncation
-leaves empty, and records counts in `self.stats`. Each item carries `index`, its position in its
+leaves empty and chat rows whose role headers alone exceed max_prompt_length, and records counts in
+`self.stats`. Each item carries `index`, its position in its
 tokenized dataset, which the collated batch passes on as keys for cached log-probs. The train loader
-shuffles with a generator seeded by `seed` (same seed, same order); the eval loader keeps order.
+shuffles with a generator seeded by `seed` (same seed, same order), optionally grouping pairs of like
+lengths (`group_by_length`) under a padded-token budget per batch (`max_tokens_per_batch`), see
+sampler.py; the eval loader keeps order.
 Exercised by `pytest tests/data/test_datamodule.py` and every `python src/run.py`.
 """
 
@@ -19,7 +22,7 @@ from tqdm.auto import tqdm
 from prefopt.data.collate import PairCollator
 from prefopt.data.errors import DataError
 from prefopt.data.sampler import ResumableLoader
-from prefopt.data.tokenize import PreEncoded, encode_row, truncate_pair
+from prefopt.data.tokenize import PreEncoded, PromptTooLong, encode_row, truncate_pair
 
 PROGRESS_MIN_ROWS = 1000
 
@@ -44,20 +47,26 @@ def tokenize_rows(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Tokenize rows; return the kept items (with `index` and source `row`) and this split's stats.
 
-    A pair whose response truncation would empty is dropped and counted, or with `strict` an error.
+    A pair whose response truncation would empty, or a chat prompt whose role headers alone exceed
+    `max_prompt_length` (tokenize.py), is dropped and counted, or with `strict` an error.
     """
     items: list[dict[str, Any]] = []
-    cut_prompts = cut_responses = 0
+    cut_prompts = cut_responses = too_long = 0
     show = len(rows) > PROGRESS_MIN_ROWS
     tokenizer = PreEncoded(tokenizer, rows)  # string rows: one batched encode of all their texts
     for i, row in enumerate(tqdm(rows, desc=f"tokenizing {split}", disable=not show)):
         try:
-            ids = encode_row(row, tokenizer, append_eos)
+            ids = encode_row(row, tokenizer, append_eos, max_prompt_length)
+        except PromptTooLong as e:
+            if strict:
+                raise DataError(f"{split} row {i}: {e} (data.strict=true makes this an error)") from e
+            too_long += 1
+            continue
         except DataError as e:
             raise DataError(f"{split} row {i}: {e}") from e
         except Exception as e:  # noqa: BLE001 - e.g. a chat template rejecting the message order
             raise DataError(f"{split} row {i}: could not tokenize ({type(e).__name__}: {e})") from e
-        item = truncate_pair(*ids, max_length, max_prompt_length, tokenizer.bos_token_id)
+        item = truncate_pair(*ids[:3], max_length, max_prompt_length, tokenizer.bos_token_id)
         if item is None:
             if strict:
                 raise DataError(
@@ -65,14 +74,15 @@ def tokenize_rows(
                     f"{max_prompt_length}) leaves no response token (data.strict=true makes this an error)"
                 )
             continue
-        cut_prompts += len(item["prompt_ids"]) < len(ids[0])
+        cut_prompts += ids.prompt_cut or len(item["prompt_ids"]) < len(ids[0])
         cut_responses += (len(item["chosen_ids"]) < len(ids[1])) + (len(item["rejected_ids"]) < len(ids[2]))
         items.append({**item, "index": len(items), "row": i})
     n = max(len(items), 1)
     stats = {
         f"{split}/rows": len(rows),
         f"{split}/pairs": len(items),
-        f"{split}/dropped_truncated": len(rows) - len(items),
+        f"{split}/dropped_truncated": len(rows) - len(items) - too_long,
+        f"{split}/dropped_prompt_too_long": too_long,
         f"{split}/truncated_prompts": cut_prompts,
         f"{split}/truncated_responses": cut_responses,
         f"{split}/mean_prompt_tokens": sum(len(it["prompt_ids"]) for it in items) / n,
@@ -107,6 +117,8 @@ class PreferenceDataModule(L.LightningDataModule):
         marginal_prefix: str = "",
         strict: bool = False,
         append_eos: bool = True,
+        group_by_length: bool = False,
+        max_tokens_per_batch: Optional[int] = None,
     ):
         super().__init__()
         if max_length < 2 or (max_prompt_length is not None and max_prompt_length < 1):
@@ -119,6 +131,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.num_workers, self.strict, self.append_eos = seed, num_workers, strict, append_eos
+        self.group_by_length, self.max_tokens_per_batch = group_by_length, max_tokens_per_batch
         start, pad = start_and_pad_ids(tokenizer)
         marker = tokenizer(marginal_prefix, add_special_tokens=False)["input_ids"] if marginal_prefix else []
         self.collator = PairCollator(pad_id=pad, start_ids=[start, *marker])
@@ -167,6 +180,9 @@ class PreferenceDataModule(L.LightningDataModule):
             seed=self.seed,
             rank=trainer.global_rank if trainer is not None else 0,
             world=trainer.world_size if trainer is not None else 1,
+            lengths=self.train_lengths() if self.group_by_length or self.max_tokens_per_batch else None,
+            group_by_length=self.group_by_length,
+            max_tokens=self.max_tokens_per_batch,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -174,6 +190,11 @@ class PreferenceDataModule(L.LightningDataModule):
         if trainer is not None and trainer.global_step > 0:
             loader.resume_from(trainer.global_step * trainer.accumulate_grad_batches)
         return loader
+
+    def train_lengths(self) -> list[tuple[int, int, int]]:
+        """(prompt, chosen, rejected) token counts of every train pair, in dataset order."""
+        self.setup()
+        return [(len(it["prompt_ids"]), len(it["chosen_ids"]), len(it["rejected_ids"])) for it in self.train_dataset]
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()

@@ -53,12 +53,43 @@ def _pick_split(splits: dict[str, Any], split: Optional[str], path: Path) -> Any
     return splits[split]
 
 
+def _not_utf8(path: Path, raw: bytes, err: UnicodeDecodeError, first_line: int = 1) -> DataError:
+    """A DataError naming the file, line and column of the byte of `raw` that is not UTF-8
+    (`first_line`: the number of the line `raw` starts with)."""
+    line_start = raw.rfind(b"\n", 0, err.start) + 1
+    line_no = first_line + raw.count(b"\n", 0, err.start)
+    return DataError(f"{path}, line {line_no}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                     f"{err.start - line_start + 1}); re-save the file as UTF-8")
+
+
+def _decode_line(raw: bytes, path: Path, line_no: int) -> str:
+    """One line of a text file as UTF-8, or a DataError naming the file and line."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, raw, e, line_no) from None
+
+
+def _read_parquet(path: Path, max_rows: Optional[int]) -> list[dict]:
+    """Rows of a parquet file, or a DataError naming the file when it is not readable parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: not a readable parquet file ({first})") from None
+    return _cap(table.to_pylist(), max_rows)
+
+
 def _read_jsonl(path: Path, max_rows: Optional[int]) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
             if max_rows is not None and len(rows) >= max_rows:
                 break
+            line = _decode_line(raw, path, line_no)
             if not line.strip():
                 continue
             try:
@@ -72,9 +103,13 @@ def _read_jsonl(path: Path, max_rows: Optional[int]) -> list[dict]:
 
 
 def _read_json(path: Path, split: Optional[str], max_rows: Optional[int]) -> list:
+    raw = path.read_bytes()
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, raw, e) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         hint = " (one object per line is JSON Lines: name the file .jsonl)" if e.msg == "Extra data" else ""
         raise DataError(f"{path}: broken JSON ({e.msg} at line {e.lineno}, column {e.colno}){hint}") from None
@@ -161,9 +196,7 @@ def load_rows(path: str | os.PathLike, split: Optional[str] = None, max_rows: Op
             rows = _read_json(p, split, max_rows)
         elif suffix == ".parquet":
             _no_splits(p, split)
-            import pyarrow.parquet as pq
-
-            rows = _cap(pq.read_table(p).to_pylist(), max_rows)
+            rows = _read_parquet(p, max_rows)
         else:
             raise DataError(f"{p}: unsupported file type '{suffix}' (use one of {', '.join(FILE_SUFFIXES)})")
     elif HUB_ID.match(str(path)) and not str(path).lower().endswith(FILE_SUFFIXES):

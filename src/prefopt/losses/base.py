@@ -84,12 +84,14 @@ class PreferenceLoss(ABC):
 
     `marginal_source` says which model the marginal log-probs come from: "policy" (the live policy)
     or "reference" (the frozen starting policy, cacheable). Only meaningful when `needs_marginal`.
+    `needs_progress`: the loss follows a schedule over training (a run of unknown length refuses it).
     """
 
     name: str = "base"
     needs_reference: bool = False
     needs_marginal: bool = False
     marginal_source: str = "policy"
+    needs_progress: bool = False  # its settings follow `progress`: the run must know its length in steps
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

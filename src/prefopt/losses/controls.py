@@ -25,6 +25,7 @@ class SimPOAnnealedLoss(SimPOLoss):
     """SimPO with the margin ratio annealed linearly from `gamma_beta_ratio` to `gamma_beta_ratio_end`."""
 
     name = "simpo_anneal"
+    needs_progress = True
 
     def __init__(
         self,

@@ -36,7 +36,7 @@ from prefopt.errors import ConfigError
 from prefopt.generation import sample
 from prefopt.models import build_tiny, load_policy
 from prefopt.sft import train_causal_lm
-from prefopt.tasks.base import Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean
+from prefopt.tasks.base import Built, Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean
 from prefopt.tasks.imdb_data import csv_path, load_reviews, prompts_from, split_reviews, take
 from prefopt.tasks.imdb_reward import CHECK_WORDS, SentimentReward, accuracy, first_words, train_classifier
 
@@ -281,7 +281,7 @@ class ImdbTask(Task):
         }
         (out / "imdb_meta.json").write_text(json.dumps(meta, indent=1))
 
-    def _build_pairs(self, out: Path, model, tok, reward: SentimentReward) -> None:
+    def _build_pairs(self, out: Path, model, tok, reward: SentimentReward) -> dict[str, int]:
         start = time.time()
         prompts = self.pair_prompts()
         k = self.samples_per_prompt
@@ -304,6 +304,7 @@ class ImdbTask(Task):
             "pairs_seconds": time.time() - start,
         }
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        return {"pairs.jsonl": len(rows)}
 
     def _tiny_policy(
         self, model_cfg: Any, arch: dict[str, Any], cache_root: Path, info: dict[str, Any]
@@ -316,11 +317,12 @@ class ImdbTask(Task):
         policy_key = self.sft_key(tok_key, arch)
         _log(f"SFT policy {policy_key}: tiny Llama {arch}, {self.sft_steps} steps x "
              f"{self.sft_batch_size} x {self.sft_seq_len} tokens")
-        policy = cached_dir(cache_root, "imdb_sft", policy_key, lambda d: self._build_sft(d, tok_dir, arch))
+        sft_build = Built(lambda d: self._build_sft(d, tok_dir, arch))
+        policy = cached_dir(cache_root, "imdb_sft", policy_key, sft_build)
         smeta = json.loads((policy / "imdb_meta.json").read_text())
         _log(f"SFT policy: {smeta['n_params'] / 1e6:.2f}M params, loss {smeta['sft_first_loss']:.2f} -> "
              f"{smeta['sft_final_loss']:.2f} over {smeta['trained_tokens'] / 1e6:.2f}M tokens, "
-             f"built in {smeta['sft_seconds']:.0f}s")
+             f"{sft_build.origin(smeta['sft_seconds'], policy)}")
         info.update({"imdb/sft_key": policy_key, "imdb/sft_final_loss": smeta["sft_final_loss"]})
         return policy, policy_key
 
@@ -358,17 +360,19 @@ class ImdbTask(Task):
         _log(f"pairs {pairs_key}: {self.n_pair_prompts} prompts x {self.samples_per_prompt} continuations "
              f"of up to {self.max_new_tokens} tokens")
 
-        def build_pairs(out: Path) -> None:
+        def build_pairs(out: Path) -> dict[str, int]:
             model, tok = load()  # load_policy gives a pad token where the tokenizer has none
-            self._build_pairs(out, model, tok, reward)
+            return self._build_pairs(out, model, tok, reward)
 
-        pairs_dir = cached_dir(cache_root, "imdb_pairs", pairs_key, build_pairs)
+        pairs_build = Built(build_pairs)
+        pairs_dir = cached_dir(cache_root, "imdb_pairs", pairs_key, pairs_build)
         pmeta = json.loads((pairs_dir / "meta.json").read_text())
         _log(f"{pmeta['n_pairs']} pairs ({pmeta['ties_dropped']} ties dropped); starting policy's samples "
              f"score {pmeta['sample_reward']:.3f} (real review openings "
              f"{rmeta['test_mean_reward_first_40_words']:.3f}), "
-             f"mean best-worst gap {pmeta['sample_reward_gap']:.3f}; built in {pmeta['pairs_seconds']:.0f}s")
-        train_rows, eval_rows = load_pairs_split(pairs_dir / "pairs.jsonl", self.eval_fraction)
+             f"mean best-worst gap {pmeta['sample_reward_gap']:.3f}; "
+             f"{pairs_build.origin(pmeta['pairs_seconds'], pairs_dir)}")
+        train_rows, eval_rows = load_pairs_split(pairs_dir / "pairs.jsonl", self.eval_fraction, pmeta["n_pairs"])
         info.update({
             "imdb/pairs_key": pairs_key,
             "imdb/pairs_file": str(pairs_dir / "pairs.jsonl"),

@@ -3,7 +3,8 @@
 `SortTask.build` trains a tiny Llama on noisy sorting demonstrations (see sort_oracle.DEMO_MIX),
 samples pairs of answers from it, labels them with the length-biased judge, and returns them with
 held-out prompts and the gold oracle. Both artifacts live in the prefopt cache keyed by every
-setting they depend on, so a sweep builds them once. Exercised by `python src/run.py data=sort`
+setting they depend on, so a sweep builds them once; the cache verifies their checksums and the pair
+count on every use (tests/test_cache_faults.py). Exercised by `python src/run.py data=sort`
 and `pytest tests/tasks/test_sort_task.py`.
 """
 
@@ -25,7 +26,7 @@ from prefopt.errors import ConfigError
 from prefopt.generation import sample
 from prefopt.models import build_tiny
 from prefopt.sft import train_causal_lm
-from prefopt.tasks.base import Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean
+from prefopt.tasks.base import Built, Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean
 from prefopt.tasks.sort_oracle import (
     DIGITS, SEPARATOR, SortOracle, demonstration, judge_pair, make_prompts, oracle_reward,
     prompt_string,
@@ -197,7 +198,7 @@ class SortTask(Task):
         }
         (out / "sort_meta.json").write_text(json.dumps(meta, indent=1))
 
-    def _build_pairs(self, out: Path, policy: Path) -> None:
+    def _build_pairs(self, out: Path, policy: Path) -> dict[str, int]:
         start = time.time()
         tok = AutoTokenizer.from_pretrained(policy)
         model = AutoModelForCausalLM.from_pretrained(policy)
@@ -233,28 +234,31 @@ class SortTask(Task):
             "pairs_seconds": time.time() - start,
         }
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        return {"pairs.jsonl": len(rows)}
 
     def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
         arch = tiny_architecture(model_cfg)
         sft_key = self.sft_key(arch)
         _log(f"SFT policy {sft_key}: {self.n_sft} demos, {self.sft_steps} steps, tiny {arch or 'defaults'}")
-        policy = cached_dir(cache_root, "sort_sft", sft_key, lambda d: self._build_sft(d, arch))
+        sft_build = Built(lambda d: self._build_sft(d, arch))
+        policy = cached_dir(cache_root, "sort_sft", sft_key, sft_build)
         sft_meta = json.loads((policy / "sort_meta.json").read_text())
         _log(
             f"SFT policy oracle reward {sft_meta['sft_oracle_reward']:.3f} "
             f"(untrained {sft_meta['init_oracle_reward']:.3f}, demos {sft_meta['demo_oracle_reward']:.3f}, "
-            f"perfect 1.0), built in {sft_meta['sft_seconds']:.0f}s"
+            f"perfect 1.0), {sft_build.origin(sft_meta['sft_seconds'], policy)}"
         )
         pairs_key = self.pairs_key(sft_key)
         _log(f"pairs {pairs_key}: {self.n_pair_prompts} prompts x {self.samples_per_prompt} samples")
-        pairs_dir = cached_dir(cache_root, "sort_pairs", pairs_key, lambda d: self._build_pairs(d, policy))
+        pairs_build = Built(lambda d: self._build_pairs(d, policy))
+        pairs_dir = cached_dir(cache_root, "sort_pairs", pairs_key, pairs_build)
         meta = json.loads((pairs_dir / "meta.json").read_text())
         _log(
             f"{meta['n_pairs']} pairs ({meta['ties_dropped']} ties dropped), judge agrees with oracle "
-            f"on {meta['judge_oracle_agreement']:.1%} of pairs the oracle separates, built in "
-            f"{meta['pairs_seconds']:.0f}s"
+            f"on {meta['judge_oracle_agreement']:.1%} of pairs the oracle separates, "
+            f"{pairs_build.origin(meta['pairs_seconds'], pairs_dir)}"
         )
-        train_rows, eval_rows = load_pairs_split(pairs_dir / "pairs.jsonl", self.eval_fraction)
+        train_rows, eval_rows = load_pairs_split(pairs_dir / "pairs.jsonl", self.eval_fraction, meta["n_pairs"])
         info = {
             "sort/sft_key": sft_key,
             "sort/pairs_key": pairs_key,

@@ -1,0 +1,129 @@
+"""Before training: estimate what the run will write and stop, in one line, where a folder lacks the room.
+
+The output folder receives the checkpoints (`prefopt.checkpointing.checkpoints_at_once` files of
+weights + AdamW state; a LoRA checkpoint holds only the adapters) and `model/` (the whole policy, LoRA
+merged); the cache folder receives the log-prob tables (a few numbers per pair). Sizes come from the
+loaded policy's own parameters and dtypes. `prefopt.runner` calls `check_disk_space` just before fit.
+Exercised by `pytest tests/test_disk.py` (shutil.disk_usage mocked).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prefopt.checkpointing import checkpoints_at_once
+from prefopt.errors import ConfigError
+from prefopt.model_setup import is_lora
+
+CACHE_BYTES_PER_PAIR = 96  # reference + marginal tables: float32 log-prob and int64 count per response
+CACHE_SLACK = 16 * 2**20   # manifests, the start policy's evaluation cache
+
+
+class DiskSpaceError(ConfigError):
+    """A folder cannot hold what the run will write; the message says how much and what to change."""
+
+
+@dataclass
+class DiskEstimate:
+    checkpoint_bytes: int   # one checkpoint file (or sharded folder)
+    checkpoints: int        # files that can exist at once
+    model_bytes: int        # model/ (the whole policy, adapters merged)
+    cache_bytes: int
+
+    @property
+    def output_bytes(self) -> int:
+        return self.checkpoints * self.checkpoint_bytes + self.model_bytes
+
+
+def _bytes(params) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def checkpoint_bytes(policy: torch.nn.Module, zero3: bool = False) -> int:
+    """Weights saved + AdamW's two moments per trainable weight (same dtype as the weight); DeepSpeed also
+    saves fp32 master weights and fp32 moments (12 bytes per trainable weight)."""
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    saved = trainable if is_lora(policy) else list(policy.parameters())
+    optimizer = 12 * sum(p.numel() for p in trainable) if zero3 else 2 * _bytes(trainable)
+    return _bytes(saved) + optimizer
+
+
+def model_bytes(policy: torch.nn.Module) -> int:
+    """model/: every weight except LoRA's adapters, which are merged into them."""
+    return _bytes(p for name, p in policy.named_parameters() if "lora_" not in name)
+
+
+def total_steps(trainer: Any, train_pairs: int, batch_size: int) -> int:
+    """Optimizer steps of the fit: max_steps, or epochs × batches per epoch / accumulation."""
+    if trainer.max_steps and trainer.max_steps > 0:
+        return int(trainer.max_steps)
+    batches = math.ceil(train_pairs / max(1, trainer.world_size * batch_size))
+    return max(1, int(trainer.max_epochs or 1)) * math.ceil(batches / max(1, trainer.accumulate_grad_batches))
+
+
+def estimate(cfg: Any, policy: torch.nn.Module, steps: int, pairs: int, zero3: bool = False) -> DiskEstimate:
+    return DiskEstimate(
+        checkpoint_bytes=checkpoint_bytes(policy, zero3),
+        checkpoints=checkpoints_at_once(cfg, steps),
+        model_bytes=model_bytes(policy),
+        cache_bytes=CACHE_BYTES_PER_PAIR * pairs + CACHE_SLACK if cfg.get("logp_cache", True) else 0,
+    )
+
+
+def gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _existing(path: Path) -> Path:
+    """The folder itself or its nearest existing parent (the run folder may not exist yet)."""
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def same_filesystem(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def describe(est: DiskEstimate) -> str:
+    return (f"{est.checkpoints} checkpoint(s) × {gb(est.checkpoint_bytes)} + model/ {gb(est.model_bytes)}"
+            if est.checkpoints else f"model/ {gb(est.model_bytes)}, no checkpoints")
+
+
+def check(est: DiskEstimate, output_dir: Path, cache_dir: Path) -> str:
+    """Raise DiskSpaceError when a folder's filesystem has less free space than the run needs there;
+    returns the one-line summary the runner prints. Two folders on one filesystem add up."""
+    out, cache = _existing(output_dir), _existing(cache_dir)
+    same = same_filesystem(out, cache)
+    needs = [(output_dir, out, est.output_bytes + (est.cache_bytes if same else 0), describe(est))]
+    if not same:
+        needs.append((cache_dir, cache, est.cache_bytes, "log-prob caches"))
+    for folder, existing, need, what in needs:
+        free = shutil.disk_usage(existing).free
+        if need > free:
+            fix = ("set checkpoint.keep=1 or checkpoint.enabled=false, free space, or write elsewhere "
+                   "(hydra.run.dir=...)") if folder == output_dir else "free space or set paths.cache_dir=..."
+            raise DiskSpaceError(f"not enough disk space for {folder}: the run writes about {gb(need)} there "
+                                 f"({what}) but {gb(free)} is free; {fix}")
+    free = shutil.disk_usage(out).free
+    return f"[prefopt] disk: about {gb(est.output_bytes)} to write ({describe(est)}), {gb(free)} free"
+
+
+def check_disk_space(cfg: Any, trainer: Any, policy: torch.nn.Module, output_dir: Path, cache_dir: Path,
+                     train_pairs: int, eval_pairs: int = 0) -> None:
+    """The runner's call: estimate from the trainer and policy, check, print the summary on rank 0."""
+    from prefopt.gather import is_sharded
+
+    zero3 = is_sharded(trainer.strategy) and "DeepSpeed" in type(trainer.strategy).__name__
+    steps = total_steps(trainer, train_pairs, int(cfg.data.batch_size))
+    line = check(estimate(cfg, policy, steps, train_pairs + eval_pairs, zero3), output_dir, cache_dir)
+    if trainer.is_global_zero:
+        print(line)

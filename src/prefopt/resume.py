@@ -1,0 +1,158 @@
+"""Resuming only what was started: checkpoints carry a record of the run, checked before resuming.
+
+Every checkpoint the trainer writes carries `prefopt_run`: the resolved config (less the keys a resume
+may change, `RESUMABLE_KEYS`), fingerprints of the tokenized train and eval pairs (which fixes the rows,
+their order, the train/eval split and the tokenization) and of the tokenizer. Resuming against a run
+whose record differs stops with one line naming what changed (`ResumeMismatch`); the run does not
+rebuild a split or tokenizer to match the checkpoint, it refuses. The check runs before fit, reading
+only the record of the checkpoint file (memory-mapped, so a 7B checkpoint costs no load), and again
+when Lightning restores a checkpoint it picked itself (SLURM's `hpc_ckpt_*.ckpt` after a requeue).
+
+`ckpt_path`: null (fresh; under SLURM Lightning resumes its own requeue checkpoint), `last` (the newest
+`checkpoints/last*.ckpt` or `hpc_ckpt_*.ckpt` of the run folder; none is an error), `last_or_fresh`
+(the same, or a fresh start when there is none) or a path. Exercised by `pytest tests/test_resume.py`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from prefopt.cache import fingerprint
+from prefopt.errors import ResumeMismatch
+
+RECORD_KEY = "prefopt_run"
+RECORD_VERSION = 1
+# config keys a resumed run may change: how long and how it trains no further, where it writes, what it logs
+RESUMABLE_KEYS = (
+    "trainer.max_steps", "trainer.max_epochs", "trainer.val_check_interval", "trainer.log_every_n_steps",
+    "trainer.num_sanity_val_steps", "trainer.enable_model_summary", "logger", "paths", "eval", "ckpt_path",
+    "checkpoint", "threads", "tags", "objective", "method", "sweep", "data.eval_batch_size", "logp_cache",
+    "share_prompt",
+)
+
+
+def flat_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of a resolved config, leaving out RESUMABLE_KEYS (and what is under them)."""
+    node = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if name in RESUMABLE_KEYS:
+            continue
+        if isinstance(value, dict) and value:
+            out.update(flat_config(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Digest of a tokenizer's vocabulary (token -> id) and special tokens."""
+    vocab = sorted(tokenizer.get_vocab().items()) if hasattr(tokenizer, "get_vocab") else len(tokenizer)
+    special = getattr(tokenizer, "special_tokens_map", {})
+    return fingerprint(vocab, special)
+
+
+def run_record(cfg: DictConfig, data: Any, tokenizer: Any) -> dict[str, Any]:
+    """What a checkpoint of this run must match to be resumed by it."""
+    from prefopt.logp_cache import pairs_fingerprint
+
+    data.setup()
+    return {
+        "version": RECORD_VERSION,
+        "config": flat_config(cfg),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "train_pairs": pairs_fingerprint(data.train_dataset),
+        "eval_pairs": pairs_fingerprint(data.eval_dataset),
+    }
+
+
+def differences(saved: dict[str, Any], now: dict[str, Any], limit: int = 4) -> list[str]:
+    """What differs between a checkpoint's record and this run's, most telling first."""
+    found = []
+    if saved.get("tokenizer") != now["tokenizer"]:
+        found.append("the tokenizer (a rebuilt or different tokenizer: token ids no longer mean the same)")
+    for split in ("train", "eval"):
+        if saved.get(f"{split}_pairs") != now[f"{split}_pairs"]:
+            found.append(f"the {split} pairs (rows, order, split or tokenization)")
+    old, new = saved.get("config", {}), now["config"]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, "<unset>") != new.get(key, "<unset>"):
+            found.append(f"{key} {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
+    return found if len(found) <= limit else [*found[:limit], f"{len(found) - limit} more"]
+
+
+def check_record(saved: dict[str, Any] | None, now: dict[str, Any], ckpt: str) -> None:
+    """Raise ResumeMismatch (one line) when the checkpoint's record differs from this run's."""
+    if saved is None:
+        print(f"[prefopt] warning: {ckpt} records no run (saved by an older prefopt): resumed unchecked",
+              file=sys.stderr)
+        return
+    changed = differences(saved, now)
+    if changed:
+        raise ResumeMismatch(f"cannot resume from {ckpt}: this run differs from the one that saved it in "
+                             f"{'; '.join(changed)}. Resume with the same settings and data, or start a "
+                             "fresh run in a new folder (without ckpt_path)")
+
+
+def read_record(ckpt: Path) -> dict[str, Any] | None:
+    """The run record of a checkpoint file, read without loading its tensors (memory-mapped)."""
+    import torch
+
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise ResumeMismatch(f"cannot resume from {ckpt}: the file is unreadable ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}); delete it or pick another") from None
+    return checkpoint.get(RECORD_KEY) if isinstance(checkpoint, dict) else None
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    """The newest `checkpoints/last*.ckpt` or SLURM `hpc_ckpt_*.ckpt` of a run folder, if any."""
+    found = [*(output_dir / "checkpoints").glob("last*.ckpt"), *output_dir.glob("hpc_ckpt_*.ckpt")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def resolve_ckpt_path(value: str | None, output_dir: Path) -> str | None:
+    """The checkpoint `ckpt_path` asks for, as a path (None: a fresh start); one-line errors."""
+    if value in (None, "", "null"):
+        return None
+    if value in ("last", "last_or_fresh"):
+        found = last_checkpoint(output_dir)
+        if found is not None:
+            return str(found)
+        if value == "last_or_fresh":
+            print(f"[prefopt] ckpt_path=last_or_fresh: no checkpoint in {output_dir / 'checkpoints'}, starting fresh")
+            return None
+        raise ResumeMismatch(f"ckpt_path=last: {output_dir / 'checkpoints'} has no last.ckpt, so there is nothing "
+                             "to resume; set hydra.run.dir to the interrupted run's folder, or use "
+                             "ckpt_path=last_or_fresh to start fresh when there is none")
+    if not Path(value).exists():
+        raise ResumeMismatch(f"ckpt_path={value}: no such checkpoint")
+    return str(value)
+
+
+class RunRecord(Callback):
+    """Writes the run record into every checkpoint and checks it on every restore. `check(ckpt)`
+    checks a checkpoint file before fit starts; `info` gets `resumed_from` (path and step)."""
+
+    def __init__(self, cfg: DictConfig, data: Any, tokenizer: Any, info: dict[str, Any]) -> None:
+        self.record = run_record(cfg, data, tokenizer)
+        self.info = info
+
+    def check(self, ckpt: str | None) -> None:
+        if ckpt is not None and Path(ckpt).is_file():  # a sharded checkpoint (a folder) is checked on load
+            check_record(read_record(Path(ckpt)), self.record, ckpt)
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RECORD_KEY] = self.record
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        ckpt = str(getattr(trainer, "ckpt_path", None) or "the checkpoint")
+        check_record(checkpoint.get(RECORD_KEY), self.record, ckpt)
+        self.info["resumed_from"] = {"checkpoint": ckpt, "step": int(checkpoint.get("global_step", 0))}

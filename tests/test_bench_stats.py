@@ -1,0 +1,30 @@
+"""Benchmark statistics (benchmarks/bench_stats.py): hand-worked t-intervals of means and paired ratios."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from bench_stats import mean_interval, ratio_interval  # noqa: E402
+
+
+def test_mean_interval_hand_worked():
+    # mean 2, sd 1, n 3: half width t(0.975, 2) * 1 / sqrt(3) = 4.3027 / 1.7321 = 2.4841
+    mean, low, high = mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert low == pytest.approx(2 - 2.4841, abs=1e-4) and high == pytest.approx(2 + 2.4841, abs=1e-4)
+
+
+def test_ratio_interval_is_paired_on_the_log_scale():
+    # every round twice as slow on side a, whatever the round's load: the ratio is exactly 2
+    ratio, low, high = ratio_interval([2.0, 8.0, 4.0], [1.0, 4.0, 2.0])
+    assert ratio == pytest.approx(2.0) and low == pytest.approx(2.0) and high == pytest.approx(2.0)
+    # log ratios log 2 and log 8 (mean log 4, sd sqrt(2) log 2): exp(log 4 +- 12.706 * log 2)
+    ratio, low, high = ratio_interval([2.0, 8.0], [1.0, 1.0])
+    assert ratio == pytest.approx(4.0)
+    assert math.log(high / ratio) == pytest.approx(12.7062 * math.log(2), rel=1e-4)
+    with pytest.raises(ValueError, match="as many values"):
+        ratio_interval([1.0], [1.0, 2.0])

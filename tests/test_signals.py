@@ -1,0 +1,87 @@
+"""Honest interrupts (prefopt.signals): SIGINT and SIGTERM during training save a checkpoint with the
+default `checkpoint.every_n_train_steps=0`, record `status: interrupted` with the signal and step,
+print how to resume, exit 130 / 143, and the resumed run ends with the uninterrupted run's metrics;
+a signal before training records the interrupt without a traceback; under SLURM Lightning requeues."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from test_resume import metrics
+from test_run import ROOT, SMALL_SORT, run_cli
+
+ARGS = [*SMALL_SORT, "loss=dpo", "trainer.max_steps=100", "logger=none"]
+
+
+def start(args, cache_root, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PREFOPT_CACHE": str(cache_root)}
+    return subprocess.Popen([sys.executable, str(ROOT / "src" / "run.py"), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def interrupt_when(proc, marker, signum):
+    """Send `signum` once stdout shows `marker`; returns (stdout, stderr) at exit."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            proc.send_signal(signum)
+            break
+    out, err = proc.communicate(timeout=240)
+    return "".join(seen) + out, err
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cache_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("full")
+    proc = run_cli([*ARGS, f"hydra.run.dir={tmp / 'run'}"], cache_root, tmp)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return metrics(tmp / "run")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_in_training_checkpoints_records_and_resumes_exactly(signum, uninterrupted, cache_root, tmp_path):
+    run_dir = tmp_path / "run"
+    victim = start([*ARGS, f"hydra.run.dir={run_dir}"], cache_root, tmp_path)
+    _, err = interrupt_when(victim, "step 20/100", signum)
+    assert victim.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["signal"] == signal.Signals(signum).name
+    assert 20 <= results["step"] < 100 and results["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()  # although every_n_train_steps=0
+    assert "Traceback" not in err and f"at step {results['step']}" in err
+    hint = [line for line in err.splitlines() if "resume with:" in line]
+    assert len(hint) == 1 and hint[0].endswith(f"hydra.run.dir={run_dir} ckpt_path=last")
+
+    proc = run_cli([*ARGS, f"hydra.run.dir={run_dir}", "ckpt_path=last"], cache_root, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert metrics(run_dir) == uninterrupted
+    resumed = json.loads((run_dir / "results.json").read_text())["info"]["resumed_from"]
+    assert resumed["step"] == results["step"]
+
+
+def test_signal_before_training_is_recorded_without_traceback(cache_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start([*ARGS, f"hydra.run.dir={run_dir}"], cache_root, tmp_path)
+    _, err = interrupt_when(proc, "[sort]", signal.SIGINT)  # while the task is being set up
+    assert proc.returncode == 130
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["status"], results["signal"], results["step"]) == ("interrupted", "SIGINT", 0)
+    assert "no checkpoint was saved" in err and "Traceback" not in err
+
+
+def test_slurm_runs_get_lightning_requeue(monkeypatch):
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from prefopt.signals import slurm_plugins
+
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    assert slurm_plugins() == []
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "prefopt-sweep")
+    (env,) = slurm_plugins()
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal == signal.SIGUSR1
