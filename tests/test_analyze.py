@@ -247,8 +247,8 @@ def test_analyze_writes_report_tables_and_figures(multirun, tmp_path):
     assert list(pairs.columns) == PAIR_COLUMNS and len(pairs) == len(pairs[["a", "b", "stat"]].drop_duplicates())
     text = written["sensitivity.md"].read_text()
     assert "| **dpo** | 0.820 [" in text and "regret at default" in text
-    assert "No difference holds at the family-wise error rate." in text  # two seeds, 3 comparisons tested
-    assert "every pair of methods × (best, mean regret in the window, regret at default), 3 comparisons" in text
+    assert "No difference holds at the family-wise error rate." in text  # two seeds: 4 comparisons tested
+    assert "every pair of methods × (best, mean regret in the window, regret at default), 4 comparisons" in text
     assert "beta=-1,seed=0" in text and "loss.beta must be a number > 0" in text  # the failed run
     curves = pd.read_csv(written["curves.csv"])
     assert set(curves["run"].str.split("/").str[0]) == {"rmipo"} and len(curves) == 4 * 30  # no summary rows

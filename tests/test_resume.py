@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from test_run import ROOT, SMALL_SORT, run_cli
 
 ARGS = [*SMALL_SORT, "trainer.max_steps=100", "checkpoint.every_n_train_steps=20", "logger=none"]
@@ -49,3 +51,69 @@ def test_sigkill_and_resume_matches_uninterrupted(cache_root, tmp_path):
     proc = run_cli([*ARGS, f"hydra.run.dir={run_dir}", "ckpt_path=last"], cache_root, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert metrics(run_dir) == metrics(tmp_path / "full")
+
+
+# ---- resumes check what they resume (prefopt.resume) ----------------------------------------------
+SHORT = [*SMALL_SORT, "loss=dpo", "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(cache_root, tmp_path_factory):
+    """A short run's folder with its last.ckpt and no results.json (as if it had been stopped)."""
+    tmp = tmp_path_factory.mktemp("stopped")
+    proc = run_cli([*SHORT, f"hydra.run.dir={tmp / 'run'}"], cache_root, tmp)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp / "run"
+
+
+@pytest.mark.parametrize("change,named", [
+    (["loss.beta=0.2"], "loss.beta 0.1 -> 0.2"),
+    (["loss=ipo"], "loss._target_ 'prefopt.losses.DPOLoss' -> 'prefopt.losses.IPOLoss'"),
+    (["seed=1"], "seed 0 -> 1"),
+    (["data.source.judge_bias=0.5"], "the train pairs"),
+])
+def test_resume_with_other_settings_or_data_is_refused(stopped_run, cache_root, tmp_path, change, named):
+    (stopped_run / "results.json").unlink(missing_ok=True)
+    proc = run_cli([*SHORT, *change, f"hydra.run.dir={stopped_run}", "ckpt_path=last"], cache_root, tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert f"cannot resume from {stopped_run / 'checkpoints' / 'last.ckpt'}" in line and named in line
+    assert json.loads((stopped_run / "results.json").read_text())["status"] == "failed"
+
+
+def test_resume_after_rows_are_added_names_tokenizer_and_pairs(cache_root, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"{i} plus {i} is", "chosen": f" {2 * i}", "rejected": f" {2 * i + 1}"} for i in range(40)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["data=jsonl", f"data.path={pairs}", "loss=dpo", "logger=none", "trainer.max_steps=2",
+            "model.vocab_size=300", f"hydra.run.dir={tmp_path / 'run'}"]
+    assert run_cli(args, cache_root, tmp_path).returncode == 0
+    (tmp_path / "run" / "results.json").unlink()
+    with pairs.open("a") as fh:
+        fh.write(json.dumps({"prompt": "zebra quagga", "chosen": " xylophone", "rejected": " yak"}) + "\n")
+    proc = run_cli([*args, "ckpt_path=last"], cache_root, tmp_path)
+    assert proc.returncode == 1
+    assert "the tokenizer (a rebuilt or different tokenizer" in proc.stderr and "the train pairs" in proc.stderr
+
+
+def test_ckpt_path_last_without_a_checkpoint_stops_unless_fresh_is_allowed(cache_root, tmp_path):
+    proc = run_cli([*SHORT, f"hydra.run.dir={tmp_path / 'a'}", "ckpt_path=last"], cache_root, tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"ckpt_path=last: {tmp_path / 'a' / 'checkpoints'} has no last.ckpt" in proc.stderr
+    proc = run_cli([*SHORT, f"hydra.run.dir={tmp_path / 'b'}", "ckpt_path=last_or_fresh"], cache_root, tmp_path)
+    assert proc.returncode == 0 and "starting fresh" in proc.stdout
+
+
+def test_record_leaves_out_what_a_resume_may_change():
+    from omegaconf import OmegaConf
+
+    from prefopt.resume import differences, flat_config
+
+    cfg = OmegaConf.create({"seed": 0, "loss": {"beta": 0.1}, "trainer": {"max_steps": 10, "precision": "32"},
+                            "paths": {"cache_dir": "/x"}, "logger": {"csv": True}, "ckpt_path": None})
+    assert flat_config(cfg) == {"seed": 0, "loss.beta": 0.1, "trainer.precision": "32"}
+    base = {"tokenizer": "t", "train_pairs": "a", "eval_pairs": "b", "config": flat_config(cfg)}
+    longer = OmegaConf.merge(cfg, {"trainer": {"max_steps": 50}, "paths": {"cache_dir": "/y"}})
+    assert differences(base, {**base, "config": flat_config(longer)}) == []
+    other = {**base, "eval_pairs": "c", "config": {**base["config"], "loss.beta": 0.2}}
+    assert differences(base, other) == ["the eval pairs (rows, order, split or tokenization)", "loss.beta 0.1 -> 0.2"]

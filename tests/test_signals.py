@@ -18,7 +18,8 @@ ARGS = [*SMALL_SORT, "loss=dpo", "trainer.max_steps=100", "logger=none"]
 
 
 def start(args, cache_root, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PREFOPT_CACHE": str(cache_root)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PREFOPT_CACHE": str(cache_root),
+           "PYTHONUNBUFFERED": "1"}  # progress lines arrive as they are printed
     return subprocess.Popen([sys.executable, str(ROOT / "src" / "run.py"), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

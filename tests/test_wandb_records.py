@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_run import ROOT, SMALL_SORT, run_cli
 from wandb_records import offline_runs
@@ -102,7 +103,8 @@ def test_failed_runs_exit_1_and_a_retry_reuses_the_run_id(study):
         for run in runs:
             assert run.exit_code == 1 and run.summary["status"] == "failed"
             assert "non-finite" in run.summary["error"]
-        record = json.loads(next(sweep.glob(f"*loss={name.split('-')[0]},optim.lr=1e9*/results.json")).read_text())
+        records = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+        record = next(r for r in records if r["info"].get("wandb", {}).get("name") == name)
         assert record["status"] == "failed" and record["info"]["wandb"]["id"] == runs[0].id
 
 
@@ -111,8 +113,13 @@ def test_the_study_run_holds_the_tables_and_plots(study_runs):
     run = study_runs[0]
     assert run.job_type == "study" and run.group == "study_beta" and run.exit_code == 0
     row = run.history[0]
-    assert row["study/methods/nrows"] == 2 and row["study/pairwise/nrows"] == 1
-    assert row["plots/reward_vs_kl/_type"] == "image-file" and row["plots/score_vs_beta/_type"] == "image-file"
+    report = run.path.parents[2]  # the sweep folder, where analyze wrote its files
+    assert row["study/methods/nrows"] == 2  # one row per method, as sensitivity.csv
+    assert row["study/pairwise/nrows"] == len(pd.read_csv(report / "pairwise.csv")) > 0
+    assert row["study/grid/nrows"] == len(pd.read_csv(report / "grid.csv"))
+    assert row["study/report/_type"] == "html-file"
+    pngs = sorted(p.stem for p in report.glob("*.png"))
+    assert "reward_vs_kl" in pngs and all(row[f"plots/{name}/_type"] == "image-file" for name in pngs)
     table = json.loads((run.path.parent / "files" / row["study/methods/path"]).read_text())
     method = table["columns"].index("method")
     assert sorted(r[method] for r in table["data"]) == ["dpo", "simpo_margin_low"]

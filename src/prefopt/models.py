@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -54,6 +55,9 @@ def build_tiny(
     return model
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, as on the Hugging Face hub
+
+
 class ModelLoadError(RuntimeError):
     """A policy could not be loaded; the message says what to set instead."""
 
@@ -96,22 +100,30 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32, what: str = "
                 f"{what}={path} is a folder but not a Hugging Face causal-LM folder "
                 f"(config.json, weights, tokenizer): {err}"
             ) from None
+    if not looks_like_hub_id(path):
+        what_is_there = "is a file, not the folder holding config.json, weights and tokenizer" \
+            if Path(path).expanduser().exists() else "does not exist (no such folder)"
+        raise ModelLoadError(f"{what}={path} {what_is_there}")
     try:
         return _from_pretrained(path, dtype, attn, local_files_only=True)
     except (OSError, ValueError):
         pass
     hint = (
-        f"Cannot load weights for {what}={path}: it is not a local folder and the model hub "
-        "cannot be reached (or the id is not there). Download the model elsewhere "
-        "(e.g. `huggingface-cli download " + path + " --local-dir /path/to/dir`) and run with "
-        f"`{what}=/path/to/dir`."
+        f"Cannot load {what}={path}: there is no such local folder, and as a hub id it is not in the local "
+        f"Hugging Face cache and the hub cannot be reached (or has no such model). Download it where the hub "
+        f"is reachable (`hf download {path} --local-dir /path/to/dir`) and run with `{what}=/path/to/dir`."
     )
     if not _hub_reachable():
         raise ModelLoadError(hint)
     try:
         return _from_pretrained(path, dtype, attn)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{hint}\n(hub said: {str(err).splitlines()[0]})") from None
+        raise ModelLoadError(f"{hint} (hub said: {str(err).strip().splitlines()[0]})") from None
+
+
+def looks_like_hub_id(path: str) -> bool:
+    """`org/name` (not an absolute, home or ./ path, and not an existing file)."""
+    return bool(HUB_ID.match(path)) and not Path(path).expanduser().exists()
 
 
 def _gguf_package_file(package: str, filename: str) -> Path:

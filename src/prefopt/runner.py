@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from prefopt.config import ConfigError, build_component
 from prefopt.loggers import sweep_group
 from prefopt.results import read_results, write_results
-from prefopt.validate import validate_config
+from prefopt.validate import check_required, validate_config
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -93,6 +93,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     from prefopt.progress import quiet_lightning
     from prefopt.resume import RunRecord
     from prefopt.trainer_factory import build_trainer
+    from prefopt.tasks import memo
     from prefopt.disk import check_disk_space
     from prefopt.hardware import setup_line
 
@@ -105,9 +106,15 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     cache_root = Path(cfg.paths.cache_dir)
-    artifacts = source.build(cfg.model, cache_root)
+    artifacts = memo.task_artifacts(source, cfg.data.source, cfg.model, cache_root)  # once per sweep worker
     state["info"].update(artifacts.info)
-    policy, tokenizer = load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed)
+
+    def load_start() -> tuple[torch.nn.Module, Any]:  # the untrained policy: a copy of the one loaded first
+        return memo.starting_policy(
+            lambda: load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed),
+            cfg.model, cfg.data.source, artifacts.policy, cache_root, cfg.seed)
+
+    policy, tokenizer = load_start()
     policy = prepare_for_training(policy, cfg.model)
     data = PreferenceDataModule(
         artifacts.train_rows,
@@ -142,9 +149,6 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     trainer = build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy,
                             extra_callbacks=[caches, run_record, state["interrupts"]])
 
-    def load_start() -> torch.nn.Module:  # the untrained policy again: a folder, or the seeded tiny init
-        return load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed)[0]
-
     check_disk_space(cfg, trainer, policy, output_dir, cache_root, data.stats.get("train/pairs", 0),
                      data.stats.get("eval/pairs", 0))  # stops in one line where a folder lacks the room
     if trainer.is_global_zero:
@@ -159,7 +163,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
         return metrics
     trained = module.policy
     if gathered is not None:  # FSDP / ZeRO-3: the policy is split over ranks; rank 0 rebuilds it whole
-        trained = rebuild_policy(prepare_for_training(load_start(), cfg.model), gathered)
+        trained = rebuild_policy(prepare_for_training(load_start()[0], cfg.model), gathered)
         trained.to(trainer.strategy.root_device)
         del gathered
 
@@ -171,7 +175,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
             return trained, trained.disable_adapter
         if module.reference is not None and trained is module.policy:
             return module.reference, None
-        return frozen_copy(load_start()), None
+        return frozen_copy(load_start()[0]), None
 
     samples: list[dict] = []
     if artifacts.oracle is not None and artifacts.eval_prompts:
@@ -228,6 +232,7 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
                              "interrupts": InterruptGuard(bool(cfg.checkpoint.enabled)).install()}
     record = dict(config=OmegaConf.to_container(cfg, resolve=False), seed=cfg.seed)
     try:
+        check_required(cfg)  # an unset `???` value: one line naming the key, not OmegaConf's traceback
         record["config"] = OmegaConf.to_container(cfg, resolve=True)
         state["ckpt_path"] = preflight(cfg, output_dir)  # the cache, and what ckpt_path resumes
         metrics = train_and_evaluate(cfg, output_dir, group, state)

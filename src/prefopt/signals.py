@@ -67,16 +67,18 @@ class InterruptGuard(Callback):
               "(send it again to stop at once)", file=sys.stderr, flush=True)
 
     # ---- Lightning hooks ------------------------------------------------------------------------
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self.install_over_lightning()
-
     def install_over_lightning(self) -> None:
-        """Lightning replaces the SIGTERM handler when fit starts (to raise mid-validation); take it back
-        so that every signal stops at a step boundary with a checkpoint."""
-        if signal.getsignal(signal.SIGTERM) is not self._handle:
+        """Lightning puts its own SIGTERM handler first once fit has set up (it raises SIGTERMException,
+        a SystemExit with status 0, with no checkpoint); take SIGTERM back so that it stops at a step
+        boundary with a checkpoint, like SIGINT."""
+        if signal.getsignal(signal.SIGTERM) != self._handle:
             signal.signal(signal.SIGTERM, self._handle)
 
+    def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
+        self.install_over_lightning()
+
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.install_over_lightning()
         self.training, self.step = True, trainer.global_step
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

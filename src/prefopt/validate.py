@@ -92,8 +92,27 @@ def _check_trainer(values: dict[str, Any]) -> None:
         raise ConfigError(f"trainer.max_steps={steps!r} is not allowed; it must be an integer > 0 (or -1: epochs)")
 
 
+def _missing(tree: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is `???` (unresolved interpolations are left alone)."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    found = []
+    for key, value in items:
+        found += [f"{prefix}{key}"] if value == "???" else _missing(value, f"{prefix}{key}.")
+    return found
+
+
+def check_required(cfg: DictConfig) -> None:
+    """A mandatory value (`???` in its yaml, e.g. data.path of data=jsonl) left unset, named in one line,
+    before anything resolves the config (which would fail with OmegaConf's traceback)."""
+    missing = sorted(_missing(OmegaConf.to_container(cfg, resolve=False)))
+    if missing:
+        also = f" (also unset: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise ConfigError(f"{missing[0]} is required and has no value: add {missing[0]}=... to the command{also}")
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first unknown key, wrong type or out-of-range value."""
+    """Raise ConfigError on the first unset mandatory value, unknown key, wrong type or out-of-range value."""
+    check_required(cfg)
     tree = OmegaConf.to_container(cfg, resolve=True)
     for group, rules in SCHEMA.items():
         _check_group(tree.get(group) or {} if group else tree, group, rules)

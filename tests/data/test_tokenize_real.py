@@ -177,7 +177,8 @@ def test_a_merge_across_the_boundary_moves_the_shared_tokens_into_both_responses
 def test_the_marginal_pass_scores_the_same_response_ids(mistral):
     dm = PreferenceDataModule(ROWS, [], mistral, max_length=512, max_prompt_length=256, batch_size=len(ROWS),
                               eval_batch_size=1, seed=0)
-    items = [dm.train_dataset[i] for i in range(len(ROWS))] if dm.setup() is None else None
+    dm.setup()
+    items = [dm.train_dataset[i] for i in range(len(ROWS))]
     batch = dm.collator(items)
     n = len(items)
     for i, item in enumerate(items):

@@ -1,4 +1,5 @@
-"""Tokenizing rows (prefopt.data.tokenize): special tokens, EOS once, chat templates, truncation sides."""
+"""Tokenizing rows (prefopt.data.tokenize): special tokens, EOS once, the common-prefix split, chat templates,
+truncation sides."""
 
 import copy
 
@@ -26,6 +27,14 @@ def test_string_row_bos_on_prompt_eos_on_responses(tok):
     assert tokens(tok, out["prompt_ids"]) == ["<s>", "one", "Ġtwo"]
     assert tokens(tok, out["chosen_ids"]) == ["Ġthree", "</s>"]
     assert tokens(tok, out["rejected_ids"]) == ["Ġfour", "Ġfive", "</s>"]
+
+
+def test_a_merge_across_the_boundary_splits_at_the_common_prefix(tok):
+    # "one tw" + "o three" is "one two three": the joint tokens are one, Ġtwo, Ġthree; "Ġtw" never appears
+    out = tokenize_row({"prompt": "one tw", "chosen": "o three", "rejected": "o four"}, tok, 100, 50)
+    assert tokens(tok, out["prompt_ids"]) == ["<s>", "one"]
+    assert tokens(tok, out["chosen_ids"]) == ["Ġtwo", "Ġthree", "</s>"]
+    assert tokens(tok, out["rejected_ids"]) == ["Ġtwo", "Ġfour", "</s>"]
 
 
 def test_eos_is_appended_once(tok):

@@ -124,14 +124,15 @@ def completed(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def swept_keys(runs: pd.DataFrame, method: str | None = None) -> list[str]:
-    """Config keys whose value differs between the completed runs (of `method`), seed excluded:
-    the axes of that method's grid, e.g. ["loss.beta", "optim.lr"]."""
+    """Config keys whose value differs between the completed runs (of `method`): the axes of that
+    method's grid, e.g. ["loss.beta", "optim.lr"]; the seed and the study's own bookkeeping (`sweep.*`,
+    e.g. the grid positions sweep.beta_step) are not axes."""
     done = completed(runs)
     if method is not None:
         done = done[done["method"] == method]
     keys = []
     for key in config_columns(done):
-        if key == "seed":
+        if key == "seed" or key.startswith("sweep."):
             continue
         if done[key].astype(str).nunique(dropna=False) > 1:
             keys.append(key)

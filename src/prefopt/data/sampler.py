@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 GROUP_WINDOW = 64  # batches per length-sorted window: wider packs tighter, but mixes less across the epoch
-SUB_GROUP = 8  # batches per run re-sorted by prompt length inside a window sorted by response length
+SUB_GROUP = 4  # batches per run re-sorted by prompt length inside a window sorted by response length
 
 Lengths = Sequence[tuple[int, int, int]]  # per pair: prompt, chosen, rejected tokens
 

@@ -11,9 +11,9 @@ the prompt ids are the longest common prefix of the prompt encoded alone and of 
 encodings; each response is the rest of its joint encoding, and EOS is appended (once: not when the
 response already ends with it). Where no merge crosses the boundary, the prompt ids are the prompt
 encoded alone and the responses are exactly what follows it in the joint encoding. Where a merge
-crosses it (prompt "one t" + response "wo" encodes as "one", " two"), the prompt gives up its last
-token(s) to both responses, so prompt ids + response ids are still the joint encoding and decode to
-exactly the text.
+crosses it (prompt "one tw" + response "o three" encodes as "one", " two", " three"), the prompt gives
+up its last token(s) to both responses, so prompt ids + response ids are still the joint encoding and
+decode to exactly the text (as far as the tokenizer's own encoding does).
 
 Chat rows go through the model's chat template (rendered as text, `tokenize=False`; the text is
 tokenized here, since `apply_chat_template(tokenize=True)` changed its return type in transformers 5):
@@ -158,9 +158,17 @@ def _chat_head(tokenizer: Any, first_ids: list[int]) -> list[int]:
     return [bos] if _adds_bos(tokenizer) and first_ids[:1] != [bos] else []
 
 
-def _chat_prompt_ids(tokenizer: Any, messages: list) -> list[int]:
-    ids = _encode(tokenizer, _render(tokenizer, messages, True))
-    return _chat_head(tokenizer, ids) + ids
+def _chat_prompt(tokenizer: Any, messages: list) -> tuple[str, list[int], list[int]]:
+    """The templated prompt (with the generation prompt), the BOS to put first ([] or [BOS]) and the
+    prompt's ids after it."""
+    text = _render(tokenizer, messages, True)
+    ids = _encode(tokenizer, text)
+    return text, _chat_head(tokenizer, ids), ids
+
+
+def _prompt_length(tokenizer: Any, messages: list) -> int:
+    _, head, ids = _chat_prompt(tokenizer, messages)
+    return len(head) + len(ids)
 
 
 def fit_chat_prompt(tokenizer: Any, messages: list, max_prompt_length: Optional[int]) -> tuple[list, bool]:
@@ -171,7 +179,7 @@ def fit_chat_prompt(tokenizer: Any, messages: list, max_prompt_length: Optional[
     Raises `PromptTooLong` when the template with every content emptied is still too long."""
     if max_prompt_length is None:
         return messages, False
-    over = len(_chat_prompt_ids(tokenizer, messages)) - max_prompt_length
+    over = _prompt_length(tokenizer, messages) - max_prompt_length
     if over <= 0:
         return messages, False
     messages = [dict(m) for m in messages]
@@ -180,7 +188,7 @@ def fit_chat_prompt(tokenizer: Any, messages: list, max_prompt_length: Optional[
         while over > 0 and content:
             content = content[min(over, len(content)) :]
             msg["content"] = tokenizer.decode(content).lstrip("\ufffd") if content else ""
-            over = len(_chat_prompt_ids(tokenizer, messages)) - max_prompt_length
+            over = _prompt_length(tokenizer, messages) - max_prompt_length
         if over <= 0:
             return messages, True
     raise PromptTooLong(
@@ -195,10 +203,11 @@ def _chat_ids(row: dict, tokenizer: Any, max_prompt_length: Optional[int] = None
             f"the data has chat messages but the tokenizer {tokenizer.name_or_path or ''} has no chat "
             "template; use a chat model's tokenizer, or give prompt/chosen/rejected as strings"
         )
-    prompt_msgs, cut = fit_chat_prompt(tokenizer, row["prompt"], max_prompt_length)
-    prompt_text = _render(tokenizer, prompt_msgs, True)
-    alone = _encode(tokenizer, prompt_text)
-    head = _chat_head(tokenizer, alone)
+    prompt_msgs, cut = row["prompt"], False
+    prompt_text, head, alone = _chat_prompt(tokenizer, prompt_msgs)
+    if max_prompt_length is not None and len(head) + len(alone) > max_prompt_length:
+        prompt_msgs, cut = fit_chat_prompt(tokenizer, prompt_msgs, max_prompt_length)
+        prompt_text, head, alone = _chat_prompt(tokenizer, prompt_msgs)
     joints = [
         head + _encode(tokenizer, prompt_text + _response_text(tokenizer, prompt_msgs, prompt_text, row[k]))
         for k in ("chosen", "rejected")

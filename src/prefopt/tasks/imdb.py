@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from prefopt.cache import cached_dir, file_fingerprint, fingerprint
+from prefopt.cache import DONE_MARKER, cached_dir, file_fingerprint, fingerprint
 from prefopt.data.tokenizer_builder import build_bpe_tokenizer
 from prefopt.errors import ConfigError
 from prefopt.generation import sample
@@ -326,10 +326,31 @@ class ImdbTask(Task):
         info.update({"imdb/sft_key": policy_key, "imdb/sft_final_loss": smeta["sft_final_loss"]})
         return policy, policy_key
 
+    def _reward_beside_sft(self, cache_root: Path, reward_key: str, arch: Optional[dict]) -> Optional[Any]:
+        """Start building the gold reward in a second process when the SFT policy must be built too:
+        they share nothing, so on two cores the reward costs no time on the way to the pairs. The
+        child holds the artifact's lock; `cached_dir` in this process then waits for it (or, had the
+        child failed, builds it here and raises here). None when there is nothing to overlap."""
+        if arch is None or (Path(cache_root) / "imdb_reward" / reward_key / DONE_MARKER).exists():
+            return None
+        import multiprocessing as mp
+
+        # spawn, not fork: this process has torch's thread pools running
+        child = mp.get_context("spawn").Process(target=cached_dir, daemon=True,
+                                                args=(cache_root, "imdb_reward", reward_key, self._build_reward))
+        child.start()
+        return child
+
     def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
         arch = self.tiny_architecture(model_cfg)
         reward_key = self.reward_key()
         _log(f"gold reward {reward_key}: sentiment classifier on {self.n_classifier} reviews")
+        child = self._reward_beside_sft(cache_root, reward_key, arch)
+        info: dict[str, Any] = {}
+        if arch is not None:
+            policy, policy_key = self._tiny_policy(model_cfg, arch, cache_root, info)
+        if child is not None:
+            child.join()
         reward_dir = cached_dir(cache_root, "imdb_reward", reward_key, self._build_reward)
         reward = SentimentReward(joblib.load(reward_dir / "classifier.joblib"))
         rmeta = json.loads((reward_dir / "meta.json").read_text())
@@ -339,15 +360,14 @@ class ImdbTask(Task):
             f"on the first {CHECK_WORDS} words of {rmeta['n_test']} reviews ({rmeta['accuracy_full_review']:.3f} "
             f"on whole reviews; positive share {rmeta['test_positive_share']:.2f})"
         )
-        info: dict[str, Any] = {
+        info.update({
             "imdb/reward_key": reward_key,
             "imdb/reward": "P(positive | prompt + response)",
             "imdb/classifier_accuracy_40_words": rmeta["accuracy_first_40_words"],
             "imdb/classifier_accuracy_full": rmeta["accuracy_full_review"],
             "imdb/reviews_reward_40_words": rmeta["test_mean_reward_first_40_words"],
-        }
+        })
         if arch is not None:
-            policy, policy_key = self._tiny_policy(model_cfg, arch, cache_root, info)
             cfg = model_cfg if model_cfg is not None else OmegaConf.create({})  # direct API use: no config
             load = partial(load_policy, cfg, cache_root, policy)
         else:

@@ -1,0 +1,79 @@
+"""The per-process memo of task artifacts and starting policies (prefopt.tasks.memo): built once for
+equal settings, a fresh copy per run, nothing kept from a failed build, an edited data file re-read."""
+
+import os
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from prefopt.tasks import memo
+from prefopt.tasks.base import TaskArtifacts
+
+
+class CountingSource:
+    def __init__(self, fail=False):
+        self.builds, self.fail = 0, fail
+
+    def build(self, model_cfg, cache_root):
+        self.builds += 1
+        if self.fail:
+            raise RuntimeError("broken task")
+        return TaskArtifacts(train_rows=[{"prompt": "a", "chosen": "b", "rejected": "c"}], eval_rows=[],
+                             eval_prompts=["p"], info={"task/n": {"pairs": 1}})
+
+
+@pytest.fixture(autouse=True)
+def fresh():
+    memo.clear()
+    yield
+    memo.clear()
+
+
+def test_artifacts_built_once_and_each_run_gets_its_own_copy(tmp_path):
+    source, cfg, model = CountingSource(), OmegaConf.create({"n": 1}), OmegaConf.create({"name": "tiny"})
+    first = memo.task_artifacts(source, cfg, model, tmp_path)
+    first.train_rows.append({"prompt": "x"})  # a run that mutates what it got
+    first.info["task/n"]["pairs"] = 99
+    second = memo.task_artifacts(source, cfg, model, tmp_path)
+    assert source.builds == 1 and memo.stats["artifacts_hits"] == 1
+    assert len(second.train_rows) == 1 and second.info == {"task/n": {"pairs": 1}}
+    memo.task_artifacts(source, OmegaConf.create({"n": 2}), model, tmp_path)  # other settings: built again
+    assert source.builds == 2
+
+
+def test_a_failed_build_is_not_kept(tmp_path):
+    source = CountingSource(fail=True)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="broken task"):
+            memo.task_artifacts(source, {"n": 1}, {}, tmp_path)
+    assert source.builds == 2
+
+
+def test_an_edited_data_file_is_read_again(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("{}\n")
+    source, cfg = CountingSource(), {"path": str(data)}
+    memo.task_artifacts(source, cfg, {}, tmp_path)
+    data.write_text("{}\n{}\n")
+    os.utime(data, ns=(1, 10**18))
+    memo.task_artifacts(source, cfg, {}, tmp_path)
+    assert source.builds == 2
+
+
+def test_starting_policy_loaded_once_copies_are_independent():
+    loads = []
+
+    def load():
+        loads.append(1)
+        return torch.nn.Linear(2, 2), {"pad": 0}
+
+    a, tok_a = memo.starting_policy(load, OmegaConf.create({"name": "tiny"}), "folder", 0)
+    with torch.no_grad():
+        a.weight.add_(1.0)  # training the first run's policy
+    b, tok_b = memo.starting_policy(load, OmegaConf.create({"name": "tiny"}), "folder", 0)
+    assert len(loads) == 1 and memo.stats["policy_hits"] == 1
+    assert b is not a and tok_b is not tok_a
+    assert torch.allclose(b.weight, a.weight - 1.0)  # the untrained weights, not the trained ones
+    memo.starting_policy(load, OmegaConf.create({"name": "tiny"}), "folder", 1)  # another seed: loaded
+    assert len(loads) == 2

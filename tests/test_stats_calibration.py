@@ -1,0 +1,75 @@
+"""The verdicts hold their error rate: simulated studies of identical methods, with the seed noise of
+the committed study (docs/results/*/runs.csv), declare a difference somewhere in the family at most
+5% of the time (plus Monte-Carlo error), and a true difference of 3 seed standard deviations is
+declared most of the time. The simulated design is the committed sort study's (conf/sweep/
+beta_sensitivity.yaml): 4 methods, a 5 β × 3 lr grid with half-decade steps, 5 seeds, every method
+compared with the focus method on best, mean regret in the window and regret at default.
+
+Run: `.venv/bin/python -m pytest tests/test_stats_calibration.py -q` (about 10 s).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prefopt.analysis import load_runs, study_settings
+from prefopt.analysis.runs import StudySettings
+from prefopt.analysis.stats import MethodGrid, compare_grids, seed_noise
+
+ROOT = Path(__file__).resolve().parents[1]
+BETAS, LRS, SEEDS, METHODS = (0.1, 0.3, 1.0, 3.0, 10.0), (1e-5, 3e-5, 1e-4), 5, ("m0", "m1", "m2", "m3")
+POINTS = [{"loss.beta": b, "optim.lr": lr} for b in BETAS for lr in LRS]
+LOG_BETA = np.log10([p["loss.beta"] for p in POINTS])
+LOG_LR = np.log10([p["optim.lr"] for p in POINTS])
+# a surface like the committed ones: flat in β near the best (½ decade costs 0.005, within seed noise:
+# the hard case for choosing a best), steep in lr (½ decade costs 0.04)
+SURFACE = 0.84 - 0.02 * LOG_BETA**2 - 0.15 * (LOG_LR + 4.5) ** 2
+DEFAULT = POINTS.index({"loss.beta": 0.1, "optim.lr": 1e-4})
+SETTINGS = StudySettings(focus="m0")  # compare: best, mean_regret, regret_default (3 pairs × 3 = 9 tests)
+
+
+@pytest.fixture(scope="module")
+def noise() -> dict[str, float]:
+    """The committed study's seed noise: a seed effect shared by every point of a seed, and the rest."""
+    runs = pd.concat([load_runs(p) for p in sorted((ROOT / "docs" / "results").glob("*/runs.csv"))])
+    runs = runs.drop_duplicates("run").reset_index(drop=True)
+    found = seed_noise(runs, study_settings(runs))
+    assert found["points"] >= 30 and found["seeds"] >= 3
+    assert 0.005 < found["residual_sd"] < 0.05 and found["total_sd"] >= found["residual_sd"]
+    return found
+
+
+def simulate(rng: np.random.Generator, noise: dict[str, float], shift: float = 0.0) -> list[MethodGrid]:
+    """One study: every method on the same surface and the same seeds (a shared seed effect), m0 moved
+    up by `shift` everywhere."""
+    effect = rng.normal(0.0, noise["seed_effect_sd"], SEEDS)
+    grids = []
+    for i, method in enumerate(METHODS):
+        table = SURFACE[:, None] + effect[None, :] + rng.normal(0.0, noise["residual_sd"], (len(POINTS), SEEDS))
+        table += shift if i == 0 else 0.0
+        grids.append(MethodGrid(method, ["loss.beta", "optim.lr"], POINTS, table, list(range(SEEDS)), DEFAULT))
+    return grids
+
+
+def test_identical_methods_are_declared_different_at_most_5_percent_of_studies(noise):
+    rng = np.random.default_rng(20261130)
+    n = 600
+    any_declared = [bool(compare_grids(simulate(rng, noise), SETTINGS)["verdict"].any()) for _ in range(n)]
+    rate = float(np.mean(any_declared))
+    monte_carlo = 2 * np.sqrt(0.05 * 0.95 / n)
+    assert rate <= 0.05 + monte_carlo, f"family-wise error {rate:.3f} over {n} simulated studies"
+
+
+def test_a_difference_of_three_seed_sds_is_detected_most_of_the_time(noise):
+    rng = np.random.default_rng(7)
+    n = 200
+    detected = []
+    for _ in range(n):
+        pairs = compare_grids(simulate(rng, noise, shift=3 * noise["total_sd"]), SETTINGS)
+        best = pairs[pairs["stat"] == "best"]
+        assert len(best) == 3 and (best["a"] == "m0").all()
+        detected.extend(best["verdict"].tolist())
+    power = float(np.mean(detected))
+    assert power >= 0.7, f"a shift of 3 seed sds was declared in {power:.2f} of the comparisons"
