@@ -10,7 +10,7 @@ from prefopt.config import ConfigError, build_component, check_keys, precheck_gr
 from prefopt.losses import PreferenceLoss
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "sweep", "experiment"))
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "sweep", "experiment", "tuned"))
 
 
 def options(group):
