@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test-stamp
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install run test clean
+.PHONY: install install-gpu run test clean
 
 install: $(TEST_STAMP)
 
@@ -24,6 +24,18 @@ $(STAMP): pyproject.toml
 $(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,trl]"
 	touch $@
+
+# make install-gpu : on a GPU machine, the CUDA build of the same pinned torch from the PyTorch index
+#   (CUDA=cu126|cu128|cu130, default cu128), then what `make run` needs; FLASH_ATTN=1 also builds the
+#   pinned flash-attn against it (needs nvcc; model.attn_implementation=auto then picks flash_attention_2).
+CUDA ?= cu128
+install-gpu:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q "torch==2.13.0+$(CUDA)" \
+		--index-url https://download.pytorch.org/whl/$(CUDA)
+	$(BIN)/python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'GPUs', torch.cuda.device_count())"
+	$(MAKE) $(STAMP)
+	$(if $(filter 1,$(FLASH_ATTN)),$(BIN)/pip install --disable-pip-version-check -q --no-build-isolation -e ".[flash]")
 
 run: $(STAMP)
 	$(BIN)/python src/run.py $(ARGS)

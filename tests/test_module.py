@@ -233,6 +233,6 @@ def test_auto_checks_the_shared_pass_once_and_falls_back_when_it_does_not_fit(mo
     bad = PreferenceModule(tiny_model(), DPOLoss())
     got = bad.pair_logps(batch)
     assert bad.shares_prompt() is False
-    assert "does not reproduce LlamaForCausalLM's log-probs (summed log-probs differ by up to 1" in capsys.readouterr().out
+    assert "does not reproduce LlamaForCausalLM's log-probs (per-token log-probs differ by up to 1" in capsys.readouterr().out
     expected = good.pair_logps({k: v for k, v in batch.items() if not k.startswith(("prompt_", "response_"))})
     torch.testing.assert_close(got.chosen, expected.chosen)

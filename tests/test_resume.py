@@ -89,8 +89,8 @@ def test_resume_after_rows_are_added_names_tokenizer_and_pairs(cache_root, tmp_p
             "model.vocab_size=300", f"hydra.run.dir={tmp_path / 'run'}"]
     assert run_cli(args, cache_root, tmp_path).returncode == 0
     (tmp_path / "run" / "results.json").unlink()
-    with pairs.open("a") as fh:
-        fh.write(json.dumps({"prompt": "zebra quagga", "chosen": " xylophone", "rejected": " yak"}) + "\n")
+    with pairs.open("a") as fh:  # new words, often enough to change the BPE merges
+        fh.write(10 * (json.dumps({"prompt": "zebra quagga", "chosen": " xylophone", "rejected": " yak"}) + "\n"))
     proc = run_cli([*args, "ckpt_path=last"], cache_root, tmp_path)
     assert proc.returncode == 1
     assert "the tokenizer (a rebuilt or different tokenizer" in proc.stderr and "the train pairs" in proc.stderr

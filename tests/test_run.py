@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_SORT = [
     "data=sort",
+    "~tuned",  # the losses' own defaults, not conf/tuned/<loss>_sort.yaml (tests/test_tuned.py covers those)
     "data.source.n_sft=3000",
     "data.source.sft_steps=150",
     "data.source.n_pair_prompts=300",

@@ -1,7 +1,8 @@
 """The sweep machinery end to end in subprocesses: `python src/run.py -m sweep=smoke` runs each
 (loss, β) point of conf/sweep/smoke.yaml into its own folder, a re-run skips completed jobs, a failing
 job is recorded while the others go on, and src/analyze.py reads the result. The study configs
-(conf/sweep/*.yaml) list points and losses that exist.
+(conf/sweep/*.yaml) list points, knobs and losses that exist; their grids step by half a decade, hold
+the default point and put the committed study's bests inside.
 
 Run: `.venv/bin/python -m pytest tests/test_sweep.py -q`.
 """
@@ -9,6 +10,8 @@ Run: `.venv/bin/python -m pytest tests/test_sweep.py -q`.
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 from test_run import SMALL_SORT, run_cli
@@ -86,29 +89,61 @@ def test_failing_jobs_are_recorded_and_the_others_go_on(smoke):
         assert "label_smoothing" in results["error"] and "[0, 0.5)" in results["error"]
 
 
-@pytest.mark.parametrize("study", ["smoke", "beta_sensitivity", "lr_sensitivity", "controls"])
+STUDIES = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("study", STUDIES)
 def test_study_configs_list_existing_points_and_losses(study):
     cfg = OmegaConf.load(SWEEPS / f"{study}.yaml")
     params = cfg.hydra.sweeper.params
     points = [p.strip() for p in str(params.get("+sweep/point", "")).split(",") if p.strip()]
+    knobs = [p.strip() for p in str(params.get("+sweep/knob", "")).split(",") if p.strip()]
     losses = [p.strip() for p in str(params.get("loss", "")).split(",") if p.strip()]
-    assert points or losses
+    assert points or losses or knobs
     for point in points:
         spec = OmegaConf.load(SWEEPS / "point" / f"{point}.yaml")
         loss, beta = point.rsplit("_b", 1)
         assert spec.defaults == [{"override /loss": loss}] and spec.loss.beta == float(beta), point
+    for knob in knobs:  # each knob point picks a loss that has β and lr in sweep.at
+        spec = OmegaConf.load(SWEEPS / "knob" / f"{knob}.yaml")
+        (loss,) = [d["override /loss"] for d in spec.defaults]
+        assert (ROOT / "conf" / "loss" / f"{loss}.yaml").exists() and loss in cfg.sweep.at, knob
     for loss in losses:
         assert (ROOT / "conf" / "loss" / f"{loss}.yaml").exists(), loss
+        if "grid" in cfg.sweep:
+            assert loss in cfg.sweep.grid, f"{study}: no grid for {loss}"
     assert cfg.sweep.name == study and cfg.sweep.score.startswith("eval/")
+    assert {"override /tuned": None} in cfg.defaults  # studies measure their own settings
 
 
-def test_beta_study_grid_is_the_issue_grid():
-    params = OmegaConf.load(SWEEPS / "beta_sensitivity.yaml").hydra.sweeper.params
-    points = [p.strip() for p in params["+sweep/point"].split(",")]
-    grids: dict[str, list[float]] = {}
-    for point in points:
-        loss, beta = point.rsplit("_b", 1)
-        grids.setdefault(loss, []).append(float(beta))
-    assert grids == {"dpo": [0.01, 0.03, 0.1, 0.3, 1.0], "ipo": [0.01, 0.03, 0.1, 0.3, 1.0],
-                     "simpo": [1, 2, 5, 10], "rmipo": [1, 2, 5, 10]}
-    assert len(str(params["optim.lr"]).split(",")) == 2 and str(params["seed"]) == "0,1,2"
+def _grid(study: str) -> dict[str, dict[str, list[float]]]:
+    cfg = OmegaConf.load(SWEEPS / f"{study}.yaml")
+    return {loss: {axis: list(values.values()) for axis, values in axes.items()}
+            for loss, axes in OmegaConf.to_container(cfg.sweep.grid).items()}
+
+
+@pytest.mark.parametrize("study", ["beta_sensitivity", "imdb_sensitivity"])
+def test_grids_step_by_half_a_decade_with_5_seeds_and_the_default_point(study):
+    cfg = OmegaConf.load(SWEEPS / f"{study}.yaml")
+    params = cfg.hydra.sweeper.params
+    assert len(str(params["seed"]).split(",")) >= 5
+    positions = {axis: str(params[f"sweep.{axis}_step"]).split(",") for axis in ("beta", "lr")}
+    defaults = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "rmipo": 2.0}  # the loss classes' default β
+    for loss, axes in _grid(study).items():
+        for axis, values in axes.items():
+            keys = list(OmegaConf.to_container(cfg.sweep.grid[loss][axis]))
+            assert keys == positions[axis], f"{study}/{loss}/{axis}: the sweep visits every position"
+            steps = np.diff(np.log10(values))
+            assert np.all(np.abs(steps - 0.5) <= 0.06), f"{study}/{loss}/{axis}: {values}"
+        assert defaults[loss] in axes["beta"] and cfg.sweep.defaults.optim.lr in axes["lr"], loss
+
+
+def test_sort_grids_put_the_committed_bests_inside():
+    """The first study's best points (docs/results/beta_sensitivity/grid.csv) are interior in β and lr."""
+    committed = pd.read_csv(ROOT / "docs" / "results" / "beta_sensitivity" / "grid.csv")
+    grid = _grid("beta_sensitivity")
+    for loss, rows in committed.groupby("method"):
+        best = rows.loc[rows["score_mean"].idxmax()]
+        for axis, column in (("beta", "loss.beta"), ("lr", "optim.lr")):
+            values = grid[loss][axis]
+            assert min(values) < best[column] < max(values), f"{loss}: best {column}={best[column]} vs {values}"

@@ -98,7 +98,7 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        for batch in tqdm(batches, desc=desc, disable=len(batches) < 8, leave=False):
+        for batch in tqdm(batches, desc=desc, disable=True if len(batches) < 8 else None, leave=False):
             got = _sample_batch(
                 model, [prompt_ids[i] for i in batch], max_new_tokens, temperature, eos_id, pad_id,
                 generator,

@@ -10,7 +10,8 @@ Measurements behind these choices: `python benchmarks/logps_micro.py`.
 `shared_prompt_logps` scores a pair batch with each prompt run once: the prompt's keys and values are
 reused by its chosen and its rejected response (equal to `response_logps` on the concatenated rows;
 the transformer skips a third of its work at equal prompt and response lengths).
-Used by the training module, the marginal pass, the log-prob caches, the evaluation and the samplers.
+Used by the training module, the marginal pass, the log-prob caches, the evaluation and the samplers;
+exercised by `pytest tests/test_logps.py tests/test_architectures.py`.
 """
 
 from __future__ import annotations
@@ -27,12 +28,42 @@ from torch import Tensor
 DEFAULT_CHUNK_SIZE = 256
 
 
+class ScaledHead(torch.nn.Module):
+    """The LM head followed by what a causal LM's own forward does to its logits after the head:
+    multiply by `logit_scale` (Cohere), divide by `logits_scaling` (Granite), soft-cap with
+    `final_logit_softcapping` (Gemma 2 and 3): c·tanh(logits / c)."""
+
+    def __init__(self, head: torch.nn.Module, multiply: float = 1.0, softcap: float | None = None) -> None:
+        super().__init__()
+        self.head, self.multiply, self.softcap = head, multiply, softcap
+
+    def forward(self, states: Tensor) -> Tensor:
+        logits = self.head(states)
+        if self.multiply != 1.0:
+            logits = logits * self.multiply
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def logit_transform(config) -> tuple[float, float | None]:
+    """(multiplier, soft cap) the model's forward applies to the head's logits (1.0, None: none)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    multiply = float(getattr(text, "logit_scale", None) or 1.0) / float(getattr(text, "logits_scaling", None) or 1.0)
+    return multiply, getattr(text, "final_logit_softcapping", None) or None
+
+
 def model_body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The transformer body (returning hidden states) and the LM head of a HF causal LM."""
+    """The transformer body (returning hidden states) and the LM head of a HF causal LM, the head
+    including any scaling or soft-capping the model applies to its logits (`ScaledHead`)."""
     head = model.get_output_embeddings()
     body = model.get_decoder() if hasattr(model, "get_decoder") else None
     if body is None or head is None:
         body = getattr(model, model.base_model_prefix)
+    config = getattr(model, "config", None)
+    multiply, softcap = logit_transform(config) if config is not None else (1.0, None)
+    if multiply != 1.0 or softcap:
+        head = ScaledHead(head, multiply, softcap)
     return body, head
 
 
@@ -105,30 +136,35 @@ def response_logps(
     attention_mask: Tensor,
     score_mask: Tensor,
     chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    per_token: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Summed log π(token) over the tokens marked in `score_mask`, and how many were scored.
 
     input_ids, attention_mask, score_mask: (N, L). `score_mask[i, t] = 1` when token t of row i is
     scored (it is predicted from the hidden state at t-1, so column 0 is never scored).
-    Returns (logps (N,), n_tokens (N,)), logps in float32.
+    Returns (logps (N,), n_tokens (N,)), logps in float32; with `per_token`, (logps (K,), row (K,)) of
+    the K scored tokens in row-major order instead.
     """
     body, head = model_body_and_head(model)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     # position t-1 predicts token t: states and targets line up after dropping the last / first column
-    return summed_logps(head, hidden[:, :-1], input_ids[:, 1:], score_mask[:, 1:].bool(), chunk_size)
+    return summed_logps(head, hidden[:, :-1], input_ids[:, 1:], score_mask[:, 1:].bool(), chunk_size, per_token)
 
 
 def summed_logps(head: torch.nn.Module, states: Tensor, targets: Tensor, target_mask: Tensor,
-                 chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> tuple[Tensor, Tensor]:
+                 chunk_size: int | None = DEFAULT_CHUNK_SIZE, per_token: bool = False) -> tuple[Tensor, Tensor]:
     """Per-row sums of log p(target) over the positions in `target_mask`, and their counts.
 
     states (N, T, H) are the hidden states that predict targets (N, T); the LM head runs only at the
-    K positions of `target_mask` (N, T, bool). Returns (logps (N,) float32, n_tokens (N,)).
+    K positions of `target_mask` (N, T, bool). Returns (logps (N,) float32, n_tokens (N,)); with
+    `per_token`, the K log-probs unsummed and the row of each, (logps (K,), rows (K,)).
     """
     rows = target_mask.nonzero(as_tuple=True)[0]
-    per_token = head_logps(head, states[target_mask], targets[target_mask], chunk_size)  # (K,)
-    sums = torch.zeros(targets.shape[0], dtype=per_token.dtype, device=per_token.device)
-    return sums.index_add(0, rows, per_token), target_mask.sum(dim=1)
+    logps = head_logps(head, states[target_mask], targets[target_mask], chunk_size)  # (K,)
+    if per_token:
+        return logps, rows
+    sums = torch.zeros(targets.shape[0], dtype=logps.dtype, device=logps.device)
+    return sums.index_add(0, rows, logps), target_mask.sum(dim=1)
 
 
 def shared_prompt_logps(
@@ -138,6 +174,7 @@ def shared_prompt_logps(
     response_ids: Tensor,
     response_mask: Tensor,
     chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    per_token: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """`response_logps` of the rows prompt_i + response_r (r = i and i + B), running each prompt once.
 
@@ -167,7 +204,7 @@ def shared_prompt_logps(
     ).last_hidden_state
     # token j of a response is predicted by the state before it: the prompt's last (j = 0), else j - 1
     states = torch.cat([last.repeat(2, 1).unsqueeze(1), hidden[:, :-1]], dim=1)
-    return summed_logps(head, states, response_ids, response_mask.bool(), chunk_size)
+    return summed_logps(head, states, response_ids, response_mask.bool(), chunk_size, per_token)
 
 
 # "auto" shares a batch's prompts from this padded prompt length on: below it a second, short pass
@@ -176,31 +213,65 @@ def shared_prompt_logps(
 SHARE_MIN_PROMPT_TOKENS = 16
 
 
-def shares_batch_prompt(batch: dict[str, Tensor], share_prompt: bool | str = "auto") -> bool:
+def attention_window(model: torch.nn.Module) -> int | None:
+    """The sliding attention window of `model`'s layers (Mistral, Gemma 2/3, Phi-3, Qwen2 when enabled),
+    None when every layer attends to the whole sequence."""
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    return None if types is not None and "sliding_attention" not in types else int(window)
+
+
+def shares_batch_prompt(batch: dict[str, Tensor], share_prompt: bool | str = "auto",
+                        model: torch.nn.Module | None = None) -> bool:
     """Whether `pair_batch_logps` runs this batch's prompts once: `share_prompt` true, or "auto" and
-    prompts padded to at least SHARE_MIN_PROMPT_TOKENS; never without the shared layout."""
+    prompts padded to at least SHARE_MIN_PROMPT_TOKENS; never without the shared layout, nor when the
+    padded prompt + response is longer than `model`'s sliding attention window (the response pass would
+    place the window by padded positions)."""
     if "prompt_ids" not in batch or share_prompt is False:
+        return False
+    window = attention_window(model) if model is not None else None
+    if window is not None and batch["prompt_ids"].shape[1] + batch["response_ids"].shape[1] > window:
         return False
     return share_prompt is True or batch["prompt_ids"].shape[1] >= SHARE_MIN_PROMPT_TOKENS
 
 
+def check_tolerance(model: torch.nn.Module) -> float:
+    """Per-token tolerance of the shared-pass check, relative to 1 + |log p|: 1e-4 for float32 weights.
+    In bf16 / fp16 the two passes round differently: random Mistrals of 4 layers (d=256 and 512) in bf16
+    differ by up to 1.8 eps·(1 + |log p|) per token (0.31 nats at log p = -31), so half-precision weights
+    get 8 eps (bf16: 0.0625, fp16: 0.0078) times 1 + |log p|."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 8 * torch.finfo(dtype).eps
+
+
 @torch.no_grad()
-def check_shared_prompt(model: torch.nn.Module, batch: dict[str, Tensor], atol: float = 0.05,
-                        rtol: float = 0.01) -> str | None:
-    """None when the shared-prompt pass reproduces `model`'s full-row log-probs on `batch` (in eval
-    mode), else what went wrong: an architecture whose cache or masks do not fit the shared layout."""
+def check_shared_prompt(model: torch.nn.Module, batch: dict[str, Tensor], tolerance: float | None = None) -> str | None:
+    """None when the shared-prompt pass reproduces `model`'s full-row log-probs on `batch` token by token,
+    |shared - full| <= tolerance·(1 + |full|) (default `check_tolerance`), run in eval mode and without
+    autocast (a mismatch then means the layout, not rounding); else what went wrong: an architecture
+    whose cache or masks do not fit the shared layout."""
+    tolerance = check_tolerance(model) if tolerance is None else tolerance
     was_training = model.training
     model.eval()
     try:
-        shared, _ = pair_batch_logps(model, batch, share_prompt=True)
-        rows, _ = pair_batch_logps(model, batch, share_prompt=False)
+        with torch.autocast(next(model.parameters()).device.type, enabled=False):
+            shared, _ = pair_batch_logps(model, batch, share_prompt=True, per_token=True)
+            rows, _ = pair_batch_logps(model, batch, share_prompt=False, per_token=True)
     except Exception as err:  # noqa: BLE001 - any failure means: do not share with this model
         return f"{type(err).__name__}: {err}"
     finally:
         model.train(was_training)
-    diff = float((shared - rows).abs().max()) if rows.numel() else 0.0
-    if not diff <= atol + rtol * float(rows.abs().max() if rows.numel() else 0.0):
-        return f"summed log-probs differ by up to {diff:.3g}"
+    if shared.shape != rows.shape:
+        return f"the shared pass scored {shared.numel()} tokens, full rows {rows.numel()}"
+    excess = (shared - rows).abs() - tolerance * (1 + rows.abs())
+    if rows.numel() and float(excess.max()) > 0:
+        worst = int(excess.argmax())
+        return (f"per-token log-probs differ by up to {float((shared - rows).abs().max()):.3g} "
+                f"({float(shared[worst]):.4g} against {float(rows[worst]):.4g}; tolerance {tolerance:.3g}·(1 + |log p|))")
     return None
 
 
@@ -217,12 +288,15 @@ def settle_sharing(model: torch.nn.Module, batch: dict[str, Tensor], share_promp
     return problem is None
 
 
-def pair_batch_logps(model: torch.nn.Module, batch: dict[str, Tensor], share_prompt: bool | str = "auto"):
+def pair_batch_logps(model: torch.nn.Module, batch: dict[str, Tensor], share_prompt: bool | str = "auto",
+                     per_token: bool = False):
     """(logps (2B,), n_tokens (2B,)) of a collated pair batch's responses given their prompts: with each
-    prompt run once when `shares_batch_prompt`, else on full prompt+response rows (same numbers)."""
-    if shares_batch_prompt(batch, share_prompt):
+    prompt run once when `shares_batch_prompt`, else on full prompt+response rows (same numbers).
+    `per_token`: the scored tokens' log-probs unsummed, (logps (K,), rows (K,)), in the same order both ways."""
+    if shares_batch_prompt(batch, share_prompt, model):
         return shared_prompt_logps(
             model, batch["prompt_ids"], batch["prompt_attention_mask"], batch["response_ids"],
-            batch["response_attention_mask"],
+            batch["response_attention_mask"], per_token=per_token,
         )
-    return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["score_mask"])
+    return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["score_mask"],
+                          per_token=per_token)

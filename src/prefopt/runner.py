@@ -93,7 +93,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     from prefopt.progress import quiet_lightning
     from prefopt.resume import RunRecord
     from prefopt.trainer_factory import build_trainer
-    from prefopt.tasks import memo
+    from prefopt import memo
     from prefopt.disk import check_disk_space
     from prefopt.hardware import setup_line
 

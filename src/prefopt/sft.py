@@ -59,7 +59,7 @@ def train_causal_lm(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup))
     model.train()
     order, cursor, losses = torch.randperm(len(sequences), generator=generator), 0, []
-    bar = tqdm(range(steps), desc=desc, leave=False)
+    bar = tqdm(range(steps), desc=desc, leave=False, disable=None)
     for _ in bar:
         if cursor + batch_size > len(order):
             order, cursor = torch.randperm(len(sequences), generator=generator), 0

@@ -194,7 +194,8 @@ def _noise_line(runs: pd.DataFrame, settings: StudySettings) -> str:
 def _summary_table(summary: pd.DataFrame, settings: StudySettings) -> str:
     rows = []
     for _, r in summary.iterrows():
-        rows.append([f"**{r['method']}**", _ci(r, "best"), _ci(r, "mean_regret"), _ci(r, "regret_default"),
+        window = _ci(r, "mean_regret") + ("" if r["window_complete"] else " (window truncated)")
+        rows.append([f"**{r['method']}**", _ci(r, "best"), window, _ci(r, "regret_default"),
                      _num(r["share_within_tol"]), _num(r["seed_sd"]), f"{r['points']}×{r['seeds_per_point']}",
                      r["best_point"], r["default_point"] or "–"])
     return _table(["method", "best", "mean regret in window", "regret at default",
@@ -206,8 +207,8 @@ def _edges(summary: pd.DataFrame) -> str:
     lines = []
     for _, r in summary.iterrows():
         edges = r["edges"] if isinstance(r["edges"], str) and r["edges"] else ""
-        flag = f"**best on the grid's edge: {edges}** (extend the grid)" if "edge" in edges else (
-            edges or "best is interior")
+        interior = "single point" if r["points"] == 1 else "best is interior"
+        flag = f"**best on the grid's edge: {edges}** (extend the grid)" if "edge" in edges else (edges or interior)
         window = r["window"] if r["window_complete"] else f"**{r['window']}**"
         lines.append(f"- {r['method']}: {flag}; window {window}")
     return "\n".join(lines)

@@ -90,7 +90,7 @@ def method_grids(runs: pd.DataFrame, settings: StudySettings) -> list[MethodGrid
             points.append(dict(zip(keys, values)))
             by_seed = group.groupby("seed")[settings.score].mean()
             table.append([by_seed.get(s, np.nan) for s in seeds])
-        default = default_point(runs, method, keys, settings)
+        default = default_point(runs, method, keys, settings) if keys else None  # one point: no regret
         index = next((i for i, p in enumerate(points) if default is not None and _same_point(p, default)), None)
         grids.append(MethodGrid(method, keys, points, np.array(table, dtype=float), seeds, index))
     return grids
@@ -150,7 +150,10 @@ def window_complete(grid: MethodGrid, centre: int, window: dict[str, float]) -> 
             missing.append(f"{short} above {10 ** hi:.2g}")
         inside = [v for v in logs if lo - SPAN_SLACK <= v <= hi + SPAN_SLACK]
         spans.append(f"{short} {format_value(10 ** min(inside))}–{format_value(10 ** max(inside))}")
-    text = " × ".join(spans) + f" ({len(window_indices(grid, centre, window))} points)"
+    if not spans:
+        return False, f"none ({', '.join(missing)})"
+    count = len(window_indices(grid, centre, window))
+    text = " × ".join(spans) + f" ({count} point{'s' if count != 1 else ''})"
     return not missing, text + (f"; truncated: {', '.join(missing)}" if missing else "")
 
 

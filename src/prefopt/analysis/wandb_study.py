@@ -28,11 +28,12 @@ def runs_identity(source: str | Path) -> dict[str, Any]:
     source = Path(source)
     folder = source if source.is_dir() else source.parent
     for path in sorted(folder.rglob("results.json")) if source.is_dir() else []:
-        wandb_info = ((read_results(path) or {}).get("info") or {}).get("wandb")
+        record = read_results(path) or {}
+        wandb_info = (record.get("info") or {}).get("wandb")
         if wandb_info:
-            entity = (((read_results(path) or {}).get("config") or {}).get("logger") or {}).get("wandb") or {}
+            settings = ((record.get("config") or {}).get("logger") or {}).get("wandb") or {}
             return {"project": wandb_info.get("project") or "prefopt", "group": wandb_info.get("group"),
-                    "entity": entity.get("entity")}
+                    "entity": settings.get("entity")}
     return {"project": "prefopt", "group": folder.resolve().name, "entity": None}
 
 

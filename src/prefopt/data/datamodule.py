@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from prefopt import memo
 from prefopt.data.collate import PairCollator
 from prefopt.data.errors import DataError
 from prefopt.data.sampler import ResumableLoader
@@ -54,7 +55,7 @@ def tokenize_rows(
     cut_prompts = cut_responses = too_long = 0
     show = len(rows) > PROGRESS_MIN_ROWS
     tokenizer = PreEncoded(tokenizer, rows)  # string rows: one batched encode of all their texts
-    for i, row in enumerate(tqdm(rows, desc=f"tokenizing {split}", disable=not show)):
+    for i, row in enumerate(tqdm(rows, desc=f"tokenizing {split}", disable=None if show else True)):
         try:
             ids = encode_row(row, tokenizer, append_eos, max_prompt_length)
         except PromptTooLong as e:
@@ -144,8 +145,14 @@ class PreferenceDataModule(L.LightningDataModule):
             return
         args = (self.tokenizer, self.max_length, self.max_prompt_length)
         opts = dict(strict=self.strict, append_eos=self.append_eos)
-        train, train_stats = tokenize_rows(self.train_rows, *args, split="train", **opts)
-        evals, eval_stats = tokenize_rows(self.eval_rows, *args, split="eval", **opts)
+
+        def tokenized(rows: list[dict], split: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            # once per process for the same rows and settings: a sweep's runs share it (prefopt/memo.py)
+            return memo.tokenized(lambda: tokenize_rows(rows, *args, split=split, **opts), rows, self.tokenizer,
+                                  split, self.max_length, self.max_prompt_length, self.strict, self.append_eos)
+
+        train, train_stats = tokenized(self.train_rows, "train")
+        evals, eval_stats = tokenized(self.eval_rows, "eval")
         if not train:
             raise DataError(
                 f"all {len(self.train_rows)} train rows were dropped: truncation to max_length="

@@ -227,7 +227,7 @@ class ImdbTask(Task):
         start = time.time()
         train = self._take("classifier", self.n_classifier, "n_classifier", offset=self.n_classifier_test)
         test = self._take("classifier", self.n_classifier_test, "n_classifier_test")
-        with tqdm(total=3, desc="gold reward: TF-IDF + logistic regression", leave=False) as bar:
+        with tqdm(total=3, desc="gold reward: TF-IDF + logistic regression", leave=False, disable=None) as bar:
             model = train_classifier(train, self.seed, self.classifier_windows, c=self.classifier_c)
             bar.update()
             short = accuracy(model, test, CHECK_WORDS)
@@ -251,7 +251,7 @@ class ImdbTask(Task):
 
     def _build_tokenizer(self, out: Path, vocab_size: int) -> None:
         texts = [r.text for r in self._take("sft", self.n_sft_reviews, "n_sft_reviews")]
-        with tqdm(total=1, desc=f"{vocab_size}-token BPE on {len(texts)} reviews", leave=False) as bar:
+        with tqdm(total=1, desc=f"{vocab_size}-token BPE on {len(texts)} reviews", leave=False, disable=None) as bar:
             build_bpe_tokenizer(texts, vocab_size=vocab_size).save_pretrained(out)
             bar.update()
 

@@ -1,5 +1,5 @@
-"""In-process memo of what every run of a sweep would otherwise load again: task artifacts and the
-starting policy.
+"""In-process memo of what every run of a sweep would otherwise load again: task artifacts, the
+starting policy, and the tokenized pairs.
 
 A sweep runs many jobs in one process (Hydra's basic launcher) or in a few long-lived workers (the
 joblib launcher's loky workers persist between jobs). Each job used to pay again for reading the
@@ -8,8 +8,11 @@ kept per process, keyed by a fingerprint of everything they depend on (the task 
 config, the cache folder, a data file's size and modification time, the seed), and each run gets its
 own copies: a run that mutates or crashes leaves the memo as it was, and a build that fails is not
 memoized (the next run tries again and fails on its own). Policies of more than MAX_POLICY_PARAMS
-parameters are not kept (a second copy of a large model in memory costs more than loading it).
-Exercised by `pytest tests/tasks/test_memo.py` and every multirun (`python src/run.py -m ...`).
+parameters, and tokenized data of more than MAX_TOKENIZED_TOKENS tokens, are not kept (holding them
+costs more memory than rebuilding them costs time). Tokenized pairs are keyed by the rows' content,
+the tokenizer's own serialization and the truncation settings (on the sort task, tokenizing the
+pairs was a fifth of each 200-step run).
+Exercised by `pytest tests/test_memo.py` and every multirun (`python src/run.py -m ...`).
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from prefopt.cache import fingerprint
 
 MAX_ENTRIES = 4  # per kind; a sweep over tasks or models keeps the most recent
 MAX_POLICY_PARAMS = 300_000_000
+MAX_TOKENIZED_TOKENS = 5_000_000
 
 _artifacts: OrderedDict[str, Any] = OrderedDict()
 _policies: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
-stats = {"artifacts_hits": 0, "policy_hits": 0}
+_tokenized: OrderedDict[str, Any] = OrderedDict()
+stats = {"artifacts_hits": 0, "policy_hits": 0, "tokenized_hits": 0}
 
 
 def _plain(node: Any) -> Any:
@@ -89,8 +94,34 @@ def starting_policy(load: Callable[[], tuple[Any, Any]], *depends_on: Any) -> tu
     return model, tokenizer
 
 
+def tokenizer_identity(tokenizer: Any) -> str:
+    """A fingerprint of what a tokenizer does: its serialized pipeline, chat template, special ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return fingerprint(type(tokenizer).__name__, backend.to_str() if backend is not None else repr(tokenizer),
+                       getattr(tokenizer, "chat_template", None),
+                       *[getattr(tokenizer, f"{t}_token_id", None) for t in ("bos", "eos", "pad", "unk")])
+
+
+def tokenized(build: Callable[[], tuple[list, Any]], rows: list, tokenizer: Any, *settings: Any) -> tuple[list, Any]:
+    """`build()` -> (items, stats) of tokenizing `rows` with `tokenizer` under `settings`, once per
+    process; each call gets its own list and stats (the item dicts are read-only to their users)."""
+    key = fingerprint("tokenized", fingerprint(rows), tokenizer_identity(tokenizer), *settings)
+    if key in _tokenized:
+        stats["tokenized_hits"] += 1
+        _tokenized.move_to_end(key)
+    else:
+        items, info = build()
+        size = sum(len(it["prompt_ids"]) + len(it["chosen_ids"]) + len(it["rejected_ids"]) for it in items)
+        if size > MAX_TOKENIZED_TOKENS:
+            return items, info
+        _remember(_tokenized, key, (items, info))
+    items, info = _tokenized[key]
+    return list(items), copy.deepcopy(info)
+
+
 def clear() -> None:
     """Forget everything (tests)."""
     _artifacts.clear()
     _policies.clear()
-    stats.update(artifacts_hits=0, policy_hits=0)
+    _tokenized.clear()
+    stats.update(artifacts_hits=0, policy_hits=0, tokenized_hits=0)

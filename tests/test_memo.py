@@ -1,4 +1,4 @@
-"""The per-process memo of task artifacts and starting policies (prefopt.tasks.memo): built once for
+"""The per-process memo of task artifacts and starting policies (prefopt.memo): built once for
 equal settings, a fresh copy per run, nothing kept from a failed build, an edited data file re-read."""
 
 import os
@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from prefopt.tasks import memo
+from prefopt import memo
 from prefopt.tasks.base import TaskArtifacts
 
 
@@ -77,3 +77,28 @@ def test_starting_policy_loaded_once_copies_are_independent():
     assert torch.allclose(b.weight, a.weight - 1.0)  # the untrained weights, not the trained ones
     memo.starting_policy(load, OmegaConf.create({"name": "tiny"}), "folder", 1)  # another seed: loaded
     assert len(loads) == 2
+
+
+def test_tokenized_pairs_once_per_rows_tokenizer_and_settings():
+    from prefopt.data.datamodule import PreferenceDataModule
+    from prefopt.data.tokenizer_builder import build_bpe_tokenizer
+
+    tok = build_bpe_tokenizer(["one two three four"] * 10, vocab_size=300)
+    rows = [{"prompt": "one two", "chosen": " three", "rejected": " four four"}] * 6
+
+    def setup(**kw):
+        dm = PreferenceDataModule(rows, rows[:2], tok, **{**dict(max_length=16, max_prompt_length=8, batch_size=2,
+                                                                  eval_batch_size=2, seed=0), **kw})
+        dm.setup()
+        return dm
+
+    first, second = setup(), setup()
+    assert memo.stats["tokenized_hits"] == 2  # train and eval splits of the second module
+    assert second.train_dataset.items == first.train_dataset.items
+    assert second.train_dataset.items is not first.train_dataset.items and second.stats == first.stats
+    setup(max_length=5)  # other truncation: tokenized again
+    assert memo.stats["tokenized_hits"] == 2
+    other = build_bpe_tokenizer(["one two three four five"] * 10, vocab_size=300)
+    PreferenceDataModule(rows, [], other, max_length=16, max_prompt_length=8, batch_size=2, eval_batch_size=2,
+                         seed=0).setup()  # another tokenizer: train split tokenized again (eval: empty rows)
+    assert memo.stats["tokenized_hits"] == 2

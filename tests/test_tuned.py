@@ -1,0 +1,63 @@
+"""conf/tuned/<loss>_<data>.yaml: the study's settings per loss and task, picked by conf/train.yaml's
+`optional tuned: ${loss}_${data}`; the command line wins, tasks without evidence keep the loss's
+defaults, and the studies (conf/sweep) run without them. Also: the per-loss grids of the studies
+resolve (conf/sweep/beta_sensitivity.yaml, own_knobs.yaml).
+
+Run: `.venv/bin/python -m pytest tests/test_tuned.py -q`.
+"""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TUNED = sorted(p.stem for p in (CONF / "tuned").glob("*.yaml"))
+
+
+def compose_with(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # `${hydra:runtime.choices.loss}` in the sweep configs
+    return cfg
+
+
+@pytest.mark.parametrize("name", TUNED)
+def test_each_tuned_file_is_a_loss_and_a_task_and_composes(name):
+    loss, data = name.rsplit("_", 1)  # loss configs may hold an underscore, data configs do not
+    assert (CONF / "loss" / f"{loss}.yaml").exists() and (CONF / "data" / f"{data}.yaml").exists(), name
+    spec = OmegaConf.load(CONF / "tuned" / f"{name}.yaml")
+    assert set(spec) <= {"loss", "optim"} and set(spec.get("loss", {})) <= set(OmegaConf.load(CONF / "loss" / f"{loss}.yaml"))
+    cfg = compose_with(f"loss={loss}", f"data={data}")
+    assert cfg.hydra.runtime.choices.tuned == name
+    assert cfg.loss.beta == spec.loss.beta and cfg.optim.lr == spec.optim.lr
+
+
+def test_the_sort_task_gets_the_studied_settings_and_the_command_line_wins():
+    cfg = compose_with("loss=dpo", "data=sort")
+    assert (cfg.loss.beta, cfg.optim.lr) == (1.0, 1.0e-4)
+    cfg = compose_with("loss=dpo", "data=sort", "loss.beta=0.05", "optim.lr=3e-3")
+    assert (cfg.loss.beta, cfg.optim.lr) == (0.05, 3e-3)
+    cfg = compose_with("loss=rmipo", "data=sort", "~tuned")  # the loss's own defaults
+    assert (cfg.loss.beta, cfg.optim.lr) == (2.0, cfg.model.lr)
+
+
+def test_a_task_without_evidence_keeps_the_loss_defaults():
+    cfg = compose_with("loss=rmipo", "data=imdb")
+    assert cfg.hydra.runtime.choices.get("tuned") == "rmipo_imdb" and "rmipo_imdb" not in TUNED
+    assert (cfg.loss.beta, cfg.optim.lr) == (2.0, cfg.model.lr)
+
+
+def test_studies_ignore_tuned_settings_and_resolve_per_loss_grids():
+    cfg = compose_with("sweep=beta_sensitivity", "loss=rmipo", "sweep.beta_step=b4", "sweep.lr_step=l1")
+    assert cfg.hydra.runtime.choices.get("tuned") is None
+    assert (cfg.loss.beta, cfg.optim.lr) == (20.0, 1.0e-5)  # rmipo's grid, not conf/tuned/rmipo_sort.yaml
+    cfg = compose_with("sweep=beta_sensitivity", "loss=dpo")  # the default positions: the middle
+    assert (cfg.loss.beta, cfg.optim.lr) == (1.0, 1.0e-4)
+    cfg = compose_with("sweep=own_knobs", "+sweep/knob=rmipo_g0.6-2.5_reference")
+    assert (cfg.loss.beta, cfg.optim.lr, cfg.loss.gamma_min, cfg.loss.gamma_max) == (10.0, 3.0e-5, 0.6, 2.5)
+    assert cfg.loss.marginal == "reference" and cfg.method == "rmipo_marginal_reference"
+    cfg = compose_with("sweep=own_knobs", "+sweep/knob=simpo_margin_anneal")  # a control at RMiPO's β, lr
+    assert cfg.hydra.runtime.choices.loss == "simpo_margin_anneal" and (cfg.loss.beta, cfg.optim.lr) == (10.0, 3.0e-5)
