@@ -1,6 +1,6 @@
 """The Hydra entry point: compose conf/ (loss, model, data, trainer, logger, sweep), run, record.
 
-    python src/run.py                                 # default: loss=rmipo model=tiny data=sort
+    python src/run.py                                 # default: loss=rmipo model=tiny data=imdb (conf/train.yaml)
     python src/run.py loss=dpo loss.beta=0.05
     python src/run.py -m loss=dpo,ipo,simpo,rmipo seed=0,1
 

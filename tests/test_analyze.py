@@ -17,6 +17,7 @@ import pytest
 
 from prefopt.analysis import (
     analyze, grid_table, load_runs, load_study, markdown_report, method_summary, pairwise_differences, study_settings,
+    swept_keys,
 )
 from prefopt.analysis.stats import PAIR_COLUMNS, holm, paired_t_p, seed_noise, t_interval
 
@@ -106,6 +107,17 @@ def test_study_settings_read_the_sweep_section():
     settings = study_settings(runs)
     assert settings.window == {"loss.beta": 1.0} and settings.compare == ("best",)
     assert (settings.focus, settings.alpha, settings.bounds) == ("rmipo", 0.1, {"loss.gamma_min": [0.0, None]})
+
+
+def test_a_runs_method_label_wins_and_study_bookkeeping_is_no_axis(tmp_path):
+    write_run(tmp_path / "r", "rmipo", 2.0, 0, 0.7)  # .hydra says loss=rmipo
+    record = json.loads((tmp_path / "r" / "results.json").read_text())
+    record["config"]["method"] = "rmipo_marginal_reference"  # set by conf/sweep/knob/*_reference.yaml
+    (tmp_path / "r" / "results.json").write_text(json.dumps(record))
+    assert load_runs(tmp_path)["method"].tolist() == ["rmipo_marginal_reference"]
+    runs = make_runs({"a": {(1.0, 1e-4): [0.5], (3.0, 1e-4): [0.6]}})
+    runs["sweep.beta_step"] = ["b1", "b2"]  # the grid position a per-loss grid is swept by
+    assert swept_keys(runs, "a") == ["loss.beta"]
 
 
 def test_summary_numbers_by_hand(summary):
@@ -278,7 +290,8 @@ def test_committed_reports_regenerate_from_their_runs_csv(study):
     (checked here without drawing the figures)."""
     folder = ROOT / "docs" / "results" / study
     runs, _, settings = load_study(folder / "runs.csv")
-    summary, pairs, grid = method_summary(runs, settings), pairwise_differences(runs, settings), grid_table(runs, settings)
+    summary, pairs = method_summary(runs, settings), pairwise_differences(runs, settings)
+    grid = grid_table(runs, settings)
     for name, table in (("sensitivity.csv", summary), ("pairwise.csv", pairs), ("grid.csv", grid)):
         assert table.to_csv(index=False) == (folder / name).read_text(), f"{study}/{name} is stale"
     figures = [name for name in ("score_vs_beta.png", "reward_vs_kl.png", "training_margin_delta.png")

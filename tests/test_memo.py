@@ -102,3 +102,25 @@ def test_tokenized_pairs_once_per_rows_tokenizer_and_settings():
     PreferenceDataModule(rows, [], other, max_length=16, max_prompt_length=8, batch_size=2, eval_batch_size=2,
                          seed=0).setup()  # another tokenizer: train split tokenized again (eval: empty rows)
     assert memo.stats["tokenized_hits"] == 2
+
+
+def test_a_multirun_reuses_artifacts_policy_and_tokens_and_still_isolates_a_failure(cache_root, tmp_path):
+    """Three jobs in one process (Hydra's basic launcher): the second and third reuse what the first
+    loaded; the middle one fails (label smoothing outside [0, 0.5), before any loading) and the third
+    still completes."""
+    import json
+
+    from test_run import SMALL_SORT, run_cli
+
+    args = ["-m", *SMALL_SORT, "trainer.max_steps=2", "loss=dpo", "loss.label_smoothing=0.0,0.7,0.1",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = run_cli(args, cache_root, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json")}
+    by_smoothing = {name.split("label_smoothing=")[1].split(",")[0]: r for name, r in results.items()}
+    assert by_smoothing["0.7"]["status"] == "failed"
+    first, last = by_smoothing["0.0"], by_smoothing["0.1"]
+    assert first["status"] == last["status"] == "completed"
+    assert first["info"]["memo"] == {"artifacts_hits": 0, "policy_hits": 0, "tokenized_hits": 0}
+    assert last["info"]["memo"]["artifacts_hits"] == 1 and last["info"]["memo"]["tokenized_hits"] >= 2
+    assert last["info"]["memo"]["policy_hits"] >= 1

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from prefopt import cache, preflight
@@ -74,15 +75,19 @@ def test_ckpt_path_resolution(tmp_path, capsys):
     from prefopt.resume import resolve_ckpt_path
 
     assert resolve_ckpt_path(None, tmp_path) is None
-    with pytest.raises(ResumeMismatch, match=r"ckpt_path=last: .*checkpoints has no last.ckpt.*last_or_fresh"):
+    with pytest.raises(ResumeMismatch, match=r"ckpt_path=last: .*checkpoints has no readable checkpoint.*last_or_fresh"):
         resolve_ckpt_path("last", tmp_path)
     assert resolve_ckpt_path("last_or_fresh", tmp_path) is None and "starting fresh" in capsys.readouterr().out
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    assert resolve_ckpt_path("last", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
-    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # SLURM's requeue checkpoint, newer
-    hpc.write_bytes(b"x")
-    os.utime(hpc, (2e9, 2e9))
+    periodic = tmp_path / "checkpoints" / "epoch=0-step=20.ckpt"
+    torch.save({"global_step": 20}, periodic)
+    os.utime(periodic, (1e9, 1e9))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.write_bytes(periodic.read_bytes()[:100])  # newer, but cut short by a kill while it was written
+    assert resolve_ckpt_path("last", tmp_path) == str(periodic)
+    assert f"skipping {last}: unreadable" in capsys.readouterr().err
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # SLURM's requeue checkpoint, newest
+    torch.save({"global_step": 25}, hpc)
     assert resolve_ckpt_path("last_or_fresh", tmp_path) == str(hpc)
     with pytest.raises(ResumeMismatch, match="ckpt_path=nope.ckpt: no such checkpoint"):
         resolve_ckpt_path("nope.ckpt", tmp_path)

@@ -99,7 +99,7 @@ def test_resume_after_rows_are_added_names_tokenizer_and_pairs(cache_root, tmp_p
 def test_ckpt_path_last_without_a_checkpoint_stops_unless_fresh_is_allowed(cache_root, tmp_path):
     proc = run_cli([*SHORT, f"hydra.run.dir={tmp_path / 'a'}", "ckpt_path=last"], cache_root, tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert f"ckpt_path=last: {tmp_path / 'a' / 'checkpoints'} has no last.ckpt" in proc.stderr
+    assert f"ckpt_path=last: {tmp_path / 'a' / 'checkpoints'} has no readable checkpoint" in proc.stderr
     proc = run_cli([*SHORT, f"hydra.run.dir={tmp_path / 'b'}", "ckpt_path=last_or_fresh"], cache_root, tmp_path)
     assert proc.returncode == 0 and "starting fresh" in proc.stdout
 

@@ -29,7 +29,8 @@ def test_each_tuned_file_is_a_loss_and_a_task_and_composes(name):
     loss, data = name.rsplit("_", 1)  # loss configs may hold an underscore, data configs do not
     assert (CONF / "loss" / f"{loss}.yaml").exists() and (CONF / "data" / f"{data}.yaml").exists(), name
     spec = OmegaConf.load(CONF / "tuned" / f"{name}.yaml")
-    assert set(spec) <= {"loss", "optim"} and set(spec.get("loss", {})) <= set(OmegaConf.load(CONF / "loss" / f"{loss}.yaml"))
+    own_keys = set(OmegaConf.load(CONF / "loss" / f"{loss}.yaml"))
+    assert set(spec) <= {"loss", "optim"} and set(spec.get("loss", {})) <= own_keys
     cfg = compose_with(f"loss={loss}", f"data={data}")
     assert cfg.hydra.runtime.choices.tuned == name
     assert cfg.loss.beta == spec.loss.beta and cfg.optim.lr == spec.optim.lr

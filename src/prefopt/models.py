@@ -1,7 +1,8 @@
 """Loading policies: the tiny Llama built from scratch, HF folders or hub ids, and GGUF files.
 
 `build_tiny` makes the small model the embedded tasks train on a laptop CPU; `load_policy` is what
-`run.py` calls for `model=...` configs. Exercised by `python src/run.py model=tiny|smollm2_135m`.
+`run.py` calls for `model=...` configs. Exercised by `pytest tests/test_run.py tests/test_smollm2.py
+tests/test_experiment_toy.py` (`python src/run.py model=tiny|smollm2_135m|mistral7b model.path=...`).
 """
 
 from __future__ import annotations
@@ -83,10 +84,23 @@ def attention_implementation(requested: str | None) -> str | None:
     return "sdpa"
 
 
+def load_tokenizer(path: str, **kwargs: Any) -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained`, tolerating a partly installed `mistral-common` (e.g. installed
+    with --no-deps): transformers then probes it for every model_type=mistral folder and fails on its
+    missing dependencies (tiktoken, ...). Skipping the probe (`fix_mistral_regex=False`) loads what an
+    environment without mistral-common loads."""
+    try:
+        return AutoTokenizer.from_pretrained(path, **kwargs)
+    except ImportError:
+        if "fix_mistral_regex" in kwargs:
+            raise
+        return AutoTokenizer.from_pretrained(path, fix_mistral_regex=False, **kwargs)
+
+
 def _from_pretrained(path: str, dtype: torch.dtype, attn: str | None = None, **kwargs: Any):
     model_kwargs = {"attn_implementation": attn} if attn else {}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **model_kwargs, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    tokenizer = load_tokenizer(path, **kwargs)
     return model, tokenizer
 
 

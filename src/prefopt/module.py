@@ -7,7 +7,11 @@ marginal with `marginal=reference`) can instead come from tables indexed by each
 (`use_logp_table`, filled by prefopt.logp_cache); once they cover what the loss needs,
 `release_reference()` drops the frozen copy. A LoRA policy (peft) keeps no copy at all: its frozen
 passes run the same model with the adapters disabled (`frozen_scorer`). The reference never goes into
-checkpoints (it is rebuilt from the starting policy). Exercised by `python src/run.py loss=dpo|ipo|simpo|rmipo`.
+checkpoints (it is rebuilt from the starting policy). No-gradient passes (frozen and the live marginal)
+run in eval mode: no dropout noise in δ or the log-ratios. `progress()` (the share of training a
+scheduled loss sees) counts optimizer steps against `trainer.estimated_stepping_batches`.
+Exercised by `pytest tests/test_module.py tests/test_progress.py tests/test_dropout.py` and
+`python src/run.py loss=dpo|ipo|simpo|rmipo`.
 """
 
 from __future__ import annotations

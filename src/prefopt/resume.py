@@ -9,7 +9,8 @@ only the record of the checkpoint file (memory-mapped, so a 7B checkpoint costs 
 when Lightning restores a checkpoint it picked itself (SLURM's `hpc_ckpt_*.ckpt` after a requeue).
 
 `ckpt_path`: null (fresh; under SLURM Lightning resumes its own requeue checkpoint), `last` (the newest
-`checkpoints/last*.ckpt` or `hpc_ckpt_*.ckpt` of the run folder; none is an error), `last_or_fresh`
+readable `checkpoints/*.ckpt` or `hpc_ckpt_*.ckpt` of the run folder, so a periodic checkpoint written
+just before a kill cut `last.ckpt` short still counts; none is an error), `last_or_fresh`
 (the same, or a fresh start when there is none) or a path. Exercised by `pytest tests/test_resume.py`.
 """
 
@@ -100,22 +101,47 @@ def check_record(saved: dict[str, Any] | None, now: dict[str, Any], ckpt: str) -
                              "fresh run in a new folder (without ckpt_path)")
 
 
-def read_record(ckpt: Path) -> dict[str, Any] | None:
-    """The run record of a checkpoint file, read without loading its tensors (memory-mapped)."""
+def _load_head(ckpt: Path) -> Any:
+    """A checkpoint file's contents with its tensors memory-mapped (nothing large is read)."""
     import torch
 
+    return torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
+
+
+def _why_unreadable(ckpt: Path) -> str | None:
+    if ckpt.is_dir():  # a sharded (FSDP / DeepSpeed) checkpoint: Lightning reads it
+        return None
     try:
-        checkpoint = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
+        _load_head(ckpt)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise ResumeMismatch(f"cannot resume from {ckpt}: the file is unreadable ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''}); delete it or pick another") from None
+        first = str(err).splitlines()[0] if str(err) else ""
+        return f"{type(err).__name__}: {first}"
+    return None
+
+
+def read_record(ckpt: Path) -> dict[str, Any] | None:
+    """The run record of a checkpoint file, read without loading its tensors (memory-mapped)."""
+    problem = _why_unreadable(ckpt)
+    if problem:
+        raise ResumeMismatch(f"cannot resume from {ckpt}: the file is unreadable ({problem}); delete it or pick another")
+    checkpoint = _load_head(ckpt)
     return checkpoint.get(RECORD_KEY) if isinstance(checkpoint, dict) else None
 
 
+def checkpoints_newest_first(output_dir: Path) -> list[Path]:
+    """Every checkpoint of a run folder (`checkpoints/*.ckpt`, SLURM's `hpc_ckpt_*.ckpt`), newest first."""
+    found = [*(output_dir / "checkpoints").glob("*.ckpt"), *output_dir.glob("hpc_ckpt_*.ckpt")]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def last_checkpoint(output_dir: Path) -> Path | None:
-    """The newest `checkpoints/last*.ckpt` or SLURM `hpc_ckpt_*.ckpt` of a run folder, if any."""
-    found = [*(output_dir / "checkpoints").glob("last*.ckpt"), *output_dir.glob("hpc_ckpt_*.ckpt")]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    """The newest readable checkpoint of a run folder (one cut short by a kill is skipped, with a note)."""
+    for ckpt in checkpoints_newest_first(output_dir):
+        problem = _why_unreadable(ckpt)
+        if problem is None:
+            return ckpt
+        print(f"[prefopt] skipping {ckpt}: unreadable ({problem}), probably cut short by a kill", file=sys.stderr)
+    return None
 
 
 def resolve_ckpt_path(value: str | None, output_dir: Path) -> str | None:
@@ -129,8 +155,8 @@ def resolve_ckpt_path(value: str | None, output_dir: Path) -> str | None:
         if value == "last_or_fresh":
             print(f"[prefopt] ckpt_path=last_or_fresh: no checkpoint in {output_dir / 'checkpoints'}, starting fresh")
             return None
-        raise ResumeMismatch(f"ckpt_path=last: {output_dir / 'checkpoints'} has no last.ckpt, so there is nothing "
-                             "to resume; set hydra.run.dir to the interrupted run's folder, or use "
+        raise ResumeMismatch(f"ckpt_path=last: {output_dir / 'checkpoints'} has no readable checkpoint, so there is "
+                             "nothing to resume; set hydra.run.dir to the interrupted run's folder, or use "
                              "ckpt_path=last_or_fresh to start fresh when there is none")
     if not Path(value).exists():
         raise ResumeMismatch(f"ckpt_path={value}: no such checkpoint")

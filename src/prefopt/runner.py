@@ -133,6 +133,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, state: dic
     )
     data.setup()  # tokenize now: bad rows fail before the trainer starts, drops are reported
     state["info"]["data"] = data.stats
+    state["info"]["memo"] = dict(memo.stats)  # what this process reused from earlier runs (prefopt/memo.py)
     print_data_summary(state["info"].get("drops"), data.stats)
     state["info"]["data_layout"] = detect_layout(artifacts.info, artifacts.train_rows)
     print(f"[prefopt] data layout: {state['info']['data_layout']}")

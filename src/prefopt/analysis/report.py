@@ -42,6 +42,8 @@ def analyze(
     runs, curves, settings = load_study(source, methods, score=score, tolerance=tolerance)
     if completed(runs).empty:
         raise ValueError(f"no completed run under {source}; failed: {_failures(runs)}")
+    if settings.focus and settings.focus not in set(completed(runs)["method"]):
+        settings.focus = None  # `methods` left the study's focus out: compare every pair (the report says so)
     summary = method_summary(runs, settings)
     pairs = pairwise_differences(runs, settings)
     grid = grid_table(runs, settings)

@@ -12,7 +12,7 @@ prompts with string responses get assistant messages. A normalized row is all st
 
 Bad rows raise `DataError` naming the source and the row index (0-based); rows that are valid but
 useless for training (chosen == rejected, an empty response) are dropped and counted.
-Exercised by `pytest tests/data/test_rows.py`.
+Exercised by `pytest tests/data/test_row_normalize.py`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ It reads and normalizes the rows (formats.py, rows.py), takes the eval rows from
 without one, holds out a seeded `eval_fraction` of the rows, and offers the texts as a corpus for
 building a tokenizer when the model needs one (model=tiny). It has no oracle: runs on it report
 preference metrics (reward accuracy, margins), not gold rewards.
-Exercised by `pytest tests/data/test_source.py` and `python src/run.py data=jsonl data.path=FILE`.
+Exercised by `pytest tests/data/test_file_source.py` and `python src/run.py data=jsonl data.path=FILE`.
 """
 
 from __future__ import annotations

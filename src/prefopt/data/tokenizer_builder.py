@@ -4,7 +4,7 @@ Special tokens: `<pad>` (0), `<s>` (BOS, 1), `</s>` (EOS, 2) and the chat role m
 `<|user|>`, `<|assistant|>`. Plain text gets BOS prepended; chat follows a Zephyr-style template:
 "<s><|user|>\\n{content}</s>\\n<|assistant|>\\n{content}</s>\\n", so string and chat data both work with
 the tiny model. The result saves with `save_pretrained` and reloads with `AutoTokenizer.from_pretrained`.
-Exercised by `pytest tests/data/test_tokenizer_builder.py`.
+Exercised by `pytest tests/data/test_bpe_tokenizer.py`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ PMI(y) = s̄(y|x) - m̄(y), with m̄ the length-averaged marginal log-prob of y 
 δ = stopgrad(PMI_w - PMI_l); g = g_min + (g_max - g_min)·exp(-max(0, δ));
 loss = -(1-ε)·logσ(β(s̄_w - s̄_l - g)) - ε·logσ(-β(s̄_w - s̄_l - g)); reward = β·s̄.
 No gradient flows through δ, g or the marginal log-probs.
-Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_rmipo.py -q`.
+Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_rmipo.py -q`.
 """
 
 from __future__ import annotations
