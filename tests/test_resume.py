@@ -1,6 +1,8 @@
 """Exact resume and determinism on CPU: a run killed with SIGKILL mid-training and restarted with the
 same command, folder and `ckpt_path=last` ends with the same metrics as an uninterrupted run, and the
-same command twice gives identical metrics."""
+same command twice gives identical metrics. Resumes check what they resume (prefopt.resume): another
+config, data or tokenizer is refused in one line naming it; `ckpt_path=last` without a checkpoint
+stops unless `last_or_fresh`. Signals: tests/test_signals.py."""
 
 import json
 import os
@@ -51,6 +53,8 @@ def test_sigkill_and_resume_matches_uninterrupted(cache_root, tmp_path):
     proc = run_cli([*ARGS, f"hydra.run.dir={run_dir}", "ckpt_path=last"], cache_root, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert metrics(run_dir) == metrics(tmp_path / "full")
+    resumed = json.loads((run_dir / "results.json").read_text())["info"]["resumed_from"]
+    assert resumed["step"] >= 20  # it did resume (a fresh start would give the same numbers)
 
 
 # ---- resumes check what they resume (prefopt.resume) ----------------------------------------------
