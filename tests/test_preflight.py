@@ -75,7 +75,7 @@ def test_ckpt_path_resolution(tmp_path, capsys):
     from prefopt.resume import resolve_ckpt_path
 
     assert resolve_ckpt_path(None, tmp_path) is None
-    with pytest.raises(ResumeMismatch, match=r"ckpt_path=last: .*checkpoints has no readable checkpoint.*last_or_fresh"):
+    with pytest.raises(ResumeMismatch, match=r"ckpt_path=last: .*checkpoints has no readable checkpoint.*or_fresh"):
         resolve_ckpt_path("last", tmp_path)
     assert resolve_ckpt_path("last_or_fresh", tmp_path) is None and "starting fresh" in capsys.readouterr().out
     (tmp_path / "checkpoints").mkdir()

@@ -86,3 +86,46 @@ def test_slurm_runs_get_lightning_requeue(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_NAME", "prefopt-sweep")
     (env,) = slurm_plugins()
     assert isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal == signal.SIGUSR1
+
+
+class FakeTrainer:
+    """What the guard reads from a Lightning Trainer."""
+
+    world_size, callbacks, sanity_checking = 1, [], False
+
+    def __init__(self, root):
+        self.global_step, self.default_root_dir, self.saved = 0, str(root), []
+
+    def save_checkpoint(self, path):
+        self.saved.append((path, self.global_step))
+
+
+def test_guard_stops_only_at_an_optimizer_step_boundary(tmp_path):
+    from prefopt.signals import InterruptGuard, Interrupted
+
+    guard, trainer = InterruptGuard(), FakeTrainer(tmp_path)
+    guard.on_train_start(trainer, None)
+    trainer.global_step = 1
+    guard.on_train_batch_end(trainer, None, None, None, 0)  # step 1 done
+    guard._handle(signal.SIGTERM, None)  # arrives during the first micro-batch of step 2
+    guard.on_train_batch_end(trainer, None, None, None, 1)  # accumulating: global_step still 1
+    assert trainer.saved == []
+    trainer.global_step = 2
+    with pytest.raises(Interrupted) as stop:
+        guard.on_train_batch_end(trainer, None, None, None, 2)
+    assert trainer.saved == [(str(tmp_path / "checkpoints" / "last.ckpt"), 2)]
+    assert (stop.value.signum, stop.value.step, stop.value.exit_code) == (signal.SIGTERM, 2, 143)
+
+
+def test_guard_outside_training_or_on_a_second_signal_stops_at_once(tmp_path):
+    from prefopt.signals import InterruptGuard, Interrupted
+
+    guard = InterruptGuard()
+    with pytest.raises(Interrupted) as stop:
+        guard._handle(signal.SIGINT, None)  # before training: nothing to save
+    assert (stop.value.step, stop.value.checkpoint, stop.value.exit_code) == (0, None, 130)
+    guard = InterruptGuard()
+    guard.on_train_start(FakeTrainer(tmp_path), None)
+    guard._handle(signal.SIGINT, None)  # noted
+    with pytest.raises(Interrupted):
+        guard._handle(signal.SIGINT, None)  # the user insists

@@ -1,9 +1,10 @@
 """Checks before any work: the folders a run writes to, its cache and what `ckpt_path` resumes.
 
 `check_output_argv` runs in `src/run.py` before Hydra starts (Hydra's own failure on a read-only
-output folder is a logging traceback); `stop_if_unwritable` and `preflight` run first in each job: the run folder must be
-writable, a read-only cache is announced (then every artifact must be in it: a missing one is a
-one-line `CacheError` at build time, before training), the cache's lock timeout is set, and
+output folder is a logging traceback); `stop_if_unwritable` and `preflight` run first in each job:
+the run folder must be writable, a read-only cache is announced (then every artifact must be in it: a
+missing one is a one-line `CacheError` when the task or the log-prob tables are built, before training;
+the starting policy's evaluation is computed without the cache), the cache's lock timeout is set, and
 `ckpt_path` is resolved (see prefopt.resume). Read-only is judged with `os.access`, so tests running
 as root can mock it. Exercised by `pytest tests/test_preflight.py`.
 """

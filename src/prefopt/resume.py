@@ -123,7 +123,8 @@ def read_record(ckpt: Path) -> dict[str, Any] | None:
     """The run record of a checkpoint file, read without loading its tensors (memory-mapped)."""
     problem = _why_unreadable(ckpt)
     if problem:
-        raise ResumeMismatch(f"cannot resume from {ckpt}: the file is unreadable ({problem}); delete it or pick another")
+        raise ResumeMismatch(f"cannot resume from {ckpt}: the file is unreadable ({problem}); "
+                             "delete it or pick another")
     checkpoint = _load_head(ckpt)
     return checkpoint.get(RECORD_KEY) if isinstance(checkpoint, dict) else None
 

@@ -2,8 +2,8 @@
 with a resumable checkpoint, `status: interrupted` in results.json and exit status 130 / 143.
 
 `InterruptGuard` is installed for the whole job. A signal during training is noted and acted on at the
-end of the current optimizer step (or validation), where Lightning's own periodic checkpoints are
-taken, so resuming gives the same numbers as an uninterrupted run: the guard saves
+end of the current optimizer step (after its last accumulated batch) or validation, where Lightning's
+own periodic checkpoints are taken, so resuming gives the same numbers as an uninterrupted run: it saves
 `checkpoints/last.ckpt` (whatever `checkpoint.every_n_train_steps` says), then raises `Interrupted`.
 Outside training (building data, evaluating) it raises at once. A second Ctrl-C stops without saving.
 In a data-parallel run the ranks agree on the step to stop at (one all-reduce of a flag per step).
@@ -82,8 +82,10 @@ class InterruptGuard(Callback):
         self.training, self.step = True, trainer.global_step
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        stepped = trainer.global_step != self.step  # not in the middle of a gradient accumulation
         self.step = trainer.global_step
-        self._stop_if_asked(trainer)
+        if stepped:
+            self._stop_if_asked(trainer)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if self.training and not trainer.sanity_checking:

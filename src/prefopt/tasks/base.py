@@ -96,7 +96,8 @@ def load_pairs_split(pairs_file: Path, eval_fraction: float,
         with open(pairs_file, encoding="utf-8") as fh:
             rows = [json.loads(line) for line in fh]
     except (OSError, ValueError) as e:
-        raise CacheError(f"{pairs_file} is unreadable ({type(e).__name__}: {e}); delete its folder to rebuild it") from None
+        raise CacheError(f"{pairs_file} is unreadable ({type(e).__name__}: {e}); delete its folder to "
+                         "rebuild it") from None
     if expected is not None and len(rows) != expected:
         raise CacheError(f"{pairs_file} holds {len(rows)} pairs, but {expected} were built; delete its folder "
                          "to rebuild it")
