@@ -48,6 +48,18 @@ def test_progress_off_a_terminal_is_a_plain_line_every_n_steps(capsys):
     ]
 
 
+def test_progress_of_an_epoch_run_counts_to_the_estimated_optimizer_steps(capsys):
+    def epoch_trainer(step):  # max_steps -1: the total comes from epochs and accumulation
+        return SimpleNamespace(global_step=step, max_steps=-1, estimated_stepping_batches=6, callback_metrics={})
+
+    bar = StepProgressBar("simpo on jsonl", terminal=False, every=5)
+    bar.on_train_start(epoch_trainer(0), None)
+    for step in range(1, 7):
+        bar.on_train_batch_end(epoch_trainer(step), None, None, None, step - 1)
+    lines = [line.split(" (")[0] for line in capsys.readouterr().out.strip().splitlines()]
+    assert lines == ["[prefopt] simpo on jsonl: step 5/6", "[prefopt] simpo on jsonl: step 6/6"]
+
+
 def test_a_terminal_bar_reaches_run_log_once(tmp_path):
     with ConsoleLog(tmp_path / "run.log"):
         bar = StepProgressBar("rmipo", terminal=True)

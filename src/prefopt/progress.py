@@ -1,7 +1,7 @@
 """What a run shows while it works: training progress counted in optimizer steps, quieter Lightning
 logs, and a copy of the console in the run folder's `run.log`.
 
-- `StepProgressBar`: on a terminal, a tqdm bar `step/max_steps` with the latest loss; anywhere else
+- `StepProgressBar`: on a terminal, a tqdm bar `step/total optimizer steps` with the latest loss; anywhere else
   (a file, a pipe, a cluster log), one plain line every N steps instead of bar redraws.
 - `ConsoleLog`: everything printed to stdout/stderr also goes to `run.log`, where a line redrawn with
   carriage returns (a progress bar) keeps only its final state.
@@ -55,9 +55,19 @@ class StepProgressBar(Callback):
         self.bar: Any = None
         self.last_line = -1
         self.started = 0.0
+        self.total: int | None = None
+
+    @staticmethod
+    def _total(trainer) -> int | None:
+        """Optimizer steps this run will take: max_steps, or what epochs and accumulation give."""
+        try:
+            total = trainer.estimated_stepping_batches
+        except Exception:  # noqa: BLE001 - unknown before the data is set up, or infinite
+            total = trainer.max_steps
+        return int(total) if total and total > 0 and total != float("inf") else None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        self.total = total = self._total(trainer)
         self.started = time.time()
         if self.terminal if self.terminal is not None else on_terminal():
             from tqdm.auto import tqdm
@@ -77,10 +87,10 @@ class StepProgressBar(Callback):
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(self._postfix(trainer), refresh=False)
             return
-        last = bool(trainer.max_steps and step >= trainer.max_steps)
+        last = bool(self.total and step >= self.total)
         if step != self.last_line and (step % self.every == 0 or last):
             self.last_line = step
-            total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+            total = f"/{self.total}" if self.total else ""
             post = "".join(f", {k} {v}" for k, v in self._postfix(trainer).items())
             rate = step / max(time.time() - self.started, 1e-9)
             print(f"[prefopt] {self.desc}: step {step}{total}{post} ({rate:.1f} steps/s)", flush=True)
