@@ -4,7 +4,9 @@
 when `fn` started, in MiB. On the CPU it reads the allocator's running total from the profiler's
 allocation events (tracemalloc does not see torch tensors); on CUDA it uses max_memory_allocated.
 `rss_mb()` / `peak_rss_mb()` read the process's resident set (and its high-water mark) from /proc.
-Used by `python benchmarks/logps_micro.py` and `python benchmarks/throughput.py`.
+`peak_mb` is used by `python benchmarks/logps_micro.py`, `python benchmarks/throughput.py` (each
+configuration's live-tensor peak above its baseline after imports and model build) and
+tests/test_logps.py.
 """
 
 from __future__ import annotations

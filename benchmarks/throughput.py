@@ -25,6 +25,7 @@ load from elsewhere hits all alike. Step cost is CPU time of the process (time.p
 busy machine inflates far less than wall time (also reported). cpu_ms_per_step is the mean over all
 measured steps, with a 95% t-interval over the per-round segment means; every ratio ours/TRL comes
 with a 95% t-interval over the per-round log ratios (same rounds, paired). Load averages are recorded.
+On CUDA (`--device cuda`), where CPU time says little, pairs/s, mfu and the ratios use wall time.
 Peak memory: separate processes run the same configuration for a few steps under torch's profiler
 (allocation events; on CUDA max_memory_allocated): the most memory live tensors held above a baseline
 taken after imports and the model build (reference copies, optimizer state, activations, gradients
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import statistics
@@ -467,16 +467,21 @@ def peak_memory(model_name: str, c: tuple[str, str], args, cache_root: str) -> f
 # ---------------------------------------------------------------- FLOPs and the matmul peak
 
 
-def matmul_peak_flops(seconds: float = 1.0) -> float:
-    """One-thread float32 matmul FLOP/s in CPU time: the best of square sizes 256..1024."""
+def matmul_peak_flops(device: str = "cpu", seconds: float = 1.0) -> float:
+    """float32 matmul FLOP/s: on the CPU one thread in CPU time, the best of square sizes 256..1024;
+    on CUDA in wall time, sizes up to 8192."""
+    cuda = device.startswith("cuda")
+    clock = time.perf_counter if cuda else time.process_time
     best = 0.0
-    for size in (256, 512, 1024):
-        a, b = torch.randn(size, size), torch.randn(size, size)
+    for size in (256, 512, 1024) + ((4096, 8192) if cuda else ()):
+        a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
         a @ b
-        reps, start = 0, time.process_time()
-        while (spent := time.process_time() - start) < seconds / 3 or reps < 3:
+        reps, start = 0, clock()
+        while (spent := clock() - start) < seconds / 3 or reps < 3:
             a @ b
             reps += 1
+            if cuda:
+                torch.cuda.synchronize()
         best = max(best, 2 * size ** 3 * reps / spent)
     return best
 
@@ -519,20 +524,22 @@ def label(impl: str, loss: str) -> str:
 def result_rows(model_name, lengths, configs, rounds, done, mem, n_params_, flops, peak_flops, load, args):
     out = []
     tokens_per_pair = statistics.fmean(2 * p + c + r for p, c, r in lengths)
+    timed = 1 if args.device.startswith("cuda") else 0  # step cost: wall time on a GPU, else CPU time
     for c in configs:
         cpu = [statistics.fmean(seg[0]) for seg in rounds[c]]
         wall = [statistics.fmean(seg[1]) for seg in rounds[c]]
         mean_cpu, low, high = mean_interval(cpu)
         mean_wall, wall_low, wall_high = mean_interval(wall)
+        step = (mean_cpu, mean_wall)[timed]
         report = dict(done[c])
         losses = report.pop("losses")
         mean_loss = report.pop("mean_loss", statistics.fmean(losses) if losses else None)
         out.append(dict(
             impl=c[0], loss=c[1], model=model_name, lengths=args.lengths,
-            pairs_per_s=args.batch_size / mean_cpu, tokens_per_s=args.batch_size * tokens_per_pair / mean_cpu,
+            pairs_per_s=args.batch_size / step, tokens_per_s=args.batch_size * tokens_per_pair / step,
             peak_mem_mb=mem[c], cpu_ms_per_step=1e3 * mean_cpu, ci_low=1e3 * low, ci_high=1e3 * high,
             wall_ms_per_step=1e3 * mean_wall, wall_ci_low=1e3 * wall_low, wall_ci_high=1e3 * wall_high,
-            padded_share=report.pop("padded_share"), mfu=flops / mean_cpu / peak_flops,
+            padded_share=report.pop("padded_share"), mfu=flops / step / peak_flops,
             model_flops_per_step=flops, matmul_peak_gflops=peak_flops / 1e9, mean_loss=mean_loss,
             label=label(*c), n_params=n_params_, batch_size=args.batch_size, device=args.device,
             rounds=args.rounds, steps_per_round=args.steps, loadavg_start=load[0], loadavg_end=load[1],
@@ -544,8 +551,8 @@ def result_rows(model_name, lengths, configs, rounds, done, mem, n_params_, flop
         vs = VS_OURS.get((row["impl"], row["loss"]), row["loss"])
         if ("ours", vs) not in rounds:
             continue
-        theirs = [statistics.fmean(seg[0]) for seg in rounds[(row["impl"], row["loss"])]]
-        ours = [statistics.fmean(seg[0]) for seg in rounds[("ours", vs)]]
+        theirs = [statistics.fmean(seg[timed]) for seg in rounds[(row["impl"], row["loss"])]]
+        ours = [statistics.fmean(seg[timed]) for seg in rounds[("ours", vs)]]
         ratio, low, high = ratio_interval(theirs, ours)
         row.update(vs_ours=vs, speedup=ratio, speedup_ci_low=low, speedup_ci_high=high,
                    mem_ratio=mem[("ours", vs)] / mem[(row["impl"], row["loss"])])
@@ -557,11 +564,12 @@ def bench(model_name: str, losses: list[str], with_trl: bool, args, cache_root: 
     print(f"{model_name}, {args.lengths} lengths: {len(configs)} configurations, batch {args.batch_size} pairs, "
           f"{args.warmup} warm-up + {args.rounds} x {args.steps} measured steps, device {args.device}", flush=True)
     load_start = os.getloadavg()
-    peak = matmul_peak_flops()
+    cuda = args.device.startswith("cuda")  # CUDA must stay uninitialised here until the workers have forked
+    peak = 0.0 if cuda else matmul_peak_flops()
     rounds, done, n_params_ = timed_segments(model_name, configs, args, cache_root)
-    peak = max(peak, matmul_peak_flops())
     load_end = os.getloadavg()
     mem = {c: peak_memory(model_name, c, args, cache_root) for c in configs}
+    peak = max(peak, matmul_peak_flops(args.device))
     model, _ = build_model(model_name, seed=0)
     lengths = token_lengths(bench_rows(model_name, args))
     flops = step_flops(model, lengths, args.batch_size)

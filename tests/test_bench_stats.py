@@ -1,4 +1,5 @@
-"""Benchmark statistics (benchmarks/bench_stats.py): hand-worked t-intervals of means and paired ratios."""
+"""Benchmark statistics (benchmarks/bench_stats.py): hand-worked t-intervals of means and paired ratios;
+and the rows `benchmarks/throughput.py --json` writes."""
 
 import math
 import sys
@@ -28,3 +29,20 @@ def test_ratio_interval_is_paired_on_the_log_scale():
     assert math.log(high / ratio) == pytest.approx(12.7062 * math.log(2), rel=1e-4)
     with pytest.raises(ValueError, match="as many values"):
         ratio_interval([1.0], [1.0, 2.0])
+
+
+def test_throughput_rows_keep_their_keys_and_add_the_interval_ones(tmp_path):
+    """benchmarks/throughput.py --json: one short variable-length run of ours (no TRL: seconds)."""
+    import json
+
+    import throughput
+
+    out = tmp_path / "bench.json"
+    throughput.main(["--models", "tiny", "--lengths", "variable", "--losses", "simpo", "--no-trl", "--rounds", "3",
+                     "--steps", "1", "--warmup", "1", "--memory-steps", "1", "--json", str(out)])
+    (row,) = json.loads(out.read_text())
+    assert {"impl", "loss", "model", "pairs_per_s", "tokens_per_s", "peak_mem_mb", "lengths", "padded_share",
+            "cpu_ms_per_step", "ci_low", "ci_high", "mfu", "loadavg_start"} <= set(row)
+    assert (row["impl"], row["loss"], row["model"], row["lengths"]) == ("ours", "simpo", "tiny", "variable")
+    assert row["ci_low"] <= row["cpu_ms_per_step"] <= row["ci_high"]
+    assert 0 < row["padded_share"] < 0.6 and 0 < row["mfu"] < 1 and row["peak_mem_mb"] > 0

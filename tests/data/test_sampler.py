@@ -1,5 +1,6 @@
-"""The resumable training order: per-epoch seeded permutations, and resuming mid-epoch skips exactly
-the batches already consumed."""
+"""The resumable training order (prefopt.data.sampler): per-epoch seeded permutations, resuming
+mid-epoch skips exactly the batches already consumed, data-parallel ranks split each global batch, and
+length grouping and the token budget keep all of that while cutting padding."""
 
 from prefopt.data.sampler import EpochSampler, ResumableLoader
 
