@@ -29,9 +29,9 @@ On CUDA (`--device cuda`), where CPU time says little, pairs/s, mfu and the rati
 Peak memory: separate processes run the same configuration for a few steps under torch's profiler
 (allocation events; on CUDA max_memory_allocated): the most memory live tensors held above a baseline
 taken after imports and the model build (reference copies, optimizer state, activations, gradients
-and any reference table are all above it). mfu: the policy's model FLOPs per step (6 x matmul weights
-x real tokens + causal attention, the same for every implementation) / CPU step time / the one-thread
-float32 matmul peak measured in this run. padded_share: share of the tokens the policy's transformer
+and any reference table are all above it). mfu: the policy's model FLOPs per step (see `step_flops`:
+the same for every implementation) / CPU step time / the one-thread float32 matmul peak measured in
+this run. padded_share: share of the tokens the policy's transformer
 pass processes that are padding (ours: the layout it ran, shared prompt or rows).
 
     python benchmarks/throughput.py                       # tiny and small, fixed and variable lengths
@@ -487,15 +487,19 @@ def matmul_peak_flops(device: str = "cpu", seconds: float = 1.0) -> float:
 
 
 def step_flops(model, rows_lengths: list[tuple[int, int, int]], batch_size: int) -> float:
-    """Model FLOPs of one policy training step (forward + backward = 3 x forward) on the mean pair:
-    2 x matmul weights per token (LM head at every position, as the usual 6N formula) plus causal
-    attention (2 x layers x width x length^2 per row forward), for prompt+chosen and prompt+rejected."""
-    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    """Model FLOPs of one policy training step (forward + backward = 3 x forward) on the mean pair, for
+    the rows prompt+chosen and prompt+rejected: 2 x the transformer's matmul weights per token, causal
+    attention (2 x layers x width x length^2 per row), and 2 x the LM head's weights per response token
+    (the only positions any of these losses scores). Sharing a prompt between the two rows is not
+    counted as less work, so it shows as a higher mfu."""
+    head = model.get_output_embeddings()
+    body = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
     cfg = model.config
     per_pair = 0.0
     for p, c, r in rows_lengths:
-        for length in (p + c, p + r):
-            per_pair += 2 * matmul * length + 2 * cfg.num_hidden_layers * cfg.hidden_size * length ** 2
+        for length, response in ((p + c, c), (p + r, r)):
+            per_pair += (2 * body * length + 2 * cfg.num_hidden_layers * cfg.hidden_size * length ** 2
+                         + 2 * head.weight.numel() * response)
     return 3 * per_pair / len(rows_lengths) * batch_size
 
 

@@ -301,6 +301,7 @@ def test_committed_reports_regenerate_from_their_runs_csv(study):
     assert text == (folder / "sensitivity.md").read_text(), f"{study}/sensitivity.md is stale"
 
 
+@pytest.mark.slow
 def test_cli_writes_into_the_folder_and_fails_cleanly(multirun, tmp_path, capsys):
     out = tmp_path / "cli"
     proc = subprocess.run([sys.executable, str(ROOT / "src" / "analyze.py"), str(multirun), "--out", str(out),

@@ -141,6 +141,7 @@ def start_builder(tmp_path):
     return proc
 
 
+@pytest.mark.slow
 def test_killed_builder_leaves_nothing_trusted_and_its_temp_folder_is_removed(tmp_path):
     proc = start_builder(tmp_path)
     proc.kill()
@@ -152,6 +153,7 @@ def test_killed_builder_leaves_nothing_trusted_and_its_temp_folder_is_removed(tm
     assert len(calls) == 1 and not list((tmp_path / "kind").glob(".k-*")) and artifact_problem(folder) is None
 
 
+@pytest.mark.slow
 def test_waiting_on_a_held_lock_says_who_and_gives_up(tmp_path, capsys):
     proc = start_builder(tmp_path)  # holds the lock of kind/k while it "builds"
     try:

@@ -129,6 +129,7 @@ def test_full_checkpoint_is_untouched():
     assert set(checkpoint["state_dict"]) == policy_keys and TRIMMED not in checkpoint
 
 
+@pytest.mark.slow
 def test_lora_run_resumes_from_its_adapter_checkpoint(cache_root, tmp_path):
     from test_run import SMALL_SORT, run_cli
 

@@ -27,6 +27,7 @@ def gpu_check(args, cache_root, out, **env):
                           timeout=400)
 
 
+@pytest.mark.slow
 def test_cpu_mode_prints_throughput_per_loss(cache_root, tmp_path):
     out = tmp_path / "not" / "yet" / "there"  # the script creates what it needs
     proc = gpu_check(["--cpu"], cache_root, out, LOSSES="dpo rmipo", STEPS="6")
@@ -45,6 +46,7 @@ def test_cpu_mode_prints_throughput_per_loss(cache_root, tmp_path):
     assert rows and {"prompt", "chosen", "rejected"} <= set(json.loads(rows[0]))
 
 
+@pytest.mark.slow
 def test_a_failing_step_exits_nonzero(cache_root, tmp_path):
     proc = gpu_check(["--cpu"], cache_root, tmp_path / "out", LOSSES="nosuchloss")
     assert proc.returncode == 1
@@ -52,6 +54,7 @@ def test_a_failing_step_exits_nonzero(cache_root, tmp_path):
     assert f"nosuchloss failed: no results.json (see {tmp_path / 'out' / 'nosuchloss.log'})" in proc.stdout
 
 
+@pytest.mark.slow
 def test_report_exits_1_on_a_failed_run(tmp_path):
     (tmp_path / "dpo").mkdir()
     (tmp_path / "dpo" / "results.json").write_text(json.dumps({"status": "failed", "error": "boom", "metrics": {}}))
@@ -66,6 +69,7 @@ def test_report_exits_1_on_a_failed_run(tmp_path):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_without_a_gpu_it_stops_in_one_line(tmp_path):
     proc = gpu_check([], tmp_path, tmp_path / "out")

@@ -70,6 +70,7 @@ def check_trained(trainer, module, before, after, moved, precision: str, fused: 
     assert max(before) > clip  # the clip really bound at least once
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cpu", "gpu"])
 def test_single_device_configs_train_with_their_precision_clipping_and_optimizer(name, tmp_path):
     cfg = composed(name, "trainer.accelerator=cpu", "trainer.devices=1", "trainer.max_steps=3")
@@ -78,6 +79,7 @@ def test_single_device_configs_train_with_their_precision_clipping_and_optimizer
     assert name == "cpu" or cfg.trainer.precision == "bf16-mixed"
 
 
+@pytest.mark.slow
 def test_ddp_config_trains_with_its_precision_clipping_and_optimizer(tmp_path):
     """DDP in this process (one gloo rank): the DDP wrapper, bf16-mixed, fused AdamW and clipping together."""
     import torch.distributed as dist
@@ -93,6 +95,7 @@ def test_ddp_config_trains_with_its_precision_clipping_and_optimizer(tmp_path):
     check_trained(*run, precision="bf16-mixed", fused=True, clip=cfg.trainer.gradient_clip_val)
 
 
+@pytest.mark.slow
 def test_fsdp_config_builds_and_its_combination_trains(tmp_path):
     from lightning.pytorch.strategies import FSDPStrategy
 
@@ -107,6 +110,7 @@ def test_fsdp_config_builds_and_its_combination_trains(tmp_path):
                   clip=fsdp.gradient_clip_val)
 
 
+@pytest.mark.slow
 def test_deepspeed_config_builds_or_says_how_and_its_combination_trains(tmp_path):
     import importlib.util
 

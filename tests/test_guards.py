@@ -13,6 +13,8 @@ from prefopt.guards import FiniteGuard
 from prefopt.losses import SimPOLoss
 from prefopt.module import PreferenceModule
 
+pytestmark = pytest.mark.slow  # every test here starts a run (`pytest -m "not slow"` skips them)
+
 
 class InjectNaN(L.Callback):
     """Poison one weight before the given (0-based) batch."""

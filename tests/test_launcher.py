@@ -57,6 +57,7 @@ def test_tasks_and_gpus_per_node_follow_trainer_devices():
     assert (launcher.tasks_per_node, launcher.gpus_per_node) == (2, None)  # CPU processes reserve no GPU
 
 
+@pytest.mark.slow
 def test_sbatch_script_asks_for_one_task_per_gpu(tmp_path, monkeypatch):
     _, launcher = launcher_cfg([*STUDY, "hydra.launcher.partition=gpu", "hydra.launcher.cpus_per_task=8",
                                 "hydra.launcher.mem_gb=400"])
@@ -117,6 +118,7 @@ def run_cli(args, tmp_path):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cfg_hydra_shows_the_interpolations_and_all_devices_is_one_line(tmp_path):
     proc = run_cli([*STUDY, "--cfg", "hydra"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

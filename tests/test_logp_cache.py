@@ -152,6 +152,7 @@ def test_off_or_not_needed_keeps_the_live_path(tok, tmp_path):
     assert not (tmp_path / "logps").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_computes_the_reference_once(cache_root, tmp_path):
     """`-m loss.beta=a,b` with loss=dpo: the first job builds the tables, the second finds them."""
     from test_run import SMALL_SORT, run_cli

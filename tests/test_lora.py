@@ -28,6 +28,7 @@ def logits(model, batch):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
+@pytest.mark.slow
 def test_lora_trains_only_adapters_and_the_disabled_pass_is_the_base_model():
     base = tiny_model()
     module = PreferenceModule(lora_model(), DPOLoss(beta=0.5), lr=1e-2, warmup_ratio=0.0)
@@ -116,6 +117,7 @@ def test_shared_prompt_pass_of_a_lora_policy_equals_full_rows():
         assert check_shared_prompt(model, batch) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logp_cache", ["true", "false"])
 def test_lora_run_end_to_end(cache_root, tmp_path, logp_cache):
     """`model.lora.r=4 loss=dpo` trains, evaluates against the adapter-disabled policy and saves a

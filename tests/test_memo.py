@@ -104,6 +104,7 @@ def test_tokenized_pairs_once_per_rows_tokenizer_and_settings():
     assert memo.stats["tokenized_hits"] == 2
 
 
+@pytest.mark.slow
 def test_a_multirun_reuses_artifacts_policy_and_tokens_and_still_isolates_a_failure(cache_root, tmp_path):
     """Three jobs in one process (Hydra's basic launcher): the second and third reuse what the first
     loaded; the middle one fails (label smoothing outside [0, 0.5), before any loading) and the third

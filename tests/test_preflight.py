@@ -33,6 +33,7 @@ def read_only(monkeypatch, *folders):
     monkeypatch.setattr(os, "access", access)
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_stops_before_hydra_in_one_line(cache_root, tmp_path):
     proc = run_cli(["data=sort", "hydra.run.dir=/dev/null/run"], cache_root, tmp_path, timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "Unable to configure" not in proc.stderr

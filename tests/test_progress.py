@@ -32,6 +32,7 @@ def fit(batches: int, **trainer_args) -> tuple[PreferenceModule, L.Trainer]:
     return module, trainer
 
 
+@pytest.mark.slow
 def test_epochs_with_accumulation_reach_one_at_the_last_step():
     """10 batches an epoch, accumulation 4, 2 epochs: ceil(10/4) = 3 steps an epoch (after batches 4, 8
     and the epoch's last 2), 6 steps in all, so progress is step/5 = 0, .2, .4, .6, .8, 1 and every
@@ -45,6 +46,7 @@ def test_epochs_with_accumulation_reach_one_at_the_last_step():
     assert ratios[0.0] == 1.6 and ratios[0.4] == pytest.approx(1.6 - 1.3 * 0.4) and ratios[1.0] == 0.3
 
 
+@pytest.mark.slow
 def test_max_steps_shorter_than_the_epochs_sets_the_total():
     """max_steps=4 under 3 epochs of 5 batches: min(4, 5 * 3) = 4 steps, progress 0, 1/3, 2/3, 1."""
     module, trainer = fit(5, max_epochs=3, max_steps=4)
@@ -52,6 +54,7 @@ def test_max_steps_shorter_than_the_epochs_sets_the_total():
     assert [p for p, _ in module.loss_fn.seen] == [0.0, 0.333333, 0.666667, 1.0]
 
 
+@pytest.mark.slow
 def test_a_run_of_unknown_length_refuses_a_scheduled_loss():
     with pytest.raises(ConfigError, match=r"the number of optimizer steps cannot be known \(trainer.max_steps=-1, "
                                           r"trainer.max_epochs=-1\), and the learning-rate schedule and loss "

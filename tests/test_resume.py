@@ -24,6 +24,7 @@ def metrics(run_dir):
     return {k: v for k, v in results["metrics"].items() if not k.startswith("perf/")}  # timings vary
 
 
+@pytest.mark.slow
 def test_same_command_twice_gives_identical_metrics(cache_root, tmp_path):
     for name in ("a", "b"):
         proc = run_cli([*ARGS, f"hydra.run.dir={tmp_path / name}"], cache_root, tmp_path)
@@ -31,6 +32,7 @@ def test_same_command_twice_gives_identical_metrics(cache_root, tmp_path):
     assert metrics(tmp_path / "a") == metrics(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_matches_uninterrupted(cache_root, tmp_path):
     proc = run_cli([*ARGS, f"hydra.run.dir={tmp_path / 'full'}"], cache_root, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -70,6 +72,7 @@ def stopped_run(cache_root, tmp_path_factory):
     return tmp / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change,named", [
     (["loss.beta=0.2"], "loss.beta 0.1 -> 0.2"),
     (["loss=ipo"], "loss._target_ 'prefopt.losses.DPOLoss' -> 'prefopt.losses.IPOLoss'"),
@@ -85,6 +88,7 @@ def test_resume_with_other_settings_or_data_is_refused(stopped_run, cache_root, 
     assert json.loads((stopped_run / "results.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_resume_after_rows_are_added_names_tokenizer_and_pairs(cache_root, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     rows = [{"prompt": f"{i} plus {i} is", "chosen": f" {2 * i}", "rejected": f" {2 * i + 1}"} for i in range(40)]
@@ -100,6 +104,7 @@ def test_resume_after_rows_are_added_names_tokenizer_and_pairs(cache_root, tmp_p
     assert "the tokenizer (a rebuilt or different tokenizer" in proc.stderr and "the train pairs" in proc.stderr
 
 
+@pytest.mark.slow
 def test_ckpt_path_last_without_a_checkpoint_stops_unless_fresh_is_allowed(cache_root, tmp_path):
     proc = run_cli([*SHORT, f"hydra.run.dir={tmp_path / 'a'}", "ckpt_path=last"], cache_root, tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

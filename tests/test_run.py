@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here starts a run (`pytest -m "not slow"` skips them)
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_SORT = [
     "data=sort",

@@ -114,6 +114,7 @@ def two_runs(cache_root, tmp_path_factory):
     return tmp / "first", tmp / "second", proc
 
 
+@pytest.mark.slow
 def test_run_log_holds_the_console_without_redraws(two_runs):
     first, second, proc = two_runs
     log = (second / "run.log").read_text()
@@ -124,6 +125,7 @@ def test_run_log_holds_the_console_without_redraws(two_runs):
     assert log.strip().splitlines()[-1] in proc.stdout  # the same text the console showed
 
 
+@pytest.mark.slow
 def test_cache_hits_say_cached_and_where_from(two_runs):
     first, second, _ = two_runs
     built, cached = (first / "run.log").read_text(), (second / "run.log").read_text()
@@ -132,6 +134,7 @@ def test_cache_hits_say_cached_and_where_from(two_runs):
     assert "built in" not in cached and "cached (" in sft_line and "sort_sft" in sft_line
 
 
+@pytest.mark.slow
 def test_results_record_the_data_layout(two_runs):
     _, second, _ = two_runs
     results = json.loads((second / "results.json").read_text())

@@ -15,6 +15,7 @@ from test_run import SMALL_SORT, run_cli
 COMMON = [*SMALL_SORT, "trainer.max_steps=8", "loss=dpo", "logger=none", "checkpoint.enabled=false"]
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one_process(cache_root, tmp_path):
     """The 2-rank run builds the reference tables (each rank its half of the pairs, rank 0 writes them);
     the 1-process run scores its reference live, and both train to the same weights."""
@@ -59,6 +60,7 @@ def test_effective_batch_sets_accumulation():
         accumulation_for(128, 3, 2)
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_two_jobs(cache_root, tmp_path):
     proc = run_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "loss=dpo,simpo",
                     *COMMON[:-3], "trainer.max_steps=3", "logger=none", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
@@ -69,6 +71,7 @@ def test_submitit_local_runs_two_jobs(cache_root, tmp_path):
     assert all(r["status"] == "completed" for r in results)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_gpu_trainer_without_a_gpu_is_one_line(cache_root, tmp_path):
     proc = run_cli([*COMMON, "trainer=gpu", f"hydra.run.dir={tmp_path / 'run'}"], cache_root, tmp_path)

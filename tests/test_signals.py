@@ -44,6 +44,7 @@ def uninterrupted(cache_root, tmp_path_factory):
     return metrics(tmp / "run")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_in_training_checkpoints_records_and_resumes_exactly(signum, uninterrupted, cache_root, tmp_path):
     run_dir = tmp_path / "run"
@@ -65,6 +66,7 @@ def test_signal_in_training_checkpoints_records_and_resumes_exactly(signum, unin
     assert resumed["step"] == results["step"]
 
 
+@pytest.mark.slow
 def test_signal_before_training_is_recorded_without_traceback(cache_root, tmp_path):
     run_dir = tmp_path / "run"
     proc = start([*ARGS, f"hydra.run.dir={run_dir}"], cache_root, tmp_path)

@@ -3,11 +3,14 @@ converted once to safetensors, generates sensibly and trains on chat-format pair
 
 import json
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
 from prefopt.models import load_policy
 from test_run import run_cli
+
+pytestmark = pytest.mark.slow  # a 135M model: converted, generating and training (a run) on CPU
 
 MODEL_CFG = OmegaConf.load(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf/model/smollm2_135m.yaml")
 

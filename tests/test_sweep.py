@@ -43,6 +43,7 @@ def results_by_point(sweep_dir: Path, smoothing: str = "0.0") -> dict[tuple[str,
     return found
 
 
+@pytest.mark.slow
 def test_smoke_sweep_runs_every_point_of_its_per_loss_grid(smoke):
     sweep_dir, _, _ = smoke
     found = results_by_point(sweep_dir)
@@ -58,6 +59,7 @@ def test_smoke_sweep_runs_every_point_of_its_per_loss_grid(smoke):
     assert not list(sweep_dir.glob("*/*/checkpoints"))
 
 
+@pytest.mark.slow
 def test_smoke_sweep_feeds_the_analysis(smoke, tmp_path):
     sweep_dir, _, _ = smoke
     written = analyze(sweep_dir, tmp_path, n_boot=100)
@@ -68,6 +70,7 @@ def test_smoke_sweep_feeds_the_analysis(smoke, tmp_path):
     assert "## Runs that did not complete" in text and text.count("label_smoothing=0.7 is not allowed") == 4
 
 
+@pytest.mark.slow
 def test_rerun_into_the_same_folder_skips_completed_jobs_and_retries_failed_ones(smoke, cache_root):
     sweep_dir, args, tmp = smoke
     completed = {p: p.read_text() for p in sweep_dir.glob("*/*label_smoothing=0.0,*/results.json")}
@@ -80,6 +83,7 @@ def test_rerun_into_the_same_folder_skips_completed_jobs_and_retries_failed_ones
     assert len(failed) == 4 and all(json.loads(p.read_text())["status"] == "failed" for p in failed)
 
 
+@pytest.mark.slow
 def test_failing_jobs_are_recorded_and_the_others_go_on(smoke):
     sweep_dir, _, _ = smoke
     failed = results_by_point(sweep_dir, smoothing="0.7")

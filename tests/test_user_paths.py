@@ -28,6 +28,7 @@ def test_unset_mandatory_value_is_named():
         check_required(compose(config_name="train", overrides=["data=jsonl", "data.path=pairs.jsonl"]))
 
 
+@pytest.mark.slow
 def test_unset_data_path_on_the_command_line_is_one_line(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PREFOPT_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, str(ROOT / "src" / "run.py"), "data=jsonl", f"hydra.run.dir={tmp_path / 'r'}"],

@@ -57,6 +57,7 @@ def test_bad_value_is_named(override, message):
         checked(override)
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_value_without_traceback(cache_root, tmp_path):
     from test_run import run_cli
 

@@ -31,6 +31,7 @@ from prefopt.checkpointing import fill_frozen, trainable_only
 from prefopt.gather import is_sharded
 from prefopt.losses import PairLogps, PreferenceLoss
 from prefopt.model_setup import is_lora
+from prefopt.optim import Factory, default_factories, takes, warmup_cosine  # noqa: F401 (warmup_cosine: re-exported)
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -51,14 +52,6 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
-def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
-    """Learning-rate multiplier: linear warmup over `warmup` steps, then cosine decay to `min_ratio`."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 class PreferenceModule(L.LightningModule):
     """Trains `policy` with `loss`; builds the frozen reference only when the loss needs it."""
 
@@ -73,12 +66,16 @@ class PreferenceModule(L.LightningModule):
         min_lr_ratio: float = 0.0,
         reference: torch.nn.Module | None = None,
         share_prompt: bool | str = "auto",
+        optimizer: Factory | None = None,
+        scheduler: Factory | None = None,
     ) -> None:
+        """`optimizer(param_groups)` and `scheduler(optimizer, total_steps=...)` come from `cfg.optim`
+        (prefopt.optim); without them, AdamW and warmup + cosine from `lr` ... `min_lr_ratio`."""
         super().__init__()
         self.policy = policy
         self.loss_fn = loss
-        self.lr, self.weight_decay, self.adam_betas = lr, weight_decay, tuple(adam_betas)
-        self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
+        defaults = default_factories(lr, weight_decay, adam_betas, warmup_ratio, min_lr_ratio)
+        self.make_optimizer, self.make_scheduler = optimizer or defaults[0], scheduler or defaults[1]
         needs_frozen = bool(self.frozen_kinds())
         # with LoRA the starting policy is the policy with its adapters disabled: no second copy
         self.adapter_reference = needs_frozen and reference is None and is_lora(policy)
@@ -330,19 +327,14 @@ class PreferenceModule(L.LightningModule):
                           f"{users} need it: set trainer.max_steps or trainer.max_epochs")
 
     def configure_optimizers(self):
+        """The configured optimizer over two groups: matrices, and the rest (biases, norms) without
+        weight decay; the schedule steps per optimizer step."""
         decay, no_decay = [], []
         for p in self.policy.parameters():
             if p.requires_grad:
                 (decay if p.ndim >= 2 else no_decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.lr,
-            betas=self.adam_betas,
-            fused=self._fused_adam(decay + no_decay) or None,
-        )
+        fused = {"fused": self._fused_adam(decay + no_decay) or None} if takes(self.make_optimizer, "fused") else {}
+        optimizer = self.make_optimizer([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], **fused)
         total = self._total_steps = self.training_length()
-        warmup = int(self.warmup_ratio * total)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, total, warmup, self.min_lr_ratio)
-        )
+        schedule = self.make_scheduler(optimizer, total_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

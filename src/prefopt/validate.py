@@ -58,7 +58,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
               "tiny": NODE, "gguf": NODE, "attn_implementation": OPT_STR, "gradient_checkpointing": BOOL,
               "lora": NODE, "disable_dropout": BOOL},
     "optim": {"lr": POS_NUM, "weight_decay": NONNEG_NUM, "adam_betas": BETAS, "warmup_ratio": RATIO,
-              "min_lr_ratio": UNIT},
+              "min_lr_ratio": UNIT, "optimizer": NODE, "scheduler": NODE},  # the two: prefopt/optim.py
     "eval": {"batch_size": POS_INT, "n_samples_logged": NONNEG_INT, "generate": BOOL, "cache_start": BOOL,
              "generate_max_prompts": POS_INT, "generate_max_new_tokens": POS_INT, "generate_temperature": NONNEG_NUM},
     "checkpoint": {"enabled": BOOL, "every_n_train_steps": NONNEG_INT,

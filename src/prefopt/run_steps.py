@@ -1,0 +1,250 @@
+"""The steps of one training run, in the order `prefopt.runner.train_and_evaluate` calls them.
+
+Each step is a function that returns what the next one needs: the checked loss, task source and optimizer factories, the
+task's artifacts, the policy, the data, the module, the trainer, the fit's metrics, the trained policy,
+the oracle evaluation, the generation export and the save. What the run records (info for results.json,
+sample texts, the loggers to finish) collects in a `RunOutcome`, which the caller keeps also when a step
+fails. Exercised by `pytest tests/test_run.py tests/test_resume.py tests/test_lora.py` and
+`python src/run.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from prefopt import memo
+from prefopt.config import build_component
+from prefopt.optim import optim_factories
+from prefopt.validate import validate_config
+
+StartLoader = Callable[[], tuple[torch.nn.Module, Any]]
+
+
+@dataclass
+class RunOutcome:
+    """What a run leaves for results.json and its clean-up; filled as the steps go, kept when one fails."""
+
+    interrupts: Any  # prefopt.signals.InterruptGuard: a trainer callback, restored when the run ends
+    ckpt_path: str | None = None  # what `trainer.fit` resumes from (prefopt.preflight)
+    info: dict[str, Any] = field(default_factory=dict)  # results.json `info`; callbacks add to it during fit
+    loggers: list = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+    status: str = "failed"
+    error: str | None = None
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Scalar metrics with a `/` in their name (`train_loss` and the like are progress-bar copies)."""
+    return {k: float(v) for k, v in metrics.items()
+            if "/" in k and (hasattr(v, "item") or isinstance(v, (int, float)))}
+
+
+def print_data_summary(source_drops: dict | None, stats: dict[str, Any]) -> None:
+    """One line: pairs per split and every drop, by reason (the same counts go into results.json)."""
+    drops: dict[str, int] = {}
+    for split_drops in (source_drops or {}).values():
+        for reason, n in split_drops.items():
+            drops[reason.replace("_", " ")] = drops.get(reason.replace("_", " "), 0) + n
+    drops["emptied by truncation"] = stats.get("train/dropped_truncated", 0) + stats.get("eval/dropped_truncated", 0)
+    drops["prompt too long"] = stats.get("train/dropped_prompt_too_long", 0) + stats.get("eval/dropped_prompt_too_long", 0)
+    dropped = ", ".join(f"{reason} {n}" for reason, n in drops.items() if n) or "none"
+    print(f"[prefopt] data: {stats.get('train/pairs', 0)} train pairs, {stats.get('eval/pairs', 0)} eval pairs; "
+          f"dropped: {dropped}")
+
+
+def check_and_seed(cfg: DictConfig) -> tuple[Any, Any, tuple[Any, Any]]:
+    """Check the config, build the loss, the task source and the optimizer and scheduler factories
+    (before any model loads: a bad key costs seconds), then seed everything; returns them."""
+    import lightning as L
+
+    from prefopt.progress import quiet_lightning
+
+    quiet_lightning()
+    validate_config(cfg)
+    torch.set_num_threads(int(cfg.threads))
+    loss = build_component(cfg.loss, "loss")
+    source = build_component(cfg.data.source, "data.source")
+    optim = optim_factories(cfg.optim)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return loss, source, optim
+
+
+def task_artifacts(cfg: DictConfig, source: Any, outcome: RunOutcome) -> Any:
+    """The task's rows, oracle, prompts and starting-policy source (built once per sweep worker)."""
+    artifacts = memo.task_artifacts(source, cfg.data.source, cfg.model, Path(cfg.paths.cache_dir))
+    outcome.info.update(artifacts.info)
+    return artifacts
+
+
+def start_loader(cfg: DictConfig, artifacts: Any) -> StartLoader:
+    """A function returning (model, tokenizer) of the untrained policy: a copy of the one loaded first."""
+    from prefopt.models import load_policy
+
+    cache_root = Path(cfg.paths.cache_dir)
+
+    def load_start() -> tuple[torch.nn.Module, Any]:
+        return memo.starting_policy(
+            lambda: load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed),
+            cfg.model, cfg.data.source, artifacts.policy, cache_root, cfg.seed)
+
+    return load_start
+
+
+def policy_to_train(cfg: DictConfig, load_start: StartLoader) -> tuple[torch.nn.Module, Any]:
+    """(policy ready to train: LoRA, dropout, checkpointing as configured, tokenizer)."""
+    from prefopt.model_setup import prepare_for_training
+
+    policy, tokenizer = load_start()
+    return prepare_for_training(policy, cfg.model), tokenizer
+
+
+def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: RunOutcome) -> Any:
+    """The tokenized data module: bad rows fail here, before the trainer starts; drops are reported."""
+    from prefopt.data.datamodule import PreferenceDataModule
+    from prefopt.data.layout import detect_layout
+
+    data = PreferenceDataModule(
+        artifacts.train_rows, artifacts.eval_rows, tokenizer,
+        max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length,
+        batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size, seed=cfg.seed,
+        marginal_prefix=artifacts.marginal_prefix, strict=cfg.data.get("strict", False),
+        append_eos=artifacts.responses_end_with_eos, group_by_length=cfg.data.get("group_by_length", False),
+        max_tokens_per_batch=cfg.data.get("max_tokens_per_batch"),
+    )
+    data.setup()
+    outcome.info["data"] = data.stats
+    outcome.info["memo"] = dict(memo.stats)  # what this process reused from earlier runs (prefopt/memo.py)
+    print_data_summary(outcome.info.get("drops"), data.stats)
+    outcome.info["data_layout"] = detect_layout(artifacts.info, artifacts.train_rows)
+    print(f"[prefopt] data layout: {outcome.info['data_layout']}")
+    return data
+
+
+def preference_module(cfg: DictConfig, policy: torch.nn.Module, loss: Any, optim: tuple[Any, Any]) -> Any:
+    """The LightningModule: the policy, the loss and the (optimizer, scheduler) factories of `cfg.optim`."""
+    from prefopt.module import PreferenceModule
+
+    optimizer, scheduler = optim
+    return PreferenceModule(policy, loss, share_prompt=cfg.get("share_prompt", "auto"), optimizer=optimizer,
+                            scheduler=scheduler)
+
+
+def trainer_for(cfg: DictConfig, output_dir: Path, group: str, loss: Any, policy: torch.nn.Module, data: Any,
+                tokenizer: Any, outcome: RunOutcome) -> Any:
+    """Loggers, the resume check and the callbacks (log-prob caches, run record, interrupts), then the trainer."""
+    from prefopt.loggers import make_loggers, run_identity, wandb_identity
+    from prefopt.logp_cache import LogpCaches
+    from prefopt.resume import RunRecord
+    from prefopt.trainer_factory import build_trainer
+
+    name, tags = run_identity(cfg, loss.name, cfg.data.name, cfg.method)
+    outcome.loggers = loggers = make_loggers(cfg, output_dir, name, group, tags)
+    if wandb_identity(loggers):
+        outcome.info["wandb"] = wandb_identity(loggers)
+    run_record = RunRecord(cfg, data, tokenizer, outcome.info)  # into every checkpoint; checked on resume
+    run_record.check(outcome.ckpt_path)  # before any table is built: a mismatch costs seconds
+    caches = LogpCaches(cfg, data, Path(cfg.paths.cache_dir), outcome.info)  # at fit start, split over ranks
+    return build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy,
+                         extra_callbacks=[caches, run_record, outcome.interrupts])
+
+
+def fit(cfg: DictConfig, trainer: Any, module: Any, data: Any, output_dir: Path, ckpt_path: str | None) -> dict:
+    """Check the disk, print the device line, train; returns the logged metrics and throughput."""
+    from prefopt.disk import check_disk_space
+    from prefopt.hardware import setup_line
+    from prefopt.perf import ThroughputMonitor
+
+    policy = module.policy
+    check_disk_space(cfg, trainer, policy, output_dir, Path(cfg.paths.cache_dir), data.stats.get("train/pairs", 0),
+                     data.stats.get("eval/pairs", 0))  # stops in one line where a folder lacks the room
+    if trainer.is_global_zero:
+        print(setup_line(trainer, policy))  # device, precision, weights dtype, attention implementation
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    metrics = scalar_metrics(trainer.callback_metrics)
+    for callback in trainer.callbacks:
+        if isinstance(callback, ThroughputMonitor):
+            metrics.update(callback.metrics(module))
+    return metrics
+
+
+def trained_policy(cfg: DictConfig, trainer: Any, module: Any, load_start: StartLoader) -> torch.nn.Module | None:
+    """The trained policy, whole, on rank 0 (FSDP / ZeRO-3: gathered from every rank and rebuilt);
+    None on the other data-parallel ranks, which take part in the gather only."""
+    from prefopt.gather import full_policy_state, is_sharded, rebuild_policy
+    from prefopt.model_setup import prepare_for_training
+
+    gathered = full_policy_state(trainer) if is_sharded(trainer.strategy) else None  # every rank takes part
+    if not trainer.is_global_zero:
+        return None
+    if gathered is None:
+        return module.policy
+    trained = rebuild_policy(prepare_for_training(load_start()[0], cfg.model), gathered)
+    trained.to(trainer.strategy.root_device)
+    return trained
+
+
+def starting_policy(trained: torch.nn.Module, module: Any, load_start: StartLoader) -> tuple[torch.nn.Module, Any]:
+    """(model, context) of the untrained policy for the evaluation: a LoRA policy itself with its adapters
+    disabled, the frozen reference if the module kept a usable one, else loaded again, so training never
+    holds it."""
+    from prefopt.model_setup import is_lora
+    from prefopt.module import frozen_copy
+
+    if is_lora(trained):
+        return trained, trained.disable_adapter
+    if module.reference is not None and trained is module.policy:
+        return module.reference, None
+    return frozen_copy(load_start()[0]), None
+
+
+def oracle_evaluation(cfg: DictConfig, artifacts: Any, trained: torch.nn.Module, start: tuple[torch.nn.Module, Any],
+                      tokenizer: Any, outcome: RunOutcome) -> dict[str, float]:
+    """Sample from the trained and the starting policy and score both with the task's oracle; the
+    start's side is cached once per sweep (`eval.cache_start`). Keeps the logged samples in `outcome`."""
+    from prefopt.eval import evaluate
+
+    start_model, start_context = start
+    sampling = dict(seed=cfg.seed, batch_size=cfg.eval.batch_size, **dict(artifacts.generation))
+    start_side = None
+    if cfg.eval.get("cache_start", True):
+        from prefopt.eval_cache import cached_start_side
+
+        task = OmegaConf.to_container(cfg.data.source, resolve=True)
+        start_side, outcome.info["eval_start_cache"] = cached_start_side(
+            Path(cfg.paths.cache_dir), start_model, tokenizer, artifacts.eval_prompts, artifacts.oracle, task,
+            start_context, **sampling,
+        )
+    eval_metrics, samples = evaluate(
+        trained.eval(), start_model, tokenizer, artifacts.eval_prompts, artifacts.oracle,
+        reference_context=start_context, start=start_side, n_samples=cfg.eval.n_samples_logged, **sampling,
+    )
+    outcome.samples = samples[: cfg.eval.n_samples_logged]
+    return scalar_metrics(eval_metrics)
+
+
+def export_generations(cfg: DictConfig, artifacts: Any, trained: torch.nn.Module, tokenizer: Any, loss_name: str,
+                       output_dir: Path, outcome: RunOutcome) -> None:
+    """`eval.generate=true`: answer the eval rows' prompts into generations.json (AlpacaEval format)."""
+    from prefopt.export import export_generations as export
+
+    outcome.info["generations"] = export(
+        trained.eval(), tokenizer, artifacts.eval_rows, output_dir / "generations.json",
+        generator=f"prefopt-{cfg.model.name}-{loss_name}", dataset=cfg.data.name,
+        max_prompts=cfg.eval.generate_max_prompts, max_new_tokens=cfg.eval.generate_max_new_tokens,
+        temperature=cfg.eval.generate_temperature, seed=cfg.seed, batch_size=cfg.eval.batch_size,
+    )
+
+
+def log_and_save(cfg: DictConfig, trainer: Any, metrics: dict[str, float], trained: torch.nn.Module, tokenizer: Any,
+                 output_dir: Path, outcome: RunOutcome) -> None:
+    """Send the summary (metrics, samples, hyperparameters) to the loggers and save the policy to model/."""
+    from prefopt.loggers import hyperparameters, log_summary
+    from prefopt.model_setup import save_policy
+
+    log_summary(outcome.loggers, metrics, outcome.samples, step=trainer.global_step, hparams=hyperparameters(cfg))
+    save_policy(trained, tokenizer, output_dir / "model")
