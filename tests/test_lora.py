@@ -28,7 +28,6 @@ def logits(model, batch):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
-@pytest.mark.slow
 def test_lora_trains_only_adapters_and_the_disabled_pass_is_the_base_model():
     base = tiny_model()
     module = PreferenceModule(lora_model(), DPOLoss(beta=0.5), lr=1e-2, warmup_ratio=0.0)

@@ -19,7 +19,6 @@ LOSSES = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_training_changes_policy_not_reference(name):
     torch.manual_seed(0)
@@ -178,7 +177,6 @@ def test_marginal_rows_are_start_plus_response_padded_to_the_longest_response():
     assert b["input_ids"].shape[1] == 9  # the full rows: longest prompt + response
 
 
-@pytest.mark.slow
 def test_shared_prompt_training_matches_full_rows():
     """Four DPO steps with each prompt run once end at the weights of four steps on full rows."""
     weights = []

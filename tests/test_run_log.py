@@ -60,6 +60,14 @@ def test_progress_of_an_epoch_run_counts_to_the_estimated_optimizer_steps(capsys
     assert lines == ["[prefopt] simpo on jsonl: step 5/6", "[prefopt] simpo on jsonl: step 6/6"]
 
 
+def test_only_rank_zero_prints_progress(capsys):
+    worker = SimpleNamespace(global_step=5, max_steps=12, callback_metrics={}, is_global_zero=False)
+    bar = StepProgressBar("dpo on sort", terminal=False, every=5)
+    bar.on_train_start(worker, None)
+    bar.on_train_batch_end(worker, None, None, None, 4)
+    assert capsys.readouterr().out == ""
+
+
 def test_a_terminal_bar_reaches_run_log_once(tmp_path):
     with ConsoleLog(tmp_path / "run.log"):
         bar = StepProgressBar("rmipo", terminal=True)

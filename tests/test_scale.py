@@ -21,7 +21,8 @@ def test_ddp_two_cpu_processes_match_one_process(cache_root, tmp_path):
     the 1-process run scores its reference live, and both train to the same weights."""
     common = [*COMMON, "data.max_length=62"]  # tables under a key no other test builds
     two = run_cli([*common, "data.batch_size=8", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                   "trainer.precision=32-true", f"hydra.run.dir={tmp_path / 'two'}"], cache_root, tmp_path)
+                   "trainer.precision=32-true", f"hydra.run.dir={tmp_path / 'two'}"], cache_root, tmp_path,
+                  timeout=600)  # two processes on a loaded 2-core machine
     assert two.returncode == 0, two.stderr[-2000:]
     one = run_cli([*common, "data.batch_size=16", "logp_cache=false", f"hydra.run.dir={tmp_path / 'one'}"], cache_root, tmp_path)
     assert one.returncode == 0, one.stderr[-2000:]

@@ -69,6 +69,8 @@ class StepProgressBar(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.total = total = self._total(trainer)
         self.started = time.time()
+        if not getattr(trainer, "is_global_zero", True):
+            return
         if self.terminal if self.terminal is not None else on_terminal():
             from tqdm.auto import tqdm
 
@@ -82,6 +84,8 @@ class StepProgressBar(Callback):
         return {short: f"{float(metrics[k]):.3f}" for k, short in names.items() if k in metrics}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not getattr(trainer, "is_global_zero", True):  # data-parallel workers: rank 0 speaks for all
+            return
         step = trainer.global_step
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
