@@ -1,8 +1,9 @@
 """Exact resume and determinism on CPU: a run killed with SIGKILL mid-training and restarted with the
 same command, folder and `ckpt_path=last` ends with the same metrics as an uninterrupted run, and the
 same command twice gives identical metrics. Resumes check what they resume (prefopt.resume): another
-config, data or tokenizer is refused in one line naming it; `ckpt_path=last` without a checkpoint
-stops unless `last_or_fresh`. Signals: tests/test_signals.py."""
+config, data or tokenizer is refused in one line naming it; rows appended to a jsonl file are left out
+(the checkpoint's rows, split and tokenizer are used); `ckpt_path=last` without a checkpoint stops
+unless `last_or_fresh`. Signals: tests/test_signals.py."""
 
 import json
 import os
@@ -88,20 +89,56 @@ def test_resume_with_other_settings_or_data_is_refused(stopped_run, cache_root, 
     assert json.loads((stopped_run / "results.json").read_text())["status"] == "failed"
 
 
+def jsonl_run(pairs, run_dir, steps):
+    return ["data=jsonl", f"data.path={pairs}", "loss=dpo", "logger=none", f"trainer.max_steps={steps}",
+            "model.vocab_size=300", f"hydra.run.dir={run_dir}",
+            "optim.warmup_ratio=0", "optim.min_lr_ratio=1"]  # a constant lr: steps 1-2 alike whatever max_steps
+
+
+def write_pairs(path, n):
+    rows = [{"prompt": f"{i} plus {i} is", "chosen": f" {2 * i}", "rejected": f" {2 * i + 1}"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 @pytest.mark.slow
-def test_resume_after_rows_are_added_names_tokenizer_and_pairs(cache_root, tmp_path):
+def test_resume_after_rows_are_appended_trains_on_the_checkpoints_rows_and_tokenizer(cache_root, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    rows = [{"prompt": f"{i} plus {i} is", "chosen": f" {2 * i}", "rejected": f" {2 * i + 1}"} for i in range(40)]
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = ["data=jsonl", f"data.path={pairs}", "loss=dpo", "logger=none", "trainer.max_steps=2",
-            "model.vocab_size=300", f"hydra.run.dir={tmp_path / 'run'}"]
-    assert run_cli(args, cache_root, tmp_path).returncode == 0
+    write_pairs(pairs, 40)
+    assert run_cli(jsonl_run(pairs, tmp_path / "full", 4), cache_root, tmp_path).returncode == 0  # uninterrupted
+    assert run_cli(jsonl_run(pairs, tmp_path / "run", 2), cache_root, tmp_path).returncode == 0
     (tmp_path / "run" / "results.json").unlink()
-    with pairs.open("a") as fh:  # new words, often enough to change the BPE merges
+    with pairs.open("a") as fh:  # new words, often enough to change the BPE merges of a rebuilt tokenizer
         fh.write(10 * (json.dumps({"prompt": "zebra quagga", "chosen": " xylophone", "rejected": " yak"}) + "\n"))
-    proc = run_cli([*args, "ckpt_path=last"], cache_root, tmp_path)
-    assert proc.returncode == 1
-    assert "the tokenizer (a rebuilt or different tokenizer" in proc.stderr and "the train pairs" in proc.stderr
+    proc = run_cli([*jsonl_run(pairs, tmp_path / "run", 4), "ckpt_path=last"], cache_root, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reading the data as its run did (data.source.max_rows=40; rows added since are left out)" in proc.stdout
+    full, resumed = (json.loads((tmp_path / d / "results.json").read_text())["info"] for d in ("full", "run"))
+    assert resumed["resumed_from"]["step"] == 2 and resumed["pin"] == {"max_rows": 40}
+    assert resumed["rows"] == full["rows"] == {"train": 38, "eval": 2}  # the appended 10 rows are not read
+    assert resumed["data"]["train/pairs"] == full["data"]["train/pairs"] == 38
+    tokenizer = [json.loads((tmp_path / d / "model" / "tokenizer.json").read_text())["model"]["vocab"]
+                 for d in ("full", "run")]
+    assert tokenizer[0] == tokenizer[1] and "zebra" not in tokenizer[1]  # the checkpoint's token ids
+    assert metrics(tmp_path / "run") == metrics(tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_resume_when_the_trained_rows_are_gone_or_edited_is_refused(cache_root, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    write_pairs(pairs, 40)
+    assert run_cli(jsonl_run(pairs, tmp_path / "run", 2), cache_root, tmp_path).returncode == 0
+    (tmp_path / "run" / "results.json").unlink()
+    write_pairs(pairs, 30)  # rows deleted: the first 40 are no longer there
+    proc = run_cli([*jsonl_run(pairs, tmp_path / "run", 4), "ckpt_path=last"], cache_root, tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert "the data it trained on is no longer there (its run read {'max_rows': 40}, the data now gives " \
+           "{'max_rows': 30})" in line
+    write_pairs(pairs, 40)
+    pairs.write_text(pairs.read_text().replace('"rejected": " 1"', '"rejected": " zebra"'))  # row 0 edited
+    proc = run_cli([*jsonl_run(pairs, tmp_path / "run", 4), "ckpt_path=last"], cache_root, tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "cannot resume from" in proc.stderr and "pairs (rows, order, split or tokenization)" in proc.stderr
 
 
 @pytest.mark.slow

@@ -2,9 +2,12 @@
 
 Every checkpoint the trainer writes carries `prefopt_run`: the resolved config (less the keys a resume
 may change, `RESUMABLE_KEYS`), fingerprints of the tokenized train and eval pairs (which fixes the rows,
-their order, the train/eval split and the tokenization) and of the tokenizer. Resuming against a run
-whose record differs stops with one line naming what changed (`ResumeMismatch`); the run does not
-rebuild a split or tokenizer to match the checkpoint, it refuses. The check runs before fit, reading
+their order, the train/eval split and the tokenization) and of the tokenizer, and the data source's
+`pin` (a file source's: how many of the file's first rows it read). A resume reads the data as the
+checkpoint's run did (`recorded_pin`): rows appended to a jsonl file since are left out, so the split
+and the tokenizer (cached by the rows' text) are the checkpoint's own, not a rebuild from the grown file.
+Resuming against a run whose record still differs (another config, rows edited or gone) stops with one
+line naming what changed (`ResumeMismatch`). The check runs before fit, reading
 only the record of the checkpoint file (memory-mapped, so a 7B checkpoint costs no load), and again
 when Lightning restores a checkpoint it picked itself (SLURM's `hpc_ckpt_*.ckpt` after a requeue).
 
@@ -88,6 +91,27 @@ def differences(saved: dict[str, Any], now: dict[str, Any], limit: int = 4) -> l
     return found if len(found) <= limit else [*found[:limit], f"{len(found) - limit} more"]
 
 
+def recorded_pin(ckpt: str | None) -> dict[str, Any] | None:
+    """The data-source settings the checkpoint's run read its data with (a file source's row counts),
+    to build this run's data with; None for a fresh start, a sharded checkpoint or a source without one."""
+    if ckpt is None or not Path(ckpt).is_file():
+        return None
+    pin = (read_record(Path(ckpt)) or {}).get("pin")
+    if pin:
+        settings = ", ".join(f"data.source.{k}={v}" for k, v in pin.items())
+        print(f"[prefopt] resuming from {ckpt}: reading the data as its run did ({settings}; rows added since "
+              "are left out)")
+    return pin or None
+
+
+def check_pin(pin: dict[str, Any], now: dict[str, Any] | None, ckpt: str) -> None:
+    """Raise ResumeMismatch (one line) when the data read with the checkpoint's `pin` is no longer all there."""
+    if now != pin:
+        raise ResumeMismatch(f"cannot resume from {ckpt}: the data it trained on is no longer there (its run read "
+                             f"{pin}, the data now gives {now}); restore the data, or start a fresh run in a new "
+                             "folder (without ckpt_path)")
+
+
 def check_record(saved: dict[str, Any] | None, now: dict[str, Any], ckpt: str) -> None:
     """Raise ResumeMismatch (one line) when the checkpoint's record differs from this run's."""
     if saved is None:
@@ -169,7 +193,7 @@ class RunRecord(Callback):
     checks a checkpoint file before fit starts; `info` gets `resumed_from` (path and step)."""
 
     def __init__(self, cfg: DictConfig, data: Any, tokenizer: Any, info: dict[str, Any]) -> None:
-        self.record = run_record(cfg, data, tokenizer)
+        self.record = {**run_record(cfg, data, tokenizer), "pin": info.get("pin")}  # see recorded_pin
         self.info = info
 
     def check(self, ckpt: str | None) -> None:

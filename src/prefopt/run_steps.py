@@ -75,8 +75,17 @@ def check_and_seed(cfg: DictConfig) -> tuple[Any, Any, tuple[Any, Any]]:
 
 
 def task_artifacts(cfg: DictConfig, source: Any, outcome: RunOutcome) -> Any:
-    """The task's rows, oracle, prompts and starting-policy source (built once per sweep worker)."""
-    artifacts = memo.task_artifacts(source, cfg.data.source, cfg.model, Path(cfg.paths.cache_dir))
+    """The task's rows, oracle, prompts and starting-policy source (built once per sweep worker). A resume
+    whose checkpoint records the source's `pin` reads the data as that run did (prefopt.resume)."""
+    from prefopt.resume import check_pin, recorded_pin
+
+    source_cfg, pin = cfg.data.source, recorded_pin(outcome.ckpt_path)
+    if pin:
+        source = build_component(cfg.data.source, "data.source", **pin)
+        source_cfg = {**OmegaConf.to_container(cfg.data.source, resolve=True), **pin}
+    artifacts = memo.task_artifacts(source, source_cfg, cfg.model, Path(cfg.paths.cache_dir))
+    if pin:
+        check_pin(pin, artifacts.info.get("pin"), outcome.ckpt_path)
     outcome.info.update(artifacts.info)
     return artifacts
 
@@ -90,7 +99,7 @@ def start_loader(cfg: DictConfig, artifacts: Any) -> StartLoader:
     def load_start() -> tuple[torch.nn.Module, Any]:
         return memo.starting_policy(
             lambda: load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed),
-            cfg.model, cfg.data.source, artifacts.policy, cache_root, cfg.seed)
+            cfg.model, cfg.data.source, artifacts.policy, cache_root, cfg.seed, artifacts.info.get("pin"))
 
     return load_start
 

@@ -28,7 +28,8 @@ def test_holds_out_a_seeded_fraction(tmp_path):
     prompts = sorted(r["prompt"] for r in art.train_rows + art.eval_rows)
     assert prompts == sorted(f"p{i}" for i in range(40))
     assert art.info == {"rows": {"train": 36, "eval": 4}, "drops": {"train": {"identical_responses": 1,
-                        "empty_response": 0}}, "path": str(f), "split": "train", "eval_split": None}
+                        "empty_response": 0}}, "path": str(f), "split": "train", "eval_split": None,
+                        "pin": {"max_rows": 41}}  # rows read, the dropped one too: a resume reads as many
     assert art.oracle is None and art.policy is None
 
 
@@ -63,6 +64,20 @@ def test_eval_split_and_corpus(tmp_path):
     assert texts[:3] == ["q0", "good0", "bad0"] and texts[-3:] == ["q11", "good11", "bad11"]
     assert art.info["drops"] == {"train": {"identical_responses": 0, "empty_response": 0},
                                  "eval": {"identical_responses": 0, "empty_response": 0}}
+    assert art.info["pin"] == {"max_rows": 4, "max_eval_rows": 2}
+
+
+def test_pin_reads_the_same_rows_and_split_after_rows_are_appended(tmp_path):
+    f = write(tmp_path, 40)
+    art = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=3).build(None, tmp_path)
+    with f.open("a") as fh:
+        fh.write("".join(json.dumps({"prompt": f"new{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(9)))
+    grown = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=3).build(None, tmp_path)
+    assert len(grown.train_rows) + len(grown.eval_rows) == 49 and grown.eval_rows != art.eval_rows
+    pinned = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=3, **art.info["pin"]).build(None, tmp_path)
+    assert (pinned.train_rows, pinned.eval_rows) == (art.train_rows, art.eval_rows)
+    assert pinned.info["pin"] == {"max_rows": 40}
+    assert list(pinned.corpus()) == list(art.corpus())  # the text a tiny model's tokenizer is trained on
 
 
 def test_missing_path_is_explained():

@@ -3,7 +3,9 @@
 It reads and normalizes the rows (formats.py, rows.py), takes the eval rows from `eval_split` or,
 without one, holds out a seeded `eval_fraction` of the rows, and offers the texts as a corpus for
 building a tokenizer when the model needs one (model=tiny). It has no oracle: runs on it report
-preference metrics (reward accuracy, margins), not gold rewards.
+preference metrics (reward accuracy, margins), not gold rewards. Its info's `pin` (source settings that
+read the same rows again: the first N rows, as many as it read) goes into every checkpoint, so a resume
+reads the rows its checkpoint trained on even after rows were appended to the file (prefopt.resume).
 Exercised by `pytest tests/data/test_file_source.py` and `python src/run.py data=jsonl data.path=FILE`.
 """
 
@@ -64,8 +66,10 @@ class PreferenceFileSource(Task):
     def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
         rows, drops = load_preference_rows(self.path, self.split, self.max_rows, self.strict)
         drops = {"train": drops}
+        pin = {"max_rows": len(rows) + sum(drops["train"].values())}  # raw rows read: the first ones
         if self.eval_split is not None:
             eval_rows, drops["eval"] = load_preference_rows(self.path, self.eval_split, self.max_eval_rows, self.strict)
+            pin["max_eval_rows"] = len(eval_rows) + sum(drops["eval"].values())
             train_rows = rows
         else:
             train_idx, eval_idx = split_off(len(rows), self.eval_fraction, self.seed)
@@ -82,5 +86,6 @@ class PreferenceFileSource(Task):
                 "path": self.path,
                 "split": self.split,
                 "eval_split": self.eval_split,
+                "pin": pin,
             },
         )
