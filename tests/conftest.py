@@ -19,3 +19,14 @@ torch.set_num_threads(1)
 def cache_root(tmp_path_factory) -> Path:
     """One artifact cache for the whole session, so tests share the small built artifacts."""
     return tmp_path_factory.mktemp("prefopt-cache")
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Every test leaves os.environ as it found it. Lightning's in-process DDP setup exports
+    MASTER_PORT, NODE_RANK and LOCAL_RANK; left behind, a later `trainer=ddp` subprocess inherits
+    LOCAL_RANK, believes its ranks are launched externally, never starts rank 1 and waits forever."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
