@@ -19,6 +19,7 @@ just before a kill cut `last.ckpt` short still counts; none is an error), `last_
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -125,32 +126,39 @@ def check_record(saved: dict[str, Any] | None, now: dict[str, Any], ckpt: str) -
                              "fresh run in a new folder (without ckpt_path)")
 
 
-def _load_head(ckpt: Path) -> Any:
-    """A checkpoint file's contents with its tensors memory-mapped (nothing large is read)."""
+@functools.lru_cache(maxsize=4)
+def _record_or_problem(ckpt: Path, mtime_ns: int, size: int) -> tuple[Any, str | None]:
+    """(the file's run record, None), or (None, why it is unreadable). The file is loaded with its
+    tensors memory-mapped and only the record is kept; keyed by the file's mtime and size, so the run's
+    three readers (pick, pin, check) load a 7B checkpoint's head once."""
     import torch
 
-    return torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
+        return (checkpoint.get(RECORD_KEY) if isinstance(checkpoint, dict) else None), None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
+        first = str(err).splitlines()[0] if str(err) else ""
+        return None, f"{type(err).__name__}: {first}"
+
+
+def _record_of(ckpt: Path) -> tuple[Any, str | None]:
+    stat = ckpt.stat()
+    return _record_or_problem(ckpt, stat.st_mtime_ns, stat.st_size)
 
 
 def _why_unreadable(ckpt: Path) -> str | None:
     if ckpt.is_dir():  # a sharded (FSDP / DeepSpeed) checkpoint: Lightning reads it
         return None
-    try:
-        _load_head(ckpt)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
-        first = str(err).splitlines()[0] if str(err) else ""
-        return f"{type(err).__name__}: {first}"
-    return None
+    return _record_of(ckpt)[1]
 
 
 def read_record(ckpt: Path) -> dict[str, Any] | None:
     """The run record of a checkpoint file, read without loading its tensors (memory-mapped)."""
-    problem = _why_unreadable(ckpt)
+    record, problem = _record_of(ckpt)
     if problem:
         raise ResumeMismatch(f"cannot resume from {ckpt}: the file is unreadable ({problem}); "
                              "delete it or pick another")
-    checkpoint = _load_head(ckpt)
-    return checkpoint.get(RECORD_KEY) if isinstance(checkpoint, dict) else None
+    return record
 
 
 def checkpoints_newest_first(output_dir: Path) -> list[Path]:
