@@ -1,6 +1,6 @@
 """Training-pass time of the shared-prompt pass against full prompt+response rows, by prompt length.
 
-Times forward + backward of `prefopt.logps.pair_batch_logps` on a 2-layer d=64 Llama (the sort and
+Times forward + backward of `prefopt.train.logps.pair_batch_logps` on a 2-layer d=64 Llama (the sort and
 benchmark `tiny` shape) with share_prompt true and false, interleaved, one thread, median of 25 after
 5 warm-ups; prints the ratio shared/rows. Behind `SHARE_MIN_PROMPT_TOKENS` (the "auto" threshold).
 
@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from prefopt.data.collate import PairCollator  # noqa: E402
-from prefopt.logps import pair_batch_logps  # noqa: E402
-from prefopt.models import build_tiny  # noqa: E402
+from prefopt.train.logps import pair_batch_logps  # noqa: E402
+from prefopt.models.load import build_tiny  # noqa: E402
 
 ARCH = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
             max_position_embeddings=512)

@@ -3,7 +3,7 @@
 A word-level tokenizer over "w4".."w{V-1}" (plus <pad> <s> </s> <unk>) makes text whose token ids are
 known exactly: a prompt of n words tokenizes to BOS + n ids, a response of n words to n ids (+ EOS),
 for prefopt's tokenization and TRL's alike. `MODELS` are the two benchmark sizes, built with
-prefopt.models.build_tiny: `tiny` (the `model=tiny` architecture, 4k vocabulary) and `small` (about
+prefopt.models.load.build_tiny: `tiny` (the `model=tiny` architecture, 4k vocabulary) and `small` (about
 20M parameters, 32k vocabulary). `make_variable_rows` draws long-tailed lengths (the benchmark's `--lengths variable`).
 Used by `python benchmarks/throughput.py` and tests/test_trl_parity.py.
 """
@@ -16,7 +16,7 @@ import random
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from prefopt.models import build_tiny
+from prefopt.models.load import build_tiny
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 

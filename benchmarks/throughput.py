@@ -5,8 +5,8 @@ same batch size, optimizer (AdamW, constant learning rate, clipping 1.0, float32
 checkpointing, metrics every 10 steps) and number of steps. `--lengths fixed`: prompts and responses of
 64 tokens, no padding, both sides in file order. `--lengths variable`: UltraFeedback-like long-tailed
 lengths (benchmarks/synthetic.py: log-normal, capped at 128 prompt / 256 total tokens).
-  ours          prefopt.module.PreferenceModule under Lightning: dpo, ipo, simpo, rmipo (live marginal),
-                dpo+cache / rmipo_ref+cache (cached reference table, prefopt.logp_cache), dpo-rows /
+  ours          prefopt.train.module.PreferenceModule under Lightning: dpo, ipo, simpo, rmipo (live marginal),
+                dpo+cache / rmipo_ref+cache (cached reference table, prefopt.train.logp_cache), dpo-rows /
                 simpo-rows (full prompt+response rows instead of each prompt once); with variable
                 lengths our default loader for such data: `group_by_length` (data/sampler.py).
   trl           TRL as shipped: DPOTrainer (sigmoid -> dpo, ipo) and, for simpo, TRL's experimental
@@ -166,9 +166,9 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
     from omegaconf import OmegaConf
 
     from prefopt.data.datamodule import PreferenceDataModule
-    from prefopt.logp_cache import attach_caches
-    from prefopt.logps import shares_batch_prompt
-    from prefopt.module import PreferenceModule
+    from prefopt.train.logp_cache import attach_caches
+    from prefopt.train.logps import shares_batch_prompt
+    from prefopt.train.module import PreferenceModule
 
     class InOrder(PreferenceDataModule):  # fixed lengths: file order, as TRL's sequential sampler
         def train_dataloader(self):

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "src"))
 def main(dest: str, overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
-    from prefopt.config import build_component
+    from prefopt.config.components import build_component
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["data=sort", "model=tiny", *overrides])

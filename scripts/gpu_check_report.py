@@ -1,5 +1,5 @@
 """The table scripts/gpu_check.sh prints: pairs/s, tokens/s, peak memory and MFU per loss, read from each
-run's results.json (the perf/* metrics of prefopt.perf.ThroughputMonitor), and the device line of the run.
+run's results.json (the perf/* metrics of prefopt.train.perf.ThroughputMonitor), and the device line of the run.
 
     python scripts/gpu_check_report.py OUT_DIR dpo ipo simpo rmipo
 

@@ -17,7 +17,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from prefopt.launcher import register as register_launcher_resolvers  # noqa: E402
+from prefopt.config.launcher import register as register_launcher_resolvers  # noqa: E402
 
 register_launcher_resolvers()  # conf/hydra/launcher/submitit_slurm.yaml reads trainer.devices through them
 
@@ -27,7 +27,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig):
-    from prefopt.runner import run
+    from prefopt.run.runner import run
 
     metrics = run(cfg)
     return (metrics or {}).get(cfg.get("objective", "eval/oracle_reward"))
@@ -36,9 +36,9 @@ def main(cfg: DictConfig):
 def precheck() -> None:
     """Fail in milliseconds, naming the valid keys, on `loss.<key>=` overrides the loss lacks, and on
     an output folder that cannot be written."""
-    from prefopt.config import ConfigError, precheck_group_overrides
-    from prefopt.launcher import precheck_slurm
-    from prefopt.preflight import check_output_argv
+    from prefopt.config.components import ConfigError, precheck_group_overrides
+    from prefopt.config.launcher import precheck_slurm
+    from prefopt.config.preflight import check_output_argv
 
     try:
         precheck_group_overrides(sys.argv[1:], CONF_DIR, "loss", default="rmipo")

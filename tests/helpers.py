@@ -3,7 +3,7 @@
 
 import torch
 
-from prefopt.models import build_tiny
+from prefopt.models.load import build_tiny
 
 VOCAB = 32
 PAD, BOS, EOS = 0, 1, 2

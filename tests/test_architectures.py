@@ -10,8 +10,8 @@ import transformers
 from omegaconf import OmegaConf
 
 from helpers import BOS, EOS, PAD, PAIRS, VOCAB, collated
-from prefopt.logps import attention_window, check_shared_prompt, pair_batch_logps, response_logps, shared_prompt_logps
-from prefopt.model_setup import prepare_for_training
+from prefopt.train.logps import attention_window, check_shared_prompt, pair_batch_logps, response_logps, shared_prompt_logps
+from prefopt.models.setup import prepare_for_training
 
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               intermediate_size=64, max_position_embeddings=64, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
@@ -84,7 +84,7 @@ def test_a_sliding_window_shorter_than_the_batch_scores_full_rows(name):
 
 def test_the_self_check_compares_tokens_not_sums():
     """One token 0.01 nats off is a mismatch even where the row sums would pass a loose tolerance."""
-    import prefopt.logps as logps_file
+    import prefopt.train.logps as logps_file
 
     model = family_model("mistral").eval()
     b = collated(PAIRS)

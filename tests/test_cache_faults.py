@@ -1,4 +1,4 @@
-"""Fault injection into the artifact cache (prefopt.cache and its users) and the data readers.
+"""Fault injection into the artifact cache (prefopt.store.cache and its users) and the data readers.
 
 Every kind of damage to a built artifact (truncated, zeroed, garbage bytes, deleted file, a marker
 without checksums) is named and rebuilt under the lock; a read-only cache says so in one line; a
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefopt import cache
-from prefopt.cache import DONE_MARKER, artifact_counts, artifact_problem, cached_dir
+from prefopt.store import cache
+from prefopt.store.cache import DONE_MARKER, artifact_counts, artifact_problem, cached_dir
 from prefopt.data.errors import DataError
 from prefopt.data.formats import load_rows
 from prefopt.errors import CacheError
@@ -125,7 +125,7 @@ KILLED_BUILDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     sys.path.insert(0, {src!r})
-    from prefopt.cache import cached_dir
+    from prefopt.store.cache import cached_dir
     def build(out):
         (out / "half.bin").write_bytes(b"x" * 100)
         print("building", flush=True)
@@ -212,9 +212,9 @@ def test_sort_task_rebuilds_damaged_weights_and_pairs(tmp_path, capsys, target, 
 def test_zeroed_reference_table_is_rebuilt(tmp_path, capsys):
     from omegaconf import OmegaConf
 
-    from prefopt.logp_cache import attach_caches
+    from prefopt.train.logp_cache import attach_caches
     from prefopt.losses import DPOLoss
-    from prefopt.module import PreferenceModule
+    from prefopt.train.module import PreferenceModule
     from test_logp_cache import CFG, data, model
     from prefopt.tasks.sort import build_sort_tokenizer
 
@@ -255,7 +255,7 @@ def test_unreadable_parquet_names_the_file(tmp_path):
 
 
 def test_eval_start_side_without_a_usable_cache_is_computed_for_the_run(tmp_path, monkeypatch, capsys):
-    from prefopt import eval_cache
+    from prefopt.eval import cache as eval_cache
     from prefopt.tasks.sort import build_sort_tokenizer
     from test_logp_cache import model
 

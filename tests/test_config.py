@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from prefopt.config import ConfigError, build_component, check_keys, precheck_group_overrides
+from prefopt.config.components import ConfigError, build_component, check_keys, precheck_group_overrides
 from prefopt.losses import PreferenceLoss
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -85,7 +85,7 @@ def test_trainers(option):
         import importlib.util
 
         from helpers import tiny_model
-        from prefopt.trainer_factory import build_strategy
+        from prefopt.train.trainer_factory import build_strategy
 
         if strategy["name"] == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
             with pytest.raises(ConfigError, match="trainer=deepspeed needs DeepSpeed.*pip install deepspeed"):
@@ -97,7 +97,7 @@ def test_trainers(option):
 def validate_full(cfg):
     from omegaconf import open_dict
 
-    from prefopt.validate import validate_config
+    from prefopt.config.validate import validate_config
 
     with open_dict(cfg):
         del cfg["hydra"]

@@ -1,5 +1,5 @@
-"""The disk check before training (prefopt/disk.py, free space mocked), how many checkpoints a run keeps and
-what a LoRA checkpoint holds (prefopt/checkpointing.py): sizes worked out by hand for the helpers' tiny
+"""The disk check before training (prefopt/store/disk.py, free space mocked), how many checkpoints a run keeps and
+what a LoRA checkpoint holds (prefopt/train/checkpointing.py): sizes worked out by hand for the helpers' tiny
 model, a one-line stop when a folder is short, and a LoRA run resumed from its adapters-only checkpoint
 ending exactly where the uninterrupted run ends."""
 
@@ -12,11 +12,11 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import PAIRS, collated, tiny_model
-from prefopt import disk
-from prefopt.checkpointing import TRIMMED, checkpoints_at_once
+from prefopt.store import disk
+from prefopt.train.checkpointing import TRIMMED, checkpoints_at_once
 from prefopt.losses import DPOLoss
-from prefopt.model_setup import apply_lora
-from prefopt.module import PreferenceModule
+from prefopt.models.setup import apply_lora
+from prefopt.train.module import PreferenceModule
 
 # helpers.tiny_model(): vocab 32, hidden 32, 1 layer, MLP 64, tied embeddings, float32:
 # embeddings 32·32 = 1024; q, k, v, o 4·32·32 = 4096; gate, up, down 3·32·64 = 6144; norms 3·32 = 96

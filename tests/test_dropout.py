@@ -8,8 +8,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from helpers import BOS, EOS, PAD, PAIRS, VOCAB, pair_batch
 from prefopt.losses import RMiPOLoss
-from prefopt.model_setup import disable_dropout, prepare_for_training
-from prefopt.module import PreferenceModule
+from prefopt.models.setup import disable_dropout, prepare_for_training
+from prefopt.train.module import PreferenceModule
 
 
 def dropout_model(seed: int = 0) -> LlamaForCausalLM:

@@ -1,11 +1,11 @@
-"""Tests of the generation evaluation and the sampler it uses: prefopt.eval, prefopt.generation."""
+"""Tests of the generation evaluation and the sampler it uses: prefopt.eval.evaluate, prefopt.eval.generation."""
 
 import pytest
 import torch
 
-from prefopt.eval import evaluate, kl_estimate, sequence_logps, win_rate
-from prefopt.generation import sample
-from prefopt.models import build_tiny
+from prefopt.eval.evaluate import evaluate, kl_estimate, sequence_logps, win_rate
+from prefopt.eval.generation import sample
+from prefopt.models.load import build_tiny
 from prefopt.tasks.sort import build_sort_tokenizer
 from prefopt.tasks.sort_oracle import SortOracle
 
@@ -109,7 +109,7 @@ def test_a_lora_policy_is_its_own_reference_with_adapters_disabled(tok, models):
     pytest.importorskip("peft")
     from omegaconf import OmegaConf
 
-    from prefopt.model_setup import apply_lora
+    from prefopt.models.setup import apply_lora
 
     base = copy.deepcopy(models[1])
     lora = apply_lora(copy.deepcopy(models[1]), OmegaConf.create({"r": 4, "dropout": 0.0}))
@@ -126,8 +126,8 @@ def test_a_lora_policy_is_its_own_reference_with_adapters_disabled(tok, models):
 
 
 def test_start_side_from_the_cache_gives_the_same_metrics_and_is_computed_once(tok, models, tmp_path, monkeypatch):
-    import prefopt.eval as eval_file
-    from prefopt.eval_cache import cached_start_side
+    import prefopt.eval.evaluate as eval_file
+    from prefopt.eval.cache import cached_start_side
 
     sampling = dict(max_new_tokens=8, temperature=1.0, seed=2, batch_size=4)
     live, live_samples = evaluate(models[0], models[1], tok, PROMPTS, SortOracle(), **sampling)

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
 
 from mistral_assets import mistral_tokenizer_dir
-from prefopt.models import load_tokenizer
+from prefopt.models.load import load_tokenizer
 from test_run import run_cli
 
 LOSSES = ["dpo", "ipo", "simpo", "rmipo"]

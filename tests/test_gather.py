@@ -1,4 +1,4 @@
-"""After a sharded run rank 0 rebuilds the trained policy from its gathered state dict (prefopt.gather):
+"""After a sharded run rank 0 rebuilds the trained policy from its gathered state dict (prefopt.train.gather):
 which strategies count as sharded, and the rebuild of plain and LoRA policies. The gathering itself is
 a GPU collective (not runnable here)."""
 
@@ -7,10 +7,10 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import PAIRS, pair_batch, tiny_model
-from prefopt.gather import is_sharded, policy_entries, rebuild_policy
+from prefopt.train.gather import is_sharded, policy_entries, rebuild_policy
 from prefopt.losses import DPOLoss
-from prefopt.model_setup import prepare_for_training
-from prefopt.module import PreferenceModule
+from prefopt.models.setup import prepare_for_training
+from prefopt.train.module import PreferenceModule
 
 
 def logits(model):

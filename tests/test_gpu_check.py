@@ -1,7 +1,7 @@
 """scripts/gpu_check.sh from a fresh checkout: `--cpu` creates its folders, builds the pairs file at a path
 it chooses (never parsed from log output), trains each loss and prints pairs/s, tokens/s, peak memory and
 MFU per loss from results.json; a failing step makes it exit 1; without a GPU (and without --cpu) it stops
-in one line. Also the run's device/precision/attention line (prefopt/hardware.py)."""
+in one line. Also the run's device/precision/attention line (prefopt/train/hardware.py)."""
 
 import json
 import os
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import tiny_model
-from prefopt.hardware import setup_line
+from prefopt.train.hardware import setup_line
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"

@@ -17,11 +17,11 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from helpers import PAIRS, collated, tiny_model
-from prefopt.clipping import GradientClipper, clip_gradients
+from prefopt.train.clipping import GradientClipper, clip_gradients
 from prefopt.errors import ConfigError
 from prefopt.losses import SimPOLoss
-from prefopt.module import PreferenceModule
-from prefopt.trainer_factory import DataFitCheck, build_strategy, build_trainer, check_one_step_fits, take_clipping
+from prefopt.train.module import PreferenceModule
+from prefopt.train.trainer_factory import DataFitCheck, build_strategy, build_trainer, check_one_step_fits, take_clipping
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader
 
 from helpers import PAIRS, pair_batch, tiny_model
 from prefopt.errors import TrainingDiverged
-from prefopt.guards import FiniteGuard
+from prefopt.train.guards import FiniteGuard
 from prefopt.losses import SimPOLoss
-from prefopt.module import PreferenceModule
+from prefopt.train.module import PreferenceModule
 
 pytestmark = pytest.mark.slow  # every test here starts a run (`pytest -m "not slow"` skips them)
 

@@ -1,5 +1,5 @@
 """The SLURM launcher asks for what Lightning expects: conf/hydra/launcher/submitit_slurm.yaml takes tasks
-and GPUs per node from trainer.devices and nodes from trainer.num_nodes (prefopt/launcher.py); the
+and GPUs per node from trainer.devices and nodes from trainer.num_nodes (prefopt/config/launcher.py); the
 sbatch script submitit would write says so, and Lightning's SLURM environment accepts the variables
 SLURM then sets (and rejects the plugin's old default of one task)."""
 
@@ -16,7 +16,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
 from prefopt.errors import ConfigError
-from prefopt.launcher import devices_per_node, gpus_per_node, register
+from prefopt.config.launcher import devices_per_node, gpus_per_node, register
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ["hydra/launcher=submitit_slurm", "experiment=mistral7b", "trainer=fsdp", "trainer.devices=8"]

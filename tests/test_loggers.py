@@ -6,7 +6,7 @@ import os
 
 from omegaconf import OmegaConf
 
-from prefopt.loggers import (
+from prefopt.train.loggers import (
     fill_method, flatten, hyperparameters, make_loggers, run_id, run_identity, sweep_group,
 )
 

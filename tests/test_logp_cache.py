@@ -1,4 +1,4 @@
-"""Cached frozen log-probs (prefopt.logp_cache): cached equals live, a second run hits the cache and
+"""Cached frozen log-probs (prefopt.train.logp_cache): cached equals live, a second run hits the cache and
 holds no reference model, and a changed dataset, model or truncation setting misses it."""
 
 import json
@@ -9,10 +9,10 @@ import torch
 from omegaconf import OmegaConf
 
 from prefopt.data.datamodule import PreferenceDataModule
-from prefopt.logp_cache import attach_caches, weights_fingerprint
+from prefopt.train.logp_cache import attach_caches, weights_fingerprint
 from prefopt.losses import DPOLoss, IPOLoss, RMiPOLoss, SimPOLoss
-from prefopt.models import build_tiny
-from prefopt.module import PreferenceModule
+from prefopt.models.load import build_tiny
+from prefopt.train.module import PreferenceModule
 from prefopt.tasks.sort import build_sort_tokenizer
 
 CFG = OmegaConf.create({"logp_cache": True, "trainer": {"accelerator": "cpu", "precision": "32-true"}})
@@ -115,7 +115,7 @@ def test_changed_data_model_or_truncation_misses(tok, tmp_path):
 
 def test_a_lora_run_builds_base_model_tables_that_a_full_run_hits(tok, tmp_path):
     pytest.importorskip("peft")
-    from prefopt.model_setup import apply_lora
+    from prefopt.models.setup import apply_lora
 
     dm = data(tok)
     lora = PreferenceModule(apply_lora(model(tok), OmegaConf.create({"r": 4})), DPOLoss())
@@ -170,9 +170,9 @@ def test_a_sweep_computes_the_reference_once(cache_root, tmp_path):
 
 def test_table_build_checks_the_shared_pass_and_falls_back(monkeypatch, capsys):
     """With share_prompt=auto a table is built with shared prompts only after the first batch's check."""
-    import prefopt.logps as logps_file
+    import prefopt.train.logps as logps_file
     from helpers import collated, tiny_model
-    from prefopt.logp_cache import compute_table
+    from prefopt.train.logp_cache import compute_table
 
     pairs = [([1] + [5 + (i + j) % 9 for j in range(18)], [8, 9, 2], [10 + i % 3, 2]) for i in range(6)]
     batch = collated(pairs)

@@ -8,11 +8,11 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from helpers import PAIRS, pair_batch, tiny_model
-from prefopt.logp_cache import weights_fingerprint
-from prefopt.logps import response_logps
+from prefopt.train.logp_cache import weights_fingerprint
+from prefopt.train.logps import response_logps
 from prefopt.losses import DPOLoss, RMiPOLoss
-from prefopt.model_setup import apply_lora, is_lora, prepare_for_training, save_policy
-from prefopt.module import PreferenceModule
+from prefopt.models.setup import apply_lora, is_lora, prepare_for_training, save_policy
+from prefopt.train.module import PreferenceModule
 
 pytest.importorskip("peft")
 
@@ -101,7 +101,7 @@ def test_save_merges_adapters_into_a_plain_model(tmp_path):
 
 def test_shared_prompt_pass_of_a_lora_policy_equals_full_rows():
     from helpers import collated
-    from prefopt.logps import check_shared_prompt, pair_batch_logps
+    from prefopt.train.logps import check_shared_prompt, pair_batch_logps
 
     model = lora_model()
     with torch.no_grad():

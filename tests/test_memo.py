@@ -1,4 +1,4 @@
-"""The per-process memo of task artifacts and starting policies (prefopt.memo): built once for
+"""The per-process memo of task artifacts and starting policies (prefopt.store.memo): built once for
 equal settings, a fresh copy per run, nothing kept from a failed build, an edited data file re-read."""
 
 import os
@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from prefopt import memo
+from prefopt.store import memo
 from prefopt.tasks.base import TaskArtifacts
 
 

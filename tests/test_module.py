@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from helpers import PAIRS, collated, pair_batch, tiny_model
 from prefopt.losses import DPOLoss, IPOLoss, RMiPOLoss, SimPOLoss
-from prefopt.module import PreferenceModule, warmup_cosine
+from prefopt.train.module import PreferenceModule, warmup_cosine
 
 LOSSES = {
     "dpo": lambda: DPOLoss(beta=0.1),
@@ -95,7 +95,7 @@ def test_tables_replace_the_frozen_pass_and_release_the_reference(kind, loss, mo
     module.use_logp_table(kind, "eval", table[:0], tokens[:0])
     assert module.release_reference() and module.reference is None
     calls = []
-    import prefopt.module as module_file
+    import prefopt.train.module as module_file
 
     for name in ("response_logps", "pair_batch_logps"):  # every pass goes through one of these
         real = getattr(module_file, name)
@@ -220,7 +220,7 @@ def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():
 
 
 def test_auto_checks_the_shared_pass_once_and_falls_back_when_it_does_not_fit(monkeypatch, capsys):
-    import prefopt.logps as logps_file
+    import prefopt.train.logps as logps_file
 
     long_pairs = [([1] + [5 + i % 7 for i in range(20)], [8, 9, 2], [10, 2]), ([1] + [4] * 17, [12, 2], [13, 14, 2])]
     batch = collated(long_pairs)

@@ -1,4 +1,4 @@
-"""prefopt/optim.py: the optimizer and schedule come from conf/train.yaml's `optim` (`_partial_` nodes),
+"""prefopt/train/optim.py: the optimizer and schedule come from conf/train.yaml's `optim` (`_partial_` nodes),
 keep the `optim.lr`-style overrides, swap without code, and a wrong key is one line naming it."""
 
 from pathlib import Path
@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from prefopt.errors import ConfigError
-from prefopt.optim import optim_factories, takes
+from prefopt.train.optim import optim_factories, takes
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

@@ -1,4 +1,4 @@
-"""Checks before work (prefopt.preflight) and results.json writes that fail loudly (prefopt.results):
+"""Checks before work (prefopt.config.preflight) and results.json writes that fail loudly (prefopt.run.results):
 an unwritable output folder stops in one line before Hydra starts, a read-only cache is announced,
 `paths.lock_timeout_s` reaches the cache, `ckpt_path` is resolved, and a full disk while writing
 results.json is an error on stderr with exit status 1 and no `.tmp` left behind. Read-only folders
@@ -13,9 +13,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from prefopt import cache, preflight
+from prefopt.store import cache
+
+from prefopt.config import preflight
 from prefopt.errors import ResumeMismatch
-from prefopt.results import write_results
+from prefopt.run.results import write_results
 from test_run import run_cli
 
 
@@ -73,7 +75,7 @@ def test_read_only_cache_is_announced_and_lock_timeout_is_set(tmp_path, monkeypa
 
 
 def test_ckpt_path_resolution(tmp_path, capsys):
-    from prefopt.resume import resolve_ckpt_path
+    from prefopt.train.resume import resolve_ckpt_path
 
     assert resolve_ckpt_path(None, tmp_path) is None
     with pytest.raises(ResumeMismatch, match=r"ckpt_path=last: .*checkpoints has no readable checkpoint.*or_fresh"):

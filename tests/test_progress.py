@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from helpers import PAIRS, collated, tiny_model
 from prefopt.errors import ConfigError
 from prefopt.losses.controls import SimPOAnnealedLoss
-from prefopt.module import PreferenceModule
+from prefopt.train.module import PreferenceModule
 
 
 class RecordingAnneal(SimPOAnnealedLoss):

@@ -1,6 +1,6 @@
 """Exact resume and determinism on CPU: a run killed with SIGKILL mid-training and restarted with the
 same command, folder and `ckpt_path=last` ends with the same metrics as an uninterrupted run, and the
-same command twice gives identical metrics. Resumes check what they resume (prefopt.resume): another
+same command twice gives identical metrics. Resumes check what they resume (prefopt.train.resume): another
 config, data or tokenizer is refused in one line naming it; rows appended to a jsonl file are left out
 (the checkpoint's rows, split and tokenizer are used); `ckpt_path=last` without a checkpoint stops
 unless `last_or_fresh`. Signals: tests/test_signals.py."""
@@ -60,7 +60,7 @@ def test_sigkill_and_resume_matches_uninterrupted(cache_root, tmp_path):
     assert resumed["step"] >= 20  # it did resume (a fresh start would give the same numbers)
 
 
-# ---- resumes check what they resume (prefopt.resume) ----------------------------------------------
+# ---- resumes check what they resume (prefopt.train.resume) ----------------------------------------------
 SHORT = [*SMALL_SORT, "loss=dpo", "logger=none"]
 
 
@@ -153,7 +153,7 @@ def test_ckpt_path_last_without_a_checkpoint_stops_unless_fresh_is_allowed(cache
 def test_record_leaves_out_what_a_resume_may_change():
     from omegaconf import OmegaConf
 
-    from prefopt.resume import differences, flat_config
+    from prefopt.train.resume import differences, flat_config
 
     cfg = OmegaConf.create({"seed": 0, "loss": {"beta": 0.1}, "trainer": {"max_steps": 10, "precision": "32"},
                             "paths": {"cache_dir": "/x"}, "logger": {"csv": True}, "ckpt_path": None})

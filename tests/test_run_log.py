@@ -13,9 +13,9 @@ import pytest
 from test_run import SMALL_SORT, run_cli
 
 from prefopt.data import layout
-from prefopt.progress import ConsoleLog, StepProgressBar
+from prefopt.train.progress import ConsoleLog, StepProgressBar
 from prefopt.tasks.base import Built
-from prefopt.trainer_factory import validation_steps
+from prefopt.train.trainer_factory import validation_steps
 
 
 def test_console_log_copies_stdout_and_stderr_and_keeps_a_redrawn_line_once(tmp_path, capsys):

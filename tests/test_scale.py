@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from helpers import tiny_model
 from prefopt.errors import ConfigError
-from prefopt.trainer_factory import accumulation_for, build_strategy, decoder_layer_classes
+from prefopt.train.trainer_factory import accumulation_for, build_strategy, decoder_layer_classes
 from test_run import SMALL_SORT, run_cli
 
 COMMON = [*SMALL_SORT, "trainer.max_steps=8", "loss=dpo", "logger=none", "checkpoint.enabled=false"]

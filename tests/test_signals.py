@@ -1,4 +1,4 @@
-"""Honest interrupts (prefopt.signals): SIGINT and SIGTERM during training save a checkpoint with the
+"""Honest interrupts (prefopt.train.signals): SIGINT and SIGTERM during training save a checkpoint with the
 default `checkpoint.every_n_train_steps=0`, record `status: interrupted` with the signal and step,
 print how to resume, exit 130 / 143, and the resumed run ends with the uninterrupted run's metrics;
 a signal before training records the interrupt without a traceback; under SLURM Lightning requeues."""
@@ -80,7 +80,7 @@ def test_signal_before_training_is_recorded_without_traceback(cache_root, tmp_pa
 def test_slurm_runs_get_lightning_requeue(monkeypatch):
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    from prefopt.signals import slurm_plugins
+    from prefopt.train.signals import slurm_plugins
 
     monkeypatch.delenv("SLURM_NTASKS", raising=False)
     assert slurm_plugins() == []
@@ -103,7 +103,7 @@ class FakeTrainer:
 
 
 def test_guard_stops_only_at_an_optimizer_step_boundary(tmp_path):
-    from prefopt.signals import InterruptGuard, Interrupted
+    from prefopt.train.signals import InterruptGuard, Interrupted
 
     guard, trainer = InterruptGuard(), FakeTrainer(tmp_path)
     guard.on_train_start(trainer, None)
@@ -120,7 +120,7 @@ def test_guard_stops_only_at_an_optimizer_step_boundary(tmp_path):
 
 
 def test_guard_outside_training_or_on_a_second_signal_stops_at_once(tmp_path):
-    from prefopt.signals import InterruptGuard, Interrupted
+    from prefopt.train.signals import InterruptGuard, Interrupted
 
     guard = InterruptGuard()
     with pytest.raises(Interrupted) as stop:

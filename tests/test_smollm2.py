@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from prefopt.models import load_policy
+from prefopt.models.load import load_policy
 from test_run import run_cli
 
 pytestmark = pytest.mark.slow  # a 135M model: converted, generating and training (a run) on CPU

@@ -20,8 +20,8 @@ from datasets import Dataset  # noqa: E402
 
 from prefopt.data.datamodule import PreferenceDataModule  # noqa: E402
 from prefopt.losses import DPOLoss, IPOLoss, PairLogps, SimPOLoss  # noqa: E402
-from prefopt.models import build_tiny  # noqa: E402
-from prefopt.module import PreferenceModule  # noqa: E402
+from prefopt.models.load import build_tiny  # noqa: E402
+from prefopt.train.module import PreferenceModule  # noqa: E402
 from prefopt.tasks.sort import build_sort_tokenizer  # noqa: E402
 
 N = 4

@@ -1,6 +1,6 @@
 """One-line errors for what a user leaves out or points wrong: a mandatory config value left unset names
-the key (prefopt/validate.py check_required, called first by the runner), and a model.path that does not
-exist says so, mentioning `hf download` only for strings that look like hub ids (prefopt/models.py)."""
+the key (prefopt/config/validate.py check_required, called first by the runner), and a model.path that does not
+exist says so, mentioning `hf download` only for strings that look like hub ids (prefopt/models/load.py)."""
 
 import json
 import os
@@ -12,8 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from prefopt.errors import ConfigError
-from prefopt.models import ModelLoadError, load_pretrained, looks_like_hub_id
-from prefopt.validate import check_required
+from prefopt.models.load import ModelLoadError, load_pretrained, looks_like_hub_id
+from prefopt.config.validate import check_required
 
 ROOT = Path(__file__).resolve().parents[1]
 

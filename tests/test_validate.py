@@ -3,8 +3,8 @@
 import pytest
 from omegaconf import open_dict
 
-from prefopt.config import ConfigError, build_component
-from prefopt.validate import validate_config
+from prefopt.config.components import ConfigError, build_component
+from prefopt.config.validate import validate_config
 from test_config import compose_with
 
 

@@ -21,7 +21,7 @@ from wandb_records import offline_runs
 
 pytestmark = pytest.mark.slow  # every test here starts a run (`pytest -m "not slow"` skips them)
 
-STEPS = 12  # validation every 3 steps (prefopt.trainer_factory.validation_steps): 4 points
+STEPS = 12  # validation every 3 steps (prefopt.train.trainer_factory.validation_steps): 4 points
 ARGS = ["-m", "logger=wandb", "loss=dpo,simpo_margin_low", "optim.lr=1e-4,1e9", *SMALL_SORT,
         "eval.n_samples_logged=3", "checkpoint.enabled=false",  # lr 1e9: a non-finite loss, a failed run
         "hydra.sweep.subdir=job${hydra.job.num}"]  # short folder names (results are found by W&B name)

@@ -1,6 +1,6 @@
 """Errors that mean the user must change something; run.py reports them as one message, no traceback.
 
-Used across the package; `prefopt.runner.user_errors` lists the ones reported without a traceback.
+Used across the package; `prefopt.run.runner.user_errors` lists the ones reported without a traceback.
 """
 
 

@@ -36,8 +36,8 @@ def test_layout_chosen_rows_first_then_rejected():
 def test_masks_select_the_response_tokens_when_scored():
     """response_logps counts exactly the response tokens through both masks."""
     from prefopt.data.tokenizer_builder import build_bpe_tokenizer
-    from prefopt.logps import response_logps
-    from prefopt.models import build_tiny
+    from prefopt.train.logps import response_logps
+    from prefopt.models.load import build_tiny
 
     model = build_tiny(build_bpe_tokenizer(["a b c"], vocab_size=300), hidden_size=16, intermediate_size=32)
     b = PairCollator(pad_id=PAD, start_ids=[START])(ITEMS)

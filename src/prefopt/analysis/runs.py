@@ -1,6 +1,6 @@
 """Loading a sweep into tables: one row per run (method, seed, metrics, flattened config), and curves.
 
-A multirun folder holds one folder per job with `results.json` (written by prefopt.runner) and Hydra's
+A multirun folder holds one folder per job with `results.json` (written by prefopt.run.runner) and Hydra's
 `.hydra/hydra.yaml`, whose `runtime.choices.loss` names the loss config (`dpo`, `simpo_margin_low`,
 ...): that name is the run's *method*. Columns: `run` (folder relative to the multirun folder),
 `status`, `error`, `method`, `seed`, `wall_time_s`, every logged metric under its own name (those with
@@ -20,8 +20,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from prefopt.loggers import flatten
-from prefopt.results import read_results
+from prefopt.train.loggers import flatten
+from prefopt.run.results import read_results
 
 RESERVED = ("run", "status", "error", "method", "seed", "wall_time_s")
 DEFAULT_SCORE = "eval/oracle_reward"
@@ -51,7 +51,7 @@ class StudySettings:
 
 
 def flat_config(tree: dict[str, Any]) -> dict[str, Any]:
-    """The config as dotted keys (prefopt.loggers.flatten); lists become their string form (a CSV cell)."""
+    """The config as dotted keys (prefopt.train.loggers.flatten); lists become their string form (a CSV cell)."""
     return {k: str(v) if isinstance(v, (list, tuple)) else v for k, v in flatten(tree).items()}
 
 

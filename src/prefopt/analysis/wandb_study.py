@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from prefopt.loggers import run_id
-from prefopt.results import read_results
+from prefopt.train.loggers import run_id
+from prefopt.run.results import read_results
 
 TABLES = {"sensitivity.csv": "study/methods", "pairwise.csv": "study/pairwise", "grid.csv": "study/grid"}
 

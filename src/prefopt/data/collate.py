@@ -9,7 +9,7 @@ For B pairs, rows 0..B-1 are prompt+chosen and rows B..2B-1 prompt+rejected:
   response tokens, so every response token is scored, the first included;
 - prompt_ids, prompt_attention_mask (B, P) and response_ids, response_attention_mask (2B, R): the
   same pairs with each prompt once (right-padded) and the responses apart (rows as above), for the
-  shared-prompt pass (prefopt.logps.shared_prompt_logps); left out when a prompt is empty;
+  shared-prompt pass (prefopt.train.logps.shared_prompt_logps); left out when a prompt is empty;
 - index (B,): each pair's index in its dataset (keys for cached reference/marginal log-probs).
 `token_counts` says how much of what a layout runs through the transformer is padding (the padded
 share that length grouping, data/sampler.py, keeps low).

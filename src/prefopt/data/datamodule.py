@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from prefopt import memo
+from prefopt.store import memo
 from prefopt.data.collate import PairCollator
 from prefopt.data.errors import DataError
 from prefopt.data.sampler import ResumableLoader
@@ -147,7 +147,7 @@ class PreferenceDataModule(L.LightningDataModule):
         opts = dict(strict=self.strict, append_eos=self.append_eos)
 
         def tokenized(rows: list[dict], split: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-            # once per process for the same rows and settings: a sweep's runs share it (prefopt/memo.py)
+            # once per process for the same rows and settings: a sweep's runs share it (prefopt/store/memo.py)
             return memo.tokenized(lambda: tokenize_rows(rows, *args, split=split, **opts), rows, self.tokenizer,
                                   split, self.max_length, self.max_prompt_length, self.strict, self.append_eos)
 

@@ -5,7 +5,7 @@ without one, holds out a seeded `eval_fraction` of the rows, and offers the text
 building a tokenizer when the model needs one (model=tiny). It has no oracle: runs on it report
 preference metrics (reward accuracy, margins), not gold rewards. Its info's `pin` (source settings that
 read the same rows again: the first N rows, as many as it read) goes into every checkpoint, so a resume
-reads the rows its checkpoint trained on even after rows were appended to the file (prefopt.resume).
+reads the rows its checkpoint trained on even after rows were appended to the file (prefopt.train.resume).
 Exercised by `pytest tests/data/test_file_source.py` and `python src/run.py data=jsonl data.path=FILE`.
 """
 

@@ -1,7 +1,7 @@
 """The interface every preference-data source implements (embedded tasks and user files).
 
 `run.py` instantiates `cfg.data.source` and calls `build(model_cfg, cache_root)` once per run. A task
-with an oracle also returns held-out prompts and a reward function, which `prefopt.eval` uses at the
+with an oracle also returns held-out prompts and a reward function, which `prefopt.eval.evaluate` uses at the
 end of the run; a plain preference file returns rows only.
 """
 
@@ -60,7 +60,7 @@ class Task(ABC):
 
 
 class Built:
-    """A cache build function (for `prefopt.cache.cached_dir`) that remembers whether it ran, so the
+    """A cache build function (for `prefopt.store.cache.cached_dir`) that remembers whether it ran, so the
     log says "built in 12s" only when this run built the artifact and "cached (<folder>)" otherwise."""
 
     def __init__(self, build: Callable[[Path], Any]) -> None:

@@ -13,7 +13,7 @@ depends on (changing a setting rebuilds that artifact and those downstream of it
 
 The gold reward is P(positive | prompt + response) in [0, 1] (see imdb_reward.py). With a model config
 that has no `tiny` block (e.g. model=smollm2_135m) or sets `model.path`, the starting policy is that
-model as loaded by `prefopt.models.load_policy`: no tokenizer or SFT is built, pairs are sampled from it.
+model as loaded by `prefopt.models.load.load_policy`: no tokenizer or SFT is built, pairs are sampled from it.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from prefopt.cache import DONE_MARKER, cached_dir, file_fingerprint, fingerprint
+from prefopt.store.cache import DONE_MARKER, cached_dir, file_fingerprint, fingerprint
 from prefopt.data.tokenizer_builder import build_bpe_tokenizer
 from prefopt.errors import ConfigError
-from prefopt.generation import sample
-from prefopt.models import build_tiny, load_policy
-from prefopt.sft import train_causal_lm
+from prefopt.eval.generation import sample
+from prefopt.models.load import build_tiny, load_policy
+from prefopt.tasks.sft import train_causal_lm
 from prefopt.tasks.base import Built, Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean
 from prefopt.tasks.imdb_data import csv_path, load_reviews, prompts_from, split_reviews, take
 from prefopt.tasks.imdb_reward import CHECK_WORDS, SentimentReward, accuracy, first_words, train_classifier

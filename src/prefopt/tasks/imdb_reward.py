@@ -64,7 +64,7 @@ def accuracy(model: Any, reviews: list[Review], words: int | None = None) -> flo
 class SentimentReward:
     """Gold reward of (prompt, response) strings: P(positive | prompt + response) in [0, 1].
 
-    A picklable callable (prompts, responses) -> rewards, the form `prefopt.eval.evaluate` expects.
+    A picklable callable (prompts, responses) -> rewards, the form `prefopt.eval.evaluate.evaluate` expects.
     `model` is the fitted scikit-learn pipeline (anything with `predict_proba` over texts whose
     second column is the positive class).
     """

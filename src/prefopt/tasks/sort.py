@@ -21,11 +21,11 @@ from omegaconf import OmegaConf
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from prefopt.cache import cached_dir, fingerprint
+from prefopt.store.cache import cached_dir, fingerprint
 from prefopt.errors import ConfigError
-from prefopt.generation import sample
-from prefopt.models import build_tiny
-from prefopt.sft import train_causal_lm
+from prefopt.eval.generation import sample
+from prefopt.models.load import build_tiny
+from prefopt.tasks.sft import train_causal_lm
 from prefopt.tasks.base import Built, Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean
 from prefopt.tasks.sort_oracle import (
     DIGITS, SEPARATOR, SortOracle, demonstration, judge_pair, make_prompts, oracle_reward,

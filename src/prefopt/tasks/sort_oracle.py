@@ -134,7 +134,7 @@ def demonstration(x: str, rng: random.Random) -> tuple[str, str]:
 class SortOracle:
     """The task's gold reward over strings: prompts like "31415>", responses like "11345".
 
-    A picklable callable (prompts, responses) -> list of r*, the form `prefopt.eval` expects.
+    A picklable callable (prompts, responses) -> list of r*, the form `prefopt.eval.evaluate` expects.
     """
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:

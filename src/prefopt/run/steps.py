@@ -1,4 +1,4 @@
-"""The steps of one training run, in the order `prefopt.runner.train_and_evaluate` calls them.
+"""The steps of one training run, in the order `prefopt.run.runner.train_and_evaluate` calls them.
 
 Each step is a function that returns what the next one needs: the checked loss, task source and optimizer factories, the
 task's artifacts, the policy, the data, the module, the trainer, the fit's metrics, the trained policy,
@@ -17,10 +17,10 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt import memo
-from prefopt.config import build_component
-from prefopt.optim import optim_factories
-from prefopt.validate import validate_config
+from prefopt.store import memo
+from prefopt.config.components import build_component
+from prefopt.train.optim import optim_factories
+from prefopt.config.validate import validate_config
 
 StartLoader = Callable[[], tuple[torch.nn.Module, Any]]
 
@@ -29,8 +29,8 @@ StartLoader = Callable[[], tuple[torch.nn.Module, Any]]
 class RunOutcome:
     """What a run leaves for results.json and its clean-up; filled as the steps go, kept when one fails."""
 
-    interrupts: Any  # prefopt.signals.InterruptGuard: a trainer callback, restored when the run ends
-    ckpt_path: str | None = None  # what `trainer.fit` resumes from (prefopt.preflight)
+    interrupts: Any  # prefopt.train.signals.InterruptGuard: a trainer callback, restored when the run ends
+    ckpt_path: str | None = None  # what `trainer.fit` resumes from (prefopt.config.preflight)
     info: dict[str, Any] = field(default_factory=dict)  # results.json `info`; callbacks add to it during fit
     loggers: list = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
@@ -62,7 +62,7 @@ def check_and_seed(cfg: DictConfig) -> tuple[Any, Any, tuple[Any, Any]]:
     (before any model loads: a bad key costs seconds), then seed everything; returns them."""
     import lightning as L
 
-    from prefopt.progress import quiet_lightning
+    from prefopt.train.progress import quiet_lightning
 
     quiet_lightning()
     validate_config(cfg)
@@ -76,8 +76,8 @@ def check_and_seed(cfg: DictConfig) -> tuple[Any, Any, tuple[Any, Any]]:
 
 def task_artifacts(cfg: DictConfig, source: Any, outcome: RunOutcome) -> Any:
     """The task's rows, oracle, prompts and starting-policy source (built once per sweep worker). A resume
-    whose checkpoint records the source's `pin` reads the data as that run did (prefopt.resume)."""
-    from prefopt.resume import check_pin, recorded_pin
+    whose checkpoint records the source's `pin` reads the data as that run did (prefopt.train.resume)."""
+    from prefopt.train.resume import check_pin, recorded_pin
 
     source_cfg, pin = cfg.data.source, recorded_pin(outcome.ckpt_path)
     if pin:
@@ -92,7 +92,7 @@ def task_artifacts(cfg: DictConfig, source: Any, outcome: RunOutcome) -> Any:
 
 def start_loader(cfg: DictConfig, artifacts: Any) -> StartLoader:
     """A function returning (model, tokenizer) of the untrained policy: a copy of the one loaded first."""
-    from prefopt.models import load_policy
+    from prefopt.models.load import load_policy
 
     cache_root = Path(cfg.paths.cache_dir)
 
@@ -106,7 +106,7 @@ def start_loader(cfg: DictConfig, artifacts: Any) -> StartLoader:
 
 def policy_to_train(cfg: DictConfig, load_start: StartLoader) -> tuple[torch.nn.Module, Any]:
     """(policy ready to train: LoRA, dropout, checkpointing as configured, tokenizer)."""
-    from prefopt.model_setup import prepare_for_training
+    from prefopt.models.setup import prepare_for_training
 
     policy, tokenizer = load_start()
     return prepare_for_training(policy, cfg.model), tokenizer
@@ -127,7 +127,7 @@ def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: Ru
     )
     data.setup()
     outcome.info["data"] = data.stats
-    outcome.info["memo"] = dict(memo.stats)  # what this process reused from earlier runs (prefopt/memo.py)
+    outcome.info["memo"] = dict(memo.stats)  # what this process reused from earlier runs (prefopt/store/memo.py)
     print_data_summary(outcome.info.get("drops"), data.stats)
     outcome.info["data_layout"] = detect_layout(artifacts.info, artifacts.train_rows)
     print(f"[prefopt] data layout: {outcome.info['data_layout']}")
@@ -136,7 +136,7 @@ def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: Ru
 
 def preference_module(cfg: DictConfig, policy: torch.nn.Module, loss: Any, optim: tuple[Any, Any]) -> Any:
     """The LightningModule: the policy, the loss and the (optimizer, scheduler) factories of `cfg.optim`."""
-    from prefopt.module import PreferenceModule
+    from prefopt.train.module import PreferenceModule
 
     optimizer, scheduler = optim
     return PreferenceModule(policy, loss, share_prompt=cfg.get("share_prompt", "auto"), optimizer=optimizer,
@@ -146,10 +146,10 @@ def preference_module(cfg: DictConfig, policy: torch.nn.Module, loss: Any, optim
 def trainer_for(cfg: DictConfig, output_dir: Path, group: str, loss: Any, policy: torch.nn.Module, data: Any,
                 tokenizer: Any, outcome: RunOutcome) -> Any:
     """Loggers, the resume check and the callbacks (log-prob caches, run record, interrupts), then the trainer."""
-    from prefopt.loggers import make_loggers, run_identity, wandb_identity
-    from prefopt.logp_cache import LogpCaches
-    from prefopt.resume import RunRecord
-    from prefopt.trainer_factory import build_trainer
+    from prefopt.train.loggers import make_loggers, run_identity, wandb_identity
+    from prefopt.train.logp_cache import LogpCaches
+    from prefopt.train.resume import RunRecord
+    from prefopt.train.trainer_factory import build_trainer
 
     name, tags = run_identity(cfg, loss.name, cfg.data.name, cfg.method)
     outcome.loggers = loggers = make_loggers(cfg, output_dir, name, group, tags)
@@ -164,9 +164,9 @@ def trainer_for(cfg: DictConfig, output_dir: Path, group: str, loss: Any, policy
 
 def fit(cfg: DictConfig, trainer: Any, module: Any, data: Any, output_dir: Path, ckpt_path: str | None) -> dict:
     """Check the disk, print the device line, train; returns the logged metrics and throughput."""
-    from prefopt.disk import check_disk_space
-    from prefopt.hardware import setup_line
-    from prefopt.perf import ThroughputMonitor
+    from prefopt.store.disk import check_disk_space
+    from prefopt.train.hardware import setup_line
+    from prefopt.train.perf import ThroughputMonitor
 
     policy = module.policy
     check_disk_space(cfg, trainer, policy, output_dir, Path(cfg.paths.cache_dir), data.stats.get("train/pairs", 0),
@@ -184,8 +184,8 @@ def fit(cfg: DictConfig, trainer: Any, module: Any, data: Any, output_dir: Path,
 def trained_policy(cfg: DictConfig, trainer: Any, module: Any, load_start: StartLoader) -> torch.nn.Module | None:
     """The trained policy, whole, on rank 0 (FSDP / ZeRO-3: gathered from every rank and rebuilt);
     None on the other data-parallel ranks, which take part in the gather only."""
-    from prefopt.gather import full_policy_state, is_sharded, rebuild_policy
-    from prefopt.model_setup import prepare_for_training
+    from prefopt.train.gather import full_policy_state, is_sharded, rebuild_policy
+    from prefopt.models.setup import prepare_for_training
 
     gathered = full_policy_state(trainer) if is_sharded(trainer.strategy) else None  # every rank takes part
     if not trainer.is_global_zero:
@@ -201,8 +201,8 @@ def starting_policy(trained: torch.nn.Module, module: Any, load_start: StartLoad
     """(model, context) of the untrained policy for the evaluation: a LoRA policy itself with its adapters
     disabled, the frozen reference if the module kept a usable one, else loaded again, so training never
     holds it."""
-    from prefopt.model_setup import is_lora
-    from prefopt.module import frozen_copy
+    from prefopt.models.setup import is_lora
+    from prefopt.train.module import frozen_copy
 
     if is_lora(trained):
         return trained, trained.disable_adapter
@@ -215,13 +215,13 @@ def oracle_evaluation(cfg: DictConfig, artifacts: Any, trained: torch.nn.Module,
                       tokenizer: Any, outcome: RunOutcome) -> dict[str, float]:
     """Sample from the trained and the starting policy and score both with the task's oracle; the
     start's side is cached once per sweep (`eval.cache_start`). Keeps the logged samples in `outcome`."""
-    from prefopt.eval import evaluate
+    from prefopt.eval.evaluate import evaluate
 
     start_model, start_context = start
     sampling = dict(seed=cfg.seed, batch_size=cfg.eval.batch_size, **dict(artifacts.generation))
     start_side = None
     if cfg.eval.get("cache_start", True):
-        from prefopt.eval_cache import cached_start_side
+        from prefopt.eval.cache import cached_start_side
 
         task = OmegaConf.to_container(cfg.data.source, resolve=True)
         start_side, outcome.info["eval_start_cache"] = cached_start_side(
@@ -239,7 +239,7 @@ def oracle_evaluation(cfg: DictConfig, artifacts: Any, trained: torch.nn.Module,
 def export_generations(cfg: DictConfig, artifacts: Any, trained: torch.nn.Module, tokenizer: Any, loss_name: str,
                        output_dir: Path, outcome: RunOutcome) -> None:
     """`eval.generate=true`: answer the eval rows' prompts into generations.json (AlpacaEval format)."""
-    from prefopt.export import export_generations as export
+    from prefopt.models.export import export_generations as export
 
     outcome.info["generations"] = export(
         trained.eval(), tokenizer, artifacts.eval_rows, output_dir / "generations.json",
@@ -252,8 +252,8 @@ def export_generations(cfg: DictConfig, artifacts: Any, trained: torch.nn.Module
 def log_and_save(cfg: DictConfig, trainer: Any, metrics: dict[str, float], trained: torch.nn.Module, tokenizer: Any,
                  output_dir: Path, outcome: RunOutcome) -> None:
     """Send the summary (metrics, samples, hyperparameters) to the loggers and save the policy to model/."""
-    from prefopt.loggers import hyperparameters, log_summary
-    from prefopt.model_setup import save_policy
+    from prefopt.train.loggers import hyperparameters, log_summary
+    from prefopt.models.setup import save_policy
 
     log_summary(outcome.loggers, metrics, outcome.samples, step=trainer.global_step, hparams=hyperparameters(cfg))
     save_policy(trained, tokenizer, output_dir / "model")

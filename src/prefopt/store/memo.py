@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from prefopt.cache import fingerprint
+from prefopt.store.cache import fingerprint
 
 MAX_ENTRIES = 4  # per kind; a sweep over tasks or models keeps the most recent
 MAX_POLICY_PARAMS = 300_000_000

@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from prefopt.cache import cached_dir, fingerprint
+from prefopt.store.cache import cached_dir, fingerprint
 
 
 def build_tiny(

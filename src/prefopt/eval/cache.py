@@ -1,13 +1,13 @@
 """The starting policy's side of the evaluation, computed once and shared by the runs of a sweep.
 
 Every run of a β sweep evaluates against the same starting policy on the same prompts with the same
-seed, so its samples, their text and their oracle rewards (`prefopt.eval.start_side`) are the same in
+seed, so its samples, their text and their oracle rewards (`prefopt.eval.evaluate.start_side`) are the same in
 every run. They are cached in `<cache_dir>/eval_start/<key>/start.json`, keyed by the starting
 policy's weights, the prompts' token ids, the tokenizer's vocabulary, the task (its config: the oracle
 comes from it) and the sampling settings. `eval.cache_start=false` turns it off. Where the cache cannot
 hold it (read-only, or its lock is held too long) it is computed for the run only, so a trained run is
 never lost at its last step (tests/test_cache_faults.py). Used by
-`prefopt.runner`; exercised by `pytest tests/test_eval.py`.
+`prefopt.run.runner`; exercised by `pytest tests/test_eval.py`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
-from prefopt.cache import cached_dir, fingerprint
+from prefopt.store.cache import cached_dir, fingerprint
 from prefopt.errors import CacheError
-from prefopt.eval import start_side
-from prefopt.logp_cache import weights_fingerprint
+from prefopt.eval.evaluate import start_side
+from prefopt.train.logp_cache import weights_fingerprint
 
 FORMAT_VERSION = 1
 

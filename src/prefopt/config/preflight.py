@@ -5,7 +5,7 @@ output folder is a logging traceback); `stop_if_unwritable` and `preflight` run 
 the run folder must be writable, a read-only cache is announced (then every artifact must be in it: a
 missing one is a one-line `CacheError` when the task or the log-prob tables are built, before training;
 the starting policy's evaluation is computed without the cache), the cache's lock timeout is set, and
-`ckpt_path` is resolved (see prefopt.resume). Read-only is judged with `os.access`, so tests running
+`ckpt_path` is resolved (see prefopt.train.resume). Read-only is judged with `os.access`, so tests running
 as root can mock it. Exercised by `pytest tests/test_preflight.py`.
 """
 
@@ -18,8 +18,8 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
-from prefopt import cache
-from prefopt.resume import resolve_ckpt_path
+from prefopt.store import cache
+from prefopt.train.resume import resolve_ckpt_path
 
 
 def nearest_existing(path: Path) -> Path:

@@ -3,7 +3,7 @@
 Both policies answer the held-out prompts (same seed); the task's oracle scores every answer; the win
 rate compares the two answers prompt by prompt; the KL is the Monte-Carlo estimate over the policy's
 own samples. The starting policy's answers and rewards (`start_side`) can come from a cache shared by
-a sweep (prefopt.eval_cache). `run.py` calls `evaluate` at the end of a run; exercised by
+a sweep (prefopt.eval.cache). `run.py` calls `evaluate` at the end of a run; exercised by
 `pytest tests/test_eval.py`.
 """
 
@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from prefopt.generation import sample
-from prefopt.logps import response_logps
+from prefopt.eval.generation import sample
+from prefopt.train.logps import response_logps
 
 
 def win_rate(policy_rewards: Sequence[float], reference_rewards: Sequence[float]) -> float:
@@ -37,7 +37,7 @@ def kl_estimate(policy_logps: Sequence[float], reference_logps: Sequence[float])
 def sequence_logps(
     model, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, batch_size: int = 64
 ) -> list[float]:
-    """Summed log pi(response | prompt) per row, via prefopt.logps.response_logps."""
+    """Summed log pi(response | prompt) per row, via prefopt.train.logps.response_logps."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

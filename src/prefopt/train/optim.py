@@ -5,8 +5,8 @@ conf/train.yaml's `optim.optimizer` (default `torch.optim.AdamW`) is called with
 warmup, cosine decay) with `(optimizer, total_steps=...)`. Both read `optim.lr`, `optim.weight_decay`,
 ... by interpolation, so those overrides keep working; another optimizer is a config change, e.g.
 `optim.optimizer._target_=torch.optim.SGD '~optim.optimizer.betas'`. `optim_factories` checks the keys
-against the targets' arguments before any model loads. Used by `prefopt.module.PreferenceModule` and
-`prefopt.run_steps`; exercised by `pytest tests/test_module.py`.
+against the targets' arguments before any model loads. Used by `prefopt.train.module.PreferenceModule` and
+`prefopt.run.steps`; exercised by `pytest tests/test_module.py`.
 """
 
 from __future__ import annotations

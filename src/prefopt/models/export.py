@@ -3,7 +3,7 @@
 With `eval.generate=true`, the run answers the prompts of its evaluation rows (through the model's chat
 template, exactly as in training) and writes `<run dir>/generations.json`: a list of
 `{"instruction", "output", "generator", "dataset"}`, plus the sampling settings in results.json, so
-`alpaca_eval --model_outputs <run dir>/generations.json` can judge them. Used by `prefopt.runner`.
+`alpaca_eval --model_outputs <run dir>/generations.json` can judge them. Used by `prefopt.run.runner`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.data.tokenize import encode_row
-from prefopt.generation import sample
+from prefopt.eval.generation import sample
 
 
 def instruction_text(prompt: Any) -> str:

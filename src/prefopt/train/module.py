@@ -4,7 +4,7 @@ It owns the forward passes (policy, frozen reference, marginal) and knows no los
 declares what it needs (`needs_reference`, `needs_marginal`, `marginal_source`) and turns a `PairLogps`
 into per-pair losses, rewards and metrics. Log-probs of the frozen starting policy (reference, and the
 marginal with `marginal=reference`) can instead come from tables indexed by each pair's dataset index
-(`use_logp_table`, filled by prefopt.logp_cache); once they cover what the loss needs,
+(`use_logp_table`, filled by prefopt.train.logp_cache); once they cover what the loss needs,
 `release_reference()` drops the frozen copy. A LoRA policy (peft) keeps no copy at all: its frozen
 passes run the same model with the adapters disabled (`frozen_scorer`). The reference never goes into
 checkpoints (it is rebuilt from the starting policy). No-gradient passes (frozen and the live marginal)
@@ -26,12 +26,12 @@ import torch
 from torch import Tensor
 
 from prefopt.errors import ConfigError
-from prefopt.logps import pair_batch_logps, response_logps, settle_sharing
-from prefopt.checkpointing import fill_frozen, trainable_only
-from prefopt.gather import is_sharded
+from prefopt.train.logps import pair_batch_logps, response_logps, settle_sharing
+from prefopt.train.checkpointing import fill_frozen, trainable_only
+from prefopt.train.gather import is_sharded
 from prefopt.losses import PairLogps, PreferenceLoss
-from prefopt.model_setup import is_lora
-from prefopt.optim import Factory, default_factories, takes, warmup_cosine  # noqa: F401 (warmup_cosine: re-exported)
+from prefopt.models.setup import is_lora
+from prefopt.train.optim import Factory, default_factories, takes, warmup_cosine  # noqa: F401 (warmup_cosine: re-exported)
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -70,7 +70,7 @@ class PreferenceModule(L.LightningModule):
         scheduler: Factory | None = None,
     ) -> None:
         """`optimizer(param_groups)` and `scheduler(optimizer, total_steps=...)` come from `cfg.optim`
-        (prefopt.optim); without them, AdamW and warmup + cosine from `lr` ... `min_lr_ratio`."""
+        (prefopt.train.optim); without them, AdamW and warmup + cosine from `lr` ... `min_lr_ratio`."""
         super().__init__()
         self.policy = policy
         self.loss_fn = loss
@@ -284,7 +284,7 @@ class PreferenceModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Leave the frozen reference out: it is the starting policy, rebuilt when a run resumes; a LoRA
-        policy keeps only its adapters (prefopt.checkpointing; not under FSDP/ZeRO-3, which save shards)."""
+        policy keeps only its adapters (prefopt.train.checkpointing; not under FSDP/ZeRO-3, which save shards)."""
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("reference.")]:
             del state[key]

@@ -2,7 +2,7 @@
 
 `src/run.py` (the Hydra app) calls `run(cfg)` for each job. A user's mistake (config, data, model
 location) is reported as one message and recorded in results.json as `failed`; in a multirun the other
-jobs go on. `train_and_evaluate` reads top to bottom: each step is a function of prefopt/run_steps.py, and
+jobs go on. `train_and_evaluate` reads top to bottom: each step is a function of prefopt/run/steps.py, and
 what the run records collects in a `RunOutcome`. Exercised by `python src/run.py`, `python src/run.py -m
 loss=dpo,rmipo` and `pytest tests/test_run.py tests/test_signals.py tests/test_resume.py`.
 """
@@ -21,19 +21,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt import run_steps as steps
-from prefopt.config import ConfigError
-from prefopt.loggers import sweep_group
-from prefopt.results import read_results, write_results
-from prefopt.run_steps import RunOutcome
-from prefopt.validate import check_required
+from prefopt.run import steps
+from prefopt.config.components import ConfigError
+from prefopt.train.loggers import sweep_group
+from prefopt.run.results import read_results, write_results
+from prefopt.run.steps import RunOutcome
+from prefopt.config.validate import check_required
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean the user must change something: reported without a traceback."""
     from prefopt.data.errors import DataError
     from prefopt.errors import CacheError, TrainingDiverged
-    from prefopt.models import ModelLoadError
+    from prefopt.models.load import ModelLoadError
 
     return (ConfigError, DataError, ModelLoadError, TrainingDiverged, CacheError)
 
@@ -62,7 +62,7 @@ def print_summary(metrics: dict[str, float], output_dir: Path) -> None:
 
 
 def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, outcome: RunOutcome) -> dict[str, float]:
-    """The run itself, step by step (prefopt/run_steps.py); what it records goes into `outcome`, so the
+    """The run itself, step by step (prefopt/run/steps.py); what it records goes into `outcome`, so the
     caller can clean up and record also when a step fails."""
     loss, source, optim = steps.check_and_seed(cfg)
     artifacts = steps.task_artifacts(cfg, source, outcome)
@@ -120,7 +120,7 @@ def _goes_on(err: BaseException, message: str, multirun: bool) -> bool:
 
 def _finish(outcome: RunOutcome, console: Any) -> None:
     """Restore the signal handlers, finish the loggers with the run's status, close run.log."""
-    from prefopt.loggers import finish_loggers
+    from prefopt.train.loggers import finish_loggers
 
     outcome.interrupts.restore()
     finish_loggers(outcome.loggers, outcome.status, outcome.error)
@@ -132,10 +132,10 @@ def _finish(outcome: RunOutcome, console: Any) -> None:
 
 def run(cfg: DictConfig) -> dict[str, float] | None:
     """Run one job and write its results.json; returns the metrics (None when it failed)."""
-    from prefopt.loggers import fill_method
-    from prefopt.preflight import preflight, stop_if_unwritable
-    from prefopt.progress import ConsoleLog
-    from prefopt.signals import InterruptGuard, Interrupted, record_interrupt
+    from prefopt.train.loggers import fill_method
+    from prefopt.config.preflight import preflight, stop_if_unwritable
+    from prefopt.train.progress import ConsoleLog
+    from prefopt.train.signals import InterruptGuard, Interrupted, record_interrupt
 
     started = time.time()
     output_dir, multirun, group = _hydra_context()

@@ -4,7 +4,7 @@
 adapter weights train, and the reference policy is the same model with its adapters disabled (no second
 copy in memory). `model.disable_dropout` (default true, as TRL) sets every dropout probability of the
 policy to 0, LoRA's included, so log-ratios and RMiPO's δ carry no dropout noise. `save_policy` writes a plain Hugging Face folder (LoRA merged into the weights) that
-`AutoModelForCausalLM.from_pretrained` loads as is. Used by `prefopt.runner`; exercised by
+`AutoModelForCausalLM.from_pretrained` loads as is. Used by `prefopt.run.runner`; exercised by
 `pytest tests/test_dropout.py tests/test_lora.py`.
 """
 

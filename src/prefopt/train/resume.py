@@ -27,7 +27,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.cache import fingerprint
+from prefopt.store.cache import fingerprint
 from prefopt.errors import ResumeMismatch
 
 RECORD_KEY = "prefopt_run"
@@ -65,7 +65,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def run_record(cfg: DictConfig, data: Any, tokenizer: Any) -> dict[str, Any]:
     """What a checkpoint of this run must match to be resumed by it."""
-    from prefopt.logp_cache import pairs_fingerprint
+    from prefopt.train.logp_cache import pairs_fingerprint
 
     data.setup()
     return {

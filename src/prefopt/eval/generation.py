@@ -3,7 +3,7 @@
 A hand-written decoding loop rather than `model.generate`: on the sort task's tiny CPU policy it
 was as fast at batch 64 and about 20% faster at batch 256 (4096 prompts: 1.4 s against 1.7 s), and
 one `torch.Generator` seeded from `seed` makes the draws reproducible without touching the global
-RNG. Used by the tasks (pair sampling) and `prefopt.eval`;
+RNG. Used by the tasks (pair sampling) and `prefopt.eval.evaluate`;
 exercised by `pytest tests/test_eval.py`.
 """
 

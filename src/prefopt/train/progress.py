@@ -5,7 +5,7 @@ logs, and a copy of the console in the run folder's `run.log`.
   (a file, a pipe, a cluster log), one plain line every N steps instead of bar redraws.
 - `ConsoleLog`: everything printed to stdout/stderr also goes to `run.log`, where a line redrawn with
   carriage returns (a progress bar) keeps only its final state.
-Used by `prefopt.runner`; exercised by `pytest tests/test_run_log.py`.
+Used by `prefopt.run.runner`; exercised by `pytest tests/test_run_log.py`.
 """
 
 from __future__ import annotations

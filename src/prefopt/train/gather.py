@@ -5,7 +5,7 @@ generate with it nor save it. `full_policy_state(trainer)` is a collective (ever
 gathers the policy's full state dict onto rank 0's CPU (torch's `get_model_state_dict` with a full,
 CPU-offloaded state dict for FSDP; `deepspeed.zero.GatheredParameters` for ZeRO-3); `rebuild_policy`
 loads it into a freshly loaded starting policy (LoRA applied the same way), which the evaluation,
-the generation export and `save_policy` then use. Called by `prefopt.runner` after `trainer.fit`.
+the generation export and `save_policy` then use. Called by `prefopt.run.runner` after `trainer.fit`.
 Tested on CPU: which strategies count as sharded and the rebuild; the gathering itself needs GPUs
 (Lightning's FSDP refuses a CPU, and torch's FSDP crashes on CPU/gloo here).
 """

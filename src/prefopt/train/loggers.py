@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.cache import fingerprint
+from prefopt.store.cache import fingerprint
 
 FINAL_PREFIXES = ("eval/", "perf/", "hp/")  # keys of the final row: not curves logged during training
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")

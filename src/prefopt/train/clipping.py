@@ -3,7 +3,7 @@
 Lightning's own clipping refuses two of the project's trainer configs: its mixed-precision plugin will
 not clip for an optimizer that unscales gradients inside its step (fused AdamW: "does not allow for
 gradient clipping because it performs unscaling of gradients internally"), and its FSDP plugin cannot
-clip by norm at all (it holds no handle on the root FSDP module). So `prefopt.trainer_factory` takes
+clip by norm at all (it holds no handle on the root FSDP module). So `prefopt.train.trainer_factory` takes
 `trainer.gradient_clip_val` / `gradient_clip_algorithm` away from Lightning and hands them to
 `GradientClipper`, which clips just before each optimizer step:
 

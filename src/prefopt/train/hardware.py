@@ -1,6 +1,6 @@
 """What a run computes on, in one line printed when training starts: device(s), precision, weight dtype and
 attention implementation (flash_attention_2 only where flash-attn is installed on a GPU; see
-`prefopt.models.attention_implementation`). `prefopt.runner` prints it; scripts/gpu_check.sh shows it per
+`prefopt.models.load.attention_implementation`). `prefopt.run.runner` prints it; scripts/gpu_check.sh shows it per
 loss. Exercised by `pytest tests/test_gpu_check.py`.
 """
 

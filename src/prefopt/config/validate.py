@@ -1,9 +1,9 @@
 """Checking the composed config before anything loads: keys, types and ranges of every plain group.
 
 Components with a `_target_` (loss, data.source) are checked against their constructors by
-`prefopt.config.build_component`; this file covers the rest (data, model, optim, eval, checkpoint,
+`prefopt.config.components.build_component`; this file covers the rest (data, model, optim, eval, checkpoint,
 trainer and the top level). Each problem is a `ConfigError` naming the key, the value and what is
-allowed. Called first thing by `prefopt.runner`; exercised by `pytest tests/test_validate.py`.
+allowed. Called first thing by `prefopt.run.runner`; exercised by `pytest tests/test_validate.py`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
               "tiny": NODE, "gguf": NODE, "attn_implementation": OPT_STR, "gradient_checkpointing": BOOL,
               "lora": NODE, "disable_dropout": BOOL},
     "optim": {"lr": POS_NUM, "weight_decay": NONNEG_NUM, "adam_betas": BETAS, "warmup_ratio": RATIO,
-              "min_lr_ratio": UNIT, "optimizer": NODE, "scheduler": NODE},  # the two: prefopt/optim.py
+              "min_lr_ratio": UNIT, "optimizer": NODE, "scheduler": NODE},  # the two: prefopt/train/optim.py
     "eval": {"batch_size": POS_INT, "n_samples_logged": NONNEG_INT, "generate": BOOL, "cache_start": BOOL,
              "generate_max_prompts": POS_INT, "generate_max_new_tokens": POS_INT, "generate_temperature": NONNEG_NUM},
     "checkpoint": {"enabled": BOOL, "every_n_train_steps": NONNEG_INT,

@@ -11,7 +11,7 @@
 - `DataFitCheck` compares the data with the settings before Lightning sizes the fit: fewer batches per
   device than one optimizer step accumulates is a one-line error; a `val_check_interval` longer than an
   epoch (with `check_val_every_n_epoch` set) is lowered to the epoch's batches, and says so.
-- `trainer.gradient_clip_val` is applied by `prefopt.clipping.GradientClipper`, not by Lightning, whose
+- `trainer.gradient_clip_val` is applied by `prefopt.train.clipping.GradientClipper`, not by Lightning, whose
   mixed-precision plugin refuses to clip for the fused AdamW and whose FSDP plugin cannot clip by norm
   (DeepSpeed, which clips inside its engine, keeps Lightning's setting).
 Exercised by `pytest tests/test_gpu_configs.py tests/test_scale.py`.
@@ -28,12 +28,12 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.clipping import GradientClipper
+from prefopt.train.clipping import GradientClipper
 from prefopt.errors import ConfigError
-from prefopt.guards import FiniteGuard
-from prefopt.perf import ThroughputMonitor
-from prefopt.progress import StepProgressBar
-from prefopt.signals import slurm_plugins
+from prefopt.train.guards import FiniteGuard
+from prefopt.train.perf import ThroughputMonitor
+from prefopt.train.progress import StepProgressBar
+from prefopt.train.signals import slurm_plugins
 
 
 def decoder_layer_classes(model: torch.nn.Module) -> set[type]:
@@ -162,14 +162,14 @@ def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: s
         DataFitCheck(),
     ]
     if cfg.checkpoint.enabled:
-        from prefopt.checkpointing import checkpoint_callback
+        from prefopt.train.checkpointing import checkpoint_callback
 
         callbacks.append(checkpoint_callback(cfg, checkpoints))  # last.ckpt + the newest checkpoint.keep periodic
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.pop("_target_", None)
     kwargs["strategy"] = build_strategy(kwargs.get("strategy", "auto"), model)
     callbacks.extend(take_clipping(kwargs))
-    if not kwargs.get("plugins"):  # under SLURM: requeue on SIGUSR1 and resume (prefopt.signals)
+    if not kwargs.get("plugins"):  # under SLURM: requeue on SIGUSR1 and resume (prefopt.train.signals)
         kwargs["plugins"] = slurm_plugins() or None
 
     def make(accumulate: int) -> L.Trainer:

@@ -1,9 +1,9 @@
 """Before training: estimate what the run will write and stop, in one line, where a folder lacks the room.
 
-The output folder receives the checkpoints (`prefopt.checkpointing.checkpoints_at_once` files of
+The output folder receives the checkpoints (`prefopt.train.checkpointing.checkpoints_at_once` files of
 weights + AdamW state; a LoRA checkpoint holds only the adapters) and `model/` (the whole policy, LoRA
 merged); the cache folder receives the log-prob tables (a few numbers per pair). Sizes come from the
-loaded policy's own parameters and dtypes. `prefopt.runner` calls `check_disk_space` just before fit.
+loaded policy's own parameters and dtypes. `prefopt.run.runner` calls `check_disk_space` just before fit.
 Exercised by `pytest tests/test_disk.py` (shutil.disk_usage mocked).
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from prefopt.checkpointing import checkpoints_at_once
+from prefopt.train.checkpointing import checkpoints_at_once
 from prefopt.errors import ConfigError
-from prefopt.model_setup import is_lora
+from prefopt.models.setup import is_lora
 
 CACHE_BYTES_PER_PAIR = 96  # reference + marginal tables: float32 log-prob and int64 count per response
 CACHE_SLACK = 16 * 2**20   # manifests, the start policy's evaluation cache
@@ -120,7 +120,7 @@ def check(est: DiskEstimate, output_dir: Path, cache_dir: Path) -> str:
 def check_disk_space(cfg: Any, trainer: Any, policy: torch.nn.Module, output_dir: Path, cache_dir: Path,
                      train_pairs: int, eval_pairs: int = 0) -> None:
     """The runner's call: estimate from the trainer and policy, check, print the summary on rank 0."""
-    from prefopt.gather import is_sharded
+    from prefopt.train.gather import is_sharded
 
     zero3 = is_sharded(trainer.strategy) and "DeepSpeed" in type(trainer.strategy).__name__
     steps = total_steps(trainer, train_pairs, int(cfg.data.batch_size))

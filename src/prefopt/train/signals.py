@@ -144,8 +144,8 @@ def record_interrupt(stop: Interrupted, output_dir: Path, overrides: list[str], 
                      **record: Any) -> None:
     """Write results.json `status: interrupted` (signal, step, checkpoint), print how to resume, and
     exit 130 (SIGINT) or 143 (SIGTERM). `record`: the other results.json fields (config, info, ...)."""
-    from prefopt.resume import last_checkpoint
-    from prefopt.results import write_results
+    from prefopt.train.resume import last_checkpoint
+    from prefopt.run.results import write_results
 
     if stop.checkpoint is None:  # stopped outside training: the newest checkpoint of the run, if any
         found = last_checkpoint(output_dir)

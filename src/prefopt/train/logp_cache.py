@@ -5,7 +5,7 @@ both come from the starting policy, which never changes, so one no-gradient pass
 eval pairs (in batches of similar length) serves every run that shares it (a β sweep computes them
 once). The cache lives in `<cache_dir>/logps/<kind>-<key>/{train,eval}.safetensors` (tables `logps`,
 `tokens`: (N, 2) for [chosen, rejected] of pair index 0..N-1; checksummed and verified on use by
-prefopt.cache, and checked to hold one row per pair); the key is a fingerprint of the
+prefopt.store.cache, and checked to hold one row per pair); the key is a fingerprint of the
 starting policy's tensors and config, the tokenized pairs (ids, in order), the truncation settings,
 the marginal pass's start tokens and the numeric precision. A run that finds the tables (or has just
 built them) serves the loss from them and drops the frozen reference model before training.
@@ -35,10 +35,10 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from prefopt.cache import artifact_problem, cached_dir, fingerprint
+from prefopt.store.cache import artifact_problem, cached_dir, fingerprint
 from prefopt.errors import CacheError
-from prefopt.logps import pair_batch_logps, response_logps, settle_sharing
-from prefopt.model_setup import is_lora
+from prefopt.train.logps import pair_batch_logps, response_logps, settle_sharing
+from prefopt.models.setup import is_lora
 
 FORMAT_VERSION = 1  # bump when what a table holds (or how it is computed) changes
 SPLITS = ("train", "eval")
@@ -116,7 +116,7 @@ def compute_table(model: torch.nn.Module, loader: Iterable[dict[str, Tensor]], n
                   device: torch.device, autocast=None, share_prompt: bool | str = "auto") -> tuple[Tensor, Tensor]:
     """(logps, tokens), each (n_pairs, 2) [chosen, rejected], from one pass over `loader` (any order);
     pairs the loader does not reach keep logps NaN and tokens -1. Reference rows run each prompt once
-    when `share_prompt` says so (see prefopt.logps.settle_sharing)."""
+    when `share_prompt` says so (see prefopt.train.logps.settle_sharing)."""
     logps = torch.full((n_pairs, 2), float("nan"))
     tokens = torch.full((n_pairs, 2), -1, dtype=torch.long)
     with autocast or nullcontext():

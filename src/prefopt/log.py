@@ -1,0 +1,81 @@
+"""The project's console output: one `logging` logger per source, rank-zero aware, in `[name] message` form.
+
+    from prefopt.log import get_logger
+    log = get_logger()          # "[prefopt] ..." lines
+    log = get_logger("sort")    # "[sort] ..." lines (a task's own progress)
+    log.info("data: %d pairs", n); log.warning("..."); log.info(table, extra=PLAIN)   # PLAIN: no prefix
+
+INFO and below go to stdout, WARNING and above to stderr, each looked up when the line is written
+(so pytest's capsys and a redirected stream see them) and flushed at once. On a distributed run only
+global rank 0 writes (records from other ranks are dropped), so a line appears once per run, not once
+per GPU. `PREFOPT_LOG_LEVEL=WARNING` quiets the progress lines. Exercised by `pytest tests/test_log.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+ROOT = "prefopt"
+PLAIN = {"plain": True}  # `extra=PLAIN`: the message alone (tables, the final `error: ...` line)
+
+
+def _rank() -> int:
+    """The process's global rank: Lightning's record of it once a Trainer exists, else the launcher's env."""
+    try:
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+        rank = getattr(rank_zero_only, "rank", None)
+        if rank is not None:
+            return int(rank)
+    except ImportError:  # pragma: no cover - lightning is a dependency
+        pass
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+class _RankZero(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _rank() == 0
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if getattr(record, "plain", False):
+            return message
+        return f"[{record.name.rsplit('.', 1)[-1]}] {message}"
+
+
+class _ConsoleHandler(logging.Handler):
+    """Writes to the current sys.stdout (below WARNING) or sys.stderr, flushing each line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # pragma: no cover - a closed stream must not end the run
+            self.handleError(record)
+
+
+def _configure(root: logging.Logger) -> None:
+    if getattr(root, "_prefopt_configured", False):
+        return
+    handler = _ConsoleHandler()
+    handler.setFormatter(_Formatter())
+    handler.addFilter(_RankZero())
+    root.addHandler(handler)
+    root.setLevel(os.environ.get("PREFOPT_LOG_LEVEL", "INFO").upper())
+    root.propagate = False  # Hydra's root handler would print every line a second time
+    root._prefopt_configured = True
+
+
+def get_logger(name: str | None = None) -> logging.Logger:
+    """The logger for `name` (a task or component), printing as `[name] ...`; `[prefopt] ...` without one."""
+    root = logging.getLogger(ROOT)
+    _configure(root)
+    return root if not name else logging.getLogger(f"{ROOT}.{name}")
