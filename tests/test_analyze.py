@@ -281,6 +281,21 @@ def test_regenerating_from_runs_csv_is_identical(multirun, tmp_path):
     assert {name: twice[name].read_bytes() for name in before} == before
 
 
+def test_report_states_the_sweeps_wall_time_from_when_runs_ended(multirun, tmp_path):
+    """Runs record when they ended (results.json `finished_at`; older ones: the file's mtime); the report
+    gives the span from the earliest start (end − run time) to the last end, and the summed run time."""
+    from prefopt.analysis.report import _timing
+
+    runs = make_runs({"dpo": {(0.1, 1e-4): [0.5, 0.6]}})
+    runs["wall_time_s"] = [10.0, 50.0]
+    runs["finished_at"] = [1000.0, 1100.0]  # starts 990 and 1050: the sweep spans 110 s
+    assert _timing(runs).endswith("last run's end: 1.8 minutes") and "1.0 minutes of run time" in _timing(runs)
+    assert "wall time, first" not in _timing(runs.drop(columns="finished_at"))  # old runs.csv: as before
+    loaded = load_runs(multirun)  # the hand-made results.json have no `finished_at`: their mtime is used
+    mtimes = [p.stat().st_mtime for p in multirun.rglob("results.json")]
+    assert loaded["finished_at"].between(min(mtimes) - 1, max(mtimes) + 1).all()
+
+
 COMMITTED = sorted(p.parent.name for p in (ROOT / "docs" / "results").glob("*/runs.csv"))
 
 

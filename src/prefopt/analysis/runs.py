@@ -3,7 +3,7 @@
 A multirun folder holds one folder per job with `results.json` (written by prefopt.run.runner) and Hydra's
 `.hydra/hydra.yaml`, whose `runtime.choices.loss` names the loss config (`dpo`, `simpo_margin_low`,
 ...): that name is the run's *method*. Columns: `run` (folder relative to the multirun folder),
-`status`, `error`, `method`, `seed`, `wall_time_s`, every logged metric under its own name (those with
+`status`, `error`, `method`, `seed`, `wall_time_s`, `finished_at` (Unix seconds), every logged metric under its own name (those with
 a `/`: `eval/oracle_reward`, `train/loss`, ...; `train_loss` and the like are progress-bar copies and
 are left out) and every config key flattened with dots (`loss.beta`, `optim.lr`, `sweep.tolerance`,
 ...) except the machine's own `paths.*`. `analyze` saves the table as runs.csv; `load_runs` reads either.
@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from prefopt.train.loggers import flatten
 from prefopt.run.results import read_results
 
-RESERVED = ("run", "status", "error", "method", "seed", "wall_time_s")
+RESERVED = ("run", "status", "error", "method", "seed", "wall_time_s", "finished_at")
 DEFAULT_SCORE = "eval/oracle_reward"
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_WINDOW = {"loss.beta": 0.5, "optim.lr": 0.5}  # decades either side of a method's best
@@ -80,6 +80,12 @@ def _method(run_dir: Path, config: dict[str, Any]) -> str:
     return str(getattr(cls, "name", None) or target.rsplit(".", 1)[-1].lower())
 
 
+def _finished_at(path: Path, record: dict[str, Any]) -> float:
+    """When the run ended (Unix seconds): results.json's `finished_at`, or for runs written before it
+    was recorded, the file's modification time (the file is written once, as the run ends)."""
+    return round(float(record.get("finished_at") or path.stat().st_mtime), 1)
+
+
 def load_runs(source: str | Path) -> pd.DataFrame:
     """Every run of a multirun folder (any depth), or the runs.csv that `analyze` wrote."""
     source = Path(source)
@@ -107,6 +113,7 @@ def load_runs(source: str | Path) -> pd.DataFrame:
             "method": _method(path.parent, config),
             "seed": record.get("seed", config.get("seed")),
             "wall_time_s": record.get("wall_time_s"),
+            "finished_at": _finished_at(path, record),
         }
         row.update({k: v for k, v in (record.get("metrics") or {}).items() if "/" in k})
         row.update({k: v for k, v in flat_config(config).items() if k not in RESERVED and not k.startswith("paths.")})

@@ -11,11 +11,14 @@ import json
 import math
 import os
 import platform
-import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from prefopt.log import PLAIN, get_logger
+
+log = get_logger()
 PACKAGES = ("prefopt", "torch", "transformers", "lightning", "hydra-core", "omegaconf", "datasets", "wandb")
 
 
@@ -46,15 +49,15 @@ def write_results(path: str | os.PathLike, **fields: Any) -> Path:
     """Write `fields` (status, metrics, config, seed, wall_time_s, ...) plus versions as JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"versions": package_versions(), **to_jsonable(fields)}
+    payload = {"versions": package_versions(), "finished_at": round(time.time(), 1), **to_jsonable(fields)}
     tmp = path.with_suffix(".json.tmp")
     try:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
         os.replace(tmp, path)
     except OSError as err:  # a full disk, a folder made read-only mid-run: say so, never leave a .tmp
         tmp.unlink(missing_ok=True)
-        print(f"error: could not write {path} ({err.strerror or err}); the run's outcome is not recorded",
-              file=sys.stderr, flush=True)
+        log.error(f"error: could not write {path} ({err.strerror or err}); the run's outcome is not recorded",
+                  extra=PLAIN)
         raise SystemExit(1) from None
     return path
 
