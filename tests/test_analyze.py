@@ -120,6 +120,14 @@ def test_a_runs_method_label_wins_and_study_bookkeeping_is_no_axis(tmp_path):
     assert swept_keys(runs, "a") == ["loss.beta"]
 
 
+def test_a_copy_of_an_axis_is_no_axis():
+    """optim.optimizer.lr follows optim.lr (an interpolation in conf/train.yaml): one axis, the shallower."""
+    runs = make_runs({"dpo": {(0.1, 1e-4): [0.5], (0.1, 3e-4): [0.6], (0.3, 1e-4): [0.7]}})
+    runs["optim.optimizer.lr"] = runs["optim.lr"]
+    runs["optim.scheduler.warmup"] = 0.1  # constant: no axis either
+    assert swept_keys(runs) == ["loss.beta", "optim.lr"]
+
+
 def test_summary_numbers_by_hand(summary):
     dpo = summary.loc["dpo"]
     assert dpo["best"] == pytest.approx(0.82)  # β=1: seeds .80 and .84

@@ -133,16 +133,19 @@ def completed(runs: pd.DataFrame) -> pd.DataFrame:
 def swept_keys(runs: pd.DataFrame, method: str | None = None) -> list[str]:
     """Config keys whose value differs between the completed runs (of `method`): the axes of that
     method's grid, e.g. ["loss.beta", "optim.lr"]; the seed and the study's own bookkeeping (`sweep.*`,
-    e.g. the grid positions sweep.beta_step) are not axes."""
+    e.g. the grid positions sweep.beta_step) are not axes. Nor is a copy of an axis: a key equal to
+    a shallower one in every run (`optim.optimizer.lr`, which conf/train.yaml sets to `${optim.lr}`)."""
     done = completed(runs)
     if method is not None:
         done = done[done["method"] == method]
-    keys = []
-    for key in config_columns(done):
+    keys, columns = [], []
+    for key in sorted(config_columns(done), key=lambda k: k.count(".")):  # stable: config order within a depth
         if key == "seed" or key.startswith("sweep."):
             continue
-        if done[key].astype(str).nunique(dropna=False) > 1:
+        column = done[key].astype(str)
+        if column.nunique(dropna=False) > 1 and not any(column.equals(seen) for seen in columns):
             keys.append(key)
+            columns.append(column)
     return keys
 
 
