@@ -58,7 +58,7 @@ def test_studies_ignore_tuned_settings_and_resolve_per_loss_grids():
     cfg = compose_with("sweep=beta_sensitivity", "loss=dpo")  # the default positions: the middle
     assert (cfg.loss.beta, cfg.optim.lr) == (1.0, 1.0e-4)
     cfg = compose_with("sweep=own_knobs", "+sweep/knob=rmipo_g0.6-2.5_reference")
-    assert (cfg.loss.beta, cfg.optim.lr, cfg.loss.gamma_min, cfg.loss.gamma_max) == (10.0, 3.0e-5, 0.6, 2.5)
+    assert (cfg.loss.beta, cfg.optim.lr, cfg.loss.gamma_min, cfg.loss.gamma_max) == (0.6, 1.0e-5, 0.6, 2.5)
     assert cfg.loss.marginal == "reference" and cfg.method == "rmipo_marginal_reference"
     cfg = compose_with("sweep=own_knobs", "+sweep/knob=simpo_margin_anneal")  # a control at RMiPO's β, lr
-    assert cfg.hydra.runtime.choices.loss == "simpo_margin_anneal" and (cfg.loss.beta, cfg.optim.lr) == (10.0, 3.0e-5)
+    assert cfg.hydra.runtime.choices.loss == "simpo_margin_anneal" and (cfg.loss.beta, cfg.optim.lr) == (0.6, 1.0e-5)
