@@ -317,8 +317,8 @@ def test_committed_reports_regenerate_from_their_runs_csv(study):
     grid = grid_table(runs, settings)
     for name, table in (("sensitivity.csv", summary), ("pairwise.csv", pairs), ("grid.csv", grid)):
         assert table.to_csv(index=False) == (folder / name).read_text(), f"{study}/{name} is stale"
-    figures = [name for name in ("score_vs_beta.png", "reward_vs_kl.png", "training_margin_delta.png")
-               if (folder / name).exists()]
+    scores = sorted(p.name for p in folder.glob("score_vs_*.png"))  # score_vs_<the swept key>.png
+    figures = [name for name in (*scores, "reward_vs_kl.png", "training_margin_delta.png") if (folder / name).exists()]
     command = f"python src/analyze.py docs/results/{study}/runs.csv"
     text = markdown_report(runs, settings, summary, pairs, grid, figures=figures, command=command)
     assert text == (folder / "sensitivity.md").read_text(), f"{study}/sensitivity.md is stale"
