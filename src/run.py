@@ -34,21 +34,25 @@ def main(cfg: DictConfig):
 
 
 def precheck() -> None:
-    """Fail in milliseconds, naming the valid keys, on `loss.<key>=` overrides the loss lacks, and on
-    an output folder that cannot be written."""
-    from prefopt.config.components import ConfigError, precheck_group_overrides
+    """Fail in milliseconds, naming the valid keys, on `loss.<key>=` overrides the loss lacks and on
+    overrides of keys no plain group has (all of them in one message), and on an output folder that
+    cannot be written."""
+    from prefopt.config.components import ConfigError, group_override_problems, raise_problems
     from prefopt.config.launcher import precheck_slurm
     from prefopt.config.preflight import check_output_argv
+    from prefopt.config.validate import override_problems
+    from prefopt.log import PLAIN, get_logger
 
-    try:
-        precheck_group_overrides(sys.argv[1:], CONF_DIR, "loss", default="rmipo")
+    try:  # the loss's keys: the chosen loss's constructor (default: conf/train.yaml's); the rest: config/schema.py
+        argv = sys.argv[1:]
+        raise_problems(group_override_problems(argv, CONF_DIR, "loss") + override_problems(argv, CONF_DIR))
         precheck_slurm(sys.argv[1:], CONF_DIR)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        get_logger().error(f"error: {err}", extra=PLAIN)
         raise SystemExit(1) from None
     problem = check_output_argv(sys.argv[1:])  # before Hydra, whose own failure here is a traceback
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        get_logger().error(f"error: {problem}", extra=PLAIN)
         raise SystemExit(1)
 
 

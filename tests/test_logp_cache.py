@@ -152,6 +152,24 @@ def test_off_or_not_needed_keeps_the_live_path(tok, tmp_path):
     assert not (tmp_path / "logps").exists()
 
 
+def test_the_callback_reports_what_it_did_once_per_fit(tok, tmp_path):
+    """LogpCaches keeps attach_caches's facts in `report` and hands them to `on_report`; it holds no
+    run dict of its own, and a second setup (or another stage) changes nothing."""
+    from prefopt.train.logp_cache import LogpCaches
+
+    got = []
+    callback = LogpCaches(CFG, data(tok), tmp_path, on_report=got.append)
+    module = PreferenceModule(model(tok), DPOLoss())
+    trainer = type("T", (), {"strategy": object(), "world_size": 1})()
+    callback.setup(trainer, module, "validate")
+    assert callback.report is None and module.reference is not None
+    callback.setup(trainer, module, "fit")
+    assert got == [callback.report] and callback.report["logp_cache"]["tables"]["reference"]["status"] == "built"
+    assert module.reference is None and module.frozen.source("reference", "eval") == "table"
+    callback.setup(trainer, module, "fit")
+    assert len(got) == 1
+
+
 @pytest.mark.slow
 def test_a_sweep_computes_the_reference_once(cache_root, tmp_path):
     """`-m loss.beta=a,b` with loss=dpo: the first job builds the tables, the second finds them."""

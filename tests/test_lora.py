@@ -31,7 +31,7 @@ def logits(model, batch):
 def test_lora_trains_only_adapters_and_the_disabled_pass_is_the_base_model():
     base = tiny_model()
     module = PreferenceModule(lora_model(), DPOLoss(beta=0.5), lr=1e-2, warmup_ratio=0.0)
-    assert is_lora(module.policy) and module.reference is None and module.adapter_reference
+    assert is_lora(module.policy) and module.reference is None and module.frozen.adapters
     before = {k: v.clone() for k, v in module.policy.state_dict().items()}
     batch = pair_batch(PAIRS)
     trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -44,7 +44,7 @@ def test_lora_trains_only_adapters_and_the_disabled_pass_is_the_base_model():
     assert changed and changed <= adapters  # every base tensor is untouched
     assert any("lora_B" in k for k in changed)  # B starts at zero: the adapter now does something
 
-    with module.frozen_scorer() as scorer:
+    with module.frozen.scorer() as scorer:
         assert scorer is module.policy and not scorer.training
         torch.testing.assert_close(logits(scorer, batch), logits(base, batch))
     assert not torch.allclose(logits(module.policy, batch), logits(base, batch), atol=1e-4)  # adapters on again

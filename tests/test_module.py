@@ -90,18 +90,18 @@ def test_tables_replace_the_frozen_pass_and_release_the_reference(kind, loss, mo
     table, tokens, live = live_tables(kind)
     module = PreferenceModule(tiny_model(), loss(marginal="reference") if loss is RMiPOLoss else loss())
     assert module.reference is not None
-    module.use_logp_table(kind, "train", table, tokens)
-    assert not module.release_reference()  # the eval split is not covered yet
-    module.use_logp_table(kind, "eval", table[:0], tokens[:0])
-    assert module.release_reference() and module.reference is None
+    module.frozen.use_table(kind, "train", table, tokens)
+    assert not module.frozen.release_reference()  # the eval split is not covered yet
+    module.frozen.use_table(kind, "eval", table[:0], tokens[:0])
+    assert module.frozen.release_reference() and module.reference is None
     calls = []
+    import prefopt.train.frozen as frozen_file
     import prefopt.train.module as module_file
 
-    for name in ("response_logps", "pair_batch_logps"):  # every pass goes through one of these
-        real = getattr(module_file, name)
-        monkeypatch.setattr(
-            module_file, name, lambda model, *a, real=real, **k: calls.append(model) or real(model, *a, **k)
-        )
+    for file, name in ((module_file, "pair_batch_logps"), (frozen_file, "response_logps"),
+                       (frozen_file, "pair_batch_logps")):  # every pass goes through one of these
+        real = getattr(file, name)
+        monkeypatch.setattr(file, name, lambda model, *a, real=real, **k: calls.append(model) or real(model, *a, **k))
     got = module.pair_logps(pair_batch(PAIRS))
     assert calls == [module.policy]  # one forward: the policy's; no frozen pass
     for field in ("ref_chosen", "ref_rejected") if kind == "reference" else ("marginal_chosen", "marginal_rejected",
@@ -113,7 +113,7 @@ def test_tables_replace_the_frozen_pass_and_release_the_reference(kind, loss, mo
 def test_table_lookup_follows_the_pair_index():
     table, tokens, live = live_tables("reference")
     module = PreferenceModule(tiny_model(), DPOLoss())
-    module.use_logp_table("reference", "train", table, tokens)
+    module.frozen.use_table("reference", "train", table, tokens)
     batch = pair_batch(PAIRS[::-1])  # the same pairs in reverse order, with their dataset indices
     batch["index"] = torch.tensor([2, 1, 0])
     got = module.pair_logps(batch)
@@ -124,10 +124,10 @@ def test_table_lookup_follows_the_pair_index():
 def test_a_table_that_does_not_fit_the_batch_is_an_error():
     table, tokens, _ = live_tables("reference")
     module = PreferenceModule(tiny_model(), DPOLoss())
-    module.use_logp_table("reference", "train", table, tokens + 1)
+    module.frozen.use_table("reference", "train", table, tokens + 1)
     with pytest.raises(RuntimeError, match="other token counts"):
         module.pair_logps(pair_batch(PAIRS))
-    module.use_logp_table("reference", "train", table[:2], tokens[:2])
+    module.frozen.use_table("reference", "train", table[:2], tokens[:2])
     with pytest.raises(RuntimeError, match="has 2 pairs but the batch asks for pair index 2"):
         module.pair_logps(pair_batch(PAIRS))
 
@@ -135,9 +135,9 @@ def test_a_table_that_does_not_fit_the_batch_is_an_error():
 def test_eval_split_uses_its_own_table():
     table, tokens, _ = live_tables("reference")
     module = PreferenceModule(tiny_model(), DPOLoss())
-    module.use_logp_table("reference", "train", table, tokens)
-    module.use_logp_table("reference", "eval", table + 5.0, tokens)
-    module.release_reference()
+    module.frozen.use_table("reference", "train", table, tokens)
+    module.frozen.use_table("reference", "eval", table + 5.0, tokens)
+    module.frozen.release_reference()
     got = module.pair_logps(pair_batch(PAIRS), split="eval")
     torch.testing.assert_close(got.ref_chosen, table[:, 0] + 5.0)
 
@@ -182,7 +182,7 @@ def test_shared_prompt_training_matches_full_rows():
     weights = []
     for share in (True, False):
         module = PreferenceModule(tiny_model(), DPOLoss(), lr=1e-2, warmup_ratio=0.0, share_prompt=share)
-        assert module.shares_prompt() is share
+        assert module.frozen.shares_prompt() is share
         batch = collated(PAIRS)
         trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, accelerator="cpu")
@@ -197,11 +197,11 @@ def test_no_shared_prompt_under_activation_checkpointing_or_a_sharded_strategy()
 
     model = tiny_model()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    assert not PreferenceModule(model, DPOLoss()).shares_prompt()
+    assert not PreferenceModule(model, DPOLoss()).frozen.shares_prompt()
     for strategy, expected in ((FSDPStrategy(), False), (DDPStrategy(), "auto")):
         module = PreferenceModule(tiny_model(), DPOLoss())
         module._trainer = type("T", (), {"strategy": strategy})()
-        assert module.shares_prompt() == expected
+        assert module.frozen.shares_prompt() == expected
 
 
 def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():
@@ -226,13 +226,13 @@ def test_auto_checks_the_shared_pass_once_and_falls_back_when_it_does_not_fit(mo
     batch = collated(long_pairs)
     good = PreferenceModule(tiny_model(), DPOLoss())
     good.pair_logps(batch)
-    assert good.shares_prompt() is True  # checked on the first batch, then shared
+    assert good.frozen.shares_prompt() is True  # checked on the first batch, then shared
 
     real = logps_file.shared_prompt_logps
     monkeypatch.setattr(logps_file, "shared_prompt_logps", lambda *a, **k: (real(*a, **k)[0] + 1.0, real(*a, **k)[1]))
     bad = PreferenceModule(tiny_model(), DPOLoss())
     got = bad.pair_logps(batch)
-    assert bad.shares_prompt() is False
+    assert bad.frozen.shares_prompt() is False
     assert "does not reproduce LlamaForCausalLM's log-probs (per-token log-probs differ by up to 1" in capsys.readouterr().out
     expected = good.pair_logps({k: v for k, v in batch.items() if not k.startswith(("prompt_", "response_"))})
     torch.testing.assert_close(got.chosen, expected.chosen)

@@ -1,6 +1,8 @@
 """One-line errors for what a user leaves out or points wrong: a mandatory config value left unset names
 the key (prefopt/config/validate.py check_required, called first by the runner), and a model.path that does not
-exist says so, mentioning `hf download` only for strings that look like hub ids (prefopt/models/load.py)."""
+exist says so, mentioning `hf download` only for strings that look like hub ids (prefopt/models/load.py), and
+a model the task cannot start from (data=sort model=smollm2_135m) is one line before anything is built
+(prefopt/models/choose.py)."""
 
 import json
 import os
@@ -37,6 +39,21 @@ def test_unset_data_path_on_the_command_line_is_one_line(tmp_path):
     assert proc.stderr.strip() == "error: data.path is required and has no value: add data.path=... to the command"
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert results["status"] == "failed" and results["error"].startswith("data.path is required")
+
+
+@pytest.mark.slow
+def test_a_model_the_task_cannot_start_from_stops_in_one_line_before_anything_is_built(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PREFOPT_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(ROOT / "src" / "run.py"), "data=sort", "model=smollm2_135m",
+                           f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: data=sort trains its own policy from scratch and needs a model "
+                                          "config with a `tiny` architecture block (model=tiny); got "
+                                          "model='smollm2_135m' with model.gguf=")
+    assert "\n" not in proc.stderr.strip() and proc.stderr.strip().endswith("data=jsonl data.path=<the task's "
+                                                                           "pairs.jsonl in the cache>.")
+    assert not list((tmp_path / "cache").glob("sort_*"))  # chosen before the task built its SFT policy
 
 
 def test_a_missing_model_folder_says_so_without_a_download_hint(tmp_path):

@@ -8,7 +8,8 @@
 INFO and below go to stdout, WARNING and above to stderr, each looked up when the line is written
 (so pytest's capsys and a redirected stream see them) and flushed at once. On a distributed run only
 global rank 0 writes (records from other ranks are dropped), so a line appears once per run, not once
-per GPU. `PREFOPT_LOG_LEVEL=WARNING` quiets the progress lines. Exercised by `pytest tests/test_log.py`.
+per GPU. `PREFOPT_LOG_LEVEL=WARNING` quiets the progress lines (read when the first logger is made; a
+value that is not a level is named in a warning and INFO is used). Exercised by `pytest tests/test_log.py`.
 """
 
 from __future__ import annotations
@@ -19,32 +20,38 @@ import sys
 
 ROOT = "prefopt"
 PLAIN = {"plain": True}  # `extra=PLAIN`: the message alone (tables, the final `error: ...` line)
+LEVEL_ENV = "PREFOPT_LOG_LEVEL"
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _rank() -> int:
-    """The process's global rank: Lightning's record of it once a Trainer exists, else the launcher's env."""
-    try:
-        from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-        rank = getattr(rank_zero_only, "rank", None)
-        if rank is not None:
-            return int(rank)
-    except ImportError:  # pragma: no cover - lightning is a dependency
-        pass
+    """The process's global rank: Lightning's record of it once Lightning is imported, else the launcher's
+    env. Lightning is never imported here (that would cost an early `error: ...` line seconds of torch)."""
+    lightning_rank = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    rank = getattr(getattr(lightning_rank, "rank_zero_only", None), "rank", None)
+    if rank is not None:
+        return int(rank)
     for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
     return 0
 
 
+def is_rank_zero() -> bool:
+    """Whether this process speaks for the run (for output written without a logger, e.g. in a signal handler)."""
+    return _rank() == 0
+
+
 class _RankZero(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return _rank() == 0
+        return is_rank_zero()
 
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
+        if record.exc_info:  # log.exception(...): the traceback follows the line
+            message = f"{message}\n{self.formatException(record.exc_info)}"
         if getattr(record, "plain", False):
             return message
         return f"[{record.name.rsplit('.', 1)[-1]}] {message}"
@@ -69,9 +76,12 @@ def _configure(root: logging.Logger) -> None:
     handler.setFormatter(_Formatter())
     handler.addFilter(_RankZero())
     root.addHandler(handler)
-    root.setLevel(os.environ.get("PREFOPT_LOG_LEVEL", "INFO").upper())
     root.propagate = False  # Hydra's root handler would print every line a second time
     root._prefopt_configured = True
+    asked = os.environ.get(LEVEL_ENV, "INFO").strip().upper() or "INFO"
+    root.setLevel(asked if asked in LEVELS else "INFO")
+    if asked not in LEVELS:
+        root.warning("%s=%s is not a level (%s): using INFO", LEVEL_ENV, os.environ[LEVEL_ENV], ", ".join(LEVELS))
 
 
 def get_logger(name: str | None = None) -> logging.Logger:

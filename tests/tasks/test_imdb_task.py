@@ -91,22 +91,22 @@ def test_changing_sft_steps_keeps_reward_and_tokenizer(built, monkeypatch):
 
 
 def test_pretrained_model_route_samples_pairs_without_sft(built, monkeypatch, tmp_path):
-    """A model config without `tiny` (model=smollm2_135m) is the starting policy as load_policy gives it."""
+    """A model config with `model.gguf` (model=smollm2_135m) is the starting policy as load_start gives it."""
     root, art = built
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(art.policy)
     calls = []
 
-    def fake_load_policy(model_cfg, cache_root):
-        calls.append(model_cfg.name)
+    def fake_load_start(start, model_cfg, cache_root, task_policy):
+        calls.append((start.kind, model_cfg.name, task_policy))
         return build_tiny(tokenizer, hidden_size=16, num_hidden_layers=1, intermediate_size=32), tokenizer
 
-    monkeypatch.setattr(imdb_module, "load_policy", fake_load_policy)
+    monkeypatch.setattr(imdb_module, "load_start", fake_load_start)
     no_rebuild(monkeypatch, "train_classifier", "build_bpe_tokenizer", "train_causal_lm")
     cfg = OmegaConf.create({"name": "smollm2_135m", "path": None, "gguf": {"package": "p", "file": "f.gguf"}})
     other = ImdbTask(**SMALL).build(cfg, root)
-    assert calls == ["smollm2_135m"] and other.policy is None and other.train_rows
+    assert calls == [("gguf", "smollm2_135m", None)] and other.policy is None and other.train_rows
     assert "imdb/sft_key" not in other.info
 
 
@@ -114,7 +114,7 @@ def test_bad_settings_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"data.source.n_pair_prompts=100000 asks for more reviews"):
         ImdbTask(n_pair_prompts=100_000).pair_prompts()
     with pytest.raises(ConfigError, match=r"max_position_embeddings=16 is shorter than data.source.sft_seq_len=32"):
-        ImdbTask(**{**SMALL, "architecture": {"max_position_embeddings": 16}}).tiny_architecture(TINY)
+        ImdbTask(**{**SMALL, "architecture": {"max_position_embeddings": 16}}).build(TINY, tmp_path)  # builds nothing
     with pytest.raises(ValueError, match="samples_per_prompt must be at least 2"):
         ImdbTask(samples_per_prompt=1)
     with pytest.raises(ValueError, match="prompt_min_words"):

@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import prefopt.tasks.sort as sort_module
 from prefopt.models.load import build_tiny
 from prefopt.tasks.sft import lr_factor, train_causal_lm
-from prefopt.tasks.sort import SortTask, build_sort_tokenizer, sft_sequences, tiny_architecture
+from prefopt.models.choose import Start, choose_start
+from prefopt.tasks.sort import SortTask, build_sort_tokenizer, sft_sequences
 from prefopt.tasks.sort_oracle import is_eval_prompt, prompt_digits
 
 torch.set_num_threads(1)
@@ -56,10 +57,11 @@ def test_sft_trains_eos_even_when_pad_is_eos():
 
 
 def test_model_config_must_be_tiny():
-    assert tiny_architecture(OmegaConf.create(TINY)) == TINY["tiny"]
-    assert tiny_architecture(None) == {}
+    task = SortTask()
+    assert choose_start(OmegaConf.create(TINY), task) == Start("task", TINY["tiny"])
+    assert choose_start(None, task) == Start("task", {})  # from Python, no model config: build_tiny's defaults
     with pytest.raises(ValueError, match="needs a model config with a `tiny` architecture block.*smollm2_135m"):
-        tiny_architecture({"name": "smollm2_135m"})
+        choose_start({"name": "smollm2_135m"}, task)
     with pytest.raises(ValueError, match="samples_per_prompt must be at least 2"):
         SortTask(samples_per_prompt=1)
 

@@ -1,6 +1,10 @@
-"""Configuration: what a run is allowed to ask for, checked before anything loads.
+"""Configuration: what a run may ask for, checked before anything heavy loads.
 
-Here: building `_target_` components against their constructors (`components`), the schema of the
-plain groups and its check (`validate`), Hydra launcher resolvers and the SLURM precheck (`launcher`),
-and the output-folder/disk preflight (`preflight`). The yaml itself lives in `conf/`.
+Here: the schema of the plain config groups (`schema`) and the check of a composed config against it
+and the constructors (`validate`), building `_target_` components with their keys checked
+(`components`), the Hydra launcher resolvers and SLURM precheck (`launcher`), and the checks run first
+in a job: output folder, cache, `ckpt_path` (`preflight`). A new plain config key goes in `schema.py`
+and its yaml default in `conf/`; a component's keys are its constructor's arguments, so they need no
+entry here. Exercised by `pytest tests/test_config.py tests/test_schema.py tests/test_validate.py
+tests/test_launcher.py tests/test_preflight.py`.
 """

@@ -1,8 +1,11 @@
 """Checking and building config components before anything heavy loads.
 
 `build_component(cfg.loss, "loss")` imports the `_target_` class, checks every key against the
-constructor's arguments (an unknown key names the valid ones), then constructs it, turning a
-constructor's ValueError into a `ConfigError` that names the config key. Used by `src/run.py`.
+constructor's arguments (each unknown key names the valid ones), then constructs it, turning a
+constructor's ValueError into a `ConfigError` that names the config key; the constructor is the
+component's schema. `precheck_group_overrides` checks `loss.<key>=` command-line overrides before Hydra
+composes. `raise_problems` turns a list of problems into one ConfigError, one line each. Used by
+`src/run.py`, `prefopt.config.validate` and `prefopt.run.steps`; exercised by `pytest tests/test_config.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefopt.errors import ConfigError
 
-__all__ = ["ConfigError", "build_component", "check_keys", "constructor_keys"]
+__all__ = ["ConfigError", "build_component", "check_keys", "component_problems", "constructor_keys", "default_option",
+           "group_override_problems", "precheck_group_overrides", "raise_problems"]
+
+
+def raise_problems(problems: list[str]) -> None:
+    """One ConfigError for all of a config's problems: the problem itself when there is one, else their
+    count and one line each (so a user fixes every mistake in one go)."""
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems in the config:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def constructor_keys(cls: type) -> list[str]:
@@ -35,20 +48,22 @@ def component_class(node: DictConfig, group: str) -> type:
         raise ConfigError(f"{group}._target_={target} cannot be imported: {err}") from None
 
 
-def check_keys(node: DictConfig, group: str, extra_allowed: tuple[str, ...] = ()) -> type:
-    """Fail, naming the key and the valid ones, when `node` has a key its class does not take."""
+def unknown_keys(node: DictConfig, group: str, extra_allowed: tuple[str, ...] = ()) -> list[str]:
+    """One line per key of `node` its `_target_` class does not take, naming the valid ones."""
     cls = component_class(node, group)
     valid = constructor_keys(cls)
     label = getattr(cls, "name", cls.__name__)
-    for key in node.keys():
-        if key == "_target_" or key in extra_allowed:
-            continue
-        if key not in valid:
-            raise ConfigError(
-                f"{group}.{key} is not a setting of the {label} {group} ({cls.__name__}); "
-                f"valid keys: {', '.join(valid)}"
-            )
-    return cls
+    return [
+        f"{group}.{key} is not a setting of the {label} {group} ({cls.__name__}); valid keys: {', '.join(valid)}"
+        for key in node.keys()
+        if key != "_target_" and key not in extra_allowed and key not in valid
+    ]
+
+
+def check_keys(node: DictConfig, group: str, extra_allowed: tuple[str, ...] = ()) -> type:
+    """Fail, naming the keys and the valid ones, when `node` has keys its class does not take."""
+    raise_problems(unknown_keys(node, group, extra_allowed))
+    return component_class(node, group)
 
 
 def build_component(node: DictConfig, group: str, **overrides: Any) -> Any:
@@ -62,30 +77,54 @@ def build_component(node: DictConfig, group: str, **overrides: Any) -> Any:
         raise ConfigError(f"{group}: {err}") from None
 
 
-def _chosen_options(argv: list[str], group: str, default: str) -> list[str]:
+def component_problems(node: DictConfig, group: str) -> list[str]:
+    """What `build_component` would refuse, as lines: every unknown key, else the constructor's complaint."""
+    try:
+        problems = unknown_keys(node, group)
+        if not problems:
+            build_component(node, group)
+    except ConfigError as err:  # no `_target_`, one that cannot be imported, or a value the constructor refuses
+        return [str(err)]
+    return problems
+
+
+def default_option(conf_dir: str | Path, group: str, config: str = "train") -> str | None:
+    """The option conf/<config>.yaml's defaults list picks for `group` (e.g. `loss: rmipo`), or None."""
+    for entry in OmegaConf.load(Path(conf_dir) / f"{config}.yaml").get("defaults", []):
+        if isinstance(entry, DictConfig) and group in entry:
+            return str(entry[group])
+    return None
+
+
+def _chosen_options(argv: list[str], group: str, default: str | None) -> list[str]:
     for arg in argv:
         if arg.startswith(f"{group}="):
             return [o.strip() for o in arg.split("=", 1)[1].split(",") if o.strip()]
-    return [default]
+    return [default] if default else []
 
 
-def precheck_group_overrides(argv: list[str], conf_dir: str | Path, group: str, default: str) -> None:
-    """Name the valid keys when a command-line override sets a key the chosen component lacks.
+def group_override_problems(argv: list[str], conf_dir: str | Path, group: str, default: str | None = None) -> list[str]:
+    """One line per `<group>.<key>=` command-line override whose key the chosen component lacks (the
+    option from `group=...` in argv, else `default`, else the one conf/train.yaml's defaults list picks).
 
     Hydra would reject `loss=rmipo loss.gamma_beta_ratio=0.5` too, but only with "could not override";
     this says which loss, and which keys it has. Runs before composing, so it costs milliseconds.
     """
-    for option in _chosen_options(argv, group, default):
+    problems: dict[str, str] = {}  # one line per unknown key: the first chosen option that lacks it
+    for option in _chosen_options(argv, group, default or default_option(conf_dir, group)):
         path = Path(conf_dir) / group / f"{option}.yaml"
         if not path.exists():
-            return  # Hydra reports an unknown option with the list of available ones
+            break  # Hydra reports an unknown option with the list of available ones
         node = OmegaConf.load(path)
         valid = constructor_keys(component_class(node, group)) if "_target_" in node else list(node.keys())
         for arg in argv:
             key = arg.lstrip("+~").split("=", 1)[0]
-            if "=" in arg and key.startswith(f"{group}.") and "." not in key[len(group) + 1 :]:
-                name = key[len(group) + 1 :]
-                if name not in valid and name != "_target_":
-                    raise ConfigError(
-                        f"{key} is not a setting of {group}={option}; valid keys: {', '.join(valid)}"
-                    )
+            name = key[len(group) + 1 :]
+            if "=" in arg and key.startswith(f"{group}.") and "." not in name and name not in valid + ["_target_"]:
+                problems.setdefault(key, f"{key} is not a setting of {group}={option}; valid keys: {', '.join(valid)}")
+    return list(problems.values())
+
+
+def precheck_group_overrides(argv: list[str], conf_dir: str | Path, group: str, default: str | None = None) -> None:
+    """Raise one ConfigError listing `group_override_problems`."""
+    raise_problems(group_override_problems(argv, conf_dir, group, default))

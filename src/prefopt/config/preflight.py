@@ -12,14 +12,16 @@ as root can mock it. Exercised by `pytest tests/test_preflight.py`.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from omegaconf import DictConfig
 
+from prefopt.log import PLAIN, get_logger
 from prefopt.store import cache
 from prefopt.train.resume import resolve_ckpt_path
+
+log = get_logger()
 
 
 def nearest_existing(path: Path) -> Path:
@@ -66,8 +68,8 @@ def preflight(cfg: DictConfig, output_dir: Path) -> str | None:
     cache.configure(lock_timeout_s=paths.get("lock_timeout_s", cache.DEFAULT_LOCK_TIMEOUT_S))
     cache_dir = Path(paths.get("cache_dir") or cache.default_cache_root())
     if not writable(cache_dir):
-        print(f"[prefopt] the cache {cache_dir} is read-only: every artifact this run needs must already be in "
-              "it (a missing one stops the run before training)")
+        log.info(f"the cache {cache_dir} is read-only: every artifact this run needs must already be in "
+                 "it (a missing one stops the run before training)")
     return resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
 
 
@@ -75,5 +77,5 @@ def stop_if_unwritable(output_dir: Path) -> None:
     """Exit 1 with one line when the run folder cannot be written (results.json could not be either)."""
     problem = output_problem(output_dir, "hydra.run.dir")
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        log.error(f"error: {problem}", extra=PLAIN)
         raise SystemExit(1)

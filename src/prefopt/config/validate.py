@@ -1,95 +1,132 @@
-"""Checking the composed config before anything loads: keys, types and ranges of every plain group.
+"""Checking the composed config before anything loads, reporting every problem at once.
 
-Components with a `_target_` (loss, data.source) are checked against their constructors by
-`prefopt.config.components.build_component`; this file covers the rest (data, model, optim, eval, checkpoint,
-trainer and the top level). Each problem is a `ConfigError` naming the key, the value and what is
-allowed. Called first thing by `prefopt.run.runner`; exercised by `pytest tests/test_validate.py`.
+`validate_config` walks the config against the schema of the plain groups (prefopt/config/schema.py:
+unknown keys with the valid ones named, wrong types, values out of range), the trainer against
+`lightning.Trainer`'s arguments, and the `_target_` components (loss, data.source, optim.optimizer and
+scheduler) against their constructors; an unset `???` value is named too. All problems are raised
+together as one `ConfigError`, one line each. Called first thing by `prefopt.run.steps`;
+`check_required` (unset values only) by `prefopt.run.runner`; `override_problems` by `src/run.py` on the
+command line, before Hydra composes. Exercised by `pytest tests/test_validate.py tests/test_schema.py`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-import math
-import numbers
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from prefopt.config.components import component_problems, raise_problems
+from prefopt.config.schema import RunSchema, accepts, describe, spec_of, subschema
 from prefopt.errors import ConfigError
 
-Check = tuple[Callable[[Any], bool], str]
+UNRESOLVED = type("Unresolved", (), {"__repr__": lambda self: "<unresolved>"})()  # `???` or an interpolation
+# that cannot be resolved here (e.g. ${hydra:...} outside a Hydra job): not checked, `???` is reported apart
 
 
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _plain(node: Any, key: Any) -> Any:
+    """node[key] resolved, as plain Python; UNRESOLVED (also inside lists and mappings) where it cannot be."""
+    try:
+        value = node[key]
+    except OmegaConfBaseException:
+        return UNRESOLVED
+    if isinstance(value, DictConfig):
+        return {k: _plain(value, k) for k in value.keys()}
+    if isinstance(value, ListConfig):
+        return [_plain(value, i) for i in range(len(value))]
+    return value
 
 
-def _num(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+def _resolved(tree: Any) -> bool:
+    items = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list) else ()
+    return tree is not UNRESOLVED and all(_resolved(v) for v in items)
 
 
-ANY: Check = (lambda v: True, "anything")
-STR: Check = (lambda v: isinstance(v, str), "a string")
-OPT_STR: Check = (lambda v: v is None or isinstance(v, str), "a string or null")
-BOOL: Check = (lambda v: isinstance(v, bool), "true or false")
-BOOL_AUTO: Check = (lambda v: isinstance(v, bool) or v == "auto", "true, false or auto")
-POS_INT: Check = (lambda v: _int(v) and v > 0, "an integer > 0")
-NONNEG_INT: Check = (lambda v: _int(v) and v >= 0, "an integer >= 0")
-OPT_POS_INT: Check = (lambda v: v is None or (_int(v) and v > 0), "an integer > 0 or null")
-POS_NUM: Check = (lambda v: _num(v) and v > 0, "a number > 0")
-NONNEG_NUM: Check = (lambda v: _num(v) and v >= 0, "a number >= 0")
-RATIO: Check = (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)")
-UNIT: Check = (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]")
-BETAS: Check = (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_num(b) and 0 <= b < 1 for b in v),
-                "two numbers in [0, 1)")
-DTYPE: Check = (lambda v: v in ("float32", "float16", "bfloat16"), "one of float32, float16, bfloat16")
-NODE: Check = (lambda v: v is None or isinstance(v, dict), "a mapping or null")
-STR_LIST: Check = (lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v), "a list of strings")
-
-SCHEMA: dict[str, dict[str, Check]] = {
-    "": {"seed": NONNEG_INT, "threads": POS_INT, "tags": STR_LIST, "objective": STR, "method": OPT_STR, "ckpt_path": OPT_STR,
-         "loss": NODE, "model": NODE, "data": NODE, "trainer": NODE, "logger": NODE, "optim": NODE,
-         "eval": NODE, "checkpoint": NODE, "paths": NODE, "sweep": NODE, "logp_cache": BOOL,
-         "share_prompt": BOOL_AUTO},
-    "data": {"name": STR, "path": OPT_STR, "max_length": POS_INT, "max_prompt_length": POS_INT,
-             "batch_size": POS_INT, "eval_batch_size": POS_INT, "strict": BOOL, "source": NODE,
-             "effective_batch_size": OPT_POS_INT, "group_by_length": BOOL, "max_tokens_per_batch": OPT_POS_INT},
-    "model": {"name": STR, "path": OPT_STR, "lr": POS_NUM, "dtype": DTYPE, "vocab_size": POS_INT,
-              "tiny": NODE, "gguf": NODE, "attn_implementation": OPT_STR, "gradient_checkpointing": BOOL,
-              "lora": NODE, "disable_dropout": BOOL},
-    "optim": {"lr": POS_NUM, "weight_decay": NONNEG_NUM, "adam_betas": BETAS, "warmup_ratio": RATIO,
-              "min_lr_ratio": UNIT, "optimizer": NODE, "scheduler": NODE},  # the two: prefopt/train/optim.py
-    "eval": {"batch_size": POS_INT, "n_samples_logged": NONNEG_INT, "generate": BOOL, "cache_start": BOOL,
-             "generate_max_prompts": POS_INT, "generate_max_new_tokens": POS_INT, "generate_temperature": NONNEG_NUM},
-    "checkpoint": {"enabled": BOOL, "every_n_train_steps": NONNEG_INT,
-                   "keep": ((lambda v: _int(v) and (v > 0 or v == -1)), "an integer > 0, or -1 to keep all")},
-    "logger": {"csv": BOOL, "wandb": NODE},
-    "paths": {"cache_dir": STR, "lock_timeout_s": NONNEG_NUM},
-}
+def _unknown(prefix: str, key: str, names: list[str]) -> str:
+    where = f"the `{prefix[:-1]}` group" if prefix else "the top level"
+    return f"{prefix}{key} is not a setting of {where}; valid keys: {', '.join(names)}"
 
 
-def _check_group(values: dict[str, Any], group: str, rules: dict[str, Check]) -> None:
-    prefix = f"{group}." if group else ""
+def schema_problems(values: dict[str, Any], schema: type, prefix: str = "") -> list[str]:
+    """Every unknown key, wrong type and out-of-range value of `values` (a group's resolved settings)."""
+    names = [f.name for f in dataclasses.fields(schema)]
+    problems = []
     for key, value in values.items():
-        if key not in rules:
-            where = f"the `{group}` group" if group else "the top level"
-            raise ConfigError(f"{prefix}{key} is not a setting of {where}; valid keys: {', '.join(rules)}")
-        ok, allowed = rules[key]
-        if not ok(value):
-            raise ConfigError(f"{prefix}{key}={value!r} is not allowed; it must be {allowed}")
+        if key not in names:
+            problems.append(_unknown(prefix, key, names))
+        elif not _resolved(value) and not isinstance(value, dict):
+            continue
+        elif (sub := subschema(schema, key)) is not None and isinstance(value, dict):
+            problems += schema_problems(value, sub, f"{prefix}{key}.")
+        elif not accepts(spec := spec_of(schema, key), value):  # a `_target_` node: only that it is a mapping
+            problems.append(f"{prefix}{key}={value!r} is not allowed; it must be {describe(spec)}")
+    return problems
 
 
-def _check_trainer(values: dict[str, Any]) -> None:
+def trainer_problems(values: dict[str, Any]) -> list[str]:
+    """Keys that are not lightning.Trainer arguments, and a max_steps that is neither > 0 nor -1."""
     import lightning as L
 
     valid = [p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"]
-    for key in values:
-        if key not in valid and key != "_target_":
-            raise ConfigError(f"trainer.{key} is not a lightning.Trainer argument; see `python -c "
-                              f"\"import lightning; help(lightning.Trainer)\"` for the valid ones")
+    problems = [f"trainer.{key} is not a lightning.Trainer argument; see `python -c "
+                f"\"import lightning; help(lightning.Trainer)\"` for the valid ones"
+                for key in values if key not in valid and key != "_target_"]
     steps = values.get("max_steps", -1)
-    if not (_int(steps) and (steps > 0 or steps == -1)):
-        raise ConfigError(f"trainer.max_steps={steps!r} is not allowed; it must be an integer > 0 (or -1: epochs)")
+    is_int = isinstance(steps, int) and not isinstance(steps, bool)
+    if steps is not UNRESOLVED and not (is_int and (steps > 0 or steps == -1)):
+        problems.append(f"trainer.max_steps={steps!r} is not allowed; it must be an integer > 0 (or -1: epochs)")
+    return problems
+
+
+def _length_problems(data: dict[str, Any]) -> list[str]:
+    prompt, total = data.get("max_prompt_length"), data.get("max_length")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in (prompt, total)) and prompt >= total:
+        return [f"data.max_prompt_length={prompt} must be below data.max_length={total} (prompt + response "
+                "tokens), or no response token would fit"]
+    return []
+
+
+def _optim_problems(cfg: DictConfig) -> list[str]:
+    from prefopt.train.optim import optim_factories
+
+    try:
+        optim_factories(cfg.optim)
+    except ConfigError as err:
+        return [str(err)]
+    return []
+
+
+def _components(cfg: DictConfig, tree: dict[str, Any]) -> list[str]:
+    """The `_target_` components, each against its constructor (skipped while a value is unresolved)."""
+    problems, data = [], cfg.get("data") or {}
+    for group, node, values in (("loss", cfg.get("loss"), tree.get("loss")),
+                                ("data.source", data.get("source"), (tree.get("data") or {}).get("source"))):
+        if isinstance(node, DictConfig) and _resolved(values):
+            problems += component_problems(node, group)
+    if isinstance(cfg.get("optim"), DictConfig) and _resolved(tree.get("optim")):
+        problems += _optim_problems(cfg)
+    return problems
+
+
+def config_problems(cfg: DictConfig) -> list[str]:
+    """Every problem of the config, one line each: unset values, then the groups in the config's order."""
+    problems = missing_problems(cfg)
+    tree = {key: _plain(cfg, key) for key in cfg.keys()}
+    problems += schema_problems(tree, RunSchema)
+    if isinstance(tree.get("trainer"), dict):
+        problems += trainer_problems(tree["trainer"])
+    if isinstance(tree.get("data"), dict):
+        problems += _length_problems(tree["data"])
+    return problems + _components(cfg, tree)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise one ConfigError listing every unset mandatory value, unknown key, wrong type and out-of-range
+    value of the config (plain groups, trainer and `_target_` components)."""
+    raise_problems(config_problems(cfg))
 
 
 def _missing(tree: Any, prefix: str = "") -> list[str]:
@@ -101,26 +138,39 @@ def _missing(tree: Any, prefix: str = "") -> list[str]:
     return found
 
 
-def check_required(cfg: DictConfig) -> None:
-    """A mandatory value (`???` in its yaml, e.g. data.path of data=jsonl) left unset, named in one line,
-    before anything resolves the config (which would fail with OmegaConf's traceback)."""
+def missing_problems(cfg: DictConfig) -> list[str]:
+    """One line per mandatory value (`???` in its yaml, e.g. data.path of data=jsonl) left unset."""
     missing = sorted(_missing(OmegaConf.to_container(cfg, resolve=False)))
-    if missing:
-        also = f" (also unset: {', '.join(missing[1:])})" if len(missing) > 1 else ""
-        raise ConfigError(f"{missing[0]} is required and has no value: add {missing[0]}=... to the command{also}")
+    return [f"{key} is required and has no value: add {key}=... to the command" for key in missing]
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first unset mandatory value, unknown key, wrong type or out-of-range value."""
-    check_required(cfg)
-    tree = OmegaConf.to_container(cfg, resolve=True)
-    for group, rules in SCHEMA.items():
-        _check_group(tree.get(group) or {} if group else tree, group, rules)
-    _check_trainer(tree.get("trainer") or {})
-    data = tree.get("data") or {}
-    if data.get("max_prompt_length") is not None and data.get("max_length") is not None:
-        if data["max_prompt_length"] >= data["max_length"]:
-            raise ConfigError(
-                f"data.max_prompt_length={data['max_prompt_length']} must be below data.max_length="
-                f"{data['max_length']} (prompt + response tokens), or no response token would fit"
-            )
+def check_required(cfg: DictConfig) -> None:
+    """Unset mandatory values named, one line each, before anything resolves the config (which would fail
+    with OmegaConf's traceback)."""
+    raise_problems(missing_problems(cfg))
+
+
+def override_problems(argv: list[str], conf_dir: str | Path) -> list[str]:
+    """One line per command-line override of a plain group's key that the schema lacks (`data.bogus=1`),
+    before Hydra composes (which would stop at the first with "could not override"). Group choices
+    (`data=jsonl`, `experiment=...`), `hydra.*` and keys inside mappings or components are left to later."""
+    groups = {p.name for p in Path(conf_dir).iterdir() if p.is_dir()}
+    problems = []
+    for arg in argv:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        parts = key.split(".")
+        if "=" not in arg or "/" in key or parts[0] == "hydra" or (len(parts) == 1 and parts[0] in groups):
+            continue
+        problems += _path_problems(parts, RunSchema)
+    return list(dict.fromkeys(problems))
+
+
+def _path_problems(parts: list[str], schema: type) -> list[str]:
+    for depth, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(schema)]
+        if part not in names:
+            return [_unknown("".join(f"{p}." for p in parts[:depth]), part, names)]
+        if (sub := subschema(schema, part)) is None:
+            return []
+        schema = sub
+    return []

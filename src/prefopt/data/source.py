@@ -2,7 +2,8 @@
 
 It reads and normalizes the rows (formats.py, rows.py), takes the eval rows from `eval_split` or,
 without one, holds out a seeded `eval_fraction` of the rows, and offers the texts as a corpus for
-building a tokenizer when the model needs one (model=tiny). It has no oracle: runs on it report
+building a tokenizer when the model needs one (model=tiny); it declares no `needs` of its own, so the model
+config alone says what starts (prefopt.models.choose). It has no oracle: runs on it report
 preference metrics (reward accuracy, margins), not gold rewards. Its info's `pin` (source settings that
 read the same rows again: the first N rows, as many as it read) goes into every checkpoint, so a resume
 reads the rows its checkpoint trained on even after rows were appended to the file (prefopt.train.resume).

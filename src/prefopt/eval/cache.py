@@ -13,7 +13,6 @@ never lost at its last step (tests/test_cache_faults.py). Used by
 from __future__ import annotations
 
 import json
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
@@ -21,8 +20,10 @@ from typing import Any, Callable
 from prefopt.store.cache import cached_dir, fingerprint
 from prefopt.errors import CacheError
 from prefopt.eval.evaluate import start_side
+from prefopt.log import get_logger
 from prefopt.train.logp_cache import weights_fingerprint
 
+log = get_logger()
 FORMAT_VERSION = 1
 
 
@@ -53,7 +54,7 @@ def cached_start_side(cache_root: Path, reference: Any, tokenizer: Any, prompts:
     try:
         folder = cached_dir(cache_root, "eval_start", key, build)
     except CacheError as err:  # a read-only cache without it, a lock held too long: the run goes on
-        print(f"[prefopt] the starting policy's evaluation is computed for this run only: {err}", file=sys.stderr)
+        log.warning(f"the starting policy's evaluation is computed for this run only: {err}")
         side = start_side(reference, tokenizer, prompts, oracle, reference_context=reference_context, **sampling)
         return side, "computed, not cached"
     return json.loads((folder / "start.json").read_text()), status

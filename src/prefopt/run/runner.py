@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -21,12 +20,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt.log import PLAIN, get_logger
 from prefopt.run import steps
 from prefopt.config.components import ConfigError
 from prefopt.train.loggers import sweep_group
 from prefopt.run.results import read_results, write_results
 from prefopt.run.steps import RunOutcome
-from prefopt.config.validate import check_required
+from prefopt.config.validate import validate_config
+
+log = get_logger()
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -52,21 +54,22 @@ def global_rank() -> int:
 
 
 def print_summary(metrics: dict[str, float], output_dir: Path) -> None:
+    """The headline metrics as a table, and where results.json and the policy are."""
     keys = [k for k in metrics if k.startswith(("eval/", "val/loss", "val/rewards/accuracies", "train/loss"))]
     width = max((len(k) for k in keys), default=10)
-    print("\n" + "-" * (width + 14))
-    for key in keys:
-        print(f"{key:<{width}}  {metrics[key]:>10.4g}")
-    print("-" * (width + 14))
-    print(f"results: {output_dir / 'results.json'}\npolicy:  {output_dir / 'model'}\n")
+    rule = "-" * (width + 14)
+    rows = [f"{key:<{width}}  {metrics[key]:>10.4g}" for key in keys]
+    log.info("\n".join(["", rule, *rows, rule, f"results: {output_dir / 'results.json'}",
+                        f"policy:  {output_dir / 'model'}", ""]), extra=PLAIN)
 
 
 def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, outcome: RunOutcome) -> dict[str, float]:
     """The run itself, step by step (prefopt/run/steps.py); what it records goes into `outcome`, so the
     caller can clean up and record also when a step fails."""
     loss, source, optim = steps.check_and_seed(cfg)
+    start = steps.starting_choice(cfg, source)  # the task's own SFT start, model.path, model.gguf or a tiny model
     artifacts = steps.task_artifacts(cfg, source, outcome)
-    load_start = steps.start_loader(cfg, artifacts)
+    load_start = steps.start_loader(cfg, start, artifacts)
     policy, tokenizer = steps.policy_to_train(cfg, load_start)
     data = steps.preference_data(cfg, artifacts, tokenizer, outcome)
     module = steps.preference_module(cfg, policy, loss, optim)
@@ -88,9 +91,18 @@ def _completed_metrics(output_dir: Path) -> dict[str, float] | None:
     """The metrics of an earlier run that completed in this folder (never overwritten), else None."""
     previous = read_results(output_dir / "results.json")
     if previous and previous.get("status") == "completed":
-        print(f"[prefopt] {output_dir} already completed: skipping (its results are kept)")
+        log.info(f"{output_dir} already completed: skipping (its results are kept)")
         return previous.get("metrics", {})
     return None
+
+
+def _record_completed(output_dir: Path, metrics: dict[str, float], outcome: RunOutcome, started: float,
+                      record: dict) -> None:
+    """results.json of a completed run, then the summary table on the console."""
+    write_results(output_dir / "results.json", status="completed", metrics=metrics, samples=outcome.samples,
+                  info=outcome.info, wall_time_s=time.time() - started, **record)
+    outcome.status = "completed"
+    print_summary(metrics, output_dir)
 
 
 def _failure_message(err: BaseException) -> str:
@@ -108,7 +120,7 @@ def _goes_on(err: BaseException, message: str, multirun: bool) -> bool:
     """After a failure is recorded: True when the process goes on (a multirun's next job); a user's
     mistake in a single run exits 1 with its one line; anything else is raised again by the caller."""
     if isinstance(err, user_errors()):
-        print(f"\nerror: {message}\n", file=sys.stderr)
+        log.error(f"\nerror: {message}\n", extra=PLAIN)
         if not multirun:
             raise SystemExit(1) from None
         return True
@@ -147,16 +159,12 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
     outcome = RunOutcome(interrupts=InterruptGuard(bool(cfg.checkpoint.enabled)).install())
     record = dict(config=OmegaConf.to_container(cfg, resolve=False), seed=cfg.seed)
     try:
-        check_required(cfg)  # an unset `???` value: one line naming the key, not OmegaConf's traceback
+        validate_config(cfg)  # every problem of the config in one message, one line each, before anything loads
         record["config"] = OmegaConf.to_container(cfg, resolve=True)
         outcome.ckpt_path = preflight(cfg, output_dir)  # the cache, and what ckpt_path resumes
         metrics = train_and_evaluate(cfg, output_dir, group, outcome)
-        if global_rank() != 0:
-            return metrics
-        write_results(output_dir / "results.json", status="completed", metrics=metrics, samples=outcome.samples,
-                      info=outcome.info, wall_time_s=time.time() - started, **record)
-        outcome.status = "completed"
-        print_summary(metrics, output_dir)
+        if global_rank() == 0:
+            _record_completed(output_dir, metrics, outcome, started, record)
         return metrics
     except Interrupted as stop:  # SIGINT / SIGTERM: results say so, then exit 130 / 143
         outcome.status, outcome.error = "interrupted", str(stop)

@@ -1,10 +1,11 @@
 """The steps of one training run, in the order `prefopt.run.runner.train_and_evaluate` calls them.
 
-Each step is a function that returns what the next one needs: the checked loss, task source and optimizer factories, the
-task's artifacts, the policy, the data, the module, the trainer, the fit's metrics, the trained policy,
-the oracle evaluation, the generation export and the save. What the run records (info for results.json,
-sample texts, the loggers to finish) collects in a `RunOutcome`, which the caller keeps also when a step
-fails. Exercised by `pytest tests/test_run.py tests/test_resume.py tests/test_lora.py` and
+Each step is a function that returns what the next one needs: the checked loss, task source and optimizer
+factories, the choice of starting policy (`prefopt.models.choose`), the task's artifacts, the policy, the
+data, the module, the trainer, the fit's metrics, the trained policy, the oracle evaluation, the generation
+export and the save. What the run records (info for results.json, sample texts, the loggers to finish)
+collects in a `RunOutcome`, which the caller keeps also when a step fails. Exercised by
+`pytest tests/test_run.py tests/test_resume.py tests/test_lora.py tests/tasks/test_choose.py` and
 `python src/run.py`.
 """
 
@@ -17,12 +18,13 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt.log import PLAIN, get_logger
 from prefopt.store import memo
 from prefopt.config.components import build_component
 from prefopt.train.optim import optim_factories
-from prefopt.config.validate import validate_config
 
 StartLoader = Callable[[], tuple[torch.nn.Module, Any]]
+log = get_logger()
 
 
 @dataclass
@@ -53,19 +55,18 @@ def print_data_summary(source_drops: dict | None, stats: dict[str, Any]) -> None
     drops["emptied by truncation"] = stats.get("train/dropped_truncated", 0) + stats.get("eval/dropped_truncated", 0)
     drops["prompt too long"] = stats.get("train/dropped_prompt_too_long", 0) + stats.get("eval/dropped_prompt_too_long", 0)
     dropped = ", ".join(f"{reason} {n}" for reason, n in drops.items() if n) or "none"
-    print(f"[prefopt] data: {stats.get('train/pairs', 0)} train pairs, {stats.get('eval/pairs', 0)} eval pairs; "
-          f"dropped: {dropped}")
+    log.info(f"data: {stats.get('train/pairs', 0)} train pairs, {stats.get('eval/pairs', 0)} eval pairs; "
+             f"dropped: {dropped}")
 
 
 def check_and_seed(cfg: DictConfig) -> tuple[Any, Any, tuple[Any, Any]]:
-    """Check the config, build the loss, the task source and the optimizer and scheduler factories
-    (before any model loads: a bad key costs seconds), then seed everything; returns them."""
+    """Build the loss, the task source and the optimizer and scheduler factories from the config the
+    runner has validated (before any model loads: a bad value costs seconds), then seed everything."""
     import lightning as L
 
     from prefopt.train.progress import quiet_lightning
 
     quiet_lightning()
-    validate_config(cfg)
     torch.set_num_threads(int(cfg.threads))
     loss = build_component(cfg.loss, "loss")
     source = build_component(cfg.data.source, "data.source")
@@ -90,18 +91,27 @@ def task_artifacts(cfg: DictConfig, source: Any, outcome: RunOutcome) -> Any:
     return artifacts
 
 
-def start_loader(cfg: DictConfig, artifacts: Any) -> StartLoader:
-    """A function returning (model, tokenizer) of the untrained policy: a copy of the one loaded first."""
-    from prefopt.models.load import load_policy
+def starting_choice(cfg: DictConfig, source: Any) -> Any:
+    """Which policy the run starts from: `prefopt.models.choose.choose_start` reads the model config against
+    the task's `needs`. A model the task cannot start from stops here, in one line naming model= and data=,
+    before anything is built or loaded."""
+    from prefopt.models.choose import choose_start
+
+    return choose_start(cfg.model, source)
+
+
+def start_loader(cfg: DictConfig, start: Any, artifacts: Any) -> StartLoader:
+    """A function returning (model, tokenizer) of the untrained policy `start` names (the task's SFT folder,
+    model.path, model.gguf or a fresh tiny model): loaded once per process, a copy on every call."""
+    from prefopt.models.load import load_start
 
     cache_root = Path(cfg.paths.cache_dir)
+    depends_on = (cfg.model, cfg.data.source, artifacts.policy, cache_root, cfg.seed, artifacts.info.get("pin"))
 
-    def load_start() -> tuple[torch.nn.Module, Any]:
-        return memo.starting_policy(
-            lambda: load_policy(cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed),
-            cfg.model, cfg.data.source, artifacts.policy, cache_root, cfg.seed, artifacts.info.get("pin"))
+    def load() -> tuple[torch.nn.Module, Any]:
+        return load_start(start, cfg.model, cache_root, artifacts.policy, artifacts.corpus, cfg.seed)
 
-    return load_start
+    return lambda: memo.starting_policy(load, *depends_on)
 
 
 def policy_to_train(cfg: DictConfig, load_start: StartLoader) -> tuple[torch.nn.Module, Any]:
@@ -130,7 +140,7 @@ def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: Ru
     outcome.info["memo"] = dict(memo.stats)  # what this process reused from earlier runs (prefopt/store/memo.py)
     print_data_summary(outcome.info.get("drops"), data.stats)
     outcome.info["data_layout"] = detect_layout(artifacts.info, artifacts.train_rows)
-    print(f"[prefopt] data layout: {outcome.info['data_layout']}")
+    log.info(f"data layout: {outcome.info['data_layout']}")
     return data
 
 
@@ -157,7 +167,7 @@ def trainer_for(cfg: DictConfig, output_dir: Path, group: str, loss: Any, policy
         outcome.info["wandb"] = wandb_identity(loggers)
     run_record = RunRecord(cfg, data, tokenizer, outcome.info)  # into every checkpoint; checked on resume
     run_record.check(outcome.ckpt_path)  # before any table is built: a mismatch costs seconds
-    caches = LogpCaches(cfg, data, Path(cfg.paths.cache_dir), outcome.info)  # at fit start, split over ranks
+    caches = LogpCaches(cfg, data, Path(cfg.paths.cache_dir), outcome.info.update)  # at fit start, split over ranks
     return build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy,
                          extra_callbacks=[caches, run_record, outcome.interrupts])
 
@@ -172,7 +182,7 @@ def fit(cfg: DictConfig, trainer: Any, module: Any, data: Any, output_dir: Path,
     check_disk_space(cfg, trainer, policy, output_dir, Path(cfg.paths.cache_dir), data.stats.get("train/pairs", 0),
                      data.stats.get("eval/pairs", 0))  # stops in one line where a folder lacks the room
     if trainer.is_global_zero:
-        print(setup_line(trainer, policy))  # device, precision, weights dtype, attention implementation
+        log.info(setup_line(trainer, policy), extra=PLAIN)  # device, precision, weights dtype, attention implementation
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     metrics = scalar_metrics(trainer.callback_metrics)
     for callback in trainer.callbacks:
@@ -202,7 +212,7 @@ def starting_policy(trained: torch.nn.Module, module: Any, load_start: StartLoad
     disabled, the frozen reference if the module kept a usable one, else loaded again, so training never
     holds it."""
     from prefopt.models.setup import is_lora
-    from prefopt.train.module import frozen_copy
+    from prefopt.train.frozen import frozen_copy
 
     if is_lora(trained):
         return trained, trained.disable_adapter

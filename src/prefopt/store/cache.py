@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -31,7 +30,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from prefopt.errors import CacheError
+from prefopt.log import get_logger
 
+log = get_logger()
 DONE_MARKER = ".complete"  # the manifest; its presence alone no longer makes an artifact trusted
 MISSING = "missing"
 DEFAULT_LOCK_TIMEOUT_S = 4 * 3600.0
@@ -185,8 +186,7 @@ def _acquire(fh: Any, lock_path: Path, what: str) -> None:
         waited = time.time() - started
         if not told:
             limit = "forever" if timeout == float("inf") else f"up to {timeout:.0f}s (paths.lock_timeout_s)"
-            print(f"[prefopt] cache: waiting for {what}, being built by {_holder(lock_path)}; waiting {limit}",
-                  file=sys.stderr, flush=True)
+            log.warning(f"cache: waiting for {what}, being built by {_holder(lock_path)}; waiting {limit}")
             told = True
         if waited >= timeout:
             raise CacheError(f"gave up after {waited:.0f}s waiting for the build of {what} in {lock_path.parent}, "
@@ -219,7 +219,7 @@ def cached_dir(root: str | os.PathLike, kind: str, key: str,
         raise CacheError(f"the cache {root} is read-only and {kind}/{key} is {state}: point paths.cache_dir "
                          "(or PREFOPT_CACHE) at a writable folder, or build it once where the cache is writable")
     if problem != MISSING:
-        print(f"[prefopt] cache: {problem}: rebuilding {kind}/{key}", file=sys.stderr, flush=True)
+        log.warning(f"cache: {problem}: rebuilding {kind}/{key}")
     final.parent.mkdir(parents=True, exist_ok=True)
     with build_lock(final):  # parallel jobs wait for one builder instead of all building
         problem = artifact_problem(final)

@@ -20,8 +20,10 @@ import torch
 
 from prefopt.train.checkpointing import checkpoints_at_once
 from prefopt.errors import ConfigError
+from prefopt.log import PLAIN, get_logger
 from prefopt.models.setup import is_lora
 
+log = get_logger()
 CACHE_BYTES_PER_PAIR = 96  # reference + marginal tables: float32 log-prob and int64 count per response
 CACHE_SLACK = 16 * 2**20   # manifests, the start policy's evaluation cache
 
@@ -126,4 +128,4 @@ def check_disk_space(cfg: Any, trainer: Any, policy: torch.nn.Module, output_dir
     steps = total_steps(trainer, train_pairs, int(cfg.data.batch_size))
     line = check(estimate(cfg, policy, steps, train_pairs + eval_pairs, zero3), output_dir, cache_dir)
     if trainer.is_global_zero:
-        print(line)
+        log.info(line, extra=PLAIN)  # `check` returns the line whole, "[prefopt] disk: ...", for its tests

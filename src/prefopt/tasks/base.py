@@ -2,7 +2,9 @@
 
 `run.py` instantiates `cfg.data.source` and calls `build(model_cfg, cache_root)` once per run. A task
 with an oracle also returns held-out prompts and a reward function, which `prefopt.eval.evaluate` uses at the
-end of the run; a plain preference file returns rows only.
+end of the run; a plain preference file returns rows only. A task declares what it needs of the starting
+policy in `needs` (a `StartNeeds`); `prefopt.models.choose.choose_start` reads it with the model config.
+Exercised by `pytest tests/tasks tests/data/test_file_source.py`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ Oracle = Callable[[list[str], list[str]], list[float]]  # (prompts, responses) -
 class TaskArtifacts:
     """What a source hands the run.
 
-    policy: HF folder (model + tokenizer) of the starting policy the task built (the sort task's SFT
-        model), or None to load the policy from the model config.
+    policy: HF folder (model + tokenizer) of the starting policy the task built (its SFT model, when
+        `prefopt.models.choose.choose_start` chose the task's own start), else None.
     train_rows / eval_rows: preference rows in the prompt/chosen/rejected format.
     corpus: texts to build a tokenizer from when the model needs one built (model=tiny on user data).
     eval_prompts: held-out prompt strings for the generation evaluation (empty without an oracle).
@@ -49,10 +51,30 @@ class TaskArtifacts:
     responses_end_with_eos: bool = True
 
 
+@dataclass(frozen=True)
+class StartNeeds:
+    """What a task declares about the policy a run on it starts from. `prefopt.models.choose.choose_start`
+    reads it with the model config and decides what loads; nothing else decides.
+
+    builds_start: for a tiny model config (`model.tiny`) the task builds its own tokenizer and SFT starting
+        policy and returns its folder as `TaskArtifacts.policy` (sort, imdb).
+    takes_pretrained: a pretrained model (`model.path`, `model.gguf`) can start runs on this task (False:
+        sort, whose character tokenizer only its own policy reads).
+    architecture: keys the task sets over `model.tiny` for the model it trains (imdb: a larger one).
+    instead: the end of the one-line error for a model config the task does not take: what would work.
+    """
+
+    builds_start: bool = False
+    takes_pretrained: bool = True
+    architecture: dict[str, Any] = field(default_factory=dict)
+    instead: str = ""
+
+
 class Task(ABC):
     """A preference-data source. Constructed from `cfg.data.source`; cheap until `build`."""
 
     name: str = "task"
+    needs: StartNeeds = StartNeeds()  # the model config's own policy starts runs on it (user files)
 
     @abstractmethod
     def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:

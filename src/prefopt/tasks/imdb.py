@@ -11,9 +11,10 @@ depends on (changing a setting rebuilds that artifact and those downstream of it
                     sampled from the starting policy, every two with different gold rewards a pair
                     (chosen = the higher P(positive)); identical or equally scored samples are dropped
 
-The gold reward is P(positive | prompt + response) in [0, 1] (see imdb_reward.py). With a model config
-that has no `tiny` block (e.g. model=smollm2_135m) or sets `model.path`, the starting policy is that
-model as loaded by `prefopt.models.load.load_policy`: no tokenizer or SFT is built, pairs are sampled from it.
+The gold reward is P(positive | prompt + response) in [0, 1] (see imdb_reward.py). Which policy starts is
+`prefopt.models.choose.choose_start`'s choice (`ImdbTask.needs`): with a model config that sets `model.path`
+or `model.gguf` (e.g. model=smollm2_135m) it is that model as loaded: no tokenizer or SFT is built, pairs
+are sampled from it.
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ from prefopt.store.cache import DONE_MARKER, cached_dir, file_fingerprint, finge
 from prefopt.data.tokenizer_builder import build_bpe_tokenizer
 from prefopt.errors import ConfigError
 from prefopt.eval.generation import sample
-from prefopt.models.load import build_tiny, load_policy
+from prefopt.log import get_logger
+from prefopt.models.choose import Start, choose_start
+from prefopt.models.load import build_tiny, load_start
 from prefopt.tasks.sft import train_causal_lm
-from prefopt.tasks.base import Built, Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean
+from prefopt.tasks.base import (
+    Built, StartNeeds, Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean,
+)
 from prefopt.tasks.imdb_data import csv_path, load_reviews, prompts_from, split_reviews, take
 from prefopt.tasks.imdb_reward import CHECK_WORDS, SentimentReward, accuracy, first_words, train_classifier
 
@@ -44,8 +49,7 @@ ARTIFACT_VERSION = 1  # bump when the build code changes what an artifact contai
 MIN_WINDOW_TOKENS = 8  # SFT windows shorter than this (review tails) are dropped
 
 
-def _log(msg: str) -> None:
-    print(f"[imdb] {msg}", flush=True)
+log = get_logger("imdb")
 
 
 def _plain(node: Any) -> Any:
@@ -136,24 +140,11 @@ class ImdbTask(Task):
         seed: int = 0,
         sample_batch_size: int = 128,
     ):
-        check_pair_sampling(samples_per_prompt, eval_fraction)
-        if not 1 <= prompt_min_words <= prompt_max_words:
-            raise ValueError(
-                f"need 1 <= prompt_min_words <= prompt_max_words, got {prompt_min_words}, {prompt_max_words}"
-            )
-        if sft_seq_len < MIN_WINDOW_TOKENS:
-            raise ValueError(f"sft_seq_len must be at least {MIN_WINDOW_TOKENS}, got {sft_seq_len}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        for key, value in (("n_classifier", n_classifier), ("n_classifier_test", n_classifier_test),
-                           ("n_sft_reviews", n_sft_reviews), ("n_pair_prompts", n_pair_prompts),
-                           ("n_eval_prompts", n_eval_prompts), ("classifier_windows", classifier_windows),
-                           ("sft_steps", sft_steps), ("max_new_tokens", max_new_tokens)):
-            if value < 1:
-                raise ValueError(f"{key} must be at least 1, got {value}")
         self.n_classifier, self.n_classifier_test = n_classifier, n_classifier_test
         self.classifier_windows, self.classifier_c = classifier_windows, classifier_c
         self.architecture = dict(_plain(architecture) or {})
+        # model=tiny: its own BPE and SFT start, `architecture` over model.tiny; model.path / model.gguf: as is
+        self.needs = StartNeeds(builds_start=True, architecture=self.architecture)
         self.n_sft_reviews, self.sft_steps, self.sft_lr = n_sft_reviews, sft_steps, sft_lr
         self.sft_batch_size, self.sft_seq_len = sft_batch_size, sft_seq_len
         self.n_pair_prompts, self.samples_per_prompt = n_pair_prompts, samples_per_prompt
@@ -163,6 +154,22 @@ class ImdbTask(Task):
         self.seed, self.sample_batch_size = seed, sample_batch_size
         self._pools: Optional[dict[str, list]] = None
         self._data_key: Optional[str] = None
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """The constructor's range checks: a bad setting is a ValueError naming it."""
+        check_pair_sampling(self.samples_per_prompt, self.eval_fraction)
+        if not 1 <= self.prompt_min_words <= self.prompt_max_words:
+            raise ValueError(f"need 1 <= prompt_min_words <= prompt_max_words, got {self.prompt_min_words}, "
+                             f"{self.prompt_max_words}")
+        if self.sft_seq_len < MIN_WINDOW_TOKENS:
+            raise ValueError(f"sft_seq_len must be at least {MIN_WINDOW_TOKENS}, got {self.sft_seq_len}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        for key in ("n_classifier", "n_classifier_test", "n_sft_reviews", "n_pair_prompts", "n_eval_prompts",
+                    "classifier_windows", "sft_steps", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
 
     # ---- data ----------------------------------------------------------------------------------
     def data_key(self) -> str:
@@ -207,20 +214,18 @@ class ImdbTask(Task):
                            self.prompt_max_words, self.max_new_tokens, self.temperature, self.seed,
                            self.sample_batch_size)
 
-    def tiny_architecture(self, model_cfg: Any) -> Optional[dict[str, Any]]:
-        """The architecture to train from scratch, or None when the model config names a pretrained model."""
-        if model_cfg is None:
-            return dict(self.architecture)
-        if not model_cfg.get("tiny") or model_cfg.get("path"):
+    def sft_architecture(self, start: Start) -> Optional[dict[str, Any]]:
+        """The architecture of the SFT start this task trains (model.tiny with `architecture` over it), or
+        None when the run starts from a pretrained model (`prefopt.models.choose.choose_start` decides)."""
+        if start.kind != "task":
             return None
-        arch = {**dict(_plain(model_cfg.get("tiny"))), **self.architecture}
-        positions = arch.get("max_position_embeddings")
+        positions = start.architecture.get("max_position_embeddings")
         if positions is not None and positions < self.sft_seq_len:
             raise ConfigError(
                 f"data.source.architecture.max_position_embeddings={positions} is shorter than "
                 f"data.source.sft_seq_len={self.sft_seq_len}"
             )
-        return arch
+        return start.architecture
 
     # ---- building ------------------------------------------------------------------------------
     def _build_reward(self, out: Path) -> None:
@@ -312,17 +317,17 @@ class ImdbTask(Task):
         """The tokenizer and the SFT policy trained from scratch (cached); returns (folder, key)."""
         vocab = int((model_cfg or {}).get("vocab_size", 4096))
         tok_key = self.tokenizer_key(vocab)
-        _log(f"tokenizer {tok_key}: {vocab}-token byte-level BPE on {self.n_sft_reviews} reviews")
+        log.info(f"tokenizer {tok_key}: {vocab}-token byte-level BPE on {self.n_sft_reviews} reviews")
         tok_dir = cached_dir(cache_root, "imdb_tokenizer", tok_key, lambda d: self._build_tokenizer(d, vocab))
         policy_key = self.sft_key(tok_key, arch)
-        _log(f"SFT policy {policy_key}: tiny Llama {arch}, {self.sft_steps} steps x "
-             f"{self.sft_batch_size} x {self.sft_seq_len} tokens")
+        log.info(f"SFT policy {policy_key}: tiny Llama {arch}, {self.sft_steps} steps x "
+                 f"{self.sft_batch_size} x {self.sft_seq_len} tokens")
         sft_build = Built(lambda d: self._build_sft(d, tok_dir, arch))
         policy = cached_dir(cache_root, "imdb_sft", policy_key, sft_build)
         smeta = json.loads((policy / "imdb_meta.json").read_text())
-        _log(f"SFT policy: {smeta['n_params'] / 1e6:.2f}M params, loss {smeta['sft_first_loss']:.2f} -> "
-             f"{smeta['sft_final_loss']:.2f} over {smeta['trained_tokens'] / 1e6:.2f}M tokens, "
-             f"{sft_build.origin(smeta['sft_seconds'], policy)}")
+        log.info(f"SFT policy: {smeta['n_params'] / 1e6:.2f}M params, loss {smeta['sft_first_loss']:.2f} -> "
+                 f"{smeta['sft_final_loss']:.2f} over {smeta['trained_tokens'] / 1e6:.2f}M tokens, "
+                 f"{sft_build.origin(smeta['sft_seconds'], policy)}")
         info.update({"imdb/sft_key": policy_key, "imdb/sft_final_loss": smeta["sft_final_loss"]})
         return policy, policy_key
 
@@ -341,20 +346,12 @@ class ImdbTask(Task):
         child.start()
         return child
 
-    def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
-        arch = self.tiny_architecture(model_cfg)
-        reward_key = self.reward_key()
-        _log(f"gold reward {reward_key}: sentiment classifier on {self.n_classifier} reviews")
-        child = self._reward_beside_sft(cache_root, reward_key, arch)
-        info: dict[str, Any] = {}
-        if arch is not None:
-            policy, policy_key = self._tiny_policy(model_cfg, arch, cache_root, info)
-        if child is not None:
-            child.join()
+    def _gold_reward(self, cache_root: Path, reward_key: str, info: dict[str, Any]) -> tuple[SentimentReward, dict]:
+        """The gold reward (cached; built here unless `_reward_beside_sft` built it) and its meta."""
         reward_dir = cached_dir(cache_root, "imdb_reward", reward_key, self._build_reward)
         reward = SentimentReward(joblib.load(reward_dir / "classifier.joblib"))
         rmeta = json.loads((reward_dir / "meta.json").read_text())
-        _log(
+        log.info(
             "gold reward = P(positive | prompt + response); held-out accuracy "
             f"{rmeta['accuracy_first_40_words']:.3f} "
             f"on the first {CHECK_WORDS} words of {rmeta['n_test']} reviews ({rmeta['accuracy_full_review']:.3f} "
@@ -367,31 +364,52 @@ class ImdbTask(Task):
             "imdb/classifier_accuracy_full": rmeta["accuracy_full_review"],
             "imdb/reviews_reward_40_words": rmeta["test_mean_reward_first_40_words"],
         })
-        if arch is not None:
-            cfg = model_cfg if model_cfg is not None else OmegaConf.create({})  # direct API use: no config
-            load = partial(load_policy, cfg, cache_root, policy)
-        else:
-            policy = None
-            ident = {k: _plain(model_cfg.get(k)) for k in ("name", "path", "gguf") if model_cfg.get(k) is not None}
-            policy_key = fingerprint("imdb-pretrained", ident)
-            _log(f"starting policy: model={model_cfg.get('name')} as loaded (no tokenizer or SFT is built)")
-            load = partial(load_policy, model_cfg, cache_root)
-        pairs_key = self.pairs_key(policy_key, reward_key)
-        _log(f"pairs {pairs_key}: {self.n_pair_prompts} prompts x {self.samples_per_prompt} continuations "
-             f"of up to {self.max_new_tokens} tokens")
+        return reward, rmeta
+
+    def _pretrained_key(self, model_cfg: Any) -> str:
+        """The fingerprint standing for a pretrained starting policy in the pairs' key."""
+        ident = {k: _plain(model_cfg.get(k)) for k in ("name", "path", "gguf") if model_cfg.get(k) is not None}
+        log.info(f"starting policy: model={model_cfg.get('name')} as loaded (no tokenizer or SFT is built)")
+        return fingerprint("imdb-pretrained", ident)
+
+    def _pairs(self, cache_root: Path, pairs_key: str, load: Any, reward: SentimentReward, rmeta: dict) -> tuple:
+        """(folder, meta) of the pairs sampled from the starting policy `load()` gives (cached)."""
+        log.info(f"pairs {pairs_key}: {self.n_pair_prompts} prompts x {self.samples_per_prompt} continuations "
+                 f"of up to {self.max_new_tokens} tokens")
 
         def build_pairs(out: Path) -> dict[str, int]:
-            model, tok = load()  # load_policy gives a pad token where the tokenizer has none
+            model, tok = load()  # load_start gives a pad token where the tokenizer has none
             return self._build_pairs(out, model, tok, reward)
 
         pairs_build = Built(build_pairs)
         pairs_dir = cached_dir(cache_root, "imdb_pairs", pairs_key, pairs_build)
         pmeta = json.loads((pairs_dir / "meta.json").read_text())
-        _log(f"{pmeta['n_pairs']} pairs ({pmeta['ties_dropped']} ties dropped); starting policy's samples "
-             f"score {pmeta['sample_reward']:.3f} (real review openings "
-             f"{rmeta['test_mean_reward_first_40_words']:.3f}), "
-             f"mean best-worst gap {pmeta['sample_reward_gap']:.3f}; "
-             f"{pairs_build.origin(pmeta['pairs_seconds'], pairs_dir)}")
+        log.info(f"{pmeta['n_pairs']} pairs ({pmeta['ties_dropped']} ties dropped); starting policy's samples "
+                 f"score {pmeta['sample_reward']:.3f} (real review openings "
+                 f"{rmeta['test_mean_reward_first_40_words']:.3f}), "
+                 f"mean best-worst gap {pmeta['sample_reward_gap']:.3f}; "
+                 f"{pairs_build.origin(pmeta['pairs_seconds'], pairs_dir)}")
+        return pairs_dir, pmeta
+
+    def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
+        start = choose_start(model_cfg, self)  # the task's own SFT start (model=tiny) or a pretrained model
+        arch = self.sft_architecture(start)
+        reward_key = self.reward_key()
+        log.info(f"gold reward {reward_key}: sentiment classifier on {self.n_classifier} reviews")
+        child = self._reward_beside_sft(cache_root, reward_key, arch)
+        info: dict[str, Any] = {}
+        policy = None
+        if arch is not None:
+            policy, policy_key = self._tiny_policy(model_cfg, arch, cache_root, info)
+        if child is not None:
+            child.join()
+        reward, rmeta = self._gold_reward(cache_root, reward_key, info)
+        if arch is None:
+            policy_key = self._pretrained_key(model_cfg)
+        cfg = model_cfg if model_cfg is not None else OmegaConf.create({})  # direct API use: no config
+        pairs_key = self.pairs_key(policy_key, reward_key)
+        pairs_dir, pmeta = self._pairs(cache_root, pairs_key, partial(load_start, start, cfg, cache_root, policy),
+                                       reward, rmeta)
         train_rows, eval_rows = load_pairs_split(pairs_dir / "pairs.jsonl", self.eval_fraction, pmeta["n_pairs"])
         info.update({
             "imdb/pairs_key": pairs_key,

@@ -17,16 +17,18 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from prefopt.store.cache import cached_dir, fingerprint
-from prefopt.errors import ConfigError
 from prefopt.eval.generation import sample
+from prefopt.log import get_logger
+from prefopt.models.choose import choose_start
 from prefopt.models.load import build_tiny
 from prefopt.tasks.sft import train_causal_lm
-from prefopt.tasks.base import Built, Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean
+from prefopt.tasks.base import (
+    Built, StartNeeds, Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean,
+)
 from prefopt.tasks.sort_oracle import (
     DIGITS, SEPARATOR, SortOracle, demonstration, judge_pair, make_prompts, oracle_reward,
     prompt_string,
@@ -63,24 +65,7 @@ def sft_sequences(
     return [p + r + [tok.eos_token_id] for p, r in zip(prompt_ids, response_ids)]
 
 
-def tiny_architecture(model_cfg: Any) -> dict[str, Any]:
-    """The `tiny` block of the model config as a plain dict; only model=tiny is supported."""
-    if model_cfg is None:
-        return {}
-    tiny = model_cfg.get("tiny")
-    if not tiny:
-        raise ConfigError(
-            "data=sort trains its own policy from scratch and needs a model config with a `tiny` "
-            f"architecture block (model=tiny); got model={model_cfg.get('name')!r}. To train another "
-            "model on sort pairs, use data=jsonl data.path=<the task's pairs.jsonl in the cache>."
-        )
-    if OmegaConf.is_config(tiny):
-        tiny = OmegaConf.to_container(tiny, resolve=True)
-    return dict(tiny)
-
-
-def _log(msg: str) -> None:
-    print(f"[sort] {msg}", flush=True)
+log = get_logger("sort")
 
 
 class SortTask(Task):
@@ -104,6 +89,10 @@ class SortTask(Task):
     """
 
     name = "sort"
+    needs = StartNeeds(  # its character tokenizer is read by its own SFT policy only
+        builds_start=True, takes_pretrained=False,
+        instead="To train another model on sort pairs, use data=jsonl data.path=<the task's pairs.jsonl in the cache>.",
+    )
 
     def __init__(
         self,
@@ -236,28 +225,38 @@ class SortTask(Task):
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
         return {"pairs.jsonl": len(rows)}
 
-    def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
-        arch = tiny_architecture(model_cfg)
+    def _sft_policy(self, arch: dict[str, Any], cache_root: Path) -> tuple[Path, str, dict]:
+        """(folder, key, meta) of the SFT starting policy (cached)."""
         sft_key = self.sft_key(arch)
-        _log(f"SFT policy {sft_key}: {self.n_sft} demos, {self.sft_steps} steps, tiny {arch or 'defaults'}")
+        log.info(f"SFT policy {sft_key}: {self.n_sft} demos, {self.sft_steps} steps, tiny {arch or 'defaults'}")
         sft_build = Built(lambda d: self._build_sft(d, arch))
         policy = cached_dir(cache_root, "sort_sft", sft_key, sft_build)
         sft_meta = json.loads((policy / "sort_meta.json").read_text())
-        _log(
+        log.info(
             f"SFT policy oracle reward {sft_meta['sft_oracle_reward']:.3f} "
             f"(untrained {sft_meta['init_oracle_reward']:.3f}, demos {sft_meta['demo_oracle_reward']:.3f}, "
             f"perfect 1.0), {sft_build.origin(sft_meta['sft_seconds'], policy)}"
         )
+        return policy, sft_key, sft_meta
+
+    def _pairs(self, policy: Path, sft_key: str, cache_root: Path) -> tuple[Path, str, dict]:
+        """(folder, key, meta) of the judge-labelled pairs sampled from the SFT policy (cached)."""
         pairs_key = self.pairs_key(sft_key)
-        _log(f"pairs {pairs_key}: {self.n_pair_prompts} prompts x {self.samples_per_prompt} samples")
+        log.info(f"pairs {pairs_key}: {self.n_pair_prompts} prompts x {self.samples_per_prompt} samples")
         pairs_build = Built(lambda d: self._build_pairs(d, policy))
         pairs_dir = cached_dir(cache_root, "sort_pairs", pairs_key, pairs_build)
         meta = json.loads((pairs_dir / "meta.json").read_text())
-        _log(
+        log.info(
             f"{meta['n_pairs']} pairs ({meta['ties_dropped']} ties dropped), judge agrees with oracle "
             f"on {meta['judge_oracle_agreement']:.1%} of pairs the oracle separates, "
             f"{pairs_build.origin(meta['pairs_seconds'], pairs_dir)}"
         )
+        return pairs_dir, pairs_key, meta
+
+    def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
+        arch = choose_start(model_cfg, self).architecture  # model=tiny only (`needs`)
+        policy, sft_key, sft_meta = self._sft_policy(arch, cache_root)
+        pairs_dir, pairs_key, meta = self._pairs(policy, sft_key, cache_root)
         train_rows, eval_rows = load_pairs_split(pairs_dir / "pairs.jsonl", self.eval_fraction, meta["n_pairs"])
         info = {
             "sort/sft_key": sft_key,

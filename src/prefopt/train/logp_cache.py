@@ -10,12 +10,14 @@ starting policy's tensors and config, the tokenized pairs (ids, in order), the t
 the marginal pass's start tokens and the numeric precision. A run that finds the tables (or has just
 built them) serves the loss from them and drops the frozen reference model before training.
 
-The runner adds the `LogpCaches` callback, which calls `attach_caches` when fit starts: in a
-data-parallel run (DDP, FSDP, DeepSpeed) each rank scores its share of the pairs, the shares are
-summed across ranks and rank 0 writes the tables once. `cfg.logp_cache` (default true) switches it;
-results.json gets `info.logp_cache` (enabled, used, per-table status `hit` or `built`, key, seconds,
-ranks). Exercised by `python src/run.py loss=dpo` (twice: the second run says `hit`) and
-`pytest tests/test_logp_cache.py tests/test_scale.py`.
+The runner adds the `LogpCaches` callback, which calls `attach_caches` when fit starts: the tables
+are built with, and handed to, the module's prefopt.train.frozen.FrozenScorers (which kinds, which
+starting policy, whether prompts are shared all come from it). In a data-parallel run (DDP, FSDP,
+DeepSpeed) each rank scores its share of the pairs, the shares are summed across ranks and rank 0
+writes the tables once. `cfg.logp_cache` (default true) switches it; the callback reports what it did
+(`report`, and its `on_report` hook), which results.json keeps as `info.logp_cache` (enabled, used,
+per-table status `hit` or `built`, key, seconds, ranks). Exercised by `python src/run.py loss=dpo`
+(twice: the second run says `hit`) and `pytest tests/test_logp_cache.py tests/test_scale.py`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -37,9 +39,11 @@ from torch.utils.data import DataLoader, Subset
 
 from prefopt.store.cache import artifact_problem, cached_dir, fingerprint
 from prefopt.errors import CacheError
+from prefopt.log import get_logger
 from prefopt.train.logps import pair_batch_logps, response_logps, settle_sharing
 from prefopt.models.setup import is_lora
 
+log = get_logger()
 FORMAT_VERSION = 1  # bump when what a table holds (or how it is computed) changes
 SPLITS = ("train", "eval")
 
@@ -252,52 +256,59 @@ def _tables_folder(root: Path, kind: str, key: str, compute: Any, collective: An
     return final, "built"
 
 
-def attach_caches(cfg: Any, module: Any, data: Any, cache_root: Path, collective: Any = None,
+def _attach_kind(frozen: Any, kind: str, weights: str, data: Any, cache_root: Path, collective: Any,
+                 device: torch.device, precision: str, scorer: torch.nn.Module) -> dict[str, Any]:
+    """Build (or find) the tables of one `kind`, hand them to `frozen`; returns their facts."""
+    t0 = time.time()
+    shard = (collective.global_rank, collective.world_size)
+    key = cache_key(kind, weights, data, precision)
+
+    def compute() -> dict[str, tuple[Tensor, Tensor]]:
+        if collective.global_rank == 0:
+            log.info(f"computing {kind} log-probs of the starting policy once (cache key {key}"
+                     f"{f', split over {shard[1]} ranks' if shard[1] > 1 else ''})")
+        tables = build_tables(scorer, data, kind, device, precision, shard, frozen.table_sharing)
+        return merge_shards(tables, collective, device, kind)
+
+    folder, status = _tables_folder(cache_root, kind, key, compute, collective)
+    for split in SPLITS:
+        dataset = data.train_dataset if split == "train" else data.eval_dataset
+        logps, tokens = _load(folder, split, len(dataset))
+        frozen.use_table(kind, split, logps, tokens)
+    facts = {"status": status, "key": key, "seconds": round(time.time() - t0, 3), "ranks": shard[1]}
+    if collective.global_rank == 0:
+        log.info(f"{kind} log-probs: {'cache hit' if status == 'hit' else 'computed and cached'} ({folder})")
+    return facts
+
+
+def attach_caches(cfg: Any, frozen: Any, data: Any, cache_root: Path, collective: Any = None,
                   device: torch.device | None = None) -> dict[str, Any]:
     """Serve the loss's frozen log-probs from on-disk tables (building them once) and drop the reference.
 
-    `collective` (a Lightning strategy in a data-parallel run) splits the build over the ranks.
+    `frozen`: a prefopt.train.frozen.FrozenScorers (or a PreferenceModule, whose `frozen` it takes);
+    the tables are built with its starting policy and handed to it. `collective` (a Lightning strategy
+    in a data-parallel run) splits the build over the ranks.
     Returns {"logp_cache": {...}} for results.json: `enabled`, `used` (whether tables replace the frozen
     passes in this run), and per table kind its `status` (`hit` or `built`), `key`, `seconds`, `ranks`.
     """
+    frozen = getattr(frozen, "frozen", frozen)
     enabled = bool(cfg.get("logp_cache", True))
-    kinds = module.frozen_kinds()
     info: dict[str, Any] = {"enabled": enabled, "used": False, "tables": {}}
-    if not enabled or not kinds:
+    if not enabled or not frozen.kinds:
         info["reason"] = "logp_cache=false" if not enabled else "the loss needs no log-probs of the starting policy"
         return {"logp_cache": info}
     collective = collective or LocalCollective()
-    shard = (collective.global_rank, collective.world_size)
     data.setup()
     precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
     device = device or _device(cfg)
     started = time.time()
-    with module.frozen_scorer() as scorer:
+    with frozen.scorer() as scorer:
         weights = weights_fingerprint(scorer)
-        for kind in kinds:
-            t0 = time.time()
-            key = cache_key(kind, weights, data, precision)
-
-            def compute(kind: str = kind, key: str = key) -> dict[str, tuple[Tensor, Tensor]]:
-                if collective.global_rank == 0:
-                    print(f"[prefopt] computing {kind} log-probs of the starting policy once (cache key {key}"
-                          f"{f', split over {shard[1]} ranks' if shard[1] > 1 else ''})")
-                tables = build_tables(scorer, data, kind, device, precision, shard,
-                                      getattr(module, "share_prompt", "auto"))
-                return merge_shards(tables, collective, device, kind)
-
-            folder, status = _tables_folder(cache_root, kind, key, compute, collective)
-            for split in SPLITS:
-                dataset = data.train_dataset if split == "train" else data.eval_dataset
-                logps, tokens = _load(folder, split, len(dataset))
-                module.use_logp_table(kind, split, logps, tokens)
-            info["tables"][kind] = {"status": status, "key": key, "seconds": round(time.time() - t0, 3),
-                                    "ranks": shard[1]}
-            if collective.global_rank == 0:
-                print(f"[prefopt] {kind} log-probs: {'cache hit' if status == 'hit' else 'computed and cached'} "
-                      f"({folder})")
+        for kind in frozen.kinds:
+            info["tables"][kind] = _attach_kind(frozen, kind, weights, data, cache_root, collective, device,
+                                                precision, scorer)
     info["used"] = True
-    info["reference_released"] = module.release_reference()
+    info["reference_released"] = frozen.release_reference()
     info["seconds"] = round(time.time() - started, 3)
     gc.collect()
     if device.type == "cuda":
@@ -308,15 +319,20 @@ def attach_caches(cfg: Any, module: Any, data: Any, cache_root: Path, collective
 class LogpCaches(Callback):
     """Attaches the tables when fit starts: after the process group exists (so data-parallel ranks split
     the build) and before the strategy wraps the model (so a released reference is never wrapped).
-    The facts for results.json go into `info`."""
+    What it did (`attach_caches`'s {"logp_cache": {...}} for results.json) is kept in `report`, and
+    handed to `on_report` when given."""
 
-    def __init__(self, cfg: Any, data: Any, cache_root: Path, info: dict[str, Any]) -> None:
-        self.cfg, self.data, self.cache_root, self.info = cfg, data, Path(cache_root), info
+    def __init__(self, cfg: Any, data: Any, cache_root: Path,
+                 on_report: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        self.cfg, self.data, self.cache_root, self.on_report = cfg, data, Path(cache_root), on_report
+        self.report: dict[str, Any] | None = None
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage != "fit" or "logp_cache" in self.info:
+        if stage != "fit" or self.report is not None:
             return
         strategy = trainer.strategy
         collective = strategy if trainer.world_size > 1 else None
         device = strategy.root_device if _device(self.cfg).type == "cuda" else torch.device("cpu")
-        self.info.update(attach_caches(self.cfg, pl_module, self.data, self.cache_root, collective, device))
+        self.report = attach_caches(self.cfg, pl_module.frozen, self.data, self.cache_root, collective, device)
+        if self.on_report is not None:
+            self.on_report(self.report)

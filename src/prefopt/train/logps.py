@@ -10,7 +10,9 @@ Measurements behind these choices: `python benchmarks/logps_micro.py`.
 `shared_prompt_logps` scores a pair batch with each prompt run once: the prompt's keys and values are
 reused by its chosen and its rejected response (equal to `response_logps` on the concatenated rows;
 the transformer skips a third of its work at equal prompt and response lengths).
-Used by the training module, the marginal pass, the log-prob caches, the evaluation and the samplers;
+Whether a run shares prompts is decided in one place, prefopt.train.frozen.FrozenScorers; here are the
+mechanics (`shares_batch_prompt`, the "auto" self-check `settle_sharing`).
+Used by the training module, its frozen scorers, the log-prob caches, the evaluation and the samplers;
 exercised by `pytest tests/test_logps.py tests/test_architectures.py`.
 """
 
@@ -20,6 +22,10 @@ import inspect
 
 import torch
 from torch import Tensor
+
+from prefopt.log import get_logger
+
+log = get_logger()
 
 # Rows of logits turned into float32 log-probs at a time (and positions per LM-head call without
 # gradients): 256 x 32k vocabulary = 32 MiB of float32. Measured on the CPU, K=2048 positions, V=32k
@@ -283,8 +289,8 @@ def settle_sharing(model: torch.nn.Module, batch: dict[str, Tensor], share_promp
         return share_prompt
     problem = check_shared_prompt(model, batch)
     if problem:
-        print(f"[prefopt] share_prompt=auto: the shared-prompt pass does not reproduce "
-              f"{type(model).__name__}'s log-probs ({problem}); scoring full rows")
+        log.info(f"share_prompt=auto: the shared-prompt pass does not reproduce "
+                 f"{type(model).__name__}'s log-probs ({problem}); scoring full rows")
     return problem is None
 
 

@@ -1,59 +1,38 @@
 """PreferenceModule: the LightningModule that trains a causal LM on preference pairs.
 
-It owns the forward passes (policy, frozen reference, marginal) and knows no loss by name: the loss
-declares what it needs (`needs_reference`, `needs_marginal`, `marginal_source`) and turns a `PairLogps`
-into per-pair losses, rewards and metrics. Log-probs of the frozen starting policy (reference, and the
-marginal with `marginal=reference`) can instead come from tables indexed by each pair's dataset index
-(`use_logp_table`, filled by prefopt.train.logp_cache); once they cover what the loss needs,
-`release_reference()` drops the frozen copy. A LoRA policy (peft) keeps no copy at all: its frozen
-passes run the same model with the adapters disabled (`frozen_scorer`). The reference never goes into
-checkpoints (it is rebuilt from the starting policy). No-gradient passes (frozen and the live marginal)
-run in eval mode: no dropout noise in δ or the log-ratios. `progress()` (the share of training a
-scheduled loss sees) counts optimizer steps against `trainer.estimated_stepping_batches`.
-Exercised by `pytest tests/test_module.py tests/test_progress.py tests/test_dropout.py` and
+It runs the policy's forward pass and knows no loss by name: the loss declares what it needs
+(`needs_reference`, `needs_marginal`, `marginal_source`) and turns a `PairLogps` into per-pair losses,
+rewards and metrics. Everything on the frozen side (the reference copy or LoRA's adapters-disabled
+pass, the marginal, the cached tables that replace them, whether prompts are shared) belongs to
+`self.frozen`, a prefopt.train.frozen.FrozenScorers, which the module asks for the `ref_*` and
+`marginal_*` log-probs. The reference copy is the module's child `reference` (placed, converted and
+sharded with it); it never goes into checkpoints (it is rebuilt from the starting policy).
+`progress()` (the share of training a scheduled loss sees) counts optimizer steps against
+`trainer.estimated_stepping_batches`.
+Exercised by `pytest tests/test_module.py tests/test_frozen.py tests/test_progress.py tests/test_dropout.py` and
 `python src/run.py loss=dpo|ipo|simpo|rmipo`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 
 from prefopt.errors import ConfigError
-from prefopt.train.logps import pair_batch_logps, response_logps, settle_sharing
+from prefopt.train.logps import pair_batch_logps
 from prefopt.train.checkpointing import fill_frozen, trainable_only
+from prefopt.train.frozen import FrozenScorers
 from prefopt.train.gather import is_sharded
 from prefopt.losses import PairLogps, PreferenceLoss
-from prefopt.models.setup import is_lora
 from prefopt.train.optim import Factory, default_factories, takes, warmup_cosine  # noqa: F401 (warmup_cosine: re-exported)
 
 
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of the model with no gradients, in eval mode (dropout off): the reference policy."""
-    ref = copy.deepcopy(model)
-    ref.requires_grad_(False)
-    return ref.eval()
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """`model` in eval mode (dropout off) for the duration, then back in the mode it was in."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 class PreferenceModule(L.LightningModule):
-    """Trains `policy` with `loss`; builds the frozen reference only when the loss needs it."""
+    """Trains `policy` with `loss`; its frozen side (`self.frozen`) builds a reference only when the loss needs one."""
 
     def __init__(
         self,
@@ -76,79 +55,9 @@ class PreferenceModule(L.LightningModule):
         self.loss_fn = loss
         defaults = default_factories(lr, weight_decay, adam_betas, warmup_ratio, min_lr_ratio)
         self.make_optimizer, self.make_scheduler = optimizer or defaults[0], scheduler or defaults[1]
-        needs_frozen = bool(self.frozen_kinds())
-        # with LoRA the starting policy is the policy with its adapters disabled: no second copy
-        self.adapter_reference = needs_frozen and reference is None and is_lora(policy)
-        self.reference = None
-        if needs_frozen and not self.adapter_reference:
-            self.reference = reference or frozen_copy(policy)
-        self.share_prompt = share_prompt
-        self._share: bool | str | None = None  # decided at the first pass (after a strategy wrapped the model)
-        self._tables: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, split) -> buffer names
-        self._checked: set[tuple[str, str]] = set()
+        # the reference copy (when the loss needs one) becomes this module's child `reference`
+        self.frozen = FrozenScorers(self, policy, loss, share_prompt, reference)
         self._total_steps: int | None = None  # optimizer steps of this fit, set by configure_optimizers
-
-    # ---- log-probs of the frozen starting policy: live passes or cached tables -------------------
-
-    def frozen_kinds(self) -> list[str]:
-        """Which log-probs of the frozen starting policy the loss needs: "reference", "marginal"."""
-        kinds = ["reference"] if self.loss_fn.needs_reference else []
-        if self.loss_fn.needs_marginal and self.loss_fn.marginal_source == "reference":
-            kinds.append("marginal")
-        return kinds
-
-    def use_logp_table(self, kind: str, split: str, logps: Tensor, tokens: Tensor) -> None:
-        """Serve `kind` log-probs of dataset `split` ("train" | "eval") from a table instead of a pass.
-
-        logps: (N, 2) float summed log-probs [chosen, rejected] of pair index 0..N-1; tokens: (N, 2) the
-        token counts they were summed over (checked against the batch on first use).
-        """
-        if kind not in ("reference", "marginal") or split not in ("train", "eval"):
-            raise ValueError(f"unknown log-prob table kind={kind!r} split={split!r}")
-        if logps.shape != tokens.shape or logps.ndim != 2 or logps.shape[1] != 2:
-            raise ValueError(
-                f"a log-prob table is (N, 2) logps and tokens, got {tuple(logps.shape)}, {tuple(tokens.shape)}"
-            )
-        names = (f"_table_{kind}_{split}_logps", f"_table_{kind}_{split}_tokens")
-        self.register_buffer(names[0], logps.float(), persistent=False)
-        self.register_buffer(names[1], tokens.long(), persistent=False)
-        self._tables[(kind, split)] = names
-        self._checked.discard((kind, split))
-
-    def has_tables(self, kind: str) -> bool:
-        return all((kind, split) in self._tables for split in ("train", "eval"))
-
-    def release_reference(self) -> bool:
-        """Drop the frozen copy when tables cover every frozen log-prob the loss needs; True if dropped."""
-        if self.reference is None or not all(self.has_tables(kind) for kind in self.frozen_kinds()):
-            return False
-        self.reference = None
-        return True
-
-    def _from_table(self, kind: str, split: str, batch: dict[str, Tensor], tokens: Tensor):
-        """(logps (2B,), tokens (2B,)) of `kind` for the batch's pairs, or None without a table."""
-        names = self._tables.get((kind, split))
-        if names is None:
-            return None
-        table, counts = getattr(self, names[0]), getattr(self, names[1])
-        index = batch["index"].to(table.device)
-        first_use = (kind, split) not in self._checked  # check once per table (a check syncs a GPU)
-        if first_use and index.numel() and int(index.max()) >= table.shape[0]:
-            raise RuntimeError(
-                f"the cached {kind} log-prob table of the {split} split has {table.shape[0]} pairs but the batch "
-                f"asks for pair index {int(index.max())}: the cache does not belong to this dataset"
-            )
-        logps = torch.cat([table[index, 0], table[index, 1]])
-        cached_tokens = torch.cat([counts[index, 0], counts[index, 1]])
-        if first_use:  # the table belongs to these pairs: same token counts
-            if not torch.equal(cached_tokens, tokens.to(cached_tokens.device)):
-                raise RuntimeError(
-                    f"the cached {kind} log-probs of the {split} split were summed over other token counts than "
-                    "this batch's responses: the cache does not belong to this data (delete it, or set "
-                    "logp_cache=false)"
-                )
-            self._checked.add((kind, split))
-        return logps, cached_tokens
 
     def train(self, mode: bool = True) -> "PreferenceModule":
         super().train(mode)
@@ -156,77 +65,14 @@ class PreferenceModule(L.LightningModule):
             self.reference.eval()  # the reference never leaves eval mode
         return self
 
-    @contextmanager
-    def frozen_scorer(self, kind: str = "reference") -> Iterator[torch.nn.Module]:
-        """The starting policy for no-gradient passes: the frozen copy, or (LoRA) the policy with its
-        adapters disabled and in eval mode for the duration."""
-        if self.reference is not None:
-            yield self.reference
-            return
-        if not self.adapter_reference:
-            raise RuntimeError(
-                f"the loss needs {kind} log-probs of the starting policy, but the reference model was released "
-                "and no cached table covers this split"
-            )
-        with eval_mode(self.policy), self.policy.disable_adapter():
-            yield self.policy
-
-    def shares_prompt(self) -> bool | str:
-        """Whether passes run each prompt once for both responses: `share_prompt` (true, false, or "auto":
-        batches with long enough prompts), but never under activation checkpointing (HF's or FSDP's): a
-        recomputed layer would append to the prompt's key/value cache a second time; nor under FSDP /
-        ZeRO-3, which gather weights in every pass, so all ranks must run the same passes while "auto"
-        decides per batch (prompt lengths differ by rank)."""
-        if self._share is None:
-            checkpointed = any(
-                getattr(m, "gradient_checkpointing", False) is True or type(m).__name__ == "CheckpointWrapper"
-                for m in self.policy.modules()
-            )
-            sharded = self._trainer is not None and is_sharded(self._trainer.strategy)
-            self._share = False if checkpointed or sharded else self.share_prompt
-        return self._share
-
     def pair_logps(self, batch: dict[str, Tensor], split: str = "train") -> PairLogps:
-        """Policy log-probs of chosen and rejected in one forward, plus what the loss declares it needs.
-
-        `split` ("train" | "eval") picks the cached tables that `batch["index"]` points into.
-        """
+        """Policy log-probs of chosen and rejected in one forward, plus the reference and marginal ones
+        the loss declares it needs (from `self.frozen`; `split` "train" | "eval" picks its tables)."""
         n = batch["index"].shape[0]
-        share = self._share = settle_sharing(self.policy, batch, self.shares_prompt())
+        share = self.frozen.sharing(batch)
         logps, tokens = pair_batch_logps(self.policy, batch, share)
-        fields: dict[str, Any] = dict(
-            chosen=logps[:n], rejected=logps[n:], chosen_tokens=tokens[:n], rejected_tokens=tokens[n:]
-        )
-        if self.loss_fn.needs_reference:
-            cached = self._from_table("reference", split, batch, tokens)
-            if cached is not None:
-                ref = cached[0]
-            else:
-                with torch.no_grad(), self.frozen_scorer("reference") as scorer:
-                    ref, _ = pair_batch_logps(scorer, batch, share)
-            fields.update(ref_chosen=ref[:n], ref_rejected=ref[n:])
-        if self.loss_fn.needs_marginal:
-            frozen = self.loss_fn.marginal_source == "reference"
-            cached = self._from_table("marginal", split, batch, tokens) if frozen else None
-            if cached is not None:
-                marg, marg_tokens = cached
-            else:
-                # the live marginal pass is a measurement, not a training pass: no dropout noise in δ
-                scope = self.frozen_scorer("marginal") if frozen else eval_mode(self.policy)
-                with torch.no_grad(), scope as scorer:
-                    marg, marg_tokens = response_logps(
-                        scorer,
-                        batch["marginal_input_ids"],
-                        batch["marginal_attention_mask"],
-                        batch["marginal_score_mask"],
-                    )
-            fields.update(
-                marginal_chosen=marg[:n],
-                marginal_rejected=marg[n:],
-                marginal_chosen_tokens=marg_tokens[:n],
-                marginal_rejected_tokens=marg_tokens[n:],
-            )
-        return PairLogps(**fields)
+        return PairLogps(chosen=logps[:n], rejected=logps[n:], chosen_tokens=tokens[:n], rejected_tokens=tokens[n:],
+                         **self.frozen.logps(batch, split, tokens, share))
 
     def progress(self) -> float:
         """Share of training done, by optimizer steps: global step / (total steps - 1), so 0 during the

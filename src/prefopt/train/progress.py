@@ -19,13 +19,17 @@ from typing import IO, Any
 
 from lightning.pytorch.callbacks import Callback
 
+from prefopt.log import get_logger
+
+log = get_logger()
+
 
 def quiet_lightning() -> None:
     """Keep Lightning's start-up chatter (GPU/TPU availability, tips) out of the run's output."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        log = logging.getLogger(name)
-        log.setLevel(logging.WARNING)
-        log.propagate = False
+        chatter = logging.getLogger(name)
+        chatter.setLevel(logging.WARNING)
+        chatter.propagate = False
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # the frozen reference
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -97,7 +101,7 @@ class StepProgressBar(Callback):
             total = f"/{self.total}" if self.total else ""
             post = "".join(f", {k} {v}" for k, v in self._postfix(trainer).items())
             rate = step / max(time.time() - self.started, 1e-9)
-            print(f"[prefopt] {self.desc}: step {step}{total}{post} ({rate:.1f} steps/s)", flush=True)
+            log.info(f"{self.desc}: step {step}{total}{post} ({rate:.1f} steps/s)")
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.bar is not None:

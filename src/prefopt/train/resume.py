@@ -20,7 +20,6 @@ just before a kill cut `last.ckpt` short still counts; none is an error), `last_
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefopt.store.cache import fingerprint
 from prefopt.errors import ResumeMismatch
+from prefopt.log import get_logger
 
+log = get_logger()
 RECORD_KEY = "prefopt_run"
 RECORD_VERSION = 1
 # config keys a resumed run may change: how long and how it trains no further, where it writes, what it logs
@@ -100,8 +101,8 @@ def recorded_pin(ckpt: str | None) -> dict[str, Any] | None:
     pin = (read_record(Path(ckpt)) or {}).get("pin")
     if pin:
         settings = ", ".join(f"data.source.{k}={v}" for k, v in pin.items())
-        print(f"[prefopt] resuming from {ckpt}: reading the data as its run did ({settings}; rows added since "
-              "are left out)")
+        log.info(f"resuming from {ckpt}: reading the data as its run did ({settings}; rows added since "
+                 "are left out)")
     return pin or None
 
 
@@ -116,8 +117,7 @@ def check_pin(pin: dict[str, Any], now: dict[str, Any] | None, ckpt: str) -> Non
 def check_record(saved: dict[str, Any] | None, now: dict[str, Any], ckpt: str) -> None:
     """Raise ResumeMismatch (one line) when the checkpoint's record differs from this run's."""
     if saved is None:
-        print(f"[prefopt] warning: {ckpt} records no run (saved by an older prefopt): resumed unchecked",
-              file=sys.stderr)
+        log.warning(f"warning: {ckpt} records no run (saved by an older prefopt): resumed unchecked")
         return
     changed = differences(saved, now)
     if changed:
@@ -173,7 +173,7 @@ def last_checkpoint(output_dir: Path) -> Path | None:
         problem = _why_unreadable(ckpt)
         if problem is None:
             return ckpt
-        print(f"[prefopt] skipping {ckpt}: unreadable ({problem}), probably cut short by a kill", file=sys.stderr)
+        log.warning(f"skipping {ckpt}: unreadable ({problem}), probably cut short by a kill")
     return None
 
 
@@ -186,7 +186,7 @@ def resolve_ckpt_path(value: str | None, output_dir: Path) -> str | None:
         if found is not None:
             return str(found)
         if value == "last_or_fresh":
-            print(f"[prefopt] ckpt_path=last_or_fresh: no checkpoint in {output_dir / 'checkpoints'}, starting fresh")
+            log.info(f"ckpt_path=last_or_fresh: no checkpoint in {output_dir / 'checkpoints'}, starting fresh")
             return None
         raise ResumeMismatch(f"ckpt_path=last: {output_dir / 'checkpoints'} has no readable checkpoint, so there is "
                              "nothing to resume; set hydra.run.dir to the interrupted run's folder, or use "

@@ -14,6 +14,7 @@ Exercised by `pytest tests/test_signals.py`.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -21,7 +22,26 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from prefopt.log import PLAIN, get_logger, is_rank_zero
+
+log = get_logger()
 HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+def _say(text: str) -> None:
+    """A signal handler's line (rank 0 only), written without `logging`. The handler runs between two
+    bytecodes of whatever the main thread was doing, possibly in the middle of a log call: logging would
+    re-enter its handler lock (an RLock, so it goes on) and write into a stream half-way through a write,
+    and its errors end as a "--- Logging error ---" traceback. A plain write to sys.stderr (the console,
+    and run.log through `ConsoleLog`) is the least that can go wrong; if even that is refused (a buffered
+    stream interrupted mid-write raises "reentrant call"), the bytes go straight to file descriptor 2."""
+    if not is_rank_zero():
+        return
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (RuntimeError, OSError, ValueError):
+        os.write(2, text.encode("utf-8", "replace"))
 
 
 class Interrupted(BaseException):
@@ -63,8 +83,8 @@ class InterruptGuard(Callback):
         self.signum = signum
         if not self.training or again:  # nothing to save, or the user insists
             raise Interrupted(signum, self.step, None)
-        print(f"\n[prefopt] {signal.Signals(signum).name}: stopping after this step with a checkpoint "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        _say(f"\n[prefopt] {signal.Signals(signum).name}: stopping after this step with a checkpoint "
+             "(send it again to stop at once)\n")
 
     # ---- Lightning hooks ------------------------------------------------------------------------
     def install_over_lightning(self) -> None:
@@ -155,5 +175,5 @@ def record_interrupt(stop: Interrupted, output_dir: Path, overrides: list[str], 
         write_results(output_dir / "results.json", status="interrupted", signal=signame, step=stop.step,
                       checkpoint=stop.checkpoint, error=f"interrupted by {signame} at step {stop.step}",
                       metrics={}, **record)
-        print(resume_hint(stop, overrides, output_dir), file=sys.stderr, flush=True)
+        log.warning(resume_hint(stop, overrides, output_dir), extra=PLAIN)  # the hint carries its "[prefopt]"
     raise SystemExit(stop.exit_code)

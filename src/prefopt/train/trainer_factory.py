@@ -30,10 +30,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefopt.train.clipping import GradientClipper
 from prefopt.errors import ConfigError
+from prefopt.log import get_logger
 from prefopt.train.guards import FiniteGuard
 from prefopt.train.perf import ThroughputMonitor
 from prefopt.train.progress import StepProgressBar
 from prefopt.train.signals import slurm_plugins
+
+log = get_logger()
 
 
 def decoder_layer_classes(model: torch.nn.Module) -> set[type]:
@@ -103,8 +106,8 @@ class DataFitCheck(Callback):
                             len(datamodule.train_dataset) if datamodule.train_dataset is not None else None)
         interval = trainer.val_check_interval
         if isinstance(interval, int) and interval > batches and trainer.check_val_every_n_epoch is not None:
-            print(f"[prefopt] trainer.val_check_interval={interval} batches is longer than an epoch "
-                  f"({batches} batches per device): validating every {batches} batches instead")
+            log.info(f"trainer.val_check_interval={interval} batches is longer than an epoch "
+                     f"({batches} batches per device): validating every {batches} batches instead")
             trainer.val_check_interval = batches
 
 
@@ -197,6 +200,6 @@ def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: s
     if effective:
         accumulate = accumulation_for(int(effective), trainer.world_size, int(cfg.data.batch_size))
         trainer = make(accumulate)
-        print(f"[prefopt] effective batch {effective} = {trainer.world_size} device(s) × "
-              f"{cfg.data.batch_size} per device × {accumulate} accumulation steps")
+        log.info(f"effective batch {effective} = {trainer.world_size} device(s) × "
+                 f"{cfg.data.batch_size} per device × {accumulate} accumulation steps")
     return trainer
