@@ -125,15 +125,19 @@ def evaluate(
         pi_ref = sequence_logps(reference, prompt_ids, ours, pad_id, batch_size)
     eos = tokenizer.eos_token_id
     lengths = [len(r) - (1 if r and r[-1] == eos else 0) for r in ours]
-    metrics = {
+    samples = [
+        {"prompt": p, "response": t, "reference_response": rt, "reward": r}
+        for p, t, rt, r in list(zip(prompts, texts, ref_texts, rewards))[:n_samples]
+    ]
+    return _metrics(rewards, ref_rewards, pi, pi_ref, lengths), samples
+
+
+def _metrics(rewards: list[float], ref_rewards: list[float], pi, pi_ref, lengths: list[int]) -> dict[str, float]:
+    """The eval/* metrics of `evaluate` from the rewards, sequence log-probs and response lengths."""
+    return {
         "eval/oracle_reward": sum(rewards) / len(rewards),
         "eval/oracle_reward_start": sum(ref_rewards) / len(ref_rewards),
         "eval/win_rate": win_rate(rewards, ref_rewards),
         "eval/kl": kl_estimate(pi, pi_ref),
         "eval/length": sum(lengths) / len(lengths),
     }
-    samples = [
-        {"prompt": p, "response": t, "reference_response": rt, "reward": r}
-        for p, t, rt, r in list(zip(prompts, texts, ref_texts, rewards))[:n_samples]
-    ]
-    return metrics, samples

@@ -154,9 +154,8 @@ def _trainer_summary(kwargs: dict[str, Any]) -> str:
     return f"accelerator={kwargs.get('accelerator', 'auto')}, devices={kwargs.get('devices', 'auto')}, strategy={name}"
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: str,
-                  model: torch.nn.Module | None = None, extra_callbacks: list[Any] = ()) -> L.Trainer:
-    checkpoints = output_dir / "checkpoints"
+def _callbacks(cfg: DictConfig, checkpoints: Path, desc: str, extra_callbacks: list[Any]) -> list[Any]:
+    """Progress, the finite-loss guard, throughput, the data-fit check and (if enabled) checkpoints."""
     callbacks: list[Any] = [
         *extra_callbacks,
         StepProgressBar(desc),
@@ -168,38 +167,49 @@ def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: s
         from prefopt.train.checkpointing import checkpoint_callback
 
         callbacks.append(checkpoint_callback(cfg, checkpoints))  # last.ckpt + the newest checkpoint.keep periodic
+    return callbacks
+
+
+def _make_trainer(cfg: DictConfig, kwargs: dict[str, Any], accumulate: int, loggers: list[Any],
+                  callbacks: list[Any], output_dir: Path) -> L.Trainer:
+    """A lightning.Trainer from the trainer group's arguments; settings this machine cannot run are a
+    ConfigError line."""
+    extra = {"accumulate_grad_batches": accumulate}
+    if kwargs.get("val_check_interval") is None and kwargs.get("max_steps", -1) > 0:
+        # a few validations, the last after the last optimizer step (counted in batches across epochs)
+        extra["val_check_interval"] = validation_steps(kwargs["max_steps"]) * accumulate
+    try:
+        return L.Trainer(
+            **{**kwargs, **extra},
+            logger=loggers or False,
+            callbacks=callbacks,
+            enable_checkpointing=bool(cfg.checkpoint.enabled),
+            enable_progress_bar=False,
+            use_distributed_sampler=False,  # PreferenceDataModule shards the data itself (data/sampler.py)
+            default_root_dir=str(output_dir),
+        )
+    except (ValueError, MisconfigurationException, RuntimeError) as err:  # e.g. fsdp on a CPU, no GPU
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"the trainer settings do not work on this machine: {first} "
+                          f"(trainer: {_trainer_summary(kwargs)})") from None
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: str,
+                  model: torch.nn.Module | None = None, extra_callbacks: list[Any] = ()) -> L.Trainer:
+    """The run's Trainer: the trainer group's arguments with our strategy, clipping and SLURM plugins;
+    built again with the accumulation that `data.effective_batch_size` asks for once the world size is known."""
+    callbacks = _callbacks(cfg, output_dir / "checkpoints", desc, list(extra_callbacks))
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.pop("_target_", None)
     kwargs["strategy"] = build_strategy(kwargs.get("strategy", "auto"), model)
     callbacks.extend(take_clipping(kwargs))
     if not kwargs.get("plugins"):  # under SLURM: requeue on SIGUSR1 and resume (prefopt.train.signals)
         kwargs["plugins"] = slurm_plugins() or None
-
-    def make(accumulate: int) -> L.Trainer:
-        extra = {"accumulate_grad_batches": accumulate}
-        if kwargs.get("val_check_interval") is None and kwargs.get("max_steps", -1) > 0:
-            # a few validations, the last after the last optimizer step (counted in batches across epochs)
-            extra["val_check_interval"] = validation_steps(kwargs["max_steps"]) * accumulate
-        try:
-            return L.Trainer(
-                **{**kwargs, **extra},
-                logger=loggers or False,
-                callbacks=callbacks,
-                enable_checkpointing=bool(cfg.checkpoint.enabled),
-                enable_progress_bar=False,
-                use_distributed_sampler=False,  # PreferenceDataModule shards the data itself (data/sampler.py)
-                default_root_dir=str(output_dir),
-            )
-        except (ValueError, MisconfigurationException, RuntimeError) as err:  # e.g. fsdp on a CPU, no GPU
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"the trainer settings do not work on this machine: {first} "
-                              f"(trainer: {_trainer_summary(kwargs)})") from None
-
-    trainer = make(int(kwargs.get("accumulate_grad_batches", 1)))
+    trainer = _make_trainer(cfg, kwargs, int(kwargs.get("accumulate_grad_batches", 1)), loggers, callbacks, output_dir)
     effective = cfg.data.get("effective_batch_size")
     if effective:
         accumulate = accumulation_for(int(effective), trainer.world_size, int(cfg.data.batch_size))
-        trainer = make(accumulate)
+        trainer = _make_trainer(cfg, kwargs, accumulate, loggers, callbacks, output_dir)
         log.info(f"effective batch {effective} = {trainer.world_size} device(s) × "
                  f"{cfg.data.batch_size} per device × {accumulate} accumulation steps")
     return trainer
