@@ -189,7 +189,7 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
         accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
         cfg = OmegaConf.create({"logp_cache": True, "trainer": {"accelerator": accelerator, "precision": "32-true"}})
         t0 = time.perf_counter()
-        cache = attach_caches(cfg, module, data, cache_root)["logp_cache"]
+        cache = attach_caches(cfg, module.frozen, data, cache_root)["logp_cache"]
         info.update(cache_build_s=time.perf_counter() - t0, reference_released=cache["reference_released"])
 
     class GateCallback(L.Callback):

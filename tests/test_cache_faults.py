@@ -221,7 +221,7 @@ def test_zeroed_reference_table_is_rebuilt(tmp_path, capsys):
     tok = build_sort_tokenizer()
     dm = data(tok)
     first = PreferenceModule(model(tok), DPOLoss())
-    attach_caches(CFG, first, dm, tmp_path)
+    attach_caches(CFG, first.frozen, dm, tmp_path)
     expected = first._table_reference_train_logps.clone()  # the loaded table maps the file
     table = next(tmp_path.glob("logps/reference-*/train.safetensors"))
     raw = table.read_bytes()
@@ -229,7 +229,7 @@ def test_zeroed_reference_table_is_rebuilt(tmp_path, capsys):
     table.write_bytes(raw[:header] + bytes(len(raw) - header))  # loads fine, every log-prob 0
     cache._verified.clear()
     second = PreferenceModule(model(tok), DPOLoss())
-    info = attach_caches(OmegaConf.create(CFG), second, dm, tmp_path)["logp_cache"]
+    info = attach_caches(OmegaConf.create(CFG), second.frozen, dm, tmp_path)["logp_cache"]
     assert info["tables"]["reference"]["status"] == "built"
     assert "train.safetensors does not match its checksum" in capsys.readouterr().err
     assert torch.equal(second._table_reference_train_logps, expected)

@@ -70,7 +70,7 @@ def test_cached_equals_live_and_the_second_run_hits(tok, tmp_path, kind, make_lo
     dm = data(tok)
     live = PreferenceModule(model(tok), make_loss())
     first = PreferenceModule(model(tok), make_loss())
-    info = attach_caches(CFG, first, dm, tmp_path)["logp_cache"]
+    info = attach_caches(CFG, first.frozen, dm, tmp_path)["logp_cache"]
     assert info["used"] and info["reference_released"] and info["tables"][kind]["status"] == "built"
     assert first.reference is None
     for split in ("train", "eval"):
@@ -78,7 +78,7 @@ def test_cached_equals_live_and_the_second_run_hits(tok, tmp_path, kind, make_lo
         torch.testing.assert_close(getattr(first, f"_table_{kind}_{split}_logps"), expected, rtol=1e-5, atol=1e-5)
         assert torch.equal(getattr(first, f"_table_{kind}_{split}_tokens"), counts)
     second = PreferenceModule(model(tok), make_loss())
-    again = attach_caches(CFG, second, dm, tmp_path)["logp_cache"]
+    again = attach_caches(CFG, second.frozen, dm, tmp_path)["logp_cache"]
     assert again["tables"][kind] == {**again["tables"][kind], "status": "hit", "key": info["tables"][kind]["key"]}
     assert second.reference is None
     batch = next(iter(dm.loader("train", shuffle=True)))
@@ -87,14 +87,14 @@ def test_cached_equals_live_and_the_second_run_hits(tok, tmp_path, kind, make_lo
 
 def test_dpo_and_ipo_share_the_reference_table(tok, tmp_path):
     dm = data(tok)
-    a = attach_caches(CFG, PreferenceModule(model(tok), DPOLoss()), dm, tmp_path)["logp_cache"]
-    b = attach_caches(CFG, PreferenceModule(model(tok), IPOLoss()), dm, tmp_path)["logp_cache"]
+    a = attach_caches(CFG, PreferenceModule(model(tok), DPOLoss()).frozen, dm, tmp_path)["logp_cache"]
+    b = attach_caches(CFG, PreferenceModule(model(tok), IPOLoss()).frozen, dm, tmp_path)["logp_cache"]
     assert b["tables"]["reference"]["status"] == "hit"
     assert a["tables"]["reference"]["key"] == b["tables"]["reference"]["key"]
 
 
 def test_changed_data_model_or_truncation_misses(tok, tmp_path):
-    base = attach_caches(CFG, PreferenceModule(model(tok), DPOLoss()), data(tok), tmp_path)["logp_cache"]
+    base = attach_caches(CFG, PreferenceModule(model(tok), DPOLoss()).frozen, data(tok), tmp_path)["logp_cache"]
     key = base["tables"]["reference"]["key"]
     changed_rows = sort_rows(10)
     changed_rows[3] = {**changed_rows[3], "rejected": changed_rows[3]["rejected"] + "9"}
@@ -105,11 +105,11 @@ def test_changed_data_model_or_truncation_misses(tok, tmp_path):
     }
     assert data(tok).train_dataset.items == data(tok, max_length=30).train_dataset.items  # ids alike
     for name, (policy, dm) in variants.items():
-        info = attach_caches(CFG, PreferenceModule(policy, DPOLoss()), dm, tmp_path)["logp_cache"]
+        info = attach_caches(CFG, PreferenceModule(policy, DPOLoss()).frozen, dm, tmp_path)["logp_cache"]
         assert info["tables"]["reference"]["status"] == "built", name
         assert info["tables"]["reference"]["key"] != key, name
     # the batch size of the run is not part of the key: the tables are per pair
-    same = attach_caches(CFG, PreferenceModule(model(tok), DPOLoss()), data(tok, batch_size=2), tmp_path)
+    same = attach_caches(CFG, PreferenceModule(model(tok), DPOLoss()).frozen, data(tok, batch_size=2), tmp_path)
     assert same["logp_cache"]["tables"]["reference"]["status"] == "hit"
 
 
@@ -123,11 +123,11 @@ def test_a_lora_run_builds_base_model_tables_that_a_full_run_hits(tok, tmp_path)
         for name, p in lora.policy.named_parameters():
             if "lora_B" in name:
                 p.normal_()  # adapters that change the output: the tables must not see them
-    info = attach_caches(CFG, lora, dm, tmp_path)["logp_cache"]
+    info = attach_caches(CFG, lora.frozen, dm, tmp_path)["logp_cache"]
     assert info["tables"]["reference"]["status"] == "built" and lora.policy.training
     full = PreferenceModule(model(tok), DPOLoss())
     expected, _ = live_frozen_logps(full, dm, "train", "reference")
-    again = attach_caches(CFG, full, dm, tmp_path)["logp_cache"]
+    again = attach_caches(CFG, full.frozen, dm, tmp_path)["logp_cache"]
     assert again["tables"]["reference"]["status"] == "hit"
     torch.testing.assert_close(lora._table_reference_train_logps, expected, rtol=1e-5, atol=1e-5)
 
@@ -143,11 +143,11 @@ def test_weights_fingerprint_sees_a_single_changed_number(tok):
 def test_off_or_not_needed_keeps_the_live_path(tok, tmp_path):
     off = OmegaConf.create({"logp_cache": False})
     module = PreferenceModule(model(tok), DPOLoss())
-    info = attach_caches(off, module, data(tok), tmp_path)["logp_cache"]
+    info = attach_caches(off, module.frozen, data(tok), tmp_path)["logp_cache"]
     assert info == {"enabled": False, "used": False, "tables": {}, "reason": "logp_cache=false"}
     assert module.reference is not None
     for loss in (SimPOLoss(), RMiPOLoss()):  # marginal=policy: the live policy scores π(y)
-        info = attach_caches(OmegaConf.create({}), PreferenceModule(model(tok), loss), data(tok), tmp_path)
+        info = attach_caches(OmegaConf.create({}), PreferenceModule(model(tok), loss).frozen, data(tok), tmp_path)
         assert info["logp_cache"]["enabled"] and not info["logp_cache"]["used"]
     assert not (tmp_path / "logps").exists()
 

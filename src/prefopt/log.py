@@ -29,8 +29,12 @@ def _rank() -> int:
     env. Lightning is never imported here (that would cost an early `error: ...` line seconds of torch)."""
     lightning_rank = sys.modules.get("lightning.fabric.utilities.rank_zero")
     rank = getattr(getattr(lightning_rank, "rank_zero_only", None), "rank", None)
-    if rank is not None:
-        return int(rank)
+    return int(rank) if rank is not None else env_rank()
+
+
+def env_rank() -> int:
+    """The global rank the launcher gives this process (torchrun's RANK, SLURM's SLURM_PROCID, Lightning's
+    LOCAL_RANK for processes it starts); 0 outside a data-parallel run."""
     for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])

@@ -4,9 +4,9 @@
 unknown keys with the valid ones named, wrong types, values out of range), the trainer against
 `lightning.Trainer`'s arguments, and the `_target_` components (loss, data.source, optim.optimizer and
 scheduler) against their constructors; an unset `???` value is named too. All problems are raised
-together as one `ConfigError`, one line each. Called first thing by `prefopt.run.steps`;
-`check_required` (unset values only) by `prefopt.run.runner`; `override_problems` by `src/run.py` on the
-command line, before Hydra composes. Exercised by `pytest tests/test_validate.py tests/test_schema.py`.
+together as one `ConfigError`, one line each. Called first thing by `prefopt.run.runner` (before
+preflight); `override_problems` by `src/run.py` on the command line, before Hydra composes;
+`check_required` (unset values only) is the same check of `???` values on its own. Exercised by `pytest tests/test_validate.py tests/test_schema.py`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ loss=dpo,rmipo` and `pytest tests/test_run.py tests/test_signals.py tests/test_r
 from __future__ import annotations
 
 import gc
-import os
 import time
 import traceback
 from pathlib import Path
@@ -20,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.log import PLAIN, get_logger
+from prefopt.log import PLAIN, env_rank, get_logger
 from prefopt.run import steps
 from prefopt.config.components import ConfigError
 from prefopt.train.loggers import sweep_group
@@ -46,11 +45,6 @@ def _hydra_context() -> tuple[Path, bool, str]:
     multirun = hc.mode == RunMode.MULTIRUN
     group = sweep_group(hc.sweep.dir if multirun else None, hc.runtime.choices.get("sweep"))
     return Path(hc.runtime.output_dir), multirun, group
-
-
-def global_rank() -> int:
-    """This process's rank in a data-parallel run (0 when there is none)."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", os.environ.get("LOCAL_RANK", "0"))))
 
 
 def print_summary(metrics: dict[str, float], output_dir: Path) -> None:
@@ -154,7 +148,7 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
     if (previous := _completed_metrics(output_dir)) is not None:
         return previous
     stop_if_unwritable(output_dir)  # before anything writes there: one line, exit 1
-    console = ConsoleLog(output_dir / "run.log") if global_rank() == 0 else None  # the console, kept
+    console = ConsoleLog(output_dir / "run.log") if env_rank() == 0 else None  # the console, kept
     fill_method(cfg, HydraConfig.get().runtime.choices.get("loss"))
     outcome = RunOutcome(interrupts=InterruptGuard(bool(cfg.checkpoint.enabled)).install())
     record = dict(config=OmegaConf.to_container(cfg, resolve=False), seed=cfg.seed)
@@ -163,16 +157,16 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
         record["config"] = OmegaConf.to_container(cfg, resolve=True)
         outcome.ckpt_path = preflight(cfg, output_dir)  # the cache, and what ckpt_path resumes
         metrics = train_and_evaluate(cfg, output_dir, group, outcome)
-        if global_rank() == 0:
+        if env_rank() == 0:
             _record_completed(output_dir, metrics, outcome, started, record)
         return metrics
     except Interrupted as stop:  # SIGINT / SIGTERM: results say so, then exit 130 / 143
         outcome.status, outcome.error = "interrupted", str(stop)
-        record_interrupt(stop, output_dir, list(HydraConfig.get().overrides.task), global_rank(),
+        record_interrupt(stop, output_dir, list(HydraConfig.get().overrides.task), env_rank(),
                          info=outcome.info, wall_time_s=time.time() - started, **record)
     except BaseException as err:
         outcome.error = _failure_message(err)
-        if global_rank() != 0:
+        if env_rank() != 0:
             raise
         _write_failure(output_dir / "results.json", err, outcome, started, record)
         if not _goes_on(err, outcome.error, multirun):

@@ -285,13 +285,12 @@ def attach_caches(cfg: Any, frozen: Any, data: Any, cache_root: Path, collective
                   device: torch.device | None = None) -> dict[str, Any]:
     """Serve the loss's frozen log-probs from on-disk tables (building them once) and drop the reference.
 
-    `frozen`: a prefopt.train.frozen.FrozenScorers (or a PreferenceModule, whose `frozen` it takes);
-    the tables are built with its starting policy and handed to it. `collective` (a Lightning strategy
+    `frozen`: a module's prefopt.train.frozen.FrozenScorers; the tables are built with its starting
+    policy and handed to it. `collective` (a Lightning strategy
     in a data-parallel run) splits the build over the ranks.
     Returns {"logp_cache": {...}} for results.json: `enabled`, `used` (whether tables replace the frozen
     passes in this run), and per table kind its `status` (`hit` or `built`), `key`, `seconds`, `ranks`.
     """
-    frozen = getattr(frozen, "frozen", frozen)
     enabled = bool(cfg.get("logp_cache", True))
     info: dict[str, Any] = {"enabled": enabled, "used": False, "tables": {}}
     if not enabled or not frozen.kinds:
