@@ -343,3 +343,49 @@ def test_cli_writes_into_the_folder_and_fails_cleanly(multirun, tmp_path, capsys
     assert "no runs of method(s) ['simpo']" in capsys.readouterr().err
     assert cli["main"]([str(multirun), "--out", str(tmp_path / "two"), "--methods", "ipo,rmipo", "--boot", "50"]) == 0
     assert pd.read_csv(tmp_path / "two" / "sensitivity.csv")["method"].tolist() == ["ipo", "rmipo"]
+
+
+def test_a_price_on_drift_ranks_by_reward_minus_price_times_kl(tmp_path):
+    """sweep.price: the score becomes reward − price·KL per run; the best moves to the point whose
+    extra reward is worth its extra KL, and the report, grid and figure say what the score is."""
+    runs = make_runs({"dpo": {(0.1, 1e-4): [0.60, 0.62], (0.1, 3e-4): [0.70, 0.72], (0.1, 1e-3): [0.80, 0.82]}})
+    runs["eval/kl"] = runs["optim.lr"].map({1e-4: 5.0, 3e-4: 20.0, 1e-3: 120.0})
+    runs["sweep.price"] = 0.002
+    settings = study_settings(runs)
+    assert (settings.price, settings.price_metric) == (0.002, "eval/kl")
+    from prefopt.analysis.runs import priced_score
+
+    priced = priced_score(runs, settings)
+    assert settings.score == "eval/oracle_reward-0.002*eval/kl" and settings.reward == "eval/oracle_reward"
+    # by hand: 0.61 − 0.01 = 0.60; 0.71 − 0.04 = 0.67; 0.81 − 0.24 = 0.57: the middle lr is best
+    summary = method_summary(priced, settings).set_index("method")
+    assert summary.loc["dpo", "best"] == pytest.approx(0.67)
+    assert "lr=0.0003" in summary.loc["dpo", "best_point"]
+    unpriced = method_summary(runs, study_settings(runs.drop(columns="sweep.price"))).set_index("method")
+    assert unpriced.loc["dpo", "best"] == pytest.approx(0.81)  # without the price: the largest lr
+    grid = grid_table(priced, settings)
+    assert grid["eval/oracle_reward"].tolist() == pytest.approx([0.61, 0.71, 0.81])
+    text = markdown_report(priced, settings, summary.reset_index(), pd.DataFrame(columns=PAIR_COLUMNS), grid)
+    assert "minus 0.002 per nat of `eval/kl`" in text and "| oracle_reward |" in text
+    with pytest.raises(ValueError, match="sweep.price must be >= 0"):
+        priced_score(runs, study_settings(runs, price=-1.0))
+    with pytest.raises(KeyError, match="needs the metric 'eval/kl'"):
+        priced_score(runs.drop(columns="eval/kl"), study_settings(runs))
+
+
+def test_a_priced_study_regenerates_from_its_runs_csv(multirun, tmp_path):
+    """The priced column written to runs.csv is recomputed, not compounded, when the report is rebuilt."""
+    source = tmp_path / "priced"
+    import shutil
+
+    shutil.copytree(multirun, source)
+    for path in source.rglob("results.json"):
+        record = json.loads(path.read_text())
+        record["config"]["sweep"]["price"] = 0.01
+        path.write_text(json.dumps(record))
+    first = analyze(source, tmp_path / "report")
+    best = pd.read_csv(first["sensitivity.csv"]).set_index("method")["best"]
+    assert best["dpo"] == pytest.approx(0.82 - 0.01 * 9.0)  # β=1: reward .82 at KL 9 (write_run's KL)
+    again = analyze(first["runs.csv"], tmp_path / "again")
+    assert again["sensitivity.csv"].read_text() == first["sensitivity.csv"].read_text()
+    assert "minus 0.01 per nat" in again["sensitivity.md"].read_text()

@@ -96,10 +96,11 @@ MARKERS = ("o", "^", "s", "D", "v", "P")
 
 def plot_reward_vs_kl(
     runs: pd.DataFrame, score: str = "eval/oracle_reward", kl: str = "eval/kl", marker_by: str = "optim.lr",
-    path: str | Path | None = None,
+    path: str | Path | None = None, price: float | None = None,
 ) -> plt.Figure:
     """Every completed run as a point (KL to the starting policy, gold reward), coloured by method,
-    shaped by `marker_by` when it varies; the star is the starting policy (KL 0, its own reward)."""
+    shaped by `marker_by` when it varies; the star is the starting policy (KL 0, its own reward). With a
+    `price` (reward per unit of KL), dotted lines of slope `price` join points of equal priced score."""
     done = completed(runs).dropna(subset=[score, kl])
     shapes = sorted(done[marker_by].dropna().unique()) if marker_by in done and done[marker_by].nunique() > 1 else []
     fig, ax = plt.subplots(figsize=(7, 4.8), layout="constrained")
@@ -115,12 +116,24 @@ def plot_reward_vs_kl(
     if "eval/oracle_reward_start" in done:
         ax.scatter([0.0], [done["eval/oracle_reward_start"].mean()], marker="*", s=250, color="black",
                    label="start policy", zorder=5)
+    if price is not None and price > 0 and len(done):
+        _iso_price_lines(ax, done[kl], done[score], price)
     ax.set_xlabel(label(kl))
     ax.set_ylabel(label(score))
     ax.set_title("gold reward vs KL, one point per run")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def _iso_price_lines(ax: plt.Axes, kl: pd.Series, reward: pd.Series, price: float) -> None:
+    """Dotted lines reward = c + price·KL through the data's range: along each, the priced score is c."""
+    x = np.array([0.0, float(kl.max()) * 1.05])
+    priced = reward - price * kl
+    for level in np.linspace(priced.min(), priced.max(), 5):
+        ax.plot(x, level + price * x, ls=":", lw=0.8, color="grey", zorder=0)
+    ax.plot([], [], ls=":", lw=0.8, color="grey", label=f"equal priced score (slope {price:g})")
+    ax.set_ylim(min(reward.min(), priced.min()) - 0.02, reward.max() + 0.02)
 
 
 def plot_training_curves(

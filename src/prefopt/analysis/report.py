@@ -68,7 +68,8 @@ def analyze(
         name = f"score_vs_{x.rsplit('.', 1)[-1]}.png"
         plot_score_vs_param(grid, x=x, score_label=settings.score, path=out / name)
         figures[name] = out / name
-    plot_reward_vs_kl(runs, score=settings.score, path=out / "reward_vs_kl.png")
+    plot_reward_vs_kl(runs, score=settings.reward or settings.score, kl=settings.price_metric, price=settings.price,
+                      path=out / "reward_vs_kl.png")
     figures["reward_vs_kl.png"] = out / "reward_vs_kl.png"
     if plot_training_curves(curves, runs, path=out / "training_margin_delta.png") is not None:
         figures["training_margin_delta.png"] = out / "training_margin_delta.png"
@@ -142,9 +143,10 @@ def markdown_report(
         "",
         _noise_line(runs, settings),
     ]
-    if "eval/oracle_reward_start" in done and settings.score == "eval/oracle_reward":
+    if "eval/oracle_reward_start" in done and (settings.reward or settings.score) == "eval/oracle_reward":
+        priced = " and priced score (its KL is 0)" if settings.price is not None else ""
         parts += ["", f"Starting policy: {_num(done['eval/oracle_reward_start'].mean())} "
-                      f"(the SFT policy's oracle reward on the same prompts)."]
+                      f"(the SFT policy's oracle reward{priced} on the same prompts)."]
     parts += ["", "## Per method", "", _summary_table(summary, settings)]
     parts += ["", "## Grid edges and windows", "", _edges(summary)]
     parts += ["", "## Differences between methods", "", _family(pairs, settings)]
@@ -164,10 +166,20 @@ def markdown_report(
     return "\n".join(parts) + "\n"
 
 
+def _price_sentence(settings: StudySettings) -> str:
+    """What the priced score is and why (empty without a price)."""
+    if settings.price is None:
+        return ""
+    return (f" (`{settings.reward}` minus {settings.price:g} per nat of `{settings.price_metric}`, the KL to the "
+            "starting policy: the KL-regularised objective E[r] − τ·KL with one τ for every method; its best "
+            "is where a method's reward–KL frontier has slope τ, so no method wins by drifting further; "
+            "the figure reward_vs_kl.png draws lines of equal priced score)")
+
+
 def _definitions(settings: StudySettings) -> str:
     window = " and ".join(f"±{v:g} decade of `{k}`" for k, v in settings.window.items())
     return (
-        f"Score: `{settings.score}`. The seed is the unit of replication: each statistic is computed on "
+        f"Score: `{settings.score}`{_price_sentence(settings)}. The seed is the unit of replication: each statistic is computed on "
         "each seed and averaged over seeds. *Best*: the score at the grid point with the highest seed-mean "
         "(chosen on all seeds, so every comparison is conditional on the grids: a grid maximum is biased "
         "upward, a little more for a flat surface than for a sharp peak). "
@@ -285,7 +297,7 @@ def _describe_defaults(settings: StudySettings) -> str:
 
 
 def _grid_markdown(grid: pd.DataFrame, score: str) -> str:
-    extras = [c for c in ("eval/win_rate", "eval/kl", "eval/length") if c in grid.columns]
+    extras = [c for c in ("eval/oracle_reward", "eval/win_rate", "eval/kl", "eval/length") if c in grid.columns]
     keys = [c for c in grid.columns if "." in c and "/" not in c and grid[c].nunique() > 1]
     header = ["method", *[k.rsplit(".", 1)[-1] for k in keys], f"{score} mean ± sd", "seeds",
               *[e.split("/")[-1] for e in extras]]

@@ -28,6 +28,7 @@ DEFAULT_SCORE = "eval/oracle_reward"
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_WINDOW = {"loss.beta": 0.5, "optim.lr": 0.5}  # decades either side of a method's best
 DEFAULT_COMPARE = ("best", "mean_regret", "regret_default")
+DEFAULT_PRICE_METRIC = "eval/kl"
 CURVE_METRICS = ("train/margin/mean", "train/pmi/delta")
 
 
@@ -37,7 +38,9 @@ class StudySettings:
     "near the best" tolerance, the untuned value of each swept key that is not a loss argument (loss
     arguments default to the loss class's own defaults), the sensitivity window (decades either side
     of the best, per axis), the compared statistics, the focus method (None: every pair), the
-    family-wise error rate, and natural bounds of swept keys ([low, high], None for none)."""
+    family-wise error rate, natural bounds of swept keys ([low, high], None for none), and the price of
+    drift: with `price` set, grid points are ranked by `score − price · price_metric` (priced_score),
+    the gold reward minus a fixed charge per nat of KL to the starting policy, the same for every method."""
 
     name: str = "study"
     score: str = DEFAULT_SCORE
@@ -48,6 +51,30 @@ class StudySettings:
     focus: str | None = None
     alpha: float = 0.05
     bounds: dict[str, Any] = field(default_factory=dict)
+    price: float | None = None
+    price_metric: str = DEFAULT_PRICE_METRIC
+    reward: str | None = None  # the unpriced metric (`score` before pricing; None: `score`), for the reward-vs-KL plot
+
+
+def priced_score(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
+    """Add the drift-priced score column (`<score>-<price>*<price_metric>`, e.g.
+    `eval/oracle_reward-0.001*eval/kl`) and point `settings.score` at it; nothing when no price is set.
+    Maximising E[r] − τ·KL is the KL-regularised objective the DPO family derives from, and its best is
+    the point of a method's reward–KL frontier where the frontier's slope is τ (the Lagrangian form of a
+    KL budget), so every method is judged at the same exchange rate of reward for drift."""
+    settings.reward = settings.score
+    if settings.price is None:
+        return runs
+    if settings.price < 0:
+        raise ValueError(f"sweep.price must be >= 0 (reward per unit of {settings.price_metric}), got {settings.price}")
+    for metric in (settings.score, settings.price_metric):
+        if metric not in runs.columns:
+            raise KeyError(f"sweep.price needs the metric {metric!r}, which no run logged; metrics: "
+                           f"{sorted(c for c in runs.columns if '/' in c)}")
+    name = f"{settings.score}-{settings.price:g}*{settings.price_metric}"
+    runs = runs.assign(**{name: runs[settings.score] - settings.price * runs[settings.price_metric]})
+    settings.score = name
+    return runs
 
 
 def flat_config(tree: dict[str, Any]) -> dict[str, Any]:
@@ -173,6 +200,8 @@ def study_settings(runs: pd.DataFrame, **overrides: Any) -> StudySettings:
         focus=str(first("sweep.focus")) if first("sweep.focus") is not None else None,
         alpha=float(first("sweep.alpha") if first("sweep.alpha") is not None else 0.05),
         bounds={k: _listed(v) for k, v in section("sweep.bounds.").items()},
+        price=float(first("sweep.price")) if first("sweep.price") is not None else None,
+        price_metric=str(first("sweep.price_metric") or DEFAULT_PRICE_METRIC),
     )
     for key, value in overrides.items():
         if value is not None:
@@ -257,4 +286,5 @@ def load_study(
     curves = load_curves(curves_source, runs) if curves_source.exists() else pd.DataFrame()
     if not curves.empty:
         curves = curves[curves["run"].isin(runs["run"])].reset_index(drop=True)
-    return runs, curves, study_settings(runs, **overrides)
+    settings = study_settings(runs, **overrides)
+    return priced_score(runs, settings), curves, settings

@@ -339,8 +339,10 @@ def compare_grids(grids: list[MethodGrid], settings: StudySettings) -> pd.DataFr
 
 def grid_table(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
     """One row per (method, grid point): swept values, seeds, mean and sd of the score, and the seed
-    means of the other evaluation metrics (start reward, win rate, KL, length)."""
+    means of the other evaluation metrics (the unpriced reward when the score is priced, start reward,
+    win rate, KL, length)."""
     done = completed(runs)
+    extras = ((settings.reward,) if settings.reward not in (None, settings.score) else ()) + EXTRA_METRICS
     rows = []
     for grid in method_grids(runs, settings):
         method_rows = done[(done["method"] == grid.method) & done[settings.score].notna()]
@@ -351,7 +353,7 @@ def grid_table(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
             row = {"method": grid.method, **values, "seeds": len(scores), "score_mean": float(scores.mean()),
                    "score_sd": float(scores.std(ddof=1)) if len(scores) > 1 else float("nan"),
                    "is_default": i == grid.default_index}
-            for metric in EXTRA_METRICS:
+            for metric in extras:
                 if metric in method_rows.columns:
                     row[metric] = float(method_rows.loc[mask, metric].mean())
             rows.append(row)
