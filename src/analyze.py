@@ -7,6 +7,7 @@ sensitivity.csv (per method), grid.csv (per grid point), pairwise.csv, runs.csv,
     python src/analyze.py docs/results/beta_sensitivity/runs.csv --out /tmp/again   # from the saved table
     python src/analyze.py multirun/beta --methods rmipo,rmipo_shuffled            # some methods only
     python src/analyze.py multirun/beta --wandb      # also log the report as a W&B run (job_type=study)
+    python src/analyze.py docs/results/imdb_sensitivity/runs.csv --price 0.001 --out /tmp/half  # another price of drift
 
 The score, tolerance and default learning rate come from the sweep's config (conf/sweep/<study>.yaml,
 key `sweep`); the options below override them. The functions live in prefopt.analysis.
@@ -25,10 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="a multirun folder (hydra.sweep.dir), or a runs.csv written by this tool")
     parser.add_argument("--out", help="folder for the report (default: the multirun folder)")
     parser.add_argument("--score", help="metric to rank grid points by (default: the sweep's, eval/oracle_reward)")
+    parser.add_argument("--price", type=float,
+                        help="rank by the score less this much per nat of KL (default: the sweep's sweep.price; "
+                             "0: the unpriced score)")
     parser.add_argument("--tolerance", type=float, help="'near the best' margin (default: the sweep's, 0.02)")
     parser.add_argument("--x", help="config key on the x-axis of the score plot (default: loss.beta)")
     parser.add_argument("--methods", help="comma-separated loss config names to keep (default: all)")
-    parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--boot", type=int, default=2000, help="unused: the statistics are t-based (kept so old commands still run)")
     parser.add_argument("--wandb", action="store_true",
                         help="log the tables and plots as one job_type=study W&B run in the runs' project and "
                              "group (offline unless WANDB_MODE=online; upload with `wandb sync`)")
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         written = analyze(args.source, args.out, score=args.score, tolerance=args.tolerance, x=args.x,
-                          n_boot=args.boot, methods=args.methods.split(",") if args.methods else None)
+                          price=args.price, n_boot=args.boot, methods=args.methods.split(",") if args.methods else None)
     except (FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 1

@@ -389,3 +389,13 @@ def test_a_priced_study_regenerates_from_its_runs_csv(multirun, tmp_path):
     again = analyze(first["runs.csv"], tmp_path / "again")
     assert again["sensitivity.csv"].read_text() == first["sensitivity.csv"].read_text()
     assert "minus 0.01 per nat" in again["sensitivity.md"].read_text()
+
+
+def test_the_price_can_be_overridden_and_zero_unprices(multirun, tmp_path):
+    """`analyze(price=...)` / `--price`: another exchange rate for the same runs; 0 ranks by the reward."""
+    priced = analyze(multirun, tmp_path / "priced", price=0.01)
+    assert pd.read_csv(priced["sensitivity.csv"]).set_index("method")["best"]["dpo"] == pytest.approx(0.82 - 0.09)
+    assert "--price 0.01" in priced["sensitivity.md"].read_text()
+    plain = analyze(priced["runs.csv"], tmp_path / "plain", price=0)
+    assert pd.read_csv(plain["sensitivity.csv"]).set_index("method")["best"]["dpo"] == pytest.approx(0.82)
+    assert "per nat" not in plain["sensitivity.md"].read_text()

@@ -1,12 +1,13 @@
 """The verdicts hold their error rate: simulated studies of identical methods, with the seed noise of
-the committed study (docs/results/beta_sensitivity/runs.csv), declare a difference somewhere in the family at most
-5% of the time (plus Monte-Carlo error), and a true difference of 3 seed standard deviations is
-declared most of the time; the residual noise is normal or resampled from the committed runs (their
-tails, not a model's). The simulated design is the committed sort study's (conf/sweep/
-beta_sensitivity.yaml): 4 methods, a 5 β × 3 lr grid with half-decade steps, 5 seeds, every method
-compared with the focus method on best, mean regret in the window and regret at default.
+each committed sensitivity study (docs/results/beta_sensitivity/runs.csv on sort,
+docs/results/imdb_sensitivity/runs.csv on IMDb, its drift-priced score), declare a difference
+somewhere in the family at most 5% of the time (plus Monte-Carlo error), and a true difference of 3
+seed standard deviations is declared most of the time; the residual noise is normal or resampled from
+the committed runs (their tails, not a model's). The simulated design is each study's: 4 methods, a
+5 β × 3 lr grid (sort) or 3 β × 3 lr (IMDb) with half-decade steps, 5 seeds, every method compared with
+the focus method on best, mean regret in the window and regret at default.
 
-Run: `.venv/bin/python -m pytest tests/test_stats_calibration.py -q` (about 10 s).
+Run: `.venv/bin/python -m pytest tests/test_stats_calibration.py -q` (about 20 s).
 """
 
 from pathlib import Path
@@ -15,47 +16,66 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefopt.analysis import load_runs, study_settings
+from prefopt.analysis import load_study
 from prefopt.analysis.runs import StudySettings
 from prefopt.analysis.stats import MethodGrid, compare_grids, method_grids, seed_noise
 
 ROOT = Path(__file__).resolve().parents[1]
-BETAS, LRS, SEEDS, METHODS = (0.1, 0.3, 1.0, 3.0, 10.0), (1e-5, 3e-5, 1e-4), 5, ("m0", "m1", "m2", "m3")
-POINTS = [{"loss.beta": b, "optim.lr": lr} for b in BETAS for lr in LRS]
-LOG_BETA = np.log10([p["loss.beta"] for p in POINTS])
-LOG_LR = np.log10([p["optim.lr"] for p in POINTS])
-# a surface like the committed ones: flat in β near the best (½ decade costs 0.005, within seed noise:
-# the hard case for choosing a best), steep in lr (½ decade costs 0.04)
-SURFACE = 0.84 - 0.02 * LOG_BETA**2 - 0.15 * (LOG_LR + 4.5) ** 2
-DEFAULT = POINTS.index({"loss.beta": 0.1, "optim.lr": 1e-4})
+SEEDS, METHODS = 5, ("m0", "m1", "m2", "m3")
 SETTINGS = StudySettings(focus="m0")  # compare: best, mean_regret, regret_default (3 pairs × 3 = 9 tests)
 
 
-@pytest.fixture(scope="module")
-def noise() -> dict:
-    """The committed study's seed noise: the sd of a seed effect shared by every point of a seed, the
+class Design:
+    """A study's grid (half-decade steps) and a surface like its committed one: flat in β near the best
+    (½ decade costs 0.005, within seed noise: the hard case for choosing a best), steep in lr (½
+    decade costs 0.04); the default point is one of the grid's."""
+
+    def __init__(self, study: str, betas: tuple, lrs: tuple, best_lr: float, default: dict):
+        self.study = study
+        self.points = [{"loss.beta": b, "optim.lr": lr} for b in betas for lr in lrs]
+        log_beta = np.log10([p["loss.beta"] for p in self.points])
+        log_lr = np.log10([p["optim.lr"] for p in self.points])
+        centre = np.log10(betas[len(betas) // 2])
+        self.surface = 0.84 - 0.02 * (log_beta - centre) ** 2 - 0.15 * (log_lr - np.log10(best_lr)) ** 2
+        self.default = self.points.index(default)
+
+
+DESIGNS = {
+    "sort": Design("beta_sensitivity", (0.1, 0.3, 1.0, 3.0, 10.0), (1e-5, 3e-5, 1e-4), 10 ** -4.5,
+                   {"loss.beta": 0.1, "optim.lr": 1e-4}),
+    "imdb": Design("imdb_sensitivity", (0.6, 2.0, 6.0), (1.6e-4, 5e-4, 1.6e-3), 5e-4,
+                   {"loss.beta": 0.6, "optim.lr": 1.6e-3}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(DESIGNS))
+def noise(request) -> dict:
+    """A committed study's seed noise: the sd of a seed effect shared by every point of a seed, the
     sd of the rest, and the rest itself (the two-way residuals, rescaled to that sd) to resample."""
-    runs = load_runs(ROOT / "docs" / "results" / "beta_sensitivity" / "runs.csv")  # the design simulated here
-    found = seed_noise(runs, study_settings(runs))
+    design = DESIGNS[request.param]
+    runs, _, settings = load_study(ROOT / "docs" / "results" / design.study / "runs.csv")  # its own score
+    found = seed_noise(runs, settings)
     assert found["points"] >= 30 and found["seeds"] >= 3
     assert 0.005 < found["residual_sd"] < 0.05 and found["total_sd"] >= found["residual_sd"]
-    table = np.concatenate([g.table for g in method_grids(runs, study_settings(runs))])
+    table = np.concatenate([g.table for g in method_grids(runs, settings)])
     table = table[np.isfinite(table).all(axis=1)]
     centred = table - table.mean(axis=1, keepdims=True)
     residuals = (centred - centred.mean(axis=0)).ravel()
-    return {**found, "residuals": residuals * found["residual_sd"] / residuals.std()}
+    return {**found, "residuals": residuals * found["residual_sd"] / residuals.std(), "design": design}
 
 
 def simulate(rng: np.random.Generator, noise: dict, shift: float = 0.0, resample: bool = False) -> list[MethodGrid]:
     """One study: every method on the same surface and the same seeds (a shared seed effect), m0 moved
     up by `shift` everywhere; the residual normal, or drawn from the committed study's residuals."""
+    design = noise["design"]
     effect = rng.normal(0.0, noise["seed_effect_sd"], SEEDS)
     grids = []
     for i, method in enumerate(METHODS):
-        shape = (len(POINTS), SEEDS)
+        shape = (len(design.points), SEEDS)
         rest = rng.choice(noise["residuals"], shape) if resample else rng.normal(0.0, noise["residual_sd"], shape)
-        table = SURFACE[:, None] + effect[None, :] + rest + (shift if i == 0 else 0.0)
-        grids.append(MethodGrid(method, ["loss.beta", "optim.lr"], POINTS, table, list(range(SEEDS)), DEFAULT))
+        table = design.surface[:, None] + effect[None, :] + rest + (shift if i == 0 else 0.0)
+        grids.append(MethodGrid(method, ["loss.beta", "optim.lr"], design.points, table, list(range(SEEDS)),
+                                design.default))
     return grids
 
 

@@ -31,15 +31,16 @@ def analyze(
     n_boot: int | None = None,
     seed: int | None = None,
     methods: list[str] | None = None,
+    price: float | None = None,
 ) -> dict[str, Path]:
     """Analyse the runs under `source` (a multirun folder, or a runs.csv written here) and write the
     report into `out_dir` (default: the folder itself); `methods` keeps only those methods (loss
-    config names). `n_boot` and `seed` are accepted for older callers and unused: the statistics are
+    config names); `price` overrides the sweep's price of drift (0: unpriced). `n_boot` and `seed` are accepted for older callers and unused: the statistics are
     t-based, with no resampling. Returns {name: path} of what was written."""
     source = Path(source)
     out = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)
     out.mkdir(parents=True, exist_ok=True)
-    runs, curves, settings = load_study(source, methods, score=score, tolerance=tolerance)
+    runs, curves, settings = load_study(source, methods, score=score, tolerance=tolerance, price=price)
     if completed(runs).empty:
         raise ValueError(f"no completed run under {source}; failed: {_failures(runs)}")
     if settings.focus and settings.focus not in set(completed(runs)["method"]):
@@ -76,7 +77,7 @@ def analyze(
     written.update(figures)
 
     command = f"python src/analyze.py {source}" + (f" --out {out_dir}" if out_dir is not None else "") + (
-        f" --methods {','.join(methods)}" if methods else "")
+        f" --methods {','.join(methods)}" if methods else "") + (f" --price {price:g}" if price is not None else "")
     text = markdown_report(runs, settings, summary, pairs, grid, figures=list(figures), command=command)
     written["sensitivity.md"] = out / "sensitivity.md"
     written["sensitivity.md"].write_text(text)
@@ -144,7 +145,7 @@ def markdown_report(
         _noise_line(runs, settings),
     ]
     if "eval/oracle_reward_start" in done and (settings.reward or settings.score) == "eval/oracle_reward":
-        priced = " and priced score (its KL is 0)" if settings.price is not None else ""
+        priced = " and priced score (its KL is 0)" if settings.price else ""
         parts += ["", f"Starting policy: {_num(done['eval/oracle_reward_start'].mean())} "
                       f"(the SFT policy's oracle reward{priced} on the same prompts)."]
     parts += ["", "## Per method", "", _summary_table(summary, settings)]
@@ -168,7 +169,7 @@ def markdown_report(
 
 def _price_sentence(settings: StudySettings) -> str:
     """What the priced score is and why (empty without a price)."""
-    if settings.price is None:
+    if not settings.price:
         return ""
     return (f" (`{settings.reward}` minus {settings.price:g} per nat of `{settings.price_metric}`, the KL to the "
             "starting policy: the KL-regularised objective E[r] − τ·KL with one τ for every method; its best "

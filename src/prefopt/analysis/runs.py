@@ -63,7 +63,7 @@ def priced_score(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
     the point of a method's reward–KL frontier where the frontier's slope is τ (the Lagrangian form of a
     KL budget), so every method is judged at the same exchange rate of reward for drift."""
     settings.reward = settings.score
-    if settings.price is None:
+    if not settings.price:  # None or 0: unpriced
         return runs
     if settings.price < 0:
         raise ValueError(f"sweep.price must be >= 0 (reward per unit of {settings.price_metric}), got {settings.price}")
