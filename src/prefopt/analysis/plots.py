@@ -78,13 +78,13 @@ def plot_score_vs_param(
         if "eval/oracle_reward_start" in rows_m:
             ax.axhline(rows_m["eval/oracle_reward_start"].mean(), color="grey", ls="--", lw=1, label="start policy")
         if log_x:
-            ax.set_xscale("log")
+            _grid_ticks(ax, pd.to_numeric(rows_m[x]).dropna().unique())
         ax.set_title(method)
         ax.set_xlabel(label(x))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     for ax in axes[:, 0]:
-        ax.set_ylabel(f"{score_label} (mean ± sd over seeds)")
+        ax.set_ylabel("score: mean ± sd over seeds")  # the score is named in the title
     for ax in list(axes.flat)[len(methods):]:
         ax.set_visible(False)
     fig.suptitle(f"{label(score_label)} vs {label(x)}")
@@ -92,6 +92,16 @@ def plot_score_vs_param(
 
 
 MARKERS = ("o", "^", "s", "D", "v", "P")
+
+
+def _grid_ticks(ax: plt.Axes, values: np.ndarray) -> None:
+    """Log x-axis ticked at the grid's own values, written as in a config (no crowded minor labels)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(values)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_value(v)))
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def plot_reward_vs_kl(

@@ -67,7 +67,7 @@ def analyze(
     figures = {}
     if x is not None:
         name = f"score_vs_{x.rsplit('.', 1)[-1]}.png"
-        plot_score_vs_param(grid, x=x, score_label=settings.score, path=out / name)
+        plot_score_vs_param(grid, x=x, score_label=_score_label(settings), path=out / name)
         figures[name] = out / name
     plot_reward_vs_kl(runs, score=settings.reward or settings.score, kl=settings.price_metric, price=settings.price,
                       path=out / "reward_vs_kl.png")
@@ -85,6 +85,13 @@ def analyze(
 
     plt.close("all")
     return written
+
+
+def _score_label(settings: StudySettings) -> str:
+    """The score's name on a figure: the metric, or "<metric> − <price>·<KL metric>" when priced."""
+    if not settings.price:
+        return settings.score
+    return f"{settings.reward} − {settings.price:g}·{settings.price_metric.rsplit('/', 1)[-1]}"
 
 
 def _x_axis(grid: pd.DataFrame) -> str | None:
