@@ -8,7 +8,10 @@ lengths (benchmarks/synthetic.py: log-normal, capped at 128 prompt / 256 total t
   ours          prefopt.train.module.PreferenceModule under Lightning: dpo, ipo, simpo, rmipo (live marginal),
                 dpo+cache / rmipo_ref+cache (cached reference table, prefopt.train.logp_cache), dpo-rows /
                 simpo-rows (full prompt+response rows instead of each prompt once); with variable
-                lengths our default loader for such data: `group_by_length` (data/sampler.py).
+                lengths our default loader for such data: `group_by_length` (data/sampler.py), and
+                dpo+pack / simpo+pack: the packed layout (`data.pack`; `--pack on` for every row):
+                a batch's sequences several to a row (rows at most 10% padding), which takes
+                precedence over sharing prompts (so dpo-rows runs as dpo+pack under `--pack on`).
   trl           TRL as shipped: DPOTrainer (sigmoid -> dpo, ipo) and, for simpo, TRL's experimental
                 trl.experimental.cpo.CPOTrainer (loss_type simpo, cpo_alpha 0), sequential order.
   trl-tuned     DPOTrainer with TRL's knobs that help: precompute_ref_log_probs=True (against our
@@ -32,7 +35,8 @@ taken after imports and the model build (reference copies, optimizer state, acti
 and any reference table are all above it). mfu: the policy's model FLOPs per step (see `step_flops`:
 the same for every implementation) / CPU step time / the one-thread float32 matmul peak measured in
 this run. padded_share: share of the tokens the policy's transformer
-pass processes that are padding (ours: the layout it ran, shared prompt or rows).
+pass processes that are padding (ours: the layout it ran, packed, shared prompt or rows; `packed` in
+the row says whether it packed; only the packed rows' tails are padding).
 
     python benchmarks/throughput.py                       # tiny and small, fixed and variable lengths
     python benchmarks/throughput.py --models tiny --lengths variable --losses dpo,simpo --rounds 8 --json b.json
@@ -76,7 +80,8 @@ VARIABLE_MAX_PROMPT, VARIABLE_MAX_TOTAL = 128, 256
 BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "rmipo": 2.0}
 GAMMA_BETA_RATIO = 0.5
 LOG_EVERY = 10  # both frameworks' default: ours `log_every_n_steps`, TRL's `logging_steps`
-OURS = ["dpo", "ipo", "simpo", "rmipo", "dpo+cache", "ipo+cache", "rmipo_ref+cache", "dpo-rows", "simpo-rows"]
+OURS = ["dpo", "ipo", "simpo", "rmipo", "dpo+cache", "ipo+cache", "rmipo_ref+cache", "dpo-rows", "simpo-rows",
+        "dpo+pack", "simpo+pack"]
 DEFAULT_OURS = ["dpo", "simpo", "dpo+cache"]
 TRL_IMPLS = {"trl": ["dpo", "ipo", "simpo"], "trl-tuned": ["dpo", "ipo"], "trl-gpu-path": ["dpo", "ipo"]}
 VS_OURS = {("trl-tuned", "dpo"): "dpo+cache", ("trl-tuned", "ipo"): "ipo+cache"}  # else the same loss
@@ -153,12 +158,22 @@ def our_loss(loss_name: str):
     }[base]()
 
 
-def padding(batches, shared) -> float:
-    """Padded share of the tokens over `batches`; `shared(batch)` says which layout a batch runs."""
+def padding(batches, layout) -> float:
+    """Padded share of the tokens over `batches`; `layout(batch)` says which layout a batch runs:
+    (shared, packed), as prefopt.data.collate.token_counts takes them."""
     from prefopt.data.collate import token_counts
 
-    counts = [token_counts(b, shared(b)) for b in batches]
+    counts = [token_counts(b, *layout(b)) for b in batches]
     return 1.0 - sum(r for r, _ in counts) / max(1, sum(p for _, p in counts))
+
+
+def packing(args, loss_name: str = "") -> bool:
+    """Whether our rows use the packed layout: a `+pack` configuration (dpo+pack), `--pack on`, or with
+    `--pack auto` variable lengths (fixed lengths have no padding to remove); `--pack off` (default):
+    only the +pack configurations, as the project's configs do not pack by default."""
+    if "+pack" in loss_name or args.pack == "on":
+        return True
+    return args.pack == "auto" and args.lengths == "variable"
 
 
 def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_root: Path) -> dict[str, Any]:
@@ -167,7 +182,7 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
 
     from prefopt.data.datamodule import PreferenceDataModule
     from prefopt.train.logp_cache import attach_caches
-    from prefopt.train.logps import shares_batch_prompt
+    from prefopt.train.logps import packs_batch, shares_batch_prompt
     from prefopt.train.module import PreferenceModule
 
     class InOrder(PreferenceDataModule):  # fixed lengths: file order, as TRL's sequential sampler
@@ -177,14 +192,18 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
     variable = args.lengths == "variable"
     data = (PreferenceDataModule if variable else InOrder)(
         rows, [], tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
-        batch_size=args.batch_size, eval_batch_size=args.batch_size, seed=0, group_by_length=variable)
+        batch_size=args.batch_size, eval_batch_size=args.batch_size, seed=0, group_by_length=variable,
+        pack=packing(args, loss_name))
     data.setup()
     share_prompt = not loss_name.endswith("-rows")
     module = PreferenceModule(model, our_loss(loss_name), lr=args.lr, weight_decay=0.0, adam_betas=(0.9, 0.95),
                               warmup_ratio=0.0, min_lr_ratio=1.0,  # constant learning rate
                               share_prompt=share_prompt)
-    info: dict[str, Any] = {"padded_share": padding(data.train_dataloader(),
-                                                    lambda b: shares_batch_prompt(b, share_prompt))}
+    batches = list(data.train_dataloader())
+    info: dict[str, Any] = {
+        "padded_share": padding(batches, lambda b: (shares_batch_prompt(b, share_prompt), packs_batch(b, model))),
+        "packed": bool(batches) and packs_batch(batches[0], model),
+    }
     if "+cache" in loss_name:
         accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
         cfg = OmegaConf.create({"logp_cache": True, "trainer": {"accelerator": accelerator, "precision": "32-true"}})
@@ -611,6 +630,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--rounds", type=int, default=8, help="measured segments per configuration (>= 3)")
     ap.add_argument("--memory-steps", type=int, default=3, help="steps of each memory run")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--pack", choices=("auto", "on", "off"), default="off",
+                    help="all our rows in the packed layout (data.pack); auto: with variable lengths only; "
+                         "off (default): only the +pack configurations (dpo+pack, simpo+pack)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = ap.parse_args(argv)

@@ -38,11 +38,14 @@ def test_throughput_rows_keep_their_keys_and_add_the_interval_ones(tmp_path):
     import throughput
 
     out = tmp_path / "bench.json"
-    throughput.main(["--models", "tiny", "--lengths", "variable", "--losses", "simpo", "--no-trl", "--rounds", "3",
-                     "--steps", "1", "--warmup", "1", "--memory-steps", "1", "--json", str(out)])
-    (row,) = json.loads(out.read_text())
+    throughput.main(["--models", "tiny", "--lengths", "variable", "--losses", "simpo,simpo+pack", "--no-trl",
+                     "--rounds", "3", "--steps", "1", "--warmup", "1", "--memory-steps", "1", "--json", str(out)])
+    row, packed = sorted(json.loads(out.read_text()), key=lambda r: r["loss"])
     assert {"impl", "loss", "model", "pairs_per_s", "tokens_per_s", "peak_mem_mb", "lengths", "padded_share",
             "cpu_ms_per_step", "ci_low", "ci_high", "mfu", "loadavg_start"} <= set(row)
     assert (row["impl"], row["loss"], row["model"], row["lengths"]) == ("ours", "simpo", "tiny", "variable")
     assert row["ci_low"] <= row["cpu_ms_per_step"] <= row["ci_high"]
     assert 0 < row["padded_share"] < 0.6 and 0 < row["mfu"] < 1 and row["peak_mem_mb"] > 0
+    # the packed layout (data.pack): rows at most 10% padding; the default rows share prompts instead
+    assert packed["loss"] == "simpo+pack" and packed["packed"] and not row["packed"]
+    assert 0 <= packed["padded_share"] <= 0.10 < row["padded_share"]

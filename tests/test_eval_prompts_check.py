@@ -48,3 +48,17 @@ def test_a_run_without_twin_is_named(tmp_path):
     large.to_csv(tmp_path / "large.csv", index=False)
     with pytest.raises(SystemExit, match="3 runs of .*large.csv have no twin"):
         CHECK["report"](str(tmp_path / "small.csv"), str(tmp_path / "large.csv"), ("128", "512"))
+
+
+def test_the_committed_check_regenerates():
+    """docs/results/imdb_eval_prompts.md is what the script writes from the committed runs.csv files."""
+    small, large = "docs/results/imdb_sensitivity/runs.csv", "docs/results/imdb_eval512/runs.csv"
+    import os
+
+    here = os.getcwd()
+    os.chdir(ROOT)  # the committed text names the paths relative to the repository
+    try:
+        text = CHECK["report"](small, large, ("128", "512"))
+    finally:
+        os.chdir(here)
+    assert text == (ROOT / "docs" / "results" / "imdb_eval_prompts.md").read_text()

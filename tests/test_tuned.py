@@ -1,7 +1,7 @@
 """conf/tuned/<loss>_<data>.yaml: the study's settings per loss and task, picked by conf/train.yaml's
 `optional tuned: ${loss}_${data}`; the command line wins, tasks without evidence keep the loss's
 defaults, and the studies (conf/sweep) run without them. Also: the per-loss grids of the studies
-resolve (conf/sweep/beta_sensitivity.yaml, own_knobs.yaml).
+resolve (conf/sweep/beta_sensitivity.yaml, own_knobs.yaml, imdb_sensitivity.yaml, imdb_own_knobs.yaml).
 
 Run: `.venv/bin/python -m pytest tests/test_tuned.py -q`.
 """
@@ -30,10 +30,13 @@ def test_each_tuned_file_is_a_loss_and_a_task_and_composes(name):
     assert (CONF / "loss" / f"{loss}.yaml").exists() and (CONF / "data" / f"{data}.yaml").exists(), name
     spec = OmegaConf.load(CONF / "tuned" / f"{name}.yaml")
     own_keys = set(OmegaConf.load(CONF / "loss" / f"{loss}.yaml"))
-    assert set(spec) <= {"loss", "optim"} and set(spec.get("loss", {})) <= own_keys
+    assert set(spec) <= {"loss", "optim", "trainer"} and set(spec.get("loss", {})) <= own_keys
+    assert set(spec.get("trainer", {})) <= {"max_steps"}  # the step count a learning rate was tuned for
     cfg = compose_with(f"loss={loss}", f"data={data}")
     assert cfg.hydra.runtime.choices.tuned == name
     assert cfg.loss.beta == spec.loss.beta and cfg.optim.lr == spec.optim.lr
+    if "trainer" in spec:
+        assert cfg.trainer.max_steps == spec.trainer.max_steps
 
 
 def test_the_sort_task_gets_the_studied_settings_and_the_command_line_wins():
@@ -45,10 +48,17 @@ def test_the_sort_task_gets_the_studied_settings_and_the_command_line_wins():
     assert (cfg.loss.beta, cfg.optim.lr) == (2.0, cfg.model.lr)
 
 
+def test_the_imdb_task_gets_the_studied_settings_with_their_step_count():
+    cfg = compose_with("loss=rmipo", "data=imdb")  # `make run`
+    assert (cfg.loss.beta, cfg.optim.lr, cfg.trainer.max_steps) == (6.0, 5.0e-4, 60)
+    cfg = compose_with("loss=dpo", "data=imdb", "trainer.max_steps=200")
+    assert (cfg.loss.beta, cfg.optim.lr, cfg.trainer.max_steps) == (0.1, 1.6e-3, 200)
+
+
 def test_a_task_without_evidence_keeps_the_loss_defaults():
-    cfg = compose_with("loss=rmipo", "data=imdb")
-    assert cfg.hydra.runtime.choices.get("tuned") == "rmipo_imdb" and "rmipo_imdb" not in TUNED
-    assert (cfg.loss.beta, cfg.optim.lr) == (2.0, cfg.model.lr)
+    cfg = compose_with("loss=rmipo", "data=jsonl")
+    assert cfg.hydra.runtime.choices.get("tuned") == "rmipo_jsonl" and "rmipo_jsonl" not in TUNED
+    assert (cfg.loss.beta, cfg.optim.lr, cfg.trainer.max_steps) == (2.0, cfg.model.lr, 200)
 
 
 def test_studies_ignore_tuned_settings_and_resolve_per_loss_grids():
@@ -62,3 +72,8 @@ def test_studies_ignore_tuned_settings_and_resolve_per_loss_grids():
     assert cfg.loss.marginal == "reference" and cfg.method == "rmipo_marginal_reference"
     cfg = compose_with("sweep=own_knobs", "+sweep/knob=simpo_margin_anneal")  # a control at RMiPO's β, lr
     assert cfg.hydra.runtime.choices.loss == "simpo_margin_anneal" and (cfg.loss.beta, cfg.optim.lr) == (0.6, 1.0e-5)
+    cfg = compose_with("sweep=imdb_sensitivity", "loss=simpo", "sweep.beta_step=bm2", "sweep.lr_step=l1")
+    assert cfg.hydra.runtime.choices.get("tuned") is None and cfg.sweep.price == 0.002
+    assert (cfg.loss.beta, cfg.optim.lr, cfg.trainer.max_steps) == (0.02, 1.6e-4, 60)
+    cfg = compose_with("sweep=imdb_own_knobs", "+sweep/knob=rmipo_shuffled")
+    assert (cfg.loss.beta, cfg.optim.lr) == (6.0, 5.0e-4)  # RMiPO's best on IMDb

@@ -72,7 +72,8 @@ def priced_score(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
             raise KeyError(f"sweep.price needs the metric {metric!r}, which no run logged; metrics: "
                            f"{sorted(c for c in runs.columns if '/' in c)}")
     name = f"{settings.score}-{settings.price:g}*{settings.price_metric}"
-    runs = runs.assign(**{name: runs[settings.score] - settings.price * runs[settings.price_metric]})
+    priced = (runs[settings.score] - settings.price * runs[settings.price_metric]).rename(name)
+    runs = pd.concat([runs.drop(columns=[name], errors="ignore"), priced], axis=1)  # (one block: no fragmentation)
     settings.score = name
     return runs
 

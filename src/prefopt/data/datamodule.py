@@ -6,7 +6,8 @@ leaves empty and chat rows whose role headers alone exceed max_prompt_length, an
 tokenized dataset, which the collated batch passes on as keys for cached log-probs. The train loader
 shuffles with a generator seeded by `seed` (same seed, same order), optionally grouping pairs of like
 lengths (`group_by_length`) under a padded-token budget per batch (`max_tokens_per_batch`), see
-sampler.py; the eval loader keeps order.
+sampler.py; the eval loader keeps order. With `pack` every batch also carries the packed layout
+(collate.py), which the log-prob passes score without padding.
 Exercised by `pytest tests/data/test_datamodule.py` and every `python src/run.py`.
 """
 
@@ -120,6 +121,7 @@ class PreferenceDataModule(L.LightningDataModule):
         append_eos: bool = True,
         group_by_length: bool = False,
         max_tokens_per_batch: Optional[int] = None,
+        pack: bool = False,
     ):
         super().__init__()
         if max_length < 2 or (max_prompt_length is not None and max_prompt_length < 1):
@@ -135,7 +137,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.group_by_length, self.max_tokens_per_batch = group_by_length, max_tokens_per_batch
         start, pad = start_and_pad_ids(tokenizer)
         marker = tokenizer(marginal_prefix, add_special_tokens=False)["input_ids"] if marginal_prefix else []
-        self.collator = PairCollator(pad_id=pad, start_ids=[start, *marker])
+        self.collator = PairCollator(pad_id=pad, start_ids=[start, *marker], pack=pack)
         self.train_dataset: Optional[PairDataset] = None
         self.eval_dataset: Optional[PairDataset] = None
         self.stats: dict[str, Any] = {}

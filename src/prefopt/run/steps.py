@@ -133,7 +133,7 @@ def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: Ru
         batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size, seed=cfg.seed,
         marginal_prefix=artifacts.marginal_prefix, strict=cfg.data.get("strict", False),
         append_eos=artifacts.responses_end_with_eos, group_by_length=cfg.data.get("group_by_length", False),
-        max_tokens_per_batch=cfg.data.get("max_tokens_per_batch"),
+        max_tokens_per_batch=cfg.data.get("max_tokens_per_batch"), pack=cfg.data.get("pack", False),
     )
     data.setup()
     outcome.info["data"] = data.stats

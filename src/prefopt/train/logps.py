@@ -12,13 +12,17 @@ reused by its chosen and its rejected response (equal to `response_logps` on the
 the transformer skips a third of its work at equal prompt and response lengths).
 Whether a run shares prompts is decided in one place, prefopt.train.frozen.FrozenScorers; here are the
 mechanics (`shares_batch_prompt`, the "auto" self-check `settle_sharing`).
+`packed_logps` scores a batch's 2B prompt+response sequences packed end to end into rows (the
+collator's packed layout, `data.pack`): only the rows' tails are padding; `pair_batch_logps` takes it
+whenever a batch carries that layout and the model packs (`packing_problem`).
 Used by the training module, its frozen scorers, the log-prob caches, the evaluation and the samplers;
-exercised by `pytest tests/test_logps.py tests/test_architectures.py`.
+exercised by `pytest tests/test_logps.py tests/test_architectures.py tests/test_packed_logps.py`.
 """
 
 from __future__ import annotations
 
 import inspect
+import weakref
 
 import torch
 from torch import Tensor
@@ -261,6 +265,7 @@ def check_shared_prompt(model: torch.nn.Module, batch: dict[str, Tensor], tolera
     autocast (a mismatch then means the layout, not rounding); else what went wrong: an architecture
     whose cache or masks do not fit the shared layout."""
     tolerance = check_tolerance(model) if tolerance is None else tolerance
+    batch = without_packing(batch)
     was_training = model.training
     model.eval()
     try:
@@ -296,9 +301,13 @@ def settle_sharing(model: torch.nn.Module, batch: dict[str, Tensor], share_promp
 
 def pair_batch_logps(model: torch.nn.Module, batch: dict[str, Tensor], share_prompt: bool | str = "auto",
                      per_token: bool = False):
-    """(logps (2B,), n_tokens (2B,)) of a collated pair batch's responses given their prompts: with each
-    prompt run once when `shares_batch_prompt`, else on full prompt+response rows (same numbers).
-    `per_token`: the scored tokens' log-probs unsummed, (logps (K,), rows (K,)), in the same order both ways."""
+    """(logps (2B,), n_tokens (2B,)) of a collated pair batch's responses given their prompts: on the
+    packed row when the batch carries it and `model` packs (`packs_batch`), else with each prompt run
+    once when `shares_batch_prompt`, else on full prompt+response rows (same numbers every way).
+    `per_token`: the scored tokens' log-probs unsummed, (logps (K,), rows (K,)), in the same order all ways."""
+    if packs_batch(batch, model):
+        return packed_logps(model, batch["packed_input_ids"], batch["packed_position_ids"], batch["packed_segment"],
+                            batch["packed_score_mask"], n_rows=batch["input_ids"].shape[0], per_token=per_token)
     if shares_batch_prompt(batch, share_prompt, model):
         return shared_prompt_logps(
             model, batch["prompt_ids"], batch["prompt_attention_mask"], batch["response_ids"],
@@ -306,3 +315,101 @@ def pair_batch_logps(model: torch.nn.Module, batch: dict[str, Tensor], share_pro
         )
     return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["score_mask"],
                           per_token=per_token)
+
+
+# ---------------------------------------------------------------------------- the packed layout
+
+
+def without_packing(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`batch` without its packed layout (the padded layouts only)."""
+    return {k: v for k, v in batch.items() if not k.startswith("packed_")}
+
+
+def packed_logps(model: torch.nn.Module, input_ids: Tensor, position_ids: Tensor, segment: Tensor,
+                 score_mask: Tensor, n_rows: int, chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+                 per_token: bool = False) -> tuple[Tensor, Tensor]:
+    """`response_logps` of `n_rows` sequences packed end to end into rows (the collator's packed layout).
+
+    input_ids, position_ids, segment, score_mask: (N, C); position ids restart at 0 at each sequence,
+    segment[r, t] is the sequence (0..n_rows-1; -1: padding) of token t of row r, score_mask marks the
+    scored tokens. The model runs with no attention mask and no cache, so transformers' mask builder
+    (masking_utils.find_packed_sequence_indices) reads the position restarts as sequence boundaries and
+    attends block-diagonally (causal, and sliding-window, within each sequence); `packing_problem`
+    checks that a model does. A sequence's first token is never scored (nothing before it predicts
+    it), as column 0 of a padded row. Returns (logps (n_rows,), n_tokens (n_rows,)), or with
+    `per_token` (logps (K,), rows (K,)) in the order of the padded rows (by sequence, then position).
+    """
+    body, head = model_body_and_head(model)
+    hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    # position t-1 predicts token t, within one sequence only
+    mask = score_mask[:, 1:].bool() & (segment[:, 1:] == segment[:, :-1])
+    rows = segment[:, 1:][mask]
+    logps = head_logps(head, hidden[:, :-1][mask], input_ids[:, 1:][mask], chunk_size)  # (K,)
+    if per_token:  # a sequence's tokens are consecutive: a stable sort by sequence is the padded order
+        order = torch.sort(rows, stable=True).indices
+        return logps[order], rows[order]
+    sums = torch.zeros(n_rows, dtype=logps.dtype, device=logps.device).index_add(0, rows, logps)
+    return sums, torch.bincount(rows, minlength=n_rows)
+
+
+# Verdicts of `packing_problem` per model object: the probe runs once per model.
+_PACKING_VERDICTS: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def probe_packing(model: torch.nn.Module) -> str | None:
+    """None when `model` keeps packed sequences apart, else what goes wrong. The probe: one row of two
+    sequences, tokens [1, 2, 3, 4, 5] and [1] at positions [0..4] and [0], in eval mode without autocast.
+    The second sequence's only token must get the hidden state of the first one's first token (same
+    token, position 0, nothing before it). Attention that ignores the boundary mixes four more tokens
+    in; a model that ignores position ids puts it at position 5."""
+    body, _ = model_body_and_head(model)
+    params = inspect.signature(body.forward).parameters
+    if "position_ids" not in params:
+        return f"{type(body).__name__}.forward takes no position_ids"
+    device = next(model.parameters()).device
+    ids = torch.tensor([[1, 2, 3, 4, 5, 1]], device=device)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0]], device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(device.type, enabled=False):
+            hidden = body(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[0].float()
+    except Exception as err:  # noqa: BLE001 - any failure means: do not pack for this model
+        return f"{type(err).__name__}: {err}"
+    finally:
+        model.train(was_training)
+    gap = float((hidden[5] - hidden[0]).abs().max())
+    if gap > check_tolerance(model) * (1 + float(hidden[0].abs().max())):
+        attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        return f"a packed sequence's state depends on the one before it (max difference {gap:.3g}, attention {attention})"
+    return None
+
+
+def packing_problem(model: torch.nn.Module) -> str | None:
+    """Why `model` cannot score the packed layout (None: it can), probed once per model (`probe_packing`).
+
+    Verified to pack (tests/test_packed_logps.py): Llama, Mistral (a sliding window shorter than the
+    sequences included: the window is placed by position within each sequence), Qwen2, Gemma 2, Phi-3 and GPT-2
+    (absolute positions, read from the position ids), with sdpa and eager attention (Gemma 2: eager). Refused: a body
+    without position_ids (ALiBi models such as Bloom), and any attention or mask code that lets one
+    sequence see another (flash attention without its variable-length path, a remote-code model with
+    its own masks).
+    """
+    if model not in _PACKING_VERDICTS:
+        _PACKING_VERDICTS[model] = problem = probe_packing(model)
+        if problem:
+            log.warning(f"data.pack: {type(model).__name__} cannot score packed sequences ({problem}); "
+                        "scoring padded rows")
+    return _PACKING_VERDICTS[model]
+
+
+def packs_batch(batch: dict[str, Tensor], model: torch.nn.Module) -> bool:
+    """Whether `pair_batch_logps` scores `batch` on its packed rows: it carries the packed layout and
+    `model` packs.
+
+    A model that cannot pack falls back to the padded rows every batch also carries, with one warning,
+    rather than raising: `data.pack` is a speed option with the same numbers either way, and one
+    setting serves the policy, its reference, the log-prob caches and evaluation, so a run stops only
+    for a problem that changes results."""
+    return "packed_input_ids" in batch and packing_problem(model) is None
