@@ -49,3 +49,18 @@ def collated(pairs):
 
     items = [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r, "index": i} for i, (p, c, r) in enumerate(pairs)]
     return PairCollator(pad_id=PAD, start_ids=[BOS])(items)
+
+
+def assert_same_gradients(model, expected, actual, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """The gradients of Σ (i+1)·expected[i] and Σ (i+1)·actual[i] (two ways of computing the same
+    per-sequence log-probs) agree on every trainable weight of `model`."""
+    import torch
+
+    weights = [p for p in model.parameters() if p.requires_grad]
+    scale = torch.arange(1.0, len(expected) + 1.0)
+    g_expected = torch.autograd.grad((expected * scale).sum(), weights, allow_unused=True)
+    g_actual = torch.autograd.grad((actual * scale).sum(), weights, allow_unused=True)
+    for a, b in zip(g_expected, g_actual):
+        if a is not None or b is not None:
+            torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
+
