@@ -154,3 +154,18 @@ def test_sort_grids_put_the_committed_bests_inside():
         for axis, column in (("beta", "loss.beta"), ("lr", "optim.lr")):
             values = grid[loss][axis]
             assert min(values) < best[column] < max(values), f"{loss}: best {column}={best[column]} vs {values}"
+
+
+def test_imdb_grids_put_the_committed_bests_inside_except_simpos_beta():
+    """docs/results/imdb_sensitivity: every best interior in β and lr, except SimPO's β, which stays on
+    the lower edge as its score flattens toward the β → 0 limit (stated in the report and the claims)."""
+    committed = pd.read_csv(ROOT / "docs" / "results" / "imdb_sensitivity" / "grid.csv")
+    grid = _grid("imdb_sensitivity")
+    for loss, rows in committed.groupby("method"):
+        best = rows.loc[rows["score_mean"].idxmax()]
+        for axis, column in (("beta", "loss.beta"), ("lr", "optim.lr")):
+            values = grid[loss][axis]
+            if (loss, axis) == ("simpo", "beta"):
+                assert best[column] == min(values) and rows["loss.beta"].nunique() == 6
+                continue
+            assert min(values) < best[column] < max(values), f"{loss}: best {column}={best[column]} vs {values}"
