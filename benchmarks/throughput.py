@@ -10,8 +10,9 @@ lengths (benchmarks/synthetic.py: log-normal, capped at 128 prompt / 256 total t
                 simpo-rows (full prompt+response rows instead of each prompt once); with variable
                 lengths our default loader for such data: `group_by_length` (data/sampler.py), and
                 dpo+pack / simpo+pack: the packed layout (`data.pack`; `--pack on` for every row):
-                a batch's sequences several to a row (rows at most 10% padding), which takes
-                precedence over sharing prompts (so dpo-rows runs as dpo+pack under `--pack on`).
+                each pair's prompt, chosen and rejected end to end, several pairs to a row (rows
+                at most 10% padding, prompts once; prefopt.train.tree), which takes precedence over
+                sharing prompts (so dpo-rows runs as dpo+pack under `--pack on`).
   trl           TRL as shipped: DPOTrainer (sigmoid -> dpo, ipo) and, for simpo, TRL's experimental
                 trl.experimental.cpo.CPOTrainer (loss_type simpo, cpo_alpha 0), sequential order.
   trl-tuned     DPOTrainer with TRL's knobs that help: precompute_ref_log_probs=True (against our
@@ -35,8 +36,8 @@ taken after imports and the model build (reference copies, optimizer state, acti
 and any reference table are all above it). mfu: the policy's model FLOPs per step (see `step_flops`:
 the same for every implementation) / CPU step time / the one-thread float32 matmul peak measured in
 this run. padded_share: share of the tokens the policy's transformer
-pass processes that are padding (ours: the layout it ran, packed, shared prompt or rows; `packed` in
-the row says whether it packed; only the packed rows' tails are padding).
+pass processes that are padding (ours: the layout it ran, `layout` in the row: prompt-once packed,
+packed, shared prompt or rows; `packed` says whether it packed; only the packed rows' tails are padding).
 
     python benchmarks/throughput.py                       # tiny and small, fixed and variable lengths
     python benchmarks/throughput.py --models tiny --lengths variable --losses dpo,simpo --rounds 8 --json b.json
@@ -160,7 +161,7 @@ def our_loss(loss_name: str):
 
 def padding(batches, layout) -> float:
     """Padded share of the tokens over `batches`; `layout(batch)` says which layout a batch runs:
-    (shared, packed), as prefopt.data.collate.token_counts takes them."""
+    (shared, packed, tree), as prefopt.data.collate.token_counts takes them."""
     from prefopt.data.collate import token_counts
 
     counts = [token_counts(b, *layout(b)) for b in batches]
@@ -183,6 +184,7 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
     from prefopt.data.datamodule import PreferenceDataModule
     from prefopt.train.logp_cache import attach_caches
     from prefopt.train.logps import packs_batch, shares_batch_prompt
+    from prefopt.train.tree import trees_batch
     from prefopt.train.module import PreferenceModule
 
     class InOrder(PreferenceDataModule):  # fixed lengths: file order, as TRL's sequential sampler
@@ -201,8 +203,12 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
                               share_prompt=share_prompt)
     batches = list(data.train_dataloader())
     info: dict[str, Any] = {
-        "padded_share": padding(batches, lambda b: (shares_batch_prompt(b, share_prompt), packs_batch(b, model))),
-        "packed": bool(batches) and packs_batch(batches[0], model),
+        "padded_share": padding(batches, lambda b: (shares_batch_prompt(b, share_prompt), packs_batch(b, model),
+                                                    trees_batch(b, model))),
+        "packed": bool(batches) and (trees_batch(batches[0], model) or packs_batch(batches[0], model)),
+        "layout": ("prompt-once packed" if batches and trees_batch(batches[0], model) else
+                   "packed" if batches and packs_batch(batches[0], model) else
+                   "shared prompt" if batches and shares_batch_prompt(batches[0], share_prompt) else "rows"),
     }
     if "+cache" in loss_name:
         accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
@@ -579,6 +585,11 @@ def result_rows(model_name, lengths, configs, rounds, done, mem, n_params_, flop
         ratio, low, high = ratio_interval(theirs, ours)
         row.update(vs_ours=vs, speedup=ratio, speedup_ci_low=low, speedup_ci_high=high,
                    mem_ratio=mem[("ours", vs)] / mem[(row["impl"], row["loss"])])
+        row["speedup_vs"] = {  # the same against our other layouts of that loss (dpo+pack, dpo-rows)
+            name: list(ratio_interval(theirs, [statistics.fmean(seg[timed]) for seg in rounds[(impl, name)]]))
+            for impl, name in rounds
+            if impl == "ours" and name != vs and name.split("+")[0].removesuffix("-rows") == row["loss"]
+            and "+cache" not in name}
     return out
 
 
@@ -613,6 +624,10 @@ def print_table(rows: list[dict]) -> None:
         mem = f"{r['mem_ratio']:.2f}" if "mem_ratio" in r else ""
         print(f"{r['model']:5} {r['lengths'][:4]:4} {r['impl']:12} {r['loss']:10} {ci:>24} {r['pairs_per_s']:8.2f} "
               f"{r['padded_share']:5.1%} {r['mfu']:6.1%} {r['peak_mem_mb']:7.1f} {speed:>22} {mem:>10}")
+    for r in rows:
+        for name, (ratio, low, high) in r.get("speedup_vs", {}).items():
+            print(f"  {r['model']} {r['lengths']}: ours {name} faster than {r['impl']} {r['loss']}: "
+                  f"{ratio:.2f}x ({low:.2f}-{high:.2f})")
     print("speedup: TRL's CPU time per step / ours (vs_ours row), 95% t-interval over paired rounds; "
           "trl-gpu-path is a diagnostic of what TRL runs on a GPU")
 

@@ -64,3 +64,36 @@ def assert_same_gradients(model, expected, actual, rtol: float = 1e-4, atol: flo
         if a is not None or b is not None:
             torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
 
+
+# variable lengths: prompts of 1-9 tokens, responses of 1-7, longer than the 3-token sliding window below
+VARIABLE = PAIRS + [([BOS, 3, 9, 4, 9, 5, 9, 6, 9], [11, 12, 13, 14, 15, 16, EOS], [17, EOS])]
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              intermediate_size=64, max_position_embeddings=64, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+FAMILIES = {
+    "llama": None,  # the project's tiny model (prefopt.models.load.build_tiny)
+    "mistral": ("MistralConfig", "MistralForCausalLM", {}),
+    "mistral-window3": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 3}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 8, "final_logit_softcapping": 0.5}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {}),
+}
+
+
+def family_model(name: str, attention: str = "sdpa") -> torch.nn.Module:
+    """A randomly initialised tiny model of one of FAMILIES, in eval mode, with `attention`."""
+    import transformers
+
+    if FAMILIES[name] is None:
+        model = tiny_model(layers=2)
+    else:
+        config_class, model_class, extra = FAMILIES[name]
+        if name == "gpt2":  # absolute positions: the position ids are all that places a packed token
+            config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                             bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+        else:
+            config = getattr(transformers, config_class)(**COMMON, **extra)
+        torch.manual_seed(0)
+        model = getattr(transformers, model_class)(config)
+    model.set_attn_implementation(attention)
+    return model.eval()

@@ -48,4 +48,5 @@ def test_throughput_rows_keep_their_keys_and_add_the_interval_ones(tmp_path):
     assert 0 < row["padded_share"] < 0.6 and 0 < row["mfu"] < 1 and row["peak_mem_mb"] > 0
     # the packed layout (data.pack): rows at most 10% padding; the default rows share prompts instead
     assert packed["loss"] == "simpo+pack" and packed["packed"] and not row["packed"]
+    assert (packed["layout"], row["layout"]) == ("prompt-once packed", "shared prompt")
     assert 0 <= packed["padded_share"] <= 0.10 < row["padded_share"]

@@ -236,3 +236,28 @@ def test_auto_checks_the_shared_pass_once_and_falls_back_when_it_does_not_fit(mo
     assert "does not reproduce LlamaForCausalLM's log-probs (per-token log-probs differ by up to 1" in capsys.readouterr().out
     expected = good.pair_logps({k: v for k, v in batch.items() if not k.startswith(("prompt_", "response_"))})
     torch.testing.assert_close(got.chosen, expected.chosen)
+
+
+def test_validation_metrics_are_batch_size_weighted_epoch_means():
+    """val/* is logged once per epoch (EpochMeans), as the mean over pairs: two batches of 3 and 1
+    pairs with per-batch mean losses a and b give (3a + b) / 4, not (a + b) / 2."""
+    from prefopt.train.module import EpochMeans
+
+    means = EpochMeans()
+    means.add({"loss": torch.tensor(1.0), "acc": torch.tensor(True)}, 3)
+    means.add({"loss": torch.tensor(5.0), "acc": torch.tensor(False)}, 1)
+    assert means.means()["loss"].item() == pytest.approx(2.0)  # (3·1 + 5) / 4
+    assert means.means()["acc"].item() == pytest.approx(0.75)
+    assert EpochMeans().means() == {}
+
+    torch.manual_seed(0)
+    module = PreferenceModule(tiny_model(), SimPOLoss(beta=2.0), lr=1e-2, warmup_ratio=0.0)  # DPO starts at log 2 everywhere
+    big, small = pair_batch(PAIRS), pair_batch(PAIRS[:1])
+    with torch.no_grad():
+        per_batch = [module.loss_fn(module.pair_logps(b, "eval")).losses.mean().item() for b in (big, small)]
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.validate(module, dataloaders=DataLoader([big, small], batch_size=None), verbose=False)
+    expected = (3 * per_batch[0] + per_batch[1]) / 4
+    assert per_batch[0] != pytest.approx(per_batch[1])  # the weighting matters for this check
+    assert trainer.callback_metrics["val/loss"].item() == pytest.approx(expected, rel=1e-6)

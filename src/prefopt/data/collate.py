@@ -23,9 +23,14 @@ For B pairs, rows 0..B-1 are prompt+chosen and rows B..2B-1 prompt+rejected:
   T x C. Measured on the throughput benchmark's variable lengths, tiny model, 4 pairs a batch,
   forward + backward in CPU time: one row of all tokens 1.5x the padded rows' time; rows at 10%
   padding (6.6% over the batches) 0.92x; the shared-prompt layout, 23% padding but each prompt once, 0.84x.
+- with `pack` and every prompt at least one token, also the prompt-once packed (tree) layout
+  (`tree_layout`): each pair as prompt + chosen + rejected, pairs end to end in rows of at most
+  PACK_MAX_PADDING padding, so a prompt runs once and the two responses are not padded to one length;
+  the attention mask that keeps the responses apart is built by prefopt.train.tree, which a model
+  scores first when it can (then the packed layout, then the padded ones).
 `token_counts` says how much of what a layout runs through the transformer is padding (the padded
 share that length grouping, data/sampler.py, keeps low; packing removes all but the rows' tails).
-Exercised by `pytest tests/data/test_pair_collator.py tests/test_packed_logps.py`.
+Exercised by `pytest tests/data/test_pair_collator.py tests/test_packed_logps.py tests/test_tree_logps.py`.
 """
 
 from __future__ import annotations
@@ -77,6 +82,8 @@ class PairCollator:
             batch["response_attention_mask"] = pad_right([[1] * len(r) for r in responses], 0)
         if self.pack:
             batch.update(packed_layout(prompts, responses, self.pad_id))
+            if "prompt_ids" in batch:
+                batch.update(tree_layout(once, responses[: len(items)], responses[len(items):], self.pad_id))
         return batch
 
 
@@ -132,13 +139,66 @@ def packed_layout(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence
         ("input_ids", "ids"), ("position_ids", "positions"), ("segment", "segment"), ("score_mask", "score"))}
 
 
-def token_counts(batch: dict[str, Tensor], shared: bool, packed: bool = False) -> tuple[int, int]:
+def token_counts(batch: dict[str, Tensor], shared: bool, packed: bool = False, tree: bool = False) -> tuple[int, int]:
     """(real, processed) tokens the policy's pass over `batch` runs through the transformer: with
-    `packed`, the packed rows (N, C), real where a token has a segment; with `shared`, each prompt
-    once (B, P) plus the responses (2B, R); else the full rows (2B, L)."""
+    `tree`, the prompt-once packed rows (N, C), real where a token has a pair; with `packed`, the
+    packed rows (N, C), real where a token has a segment; with `shared`, each prompt once (B, P) plus
+    the responses (2B, R); else the full rows (2B, L)."""
+    if tree:
+        return int(batch["tree_pair"].ge(0).sum()), batch["tree_input_ids"].numel()
     if packed:
         return int(batch["packed_segment"].ge(0).sum()), batch["packed_input_ids"].numel()
     if shared:
         real = int(batch["prompt_attention_mask"].sum() + batch["response_attention_mask"].sum())
         return real, batch["prompt_ids"].numel() + batch["response_ids"].numel()
     return int(batch["attention_mask"].sum()), batch["input_ids"].numel()
+
+
+def _tree_unit(prompt: Sequence[int], chosen: Sequence[int], rejected: Sequence[int], pair: int, n_pairs: int):
+    """One pair's tokens prompt, chosen, rejected, with per token: position (both responses continue
+    the prompt's positions), pair, branch (0 prompt, 1 chosen, 2 rejected), the padded row it is scored
+    in (-1: a prompt token) and the offset in the unit of the state that predicts it (-1: none)."""
+    p, c, r = len(prompt), len(chosen), len(rejected)
+    ids = list(prompt) + list(chosen) + list(rejected)
+    positions = list(range(p + c)) + list(range(p, p + r))
+    branch = [0] * p + [1] * c + [2] * r
+    row = [-1] * p + [pair] * c + [n_pairs + pair] * r
+    # a response's first token is predicted by the prompt's last state, every other by its own branch's previous one
+    source = [-1] * p + [p - 1 + j for j in range(c)] + [p - 1 if j == 0 else p + c + j - 1 for j in range(r)]
+    return ids, positions, branch, row, source
+
+
+def tree_layout(prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]],
+                pad_id: int, capacity: int | None = None) -> dict[str, Tensor]:
+    """The B pairs packed into rows with each prompt once: a pair is the unit prompt + chosen + rejected
+    (every prompt at least one token), units placed end to end by `first_fit` in rows of `capacity`
+    tokens (default `row_length`: at most PACK_MAX_PADDING padding). Each (N, capacity): tree_input_ids;
+    tree_position_ids (the rejected response restarts at the prompt's length, as if it followed the
+    prompt alone); tree_pair (-1: padding) and tree_branch (0 prompt, 1 chosen, 2 rejected, -1
+    padding), from which prefopt.train.tree builds the attention mask (a response sees its prompt and
+    itself, never the other response or another pair); tree_row, the padded row (0..2B-1, chosen
+    then rejected) a response token is scored in (-1 elsewhere); tree_source, the column of the state
+    that predicts it (-1 elsewhere). Against the packed layout each prompt runs once; against the
+    shared-prompt layout the two responses are not padded to one length."""
+    units = [_tree_unit(p, c, r, i, len(prompts)) for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected))]
+    lengths = [len(u[0]) for u in units]
+    rows, room = first_fit(lengths, capacity or row_length(lengths))
+    keys = ("input_ids", "position_ids", "pair", "branch", "row", "source")
+    out: dict[str, list[list[int]]] = {k: [] for k in keys}
+    for members, left in zip(rows, room):
+        cols: dict[str, list[int]] = {k: [] for k in keys}
+        for i in sorted(members):
+            ids, positions, branch, row, source = units[i]
+            start = len(cols["input_ids"])
+            cols["source"] += [s + start if s >= 0 else -1 for s in source]
+            cols["input_ids"] += ids
+            cols["position_ids"] += positions
+            cols["pair"] += [i] * len(ids)
+            cols["branch"] += branch
+            cols["row"] += row
+        for key, fill in (("input_ids", pad_id), ("pair", -1), ("branch", -1), ("row", -1), ("source", -1)):
+            cols[key] += [fill] * left
+        cols["position_ids"] += list(range(left))
+        for key in keys:
+            out[key].append(cols[key])
+    return {f"tree_{key}": torch.tensor(out[key], dtype=torch.long) for key in keys}

@@ -124,6 +124,15 @@ def _goes_on(err: BaseException, message: str, multirun: bool) -> bool:
     return False
 
 
+def release_garbage() -> None:
+    """Collect the run's reference cycles, then freeze what survives (imports, the sweep memo, the
+    loaded libraries' state): later collections, here and Python's automatic ones during the next run,
+    skip those objects. A full collection of this process's ~500k objects took 0.2-0.27 s, twice a
+    run, about 6% of a sort run in a sweep; after the freeze it takes microseconds."""
+    gc.collect()
+    gc.freeze()
+
+
 def _finish(outcome: RunOutcome, console: Any) -> None:
     """Restore the signal handlers, finish the loggers with the run's status, close run.log."""
     from prefopt.train.loggers import finish_loggers
@@ -131,7 +140,7 @@ def _finish(outcome: RunOutcome, console: Any) -> None:
     outcome.interrupts.restore()
     finish_loggers(outcome.loggers, outcome.status, outcome.error)
     outcome.loggers, outcome.samples, outcome.info = [], [], {}  # nothing of the run outlives it
-    gc.collect()
+    release_garbage()
     if console is not None:
         console.close()
 

@@ -33,11 +33,13 @@ class FiniteGuard(Callback):
             self._stop(trainer, f"non-finite loss ({loss.item()})")
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        """One device sync per step (not one per tensor): per-tensor flags stacked, then read once."""
+        """One device sync per step: every gradient's largest magnitude in one foreach call (a NaN
+        or an infinity anywhere makes it non-finite; a max never overflows, unlike a norm), read once."""
         grads = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
         if not grads:
             return
-        finite = torch.stack([torch.isfinite(g).all().to(grads[0][1].device) for _, g in grads])
+        peaks = torch._foreach_norm([g for _, g in grads], float("inf"))
+        finite = torch.isfinite(torch.stack([p.to(peaks[0].device) for p in peaks]))
         if not bool(finite.all()):
             first = int((~finite).nonzero()[0, 0])
             self._stop(trainer, f"non-finite gradient in {grads[first][0]}")

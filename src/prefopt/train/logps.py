@@ -156,7 +156,7 @@ def response_logps(
     the K scored tokens in row-major order instead.
     """
     body, head = model_body_and_head(model)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     # position t-1 predicts token t: states and targets line up after dropping the last / first column
     return summed_logps(head, hidden[:, :-1], input_ids[:, 1:], score_mask[:, 1:].bool(), chunk_size, per_token)
 
@@ -302,9 +302,14 @@ def settle_sharing(model: torch.nn.Module, batch: dict[str, Tensor], share_promp
 def pair_batch_logps(model: torch.nn.Module, batch: dict[str, Tensor], share_prompt: bool | str = "auto",
                      per_token: bool = False):
     """(logps (2B,), n_tokens (2B,)) of a collated pair batch's responses given their prompts: on the
-    packed row when the batch carries it and `model` packs (`packs_batch`), else with each prompt run
+    prompt-once packed rows when the batch carries them and `model` scores them (prefopt.train.tree),
+    else on the packed rows when `model` packs (`packs_batch`), else with each prompt run
     once when `shares_batch_prompt`, else on full prompt+response rows (same numbers every way).
     `per_token`: the scored tokens' log-probs unsummed, (logps (K,), rows (K,)), in the same order all ways."""
+    from prefopt.train.tree import tree_logps, trees_batch
+
+    if trees_batch(batch, model):
+        return tree_logps(model, batch, n_rows=batch["input_ids"].shape[0], per_token=per_token)
     if packs_batch(batch, model):
         return packed_logps(model, batch["packed_input_ids"], batch["packed_position_ids"], batch["packed_segment"],
                             batch["packed_score_mask"], n_rows=batch["input_ids"].shape[0], per_token=per_token)
@@ -321,8 +326,8 @@ def pair_batch_logps(model: torch.nn.Module, batch: dict[str, Tensor], share_pro
 
 
 def without_packing(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """`batch` without its packed layout (the padded layouts only)."""
-    return {k: v for k, v in batch.items() if not k.startswith("packed_")}
+    """`batch` without its packed layouts (the padded layouts only)."""
+    return {k: v for k, v in batch.items() if not k.startswith(("packed_", "tree_"))}
 
 
 def packed_logps(model: torch.nn.Module, input_ids: Tensor, position_ids: Tensor, segment: Tensor,

@@ -31,6 +31,27 @@ from prefopt.losses import PairLogps, PreferenceLoss
 from prefopt.train.optim import Factory, default_factories, takes, warmup_cosine  # noqa: F401 (warmup_cosine: re-exported)
 
 
+class EpochMeans:
+    """Batch-size-weighted means of an epoch's metrics, accumulated exactly as Lightning's `on_epoch`
+    logging accumulates them (value x batch size summed from a float32 zero, divided by the summed
+    batch sizes), so logging the means once gives the numbers per-batch logging gave."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+
+    def add(self, metrics: dict[str, Tensor], batch_size: int) -> None:
+        for key, value in metrics.items():
+            value = value.detach()
+            if value.dtype not in (torch.float32, torch.float64):
+                value = value.float()
+            self.sums[key] = self.sums.get(key, torch.tensor(0.0)) + value * batch_size
+        self.count += batch_size
+
+    def means(self) -> dict[str, Tensor]:
+        return {key: total / self.count for key, total in self.sums.items()} if self.count else {}
+
+
 class PreferenceModule(L.LightningModule):
     """Trains `policy` with `loss`; its frozen side (`self.frozen`) builds a reference only when the loss needs one."""
 
@@ -58,6 +79,7 @@ class PreferenceModule(L.LightningModule):
         # the reference copy (when the loss needs one) becomes this module's child `reference`
         self.frozen = FrozenScorers(self, policy, loss, share_prompt, reference)
         self._total_steps: int | None = None  # optimizer steps of this fit, set by configure_optimizers
+        self._val_means = EpochMeans()  # this validation epoch's metrics (on_validation_epoch_end logs them)
 
     def train(self, mode: bool = True) -> "PreferenceModule":
         super().train(mode)
@@ -112,14 +134,12 @@ class PreferenceModule(L.LightningModule):
             "logps/rejected": logps.rejected.detach().mean(),
             **{k: v.detach() for k, v in out.metrics.items()},
         }
-        self.log_dict(
-            {f"{stage}/{k}": v for k, v in metrics.items()},
-            on_step=train,
-            on_epoch=not train,
-            batch_size=logps.chosen.shape[0],
-        )
-        self.log(f"{stage}_loss", loss.detach(), prog_bar=True, on_step=train, on_epoch=not train,
-                 batch_size=logps.chosen.shape[0], logger=False)
+        if not train:  # logged once at the epoch's end (on_validation_epoch_end)
+            self._val_means.add(metrics, logps.chosen.shape[0])
+            return loss
+        n = logps.chosen.shape[0]
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False, batch_size=n)
+        self.log("train_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n, logger=False)
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -127,6 +147,18 @@ class PreferenceModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_means = EpochMeans()
+
+    def on_validation_epoch_end(self) -> None:
+        """The epoch's `val/*` means in one log call: Lightning's `self.log` costs about 1 ms a metric
+        (it moves its whole accumulator state each call), so logging ~10 metrics every validation batch
+        took ~5% of a sort run; the numbers are the same (`EpochMeans`)."""
+        means = self._val_means.means()
+        if means:
+            self.log_dict({f"val/{k}": v for k, v in means.items()}, on_step=False, on_epoch=True)
+            self.log("val_loss", means["loss"], prog_bar=True, on_step=False, on_epoch=True, logger=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Leave the frozen reference out: it is the starting policy, rebuilt when a run resumes; a LoRA
