@@ -17,6 +17,8 @@ lengths (benchmarks/synthetic.py: log-normal, capped at 128 prompt / 256 total t
                 trl.experimental.cpo.CPOTrainer (loss_type simpo, cpo_alpha 0), sequential order.
   trl-tuned     DPOTrainer with TRL's knobs that help: precompute_ref_log_probs=True (against our
                 dpo+cache) and, with variable lengths, train_sampling_strategy="group_by_length".
+  trl-tuned-gpu-path  DIAGNOSTIC: both of the above (precompute_ref_log_probs and the CUDA code path),
+                against our dpo+cache: what a GPU user of TRL gets with its best knob.
   trl-gpu-path  DIAGNOSTIC: DPOTrainer with its CUDA code path forced on the CPU. TRL's fused LM head
                 (trl.trainer.utils.add_fused_lm_head) scores only completion positions when
                 `_use_triton(device)` (CUDA/XPU with Triton) and every position elsewhere; the patch
@@ -82,12 +84,15 @@ BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "rmipo": 2.0}
 GAMMA_BETA_RATIO = 0.5
 LOG_EVERY = 10  # both frameworks' default: ours `log_every_n_steps`, TRL's `logging_steps`
 OURS = ["dpo", "ipo", "simpo", "rmipo", "dpo+cache", "ipo+cache", "rmipo_ref+cache", "dpo-rows", "simpo-rows",
-        "dpo+pack", "simpo+pack"]
+        "dpo+pack", "simpo+pack", "dpo+cache+pack"]
 DEFAULT_OURS = ["dpo", "simpo", "dpo+cache"]
-TRL_IMPLS = {"trl": ["dpo", "ipo", "simpo"], "trl-tuned": ["dpo", "ipo"], "trl-gpu-path": ["dpo", "ipo"]}
-VS_OURS = {("trl-tuned", "dpo"): "dpo+cache", ("trl-tuned", "ipo"): "ipo+cache"}  # else the same loss
+TRL_IMPLS = {"trl": ["dpo", "ipo", "simpo"], "trl-tuned": ["dpo", "ipo"], "trl-gpu-path": ["dpo", "ipo"],
+             "trl-tuned-gpu-path": ["dpo", "ipo"]}
+VS_OURS = {(impl, loss): f"{loss}+cache" for impl in ("trl-tuned", "trl-tuned-gpu-path")
+           for loss in ("dpo", "ipo")}  # else the same loss
 LABELS = {
     "trl-gpu-path": "diagnostic: TRL's CUDA code path (completion-only LM head) forced on the CPU",
+    "trl-tuned-gpu-path": "diagnostic: trl-tuned with TRL's CUDA code path forced on the CPU",
     ("trl", "simpo"): "experimental: trl.experimental.cpo.CPOTrainer (no device branch: also its GPU path)",
 }
 
@@ -270,7 +275,7 @@ def run_trl(impl: str, loss_name: str, model, tokenizer, rows, args, gate: Gate,
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
 
-    tuned = impl == "trl-tuned"
+    tuned = impl in ("trl-tuned", "trl-tuned-gpu-path")
     sampling = "group_by_length" if tuned and args.lengths == "variable" else "sequential"
     common = dict(
         output_dir=str(workdir), per_device_train_batch_size=args.batch_size, max_steps=args.total_steps,
@@ -295,7 +300,7 @@ def run_trl(impl: str, loss_name: str, model, tokenizer, rows, args, gate: Gate,
     if not cpo:
         from trl import DPOConfig, DPOTrainer
 
-        if impl == "trl-gpu-path":
+        if impl.endswith("gpu-path"):
             force_trl_gpu_path()
         config = DPOConfig(loss_type=["sigmoid" if loss_name == "dpo" else "ipo"], beta=BETA[loss_name],
                            precompute_ref_log_probs=tuned, **common)
@@ -589,7 +594,7 @@ def result_rows(model_name, lengths, configs, rounds, done, mem, n_params_, flop
             name: list(ratio_interval(theirs, [statistics.fmean(seg[timed]) for seg in rounds[(impl, name)]]))
             for impl, name in rounds
             if impl == "ours" and name != vs and name.split("+")[0].removesuffix("-rows") == row["loss"]
-            and "+cache" not in name}
+            and ("+cache" in name) == ("+cache" in vs)}
     return out
 
 
@@ -615,14 +620,14 @@ def bench(model_name: str, losses: list[str], with_trl: bool, args, cache_root: 
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'model':5} {'len':4} {'impl':12} {'loss':10} {'cpu ms/step (95% CI)':>24} {'pairs/s':>8} "
+    print(f"\n{'model':5} {'len':4} {'impl':18} {'loss':14} {'cpu ms/step (95% CI)':>24} {'pairs/s':>8} "
           f"{'pad':>5} {'mfu':>6} {'MiB':>7} {'ours faster (95% CI)':>22} {'mem ours/x':>10}")
     for r in rows:
         ci = f"{r['cpu_ms_per_step']:.1f} ({r['ci_low']:.1f}-{r['ci_high']:.1f})"
         speed = (f"{r['speedup']:.2f}x ({r['speedup_ci_low']:.2f}-{r['speedup_ci_high']:.2f})"
                  if "speedup" in r else "")
         mem = f"{r['mem_ratio']:.2f}" if "mem_ratio" in r else ""
-        print(f"{r['model']:5} {r['lengths'][:4]:4} {r['impl']:12} {r['loss']:10} {ci:>24} {r['pairs_per_s']:8.2f} "
+        print(f"{r['model']:5} {r['lengths'][:4]:4} {r['impl']:18} {r['loss']:14} {ci:>24} {r['pairs_per_s']:8.2f} "
               f"{r['padded_share']:5.1%} {r['mfu']:6.1%} {r['peak_mem_mb']:7.1f} {speed:>22} {mem:>10}")
     for r in rows:
         for name, (ratio, low, high) in r.get("speedup_vs", {}).items():

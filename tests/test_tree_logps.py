@@ -158,3 +158,33 @@ def test_training_steps_on_the_tree_rows_change_the_policy(monkeypatch):
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert all(not torch.equal(v, before[k]) for k, v in module.policy.state_dict().items())
     assert any(m is module.policy for m in calls)  # the policy's pass ran on the tree rows (the reference's too)
+
+
+def test_the_gpu_trainer_config_trains_on_the_tree_rows(tmp_path, monkeypatch):
+    """conf/trainer/gpu.yaml as a user gets it (bf16-mixed, clipping 1.0, fused AdamW), on the CPU: three
+    steps on the tree rows, the boolean mask under autocast included."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from prefopt.losses import SimPOLoss
+    from prefopt.train.module import PreferenceModule
+    from prefopt.train.trainer_factory import build_trainer
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer=gpu", "checkpoint.enabled=false", "trainer.accelerator=cpu",
+                                          "trainer.devices=1", "trainer.max_steps=3", "data.pack=true"])
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.data.pack
+    calls = []
+    real = tree_file.tree_logps
+    monkeypatch.setattr(tree_file, "tree_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    module = PreferenceModule(tiny_model(), SimPOLoss(beta=10.0), lr=1e-3, warmup_ratio=0.0)
+    start = {k: v.clone() for k, v in module.policy.state_dict().items()}
+    trainer = build_trainer(cfg, tmp_path, [], "test", model=module.policy)
+    trainer.fit(module, train_dataloaders=DataLoader([collate(VARIABLE)] * 3, batch_size=None))
+    assert trainer.global_step == 3 and str(trainer.precision) == "bf16-mixed"
+    assert len(calls) == 1 + 3  # the probe (once per model), then each step
+    assert all(torch.isfinite(p).all() for p in module.policy.parameters())
+    assert max((module.policy.state_dict()[k] - v).abs().max().item() for k, v in start.items()) > 1e-4
