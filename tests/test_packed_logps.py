@@ -174,22 +174,27 @@ def test_a_body_without_position_ids_cannot_pack():
 # ---------------------------------------------------------------- training on the packed layout
 
 
-def test_training_steps_on_the_packed_layout_change_the_policy(monkeypatch):
+@pytest.mark.parametrize("layout", ["packed", "tree"])
+def test_training_steps_on_the_packed_layouts_change_the_policy(layout, monkeypatch):
+    """Three DPO steps on each packed layout: sequences apart (packed_logps) and prompt-once (tree_logps)."""
     from prefopt.losses import DPOLoss
+    from prefopt.train import tree as tree_file
     from prefopt.train.module import PreferenceModule
 
+    owner, name = (logps_file, "packed_logps") if layout == "packed" else (tree_file, "tree_logps")
     calls = []
-    real = logps_file.packed_logps
-    monkeypatch.setattr(logps_file, "packed_logps", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    real = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     torch.manual_seed(0)
     module = PreferenceModule(tiny_model(), DPOLoss(beta=0.1), lr=1e-2, warmup_ratio=0.0)
     before = {k: v.clone() for k, v in module.policy.state_dict().items()}
     trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu")
-    trainer.fit(module, train_dataloaders=DataLoader([collate(VARIABLE)] * 3, batch_size=None))
+    batches = [collate(VARIABLE, tree=layout == "tree")] * 3
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert all(not torch.equal(v, before[k]) for k, v in module.policy.state_dict().items())
-    assert any(m is module.policy for m in calls)  # the policy's pass ran packed (the reference's too)
+    assert any(m is module.policy for m in calls)  # the policy's pass ran on that layout (the reference's too)
 
 
 def test_the_data_module_wires_the_option():

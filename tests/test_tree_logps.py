@@ -2,9 +2,8 @@
 attention mask by hand, and the tree pass against padded rows on variable-length pairs of tiny Llama,
 Mistral, Qwen2, Gemma 2, Phi-3 and GPT-2 models (equal summed log-probs, token counts, per-token order
 and gradients); a sliding window shorter than a branch, and attention that takes no custom mask, fall
-back to the packed rows; training on the tree rows changes the policy."""
+back to the packed rows; the gpu trainer config trains on the tree rows (training on them: tests/test_packed_logps.py)."""
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -140,24 +139,6 @@ def test_a_mask_that_lets_responses_see_each_other_is_refused(monkeypatch, capsy
 def test_an_empty_prompt_leaves_the_tree_layout_out():
     b = collate([([], [8, 9, EOS], [10, EOS]), ([BOS, 7], [11, EOS], [12, EOS])])
     assert "tree_input_ids" not in b and "packed_input_ids" in b
-
-
-def test_training_steps_on_the_tree_rows_change_the_policy(monkeypatch):
-    from prefopt.losses import DPOLoss
-    from prefopt.train.module import PreferenceModule
-
-    calls = []
-    real = tree_file.tree_logps
-    monkeypatch.setattr(tree_file, "tree_logps", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
-    torch.manual_seed(0)
-    module = PreferenceModule(tiny_model(), DPOLoss(beta=0.1), lr=1e-2, warmup_ratio=0.0)
-    before = {k: v.clone() for k, v in module.policy.state_dict().items()}
-    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
-    trainer.fit(module, train_dataloaders=DataLoader([collate(VARIABLE)] * 3, batch_size=None))
-    assert torch.isfinite(trainer.callback_metrics["train/loss"])
-    assert all(not torch.equal(v, before[k]) for k, v in module.policy.state_dict().items())
-    assert any(m is module.policy for m in calls)  # the policy's pass ran on the tree rows (the reference's too)
 
 
 def test_the_gpu_trainer_config_trains_on_the_tree_rows(tmp_path, monkeypatch):

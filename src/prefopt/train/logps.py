@@ -350,7 +350,14 @@ def packed_logps(model: torch.nn.Module, input_ids: Tensor, position_ids: Tensor
     mask = score_mask[:, 1:].bool() & (segment[:, 1:] == segment[:, :-1])
     rows = segment[:, 1:][mask]
     logps = head_logps(head, hidden[:, :-1][mask], input_ids[:, 1:][mask], chunk_size)  # (K,)
-    if per_token:  # a sequence's tokens are consecutive: a stable sort by sequence is the padded order
+    return by_row(logps, rows, n_rows, per_token)
+
+
+def by_row(logps: Tensor, rows: Tensor, n_rows: int, per_token: bool = False) -> tuple[Tensor, Tensor]:
+    """Per-token log-probs of a packed pass, each with its padded row: (sums (n_rows,), token counts
+    (n_rows,)), or with `per_token` (logps (K,), rows (K,)) in the padded rows' order. A row's tokens
+    are consecutive in the packed rows, so a stable sort by row is that order."""
+    if per_token:
         order = torch.sort(rows, stable=True).indices
         return logps[order], rows[order]
     sums = torch.zeros(n_rows, dtype=logps.dtype, device=logps.device).index_add(0, rows, logps)
@@ -401,12 +408,18 @@ def packing_problem(model: torch.nn.Module) -> str | None:
     sequence see another (flash attention without its variable-length path, a remote-code model with
     its own masks).
     """
-    if model not in _PACKING_VERDICTS:
-        _PACKING_VERDICTS[model] = problem = probe_packing(model)
+    return remembered_verdict(_PACKING_VERDICTS, model, probe_packing, "packed sequences", "scoring padded rows")
+
+
+def remembered_verdict(verdicts: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]", model: torch.nn.Module,
+                       probe, what: str, instead: str) -> str | None:
+    """`probe(model)` run once per model object and kept in `verdicts`; a problem is logged once, as
+    "data.pack: <model> cannot score <what> (<problem>); <instead>"."""
+    if model not in verdicts:
+        verdicts[model] = problem = probe(model)
         if problem:
-            log.warning(f"data.pack: {type(model).__name__} cannot score packed sequences ({problem}); "
-                        "scoring padded rows")
-    return _PACKING_VERDICTS[model]
+            log.warning(f"data.pack: {type(model).__name__} cannot score {what} ({problem}); {instead}")
+    return verdicts[model]
 
 
 def packs_batch(batch: dict[str, Tensor], model: torch.nn.Module) -> bool:

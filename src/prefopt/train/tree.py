@@ -23,11 +23,8 @@ import weakref
 import torch
 from torch import Tensor
 
-from prefopt.log import get_logger
-from prefopt.train.logps import (DEFAULT_CHUNK_SIZE, attention_window, check_tolerance, head_logps,
-                                 model_body_and_head, response_logps)
-
-log = get_logger()
+from prefopt.train.logps import (DEFAULT_CHUNK_SIZE, attention_window, by_row, check_tolerance, head_logps,
+                                 model_body_and_head, remembered_verdict, response_logps)
 
 TREE_ATTENTION = ("sdpa", "eager")  # attention implementations that take a custom 4D mask as it is
 
@@ -66,13 +63,7 @@ def tree_logps(model: torch.nn.Module, batch: dict[str, Tensor], n_rows: int,
     width = ids.shape[1]
     offsets = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1) * width
     states = hidden.reshape(-1, hidden.shape[-1])[(source + offsets)[scored]]
-    rows = row[scored]
-    logps = head_logps(head, states, ids[scored], chunk_size)  # (K,)
-    if per_token:  # a response's tokens are consecutive in its packed row: a stable sort by row is the padded order
-        order = torch.sort(rows, stable=True).indices
-        return logps[order], rows[order]
-    sums = torch.zeros(n_rows, dtype=logps.dtype, device=logps.device).index_add(0, rows, logps)
-    return sums, torch.bincount(rows, minlength=n_rows)
+    return by_row(head_logps(head, states, ids[scored], chunk_size), row[scored], n_rows, per_token)
 
 
 # Verdicts of `tree_problem` per model object: the probe runs once per model.
@@ -111,12 +102,8 @@ def probe_tree(model: torch.nn.Module) -> str | None:
 
 def tree_problem(model: torch.nn.Module) -> str | None:
     """Why `model` cannot score the tree layout (None: it can), probed once per model (`probe_tree`)."""
-    if model not in _TREE_VERDICTS:
-        _TREE_VERDICTS[model] = problem = probe_tree(model)
-        if problem:
-            log.warning(f"data.pack: {type(model).__name__} cannot score prompt-once packed rows ({problem}); "
-                        "packing each sequence apart instead")
-    return _TREE_VERDICTS[model]
+    return remembered_verdict(_TREE_VERDICTS, model, probe_tree, "prompt-once packed rows",
+                              "packing each sequence apart instead")
 
 
 def trees_batch(batch: dict[str, Tensor], model: torch.nn.Module) -> bool:
