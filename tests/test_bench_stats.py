@@ -1,5 +1,5 @@
 """Benchmark statistics (benchmarks/bench_stats.py): hand-worked t-intervals of means and paired ratios;
-and the rows `benchmarks/throughput.py --json` writes."""
+and the rows `benchmarks/throughput.py --json` writes; benchmarks/flops_bound.py on them."""
 
 import math
 import sys
@@ -50,3 +50,22 @@ def test_throughput_rows_keep_their_keys_and_add_the_interval_ones(tmp_path):
     assert packed["loss"] == "simpo+pack" and packed["packed"] and not row["packed"]
     assert (packed["layout"], row["layout"]) == ("prompt-once packed", "shared prompt")
     assert 0 <= packed["padded_share"] <= 0.10 < row["padded_share"]
+
+
+def test_flops_bound_reads_the_measured_padding_and_orders_the_layouts(tmp_path):
+    """benchmarks/flops_bound.py on the committed benchmark JSON: every ratio above 1, the packed layout
+    (6% padding) above the shared-prompt one (21%), a cached reference above a live one; a JSON without
+    the rows it needs is a named error."""
+    import json
+
+    import flops_bound
+
+    out = flops_bound.main(["--model", "tiny"])
+    assert all(v > 1 for v in out.values())
+    for ref in ("live reference", "cached reference", "both references precomputed"):
+        assert out[f"packed, {ref}"] > out[f"shared prompt, {ref}"]
+    assert out["packed, cached reference"] > out["packed, live reference"]
+    empty = tmp_path / "bench.json"
+    empty.write_text(json.dumps([]))
+    with pytest.raises(SystemExit, match="no trl-gpu-path dpo row for tiny/variable"):
+        flops_bound.main(["--model", "tiny", "--json", str(empty)])
