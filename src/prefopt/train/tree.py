@@ -6,9 +6,8 @@ shared-prompt pass, and only the rows' tails are padding, as in the packed layou
 is built here, one (C, C) block per row: a token sees the earlier tokens of its own pair that are on
 its branch (the prompt, and its own response), never the other response of its pair, another pair or
 padding (a padding token sees only itself, so no softmax row is empty). Position ids put both
-responses right after the prompt. The mask goes to the model as a 4D additive mask (0 where a token
-may look, the dtype's minimum elsewhere), which transformers passes to sdpa and eager attention
-unchanged; `tree_problem` checks once per model, on a small pair batch, that the tree pass
+responses right after the prompt. The mask goes to the model as a 4D mask (boolean for sdpa,
+additive for eager attention: `model_mask`), which transformers passes to the attention unchanged; `tree_problem` checks once per model, on a small pair batch, that the tree pass
 reproduces the padded rows' log-probs, and a model it does not (flash attention, which takes no
 mask; a remote-code model with its own masks) scores the packed or padded rows instead, with one
 warning. Sliding-window attention (Mistral) is left to the packed layout when a branch is longer
