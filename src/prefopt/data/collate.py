@@ -95,13 +95,22 @@ PACK_MAX_PADDING = 0.10
 def row_length(lengths: Sequence[int], max_padding: float = PACK_MAX_PADDING) -> int:
     """The shortest row, from the longest of `lengths` up in steps of an eighth of it, whose first-fit
     packing (`first_fit`) leaves at most `max_padding` of the processed tokens as padding."""
+    return packed_rows(lengths, max_padding=max_padding)[0]
+
+
+def packed_rows(lengths: Sequence[int], capacity: int | None = None,
+                max_padding: float = PACK_MAX_PADDING) -> tuple[int, list[list[int]], list[int]]:
+    """(row length, the items of each row, the room left in each): `first_fit` at `capacity`, or by
+    default at `row_length`'s choice, keeping the packing that chose it rather than packing again."""
+    if capacity is not None:
+        return (capacity, *first_fit(lengths, capacity))
     longest, total = max(lengths), sum(lengths)
     step = max(1, longest // 8)
     for capacity in range(longest, total, step):
-        rows, _ = first_fit(lengths, capacity)
+        rows, room = first_fit(lengths, capacity)
         if len(rows) * capacity - total <= max_padding * len(rows) * capacity:
-            return capacity
-    return total
+            return capacity, rows, room
+    return (total, *first_fit(lengths, total))
 
 
 def first_fit(lengths: Sequence[int], capacity: int) -> tuple[list[list[int]], list[int]]:
@@ -127,7 +136,7 @@ def packed_layout(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence
     (-1 on padding) and the response-token mask, each (N, capacity)."""
     seqs = [(list(p) + list(r), len(p)) for p, r in zip(prompts, responses)]
     lengths = [len(s) for s, _ in seqs]
-    rows, room = first_fit(lengths, capacity or row_length(lengths))
+    _, rows, room = packed_rows(lengths, capacity)
     out: dict[str, list[list[int]]] = {"ids": [], "positions": [], "segment": [], "score": []}
     for members, left in zip(rows, room):
         members = sorted(members)
@@ -182,7 +191,7 @@ def tree_layout(prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]
     shared-prompt layout the two responses are not padded to one length."""
     units = [_tree_unit(p, c, r, i, len(prompts)) for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected))]
     lengths = [len(u[0]) for u in units]
-    rows, room = first_fit(lengths, capacity or row_length(lengths))
+    _, rows, room = packed_rows(lengths, capacity)
     keys = ("input_ids", "position_ids", "pair", "branch", "row", "source")
     out: dict[str, list[list[int]]] = {k: [] for k in keys}
     for members, left in zip(rows, room):
