@@ -164,12 +164,15 @@ def our_loss(loss_name: str):
     }[base]()
 
 
-def padding(batches, layout) -> float:
-    """Padded share of the tokens over `batches`; `layout(batch)` says which layout a batch runs:
-    (shared, packed, tree), as prefopt.data.collate.token_counts takes them."""
+LAYOUT_NAMES = {"tree": "prompt-once packed", "packed": "packed", "shared": "shared prompt", "rows": "rows"}
+
+
+def padding(batches, layouts: list[str]) -> float:
+    """Padded share of the tokens over `batches`, each run on its layout (prefopt.train.logps.batch_layout)."""
     from prefopt.data.collate import token_counts
 
-    counts = [token_counts(b, *layout(b)) for b in batches]
+    counts = [token_counts(b, shared=layout == "shared", packed=layout == "packed", tree=layout == "tree")
+              for b, layout in zip(batches, layouts)]
     return 1.0 - sum(r for r, _ in counts) / max(1, sum(p for _, p in counts))
 
 
@@ -188,8 +191,7 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
 
     from prefopt.data.datamodule import PreferenceDataModule
     from prefopt.train.logp_cache import attach_caches
-    from prefopt.train.logps import packs_batch, shares_batch_prompt
-    from prefopt.train.tree import trees_batch
+    from prefopt.train.logps import batch_layout
     from prefopt.train.module import PreferenceModule
 
     class InOrder(PreferenceDataModule):  # fixed lengths: file order, as TRL's sequential sampler
@@ -207,13 +209,12 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
                               warmup_ratio=0.0, min_lr_ratio=1.0,  # constant learning rate
                               share_prompt=share_prompt)
     batches = list(data.train_dataloader())
+    layouts = [batch_layout(b, model, share_prompt) for b in batches]
+    first = layouts[0] if layouts else "rows"
     info: dict[str, Any] = {
-        "padded_share": padding(batches, lambda b: (shares_batch_prompt(b, share_prompt), packs_batch(b, model),
-                                                    trees_batch(b, model))),
-        "packed": bool(batches) and (trees_batch(batches[0], model) or packs_batch(batches[0], model)),
-        "layout": ("prompt-once packed" if batches and trees_batch(batches[0], model) else
-                   "packed" if batches and packs_batch(batches[0], model) else
-                   "shared prompt" if batches and shares_batch_prompt(batches[0], share_prompt) else "rows"),
+        "padded_share": padding(batches, layouts),
+        "packed": first in ("tree", "packed"),
+        "layout": LAYOUT_NAMES[first],
     }
     if "+cache" in loss_name:
         accelerator = "gpu" if args.device.startswith("cuda") else "cpu"

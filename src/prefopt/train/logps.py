@@ -299,21 +299,33 @@ def settle_sharing(model: torch.nn.Module, batch: dict[str, Tensor], share_promp
     return problem is None
 
 
-def pair_batch_logps(model: torch.nn.Module, batch: dict[str, Tensor], share_prompt: bool | str = "auto",
-                     per_token: bool = False):
-    """(logps (2B,), n_tokens (2B,)) of a collated pair batch's responses given their prompts: on the
-    prompt-once packed rows when the batch carries them and `model` scores them (prefopt.train.tree),
-    else on the packed rows when `model` packs (`packs_batch`), else with each prompt run
-    once when `shares_batch_prompt`, else on full prompt+response rows (same numbers every way).
-    `per_token`: the scored tokens' log-probs unsummed, (logps (K,), rows (K,)), in the same order all ways."""
-    from prefopt.train.tree import tree_logps, trees_batch
+def batch_layout(batch: dict[str, Tensor], model: torch.nn.Module, share_prompt: bool | str = "auto") -> str:
+    """The layout `pair_batch_logps` scores `batch` on: "tree" (the prompt-once packed rows, when the
+    batch carries them and `model` scores them: prefopt.train.tree), "packed" (when `model` packs,
+    `packs_batch`), "shared" (each prompt once, `shares_batch_prompt`), else "rows"."""
+    from prefopt.train.tree import trees_batch
 
     if trees_batch(batch, model):
-        return tree_logps(model, batch, n_rows=batch["input_ids"].shape[0], per_token=per_token)
+        return "tree"
     if packs_batch(batch, model):
+        return "packed"
+    return "shared" if shares_batch_prompt(batch, share_prompt, model) else "rows"
+
+
+def pair_batch_logps(model: torch.nn.Module, batch: dict[str, Tensor], share_prompt: bool | str = "auto",
+                     per_token: bool = False):
+    """(logps (2B,), n_tokens (2B,)) of a collated pair batch's responses given their prompts, on the
+    layout `batch_layout` picks (same numbers every way). `per_token`: the scored tokens' log-probs
+    unsummed, (logps (K,), rows (K,)), in the same order all ways."""
+    layout = batch_layout(batch, model, share_prompt)
+    if layout == "tree":
+        from prefopt.train.tree import tree_logps
+
+        return tree_logps(model, batch, n_rows=batch["input_ids"].shape[0], per_token=per_token)
+    if layout == "packed":
         return packed_logps(model, batch["packed_input_ids"], batch["packed_position_ids"], batch["packed_segment"],
                             batch["packed_score_mask"], n_rows=batch["input_ids"].shape[0], per_token=per_token)
-    if shares_batch_prompt(batch, share_prompt, model):
+    if layout == "shared":
         return shared_prompt_logps(
             model, batch["prompt_ids"], batch["prompt_attention_mask"], batch["response_ids"],
             batch["response_attention_mask"], per_token=per_token,
