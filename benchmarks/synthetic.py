@@ -4,7 +4,7 @@ A word-level tokenizer over "w4".."w{V-1}" (plus <pad> <s> </s> <unk>) makes tex
 known exactly: a prompt of n words tokenizes to BOS + n ids, a response of n words to n ids (+ EOS),
 for prefopt's tokenization and TRL's alike. `MODELS` are the two benchmark sizes, built with
 prefopt.models.load.build_tiny: `tiny` (the `model=tiny` architecture, 4k vocabulary) and `small` (about
-20M parameters, 32k vocabulary). `make_variable_rows` draws long-tailed lengths (the benchmark's `--lengths variable`).
+20M parameters, 32k vocabulary), and for GPUs `smollm2-shape` (SmolLM2-135M's architecture, random weights). `make_variable_rows` draws long-tailed lengths (the benchmark's `--lengths variable`).
 Used by `python benchmarks/throughput.py` and tests/test_trl_parity.py.
 """
 
@@ -25,6 +25,10 @@ MODELS = {
                                        intermediate_size=256, max_position_embeddings=256)),
     "small": dict(vocab=32000, arch=dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6,
                                          intermediate_size=1536, max_position_embeddings=256)),
+    # SmolLM2-135M's shape (random weights): a size where a GPU's step is arithmetic, not launch overhead
+    "smollm2-shape": dict(vocab=49152, arch=dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                                                 num_key_value_heads=3, intermediate_size=1536,
+                                                 max_position_embeddings=256)),
 }
 
 

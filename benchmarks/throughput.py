@@ -193,6 +193,7 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
     from prefopt.train.logp_cache import attach_caches
     from prefopt.train.logps import batch_layout
     from prefopt.train.module import PreferenceModule
+    from prefopt.train.trainer_factory import take_clipping
 
     class InOrder(PreferenceDataModule):  # fixed lengths: file order, as TRL's sequential sampler
         def train_dataloader(self):
@@ -218,7 +219,8 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
     }
     if "+cache" in loss_name:
         accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
-        cfg = OmegaConf.create({"logp_cache": True, "trainer": {"accelerator": accelerator, "precision": "32-true"}})
+        cfg = OmegaConf.create({"logp_cache": True,
+                                "trainer": {"accelerator": accelerator, "precision": args.precision}})
         t0 = time.perf_counter()
         cache = attach_caches(cfg, module.frozen, data, cache_root)["logp_cache"]
         info.update(cache_build_s=time.perf_counter() - t0, reference_released=cache["reference_released"])
@@ -231,12 +233,14 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
             gate.losses.append(float(outputs["loss"]))
             gate.step(trainer.global_step)
 
-    trainer = L.Trainer(
-        accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1, precision="32-true",
+    settings = dict(  # clipping as our runs clip (trainer_factory: a callback, which fused AdamW under AMP allows)
+        accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1, precision=args.precision,
         max_steps=args.total_steps, max_epochs=-1, gradient_clip_val=1.0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=LOG_EVERY, callbacks=[GateCallback()],
+        num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=LOG_EVERY,
     )
+    callbacks = [*take_clipping(settings), GateCallback()]
+    trainer = L.Trainer(**settings, callbacks=callbacks)
     trainer.fit(module, datamodule=data)
     return info
 
@@ -282,7 +286,8 @@ def run_trl(impl: str, loss_name: str, model, tokenizer, rows, args, gate: Gate,
         output_dir=str(workdir), per_device_train_batch_size=args.batch_size, max_steps=args.total_steps,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0, logging_steps=LOG_EVERY, save_strategy="no",
-        eval_strategy="no", report_to=[], use_cpu=not args.device.startswith("cuda"), bf16=False, fp16=False,
+        eval_strategy="no", report_to=[], use_cpu=not args.device.startswith("cuda"),
+        bf16=args.precision == "bf16-mixed", fp16=False,
         gradient_checkpointing=False, dataloader_num_workers=0, seed=0, disable_tqdm=True,
         train_sampling_strategy=sampling, max_length=args.max_length,
         # TRL drops unknown columns before the sampler reads `length`; keeping them lets group_by_length work
@@ -451,15 +456,24 @@ def timed_segments(model_name: str, configs: list[tuple[str, str]], args, cache_
     rounds: dict[tuple[str, str], list[tuple[list[float], list[float]]]] = {c: [] for c in configs}
     done: dict[tuple[str, str], dict] = {}
     n_params_ = 0
+    together = args.device.startswith("cuda")  # a GPU host has the cores to build all at once
+
+    def built(c) -> int:
+        n = expect(procs[c][1], "built", f"{c[0]}/{c[1]}")
+        print(f"  built {c[0]:12} {c[1]:16} ({model_name}, {n / 1e6:.1f}M parameters)", flush=True)
+        return n
+
     try:
-        for c in configs:  # build one at a time
+        for c in configs:  # build one at a time on a CPU
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker, args=(child, *c, model_name, args, cache_root), daemon=True)
             proc.start()
             child.close()
             procs[c] = (proc, parent)
-            n_params_ = expect(parent, "built", f"{c[0]}/{c[1]}")
-            print(f"  built {c[0]:12} {c[1]:16} ({model_name}, {n_params_ / 1e6:.1f}M parameters)", flush=True)
+            if not together:
+                n_params_ = built(c)
+        for c in configs if together else ():
+            n_params_ = built(c)
         for c in configs:  # warm-up, one at a time
             go(procs[c][1], f"{c[0]}/{c[1]}")
             expect(procs[c][1], "segment", f"{c[0]}/{c[1]}")
@@ -481,31 +495,46 @@ def timed_segments(model_name: str, configs: list[tuple[str, str]], args, cache_
     return rounds, done, n_params_
 
 
-def peak_memory(model_name: str, c: tuple[str, str], args, cache_root: str) -> float:
+def peak_memory(model_name: str, configs: list[tuple[str, str]], args, cache_root: str) -> dict:
+    """Each configuration's peak memory (`memory_worker`), one process at a time on a CPU; on a GPU all
+    at once (each process reads its own allocator's peak)."""
     ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=memory_worker, args=(child, *c, model_name, args, cache_root), daemon=True)
-    proc.start()
-    child.close()
-    try:
-        return expect(parent, "done", f"memory {c[0]}/{c[1]}")
-    finally:
-        proc.join(timeout=60)
-        if proc.is_alive():
-            proc.kill()
+    out: dict[tuple[str, str], float] = {}
+    running: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def collect(c) -> None:
+        proc, parent = running.pop(c)
+        try:
+            out[c] = expect(parent, "done", f"memory {c[0]}/{c[1]}")
+        finally:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+
+    for c in configs:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=memory_worker, args=(child, *c, model_name, args, cache_root), daemon=True)
+        proc.start()
+        child.close()
+        running[c] = (proc, parent)
+        if not args.device.startswith("cuda"):
+            collect(c)
+    for c in list(running):
+        collect(c)
+    return out
 
 
 # ---------------------------------------------------------------- FLOPs and the matmul peak
 
 
-def matmul_peak_flops(device: str = "cpu", seconds: float = 1.0) -> float:
-    """float32 matmul FLOP/s: on the CPU one thread in CPU time, the best of square sizes 256..1024;
+def matmul_peak_flops(device: str = "cpu", seconds: float = 1.0, dtype: torch.dtype = torch.float32) -> float:
+    """`dtype` matmul FLOP/s: on the CPU one thread in CPU time, the best of square sizes 256..1024;
     on CUDA in wall time, sizes up to 8192."""
     cuda = device.startswith("cuda")
     clock = time.perf_counter if cuda else time.process_time
     best = 0.0
     for size in (256, 512, 1024) + ((4096, 8192) if cuda else ()):
-        a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+        a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
         a @ b
         reps, start = 0, clock()
         while (spent := clock() - start) < seconds / 3 or reps < 3:
@@ -515,6 +544,27 @@ def matmul_peak_flops(device: str = "cpu", seconds: float = 1.0) -> float:
                 torch.cuda.synchronize()
         best = max(best, 2 * size ** 3 * reps / spent)
     return best
+
+
+def peak_flops_in_child(device: str, dtype: torch.dtype) -> float:
+    """`matmul_peak_flops(device)` measured in a forked process, so that CUDA stays uninitialised in
+    this one (the next block's workers fork from it)."""
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+
+    def measure(conn) -> None:
+        try:
+            conn.send(("done", matmul_peak_flops(device, dtype=dtype)))
+        except BaseException as err:
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+    proc = ctx.Process(target=measure, args=(child,), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        return expect(parent, "done", f"matmul peak on {device}")
+    finally:
+        proc.join(timeout=60)
 
 
 def step_flops(model, rows_lengths: list[tuple[int, int, int]], batch_size: int) -> float:
@@ -577,6 +627,7 @@ def result_rows(model_name, lengths, configs, rounds, done, mem, n_params_, flop
             padded_share=report.pop("padded_share"), mfu=flops / step / peak_flops,
             model_flops_per_step=flops, matmul_peak_gflops=peak_flops / 1e9, mean_loss=mean_loss,
             label=label(*c), n_params=n_params_, batch_size=args.batch_size, device=args.device,
+            precision=args.precision,
             rounds=args.rounds, steps_per_round=args.steps, loadavg_start=load[0], loadavg_end=load[1],
             **report,
         ))
@@ -605,11 +656,12 @@ def bench(model_name: str, losses: list[str], with_trl: bool, args, cache_root: 
           f"{args.warmup} warm-up + {args.rounds} x {args.steps} measured steps, device {args.device}", flush=True)
     load_start = os.getloadavg()
     cuda = args.device.startswith("cuda")  # CUDA must stay uninitialised here until the workers have forked
-    peak = 0.0 if cuda else matmul_peak_flops()
+    dtype = torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32  # what the matmuls run in
+    peak = 0.0 if cuda else matmul_peak_flops(dtype=dtype)
     rounds, done, n_params_ = timed_segments(model_name, configs, args, cache_root)
     load_end = os.getloadavg()
-    mem = {c: peak_memory(model_name, c, args, cache_root) for c in configs}
-    peak = max(peak, matmul_peak_flops(args.device))
+    mem = peak_memory(model_name, configs, args, cache_root)
+    peak = max(peak, peak_flops_in_child(args.device, dtype) if cuda else matmul_peak_flops(dtype=dtype))
     model, _ = build_model(model_name, seed=0)
     lengths = token_lengths(bench_rows(model_name, args))
     flops = step_flops(model, lengths, args.batch_size)
@@ -646,7 +698,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--impls", default=",".join(TRL_IMPLS), help="TRL rows: " + ", ".join(TRL_IMPLS))
     ap.add_argument("--no-trl", action="store_true", help="only our implementations")
     ap.add_argument("--batch-size", type=int, default=4, help="pairs per step")
-    ap.add_argument("--steps", type=int, default=None, help="steps per measured segment (tiny 16, small 3)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per measured segment (tiny 16, others 3)")
     ap.add_argument("--warmup", type=int, default=2, help="steps before measuring")
     ap.add_argument("--rounds", type=int, default=8, help="measured segments per configuration (>= 3)")
     ap.add_argument("--memory-steps", type=int, default=3, help="steps of each memory run")
@@ -655,6 +707,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="all our rows in the packed layout (data.pack); auto: with variable lengths only; "
                          "off (default): only the +pack configurations (dpo+pack, simpo+pack)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
+                    help="both sides: float32 (default), or bf16 autocast as GPU users train (TRL: bf16=True)")
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and torch.cuda.is_initialized():

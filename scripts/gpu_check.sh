@@ -5,21 +5,23 @@
 #   bash scripts/gpu_check.sh          # one GPU: model=smollm2_135m in bf16 mixed precision, STEPS=300 BATCH=32
 #   bash scripts/gpu_check.sh --cpu    # the same steps on the CPU with model=tiny, STEPS=8 BATCH=8 (CI)
 # Environment: PY (python, default .venv/bin/python), OUT (folder, default outputs/gpu_check), STEPS,
-# BATCH, LOSSES (default "dpo ipo simpo rmipo"). Logs go to $OUT/<step>.log; exit status 1 when any
-# step fails. Tested by tests/test_gpu_check.py.
+# BATCH, LOSSES (default "dpo ipo simpo rmipo"), RUN_ARGS (more overrides for every run, e.g.
+# "model.path=/models/SmolLM2-135M"). Logs go to $OUT/<step>.log; exit status 1 when any step fails.
+# Tested by tests/test_gpu_check.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=gpu
 for arg in "$@"; do
   case "$arg" in
     --cpu) MODE=cpu ;;
-    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,10p "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$arg' (only --cpu)" >&2; exit 2 ;;
   esac
 done
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-outputs/gpu_check}
 LOSSES=${LOSSES:-dpo ipo simpo rmipo}
+read -r -a EXTRA <<< "${RUN_ARGS:-}"
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline
 [ -x "$PY" ] || command -v "$PY" >/dev/null || { echo "gpu_check: no python at $PY (run make install, or set PY=)" >&2; exit 1; }
 
@@ -53,7 +55,7 @@ for LOSS in $LOSSES; do
   rm -rf "${OUT:?}/$LOSS"  # a completed run folder would be skipped, showing old numbers
   if "$PY" src/run.py "${RUN[@]}" data=jsonl data.path="$PAIRS" loss="$LOSS" trainer.max_steps="$STEPS" \
       data.batch_size="$BATCH" data.max_length=64 data.max_prompt_length=32 logger=none \
-      checkpoint.enabled=false hydra.run.dir="$OUT/$LOSS" > "$OUT/$LOSS.log" 2>&1; then
+      checkpoint.enabled=false hydra.run.dir="$OUT/$LOSS" "${EXTRA[@]}" > "$OUT/$LOSS.log" 2>&1; then
     echo "  $LOSS: done"
   else
     failed=1

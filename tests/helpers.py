@@ -57,7 +57,7 @@ def assert_same_gradients(model, expected, actual, rtol: float = 1e-4, atol: flo
     import torch
 
     weights = [p for p in model.parameters() if p.requires_grad]
-    scale = torch.arange(1.0, len(expected) + 1.0)
+    scale = torch.arange(1.0, len(expected) + 1.0, device=expected.device)
     g_expected = torch.autograd.grad((expected * scale).sum(), weights, allow_unused=True)
     g_actual = torch.autograd.grad((actual * scale).sum(), weights, allow_unused=True)
     for a, b in zip(g_expected, g_actual):

@@ -46,8 +46,9 @@ class NormProbe(Callback):
         self.norms.append(grad_norm(pl_module))
 
 
-def train_three_steps(cfg, tmp_path, fused: bool = True):
-    """Three optimizer steps of SimPO on the tiny model with `cfg.trainer`; returns the pieces to check."""
+def train_three_steps(cfg, tmp_path, fused: bool = True, batch=None):
+    """Three optimizer steps of SimPO on the tiny model with `cfg.trainer` (on `batch`, default the
+    padded rows of PAIRS); returns the pieces to check."""
     module = PreferenceModule(tiny_model(), SimPOLoss(beta=10.0), lr=1e-3, warmup_ratio=0.0)
     if not fused:  # DeepSpeed's optimizer is the per-tensor AdamW
         module._fused_adam = lambda params: False
@@ -55,7 +56,8 @@ def train_three_steps(cfg, tmp_path, fused: bool = True):
     before, after = NormProbe(), NormProbe()
     trainer = build_trainer(cfg, tmp_path, [], "test", model=module.policy, extra_callbacks=[before])
     trainer.callbacks.append(after)  # after the clipper
-    trainer.fit(module, train_dataloaders=DataLoader([collated(PAIRS)] * 3, batch_size=None))
+    batch = collated(PAIRS) if batch is None else batch
+    trainer.fit(module, train_dataloaders=DataLoader([batch] * 3, batch_size=None))
     moved = max((module.policy.state_dict()[k] - v).abs().max().item() for k, v in start.items())
     return trainer, module, before.norms, after.norms, moved
 
@@ -68,6 +70,18 @@ def check_trained(trainer, module, before, after, moved, precision: str, fused: 
     for pre, post in zip(before, after):  # clipped to the config's norm, untouched below it
         assert post == pytest.approx(min(pre, clip), rel=1e-4)
     assert max(before) > clip  # the clip really bound at least once
+
+
+@pytest.mark.parametrize(("name", "packs"), [("cpu", False), ("gpu", True), ("ddp", True), ("fsdp", False),
+                                           ("deepspeed", False)])
+def test_data_pack_auto_packs_on_gpus_unless_parameters_are_sharded(name, packs):
+    from prefopt.run.steps import packs_pairs
+
+    assert composed(name).data.pack == "auto" and packs_pairs(composed(name)) is packs
+    assert packs_pairs(composed(name, "data.pack=false")) is False
+    assert packs_pairs(composed(name, "data.pack=true")) is True
+    if name == "cpu":  # accelerator auto: as torch sees this machine
+        assert packs_pairs(composed(name, "trainer.accelerator=auto")) is torch.cuda.is_available()
 
 
 @pytest.mark.slow

@@ -81,6 +81,7 @@ def test_each_field_says_what_it_allows(schema, key, words):
     (OptimSchema, "adam_betas", [[0.9, 0.95], [0, 0.5]], [[0.9], [0.9, 1.0], [0.9, -0.1], (0.9, 0.95), [0.9, "a"]]),
     (OptimSchema, "min_lr_ratio", [0, 1, 0.5], [1.01, -0.01]),
     (RunSchema, "share_prompt", [True, False, "auto"], [1, 0, "maybe", None]),
+    (DataSchema, "pack", [True, False, "auto"], [1, "maybe", None]),
     (RunSchema, "tags", [[], ["a", "b"]], [[1], "a", None]),
     (ModelSchema, "dtype", ["bfloat16"], ["float64", None]),
     (CheckpointSchema, "keep", [-1, 1, 5], [0, -2, 1.5]),

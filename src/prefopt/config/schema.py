@@ -52,7 +52,7 @@ class DataSchema:
     effective_batch_size: Optional[int] = setting(gt=0)
     group_by_length: bool = setting()
     max_tokens_per_batch: Optional[int] = setting(gt=0)
-    pack: bool = setting()
+    pack: Any = setting(choices=(True, False, "auto"))
 
 
 @dataclass

@@ -40,14 +40,16 @@ def build_tiny(
     intermediate_size: int = 256,
     max_position_embeddings: int = 256,
     seed: int = 0,
+    num_key_value_heads: int | None = None,
 ) -> LlamaForCausalLM:
-    """A randomly initialised Llama-architecture causal LM sized for CPU work, tied embeddings."""
+    """A randomly initialised Llama-architecture causal LM sized for CPU work, tied embeddings
+    (`num_key_value_heads`: grouped-query attention; None: one key/value head per attention head)."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads or num_attention_heads,
         intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=True,

@@ -34,33 +34,58 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class ThroughputMonitor(Callback):
+    """Pairs and tokens per second over the training steps after the first `warmup`: the clock pauses
+    for validation and stops when training ends (waiting for the GPU there, not every step). Peak
+    memory and MFU are read on the device training ran on, which Lightning leaves by the end of fit."""
+
     def __init__(self, warmup: int = 3) -> None:
         self.warmup = warmup
-        self.pairs = self.tokens = self.steps = 0
-        self.started: float | None = None
+        self.pairs = self.steps = 0
+        self.tokens: int | torch.Tensor = 0  # summed on the device, read once at the end
+        self.seconds = 0.0
+        self.since: float | None = None  # the clock runs since then
+        self.device: torch.device | None = None
+        self.peak_mb: float | None = None
+
+    def _sync(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _stop_clock(self) -> None:
+        if self.since is not None:
+            self._sync()
+            self.seconds += time.perf_counter() - self.since
+            self.since = None
 
     def on_train_batch_start(self, trainer, pl_module, batch: dict[str, Any], batch_idx: int) -> None:
-        if self.started is None and trainer.global_step >= self.warmup:
-            if pl_module.device.type == "cuda":
-                torch.cuda.synchronize(pl_module.device)
-            self.started = time.perf_counter()
+        if self.since is None and trainer.global_step >= self.warmup:
+            self.device = pl_module.device
+            self._sync()
+            self.since = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict[str, Any], batch_idx: int) -> None:
-        if self.started is None:
+        if self.since is None:
             return
         self.pairs += int(batch["index"].shape[0])
-        self.tokens += int(batch["attention_mask"].sum())
+        self.tokens = self.tokens + batch["attention_mask"].sum()
         self.steps += 1
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._stop_clock()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._stop_clock()
+        if self.device is not None:
+            self.peak_mb = peak_memory_mb(self.device)
+
     def metrics(self, pl_module) -> dict[str, float]:
-        if self.started is None or not self.steps:
+        if not self.steps:
             return {}
-        device = pl_module.device
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - self.started
-        out = {"perf/pairs_per_s": self.pairs / seconds, "perf/tokens_per_s": self.tokens / seconds,
-               "perf/peak_mem_mb": peak_memory_mb(device)}
+        self._stop_clock()
+        device = self.device or pl_module.device
+        seconds = max(self.seconds, 1e-9)
+        out = {"perf/pairs_per_s": self.pairs / seconds, "perf/tokens_per_s": int(self.tokens) / seconds,
+               "perf/peak_mem_mb": self.peak_mb if self.peak_mb is not None else peak_memory_mb(device)}
         peak = peak_tflops(device)
         if peak:
             n_params = sum(p.numel() for p in pl_module.policy.parameters())
