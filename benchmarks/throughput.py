@@ -12,7 +12,8 @@ lengths (benchmarks/synthetic.py: log-normal, capped at 128 prompt / 256 total t
                 dpo+pack / simpo+pack: the packed layout (`data.pack`; `--pack on` for every row):
                 each pair's prompt, chosen and rejected end to end, several pairs to a row (rows
                 at most 10% padding, prompts once; prefopt.train.tree), which takes precedence over
-                sharing prompts (so dpo-rows runs as dpo+pack under `--pack on`).
+                sharing prompts (so dpo-rows runs as dpo+pack under `--pack on`). With `--device cuda`
+                every row of ours packs by default, as `data.pack=auto` does there (`--pack off`: not).
   trl           TRL as shipped: DPOTrainer (sigmoid -> dpo, ipo) and, for simpo, TRL's experimental
                 trl.experimental.cpo.CPOTrainer (loss_type simpo, cpo_alpha 0), sequential order.
   trl-tuned     DPOTrainer with TRL's knobs that help: precompute_ref_log_probs=True (against our
@@ -177,11 +178,14 @@ def padding(batches, layouts: list[str]) -> float:
 
 
 def packing(args, loss_name: str = "") -> bool:
-    """Whether our rows use the packed layout: a `+pack` configuration (dpo+pack), `--pack on`, or with
-    `--pack auto` variable lengths (fixed lengths have no padding to remove); `--pack off` (default):
-    only the +pack configurations, as the project's configs do not pack by default."""
+    """Whether our rows use the packed layout: a `+pack` configuration (dpo+pack), `--pack on`, with
+    `--pack auto` variable lengths (fixed lengths have no padding to remove), with `--pack default` (the
+    default) as the project's `data.pack=auto` resolves on one device: on a GPU, not on the CPU;
+    `--pack off`: only the +pack configurations."""
     if "+pack" in loss_name or args.pack == "on":
         return True
+    if args.pack == "default":
+        return args.device.startswith("cuda")
     return args.pack == "auto" and args.lengths == "variable"
 
 
@@ -703,9 +707,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--rounds", type=int, default=8, help="measured segments per configuration (>= 3)")
     ap.add_argument("--memory-steps", type=int, default=3, help="steps of each memory run")
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--pack", choices=("auto", "on", "off"), default="off",
-                    help="all our rows in the packed layout (data.pack); auto: with variable lengths only; "
-                         "off (default): only the +pack configurations (dpo+pack, simpo+pack)")
+    ap.add_argument("--pack", choices=("default", "auto", "on", "off"), default="default",
+                    help="all our rows in the packed layout (data.pack); default: as data.pack=auto, on with "
+                         "--device cuda, off on the CPU; auto: with variable lengths only; off: only the +pack "
+                         "configurations (dpo+pack, simpo+pack)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
                     help="both sides: float32 (default), or bf16 autocast as GPU users train (TRL: bf16=True)")

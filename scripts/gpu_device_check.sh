@@ -7,7 +7,8 @@
 #      (benchmarks/throughput.py --device cuda);
 #   3. scripts/gpu_check.sh: real runs of src/run.py (trainer=gpu) on a SmolLM2-135M-shaped model with
 #      random weights (scripts/smollm2_shape.py; its speed and memory are SmolLM2's, its losses not).
-# Environment: PARTS (default "tests bench gpu_check": which of the three to run), PY (default python3), OUT (default outputs/gpu_device_check), SMOLLM2 (a folder from
+# Environment: PARTS (default "tests bench gpu_check": which of the three to run), PY (default python3),
+# OUT (default outputs/gpu_device_check), SMOLLM2 (a folder from
 # `python scripts/smollm2_shape.py export DIR`, default .gpu/smollm2_shape), WHEELS (a folder of wheels to
 # install to /tmp/site first, for a host whose python has torch but not the rest; default .whl).
 # Writes env.log, tests.log, bench.log, bench.json, gpu_check.log and gpu_check_runs.log to $OUT; exits 1
@@ -49,8 +50,9 @@ want tests && part tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/te
 want tests && tail -3 "$OUT/tests.log"
 
 want bench && part bench "${BENCH_LIMIT:-240}" "$PY" benchmarks/throughput.py --device cuda --precision bf16-mixed \
-  --models smollm2-shape --lengths variable,fixed --losses dpo,simpo,dpo+cache,dpo+pack --impls trl,trl-tuned \
-  --rounds 5 --steps 8 --json "$OUT/bench.json"
+  --models smollm2-shape --lengths variable,fixed --batch-size 16 --pack off \
+  --losses dpo,dpo+pack,simpo,simpo+pack,dpo+cache+pack --impls trl,trl-tuned --rounds 4 --steps 5 \
+  --json "$OUT/bench.json"
 want bench && sed -n '/^model /,$p' "$OUT/bench.log"
 want gpu_check || exit "$failed"
 

@@ -69,3 +69,29 @@ def test_flops_bound_reads_the_measured_padding_and_orders_the_layouts(tmp_path)
     empty.write_text(json.dumps([]))
     with pytest.raises(SystemExit, match="no trl-gpu-path dpo row for tiny/variable"):
         flops_bound.main(["--model", "tiny", "--json", str(empty)])
+
+
+def test_throughput_in_bf16_mixed_clips_as_our_runs_do(tmp_path):
+    """`--precision bf16-mixed` (what GPU users train in): our rows clip through the runs' callback, as
+    Lightning's own clipping refuses fused AdamW under autocast."""
+    import json
+    import math
+
+    import throughput
+
+    out = tmp_path / "bench.json"
+    throughput.main(["--models", "tiny", "--lengths", "fixed", "--losses", "dpo", "--no-trl", "--rounds", "3",
+                     "--steps", "1", "--warmup", "1", "--memory-steps", "1", "--precision", "bf16-mixed",
+                     "--json", str(out)])
+    (row,) = json.loads(out.read_text())
+    assert row["precision"] == "bf16-mixed" and math.isfinite(row["mean_loss"]) and 0 < row["mfu"] < 1
+
+
+def test_step_profile_prints_the_op_table_and_the_synchronizing_calls(capsys):
+    import step_profile
+
+    step_profile.main(["--device", "cpu", "--model", "tiny", "--precision", "32-true", "--warmup", "1",
+                       "--steps", "2", "--rows", "5"])
+    out = capsys.readouterr().out
+    assert "Self CPU time total" in out and "aten::" in out
+    assert "synchronizing calls per step (2 steps):" in out and "(only counted on CUDA)" in out

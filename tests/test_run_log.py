@@ -147,3 +147,4 @@ def test_results_record_the_data_layout(two_runs):
     _, second, _ = two_runs
     results = json.loads((second / "results.json").read_text())
     assert results["info"]["data_layout"] == layout.STRINGS
+    assert results["config"]["data"]["pack"] == "auto" and results["info"]["data_pack"] is False  # a CPU run

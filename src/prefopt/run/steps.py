@@ -145,13 +145,14 @@ def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: Ru
     from prefopt.data.datamodule import PreferenceDataModule
     from prefopt.data.layout import detect_layout
 
+    outcome.info["data_pack"] = pack = packs_pairs(cfg)  # as resolved (data.pack=auto: on GPUs)
     data = PreferenceDataModule(
         artifacts.train_rows, artifacts.eval_rows, tokenizer,
         max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length,
         batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size, seed=cfg.seed,
         marginal_prefix=artifacts.marginal_prefix, strict=cfg.data.get("strict", False),
         append_eos=artifacts.responses_end_with_eos, group_by_length=cfg.data.get("group_by_length", False),
-        max_tokens_per_batch=cfg.data.get("max_tokens_per_batch"), pack=packs_pairs(cfg),
+        max_tokens_per_batch=cfg.data.get("max_tokens_per_batch"), pack=pack,
     )
     data.setup()
     outcome.info["data"] = data.stats
