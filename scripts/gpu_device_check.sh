@@ -5,13 +5,14 @@
 #      trainer config's bf16-mixed + clipping + fused AdamW on the GPU);
 #   2. the throughput benchmark on CUDA in bf16-mixed at SmolLM2-135M's shape, against TRL
 #      (benchmarks/throughput.py --device cuda);
-#   3. scripts/gpu_check.sh: real runs of src/run.py (trainer=gpu) on a SmolLM2-135M-shaped model with
+#   3. benchmarks/step_profile.py on a variable-length step, ours (packed) and TRL's: where the time goes;
+#   4. scripts/gpu_check.sh: real runs of src/run.py (trainer=gpu) on a SmolLM2-135M-shaped model with
 #      random weights (scripts/smollm2_shape.py; its speed and memory are SmolLM2's, its losses not).
-# Environment: PARTS (default "tests bench gpu_check": which of the three to run), PY (default python3),
+# Environment: PARTS (default "tests bench profile gpu_check": which parts to run), PY (default python3),
 # OUT (default outputs/gpu_device_check), SMOLLM2 (a folder from
 # `python scripts/smollm2_shape.py export DIR`, default .gpu/smollm2_shape), WHEELS (a folder of wheels to
 # install to /tmp/site first, for a host whose python has torch but not the rest; default .whl).
-# Writes env.log, tests.log, bench.log, bench.json, gpu_check.log and gpu_check_runs.log to $OUT; exits 1
+# Writes env.log, tests.log, bench.log, bench.json, profile.log, gpu_check.log and gpu_check_runs.log to $OUT; exits 1
 # when any part failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +45,7 @@ print('transformers', transformers.__version__, 'lightning', lightning.__version
 } > "$OUT/env.log" 2>&1
 cat "$OUT/env.log"
 
-want() { [[ " ${PARTS:-tests bench gpu_check} " == *" $1 "* ]]; }
+want() { [[ " ${PARTS:-tests bench profile gpu_check} " == *" $1 "* ]]; }
 
 want tests && part tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py -s
 want tests && tail -3 "$OUT/tests.log"
@@ -54,6 +55,20 @@ want bench && part bench "${BENCH_LIMIT:-240}" "$PY" benchmarks/throughput.py --
   --losses dpo,dpo+pack,simpo,simpo+pack,dpo+cache+pack --impls trl,trl-tuned --rounds 4 --steps 5 \
   --json "$OUT/bench.json"
 want bench && sed -n '/^model /,$p' "$OUT/bench.log"
+
+profiles() {  # PROFILE_DEVICE / PROFILE_MODEL: for a dry run on a CPU
+  set -o pipefail
+  for impl_loss in "ours dpo+pack" "trl dpo"; do
+    read -r impl loss <<< "$impl_loss"
+    echo "==== $impl $loss, variable lengths, batch 16"
+    "$PY" benchmarks/step_profile.py --device "${PROFILE_DEVICE:-cuda}" --model "${PROFILE_MODEL:-smollm2-shape}" \
+      --impl "$impl" --loss "$loss" --lengths variable --batch-size 16 --rows 30 2>&1 | grep -v "^USDT" \
+      | sed -n '/Self CPU %/,$p' || return 1
+  done
+}
+export -f profiles
+export PY
+want profile && part profile 150 bash -c profiles
 want gpu_check || exit "$failed"
 
 "$PY" scripts/smollm2_shape.py build "$SMOLLM2" /tmp/smollm2_shape > /dev/null 2>&1 || failed=1
