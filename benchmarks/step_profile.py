@@ -4,6 +4,7 @@ few steps after warm-up, and every call that made the host wait for the GPU, loc
 
     python benchmarks/step_profile.py --device cuda --model smollm2-shape --impl ours --loss dpo
     python benchmarks/step_profile.py --device cuda --impl trl --loss dpo --lengths variable
+    python benchmarks/step_profile.py --device cuda --loss dpo+pack --lengths variable --no-cudnn-attention
 
 Same model, rows, optimizer and precision as benchmarks/throughput.py (its run_ours / run_trl). On a GPU
 a step of a small model is bounded by the host issuing kernels; a synchronizing call stalls that
@@ -16,6 +17,7 @@ import argparse
 import collections
 import sys
 import tempfile
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -37,6 +39,7 @@ class ProfileGate:
         self.losses: list[float] = []
         self.syncs: collections.Counter[str] = collections.Counter()
         self.profiler = None
+        self.since = 0.0
 
     def start(self) -> None:
         pass
@@ -61,12 +64,15 @@ class ProfileGate:
                 [torch.profiler.ProfilerActivity.CUDA] if cuda else [])
             self.profiler = torch.profiler.profile(activities=activities)
             self.profiler.__enter__()
+            self.since = time.perf_counter()
         elif done == self.warmup + self.steps and self.profiler is not None:
             if cuda:
                 torch.cuda.set_sync_debug_mode(0)
                 torch.cuda.synchronize()
+            wall = (time.perf_counter() - self.since) / self.steps
             self.profiler.__exit__(None, None, None)
             self.report(cuda)
+            print(f"wall time per profiled step: {1e3 * wall:.1f} ms (under the profiler)")
             self.profiler = None
 
     def report(self, cuda: bool) -> None:
@@ -93,7 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--rows", type=int, default=25, help="rows of each profiler table")
+    ap.add_argument("--no-cudnn-attention", action="store_true",
+                    help="CUDA: keep sdpa off its cuDNN backend (which plans anew for each new shape)")
     a = ap.parse_args(argv)
+    if a.no_cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     fixed = a.lengths == "fixed"
     args = argparse.Namespace(
         batch_size=a.batch_size, total_steps=a.warmup + a.steps, lr=1e-4, lengths=a.lengths, pack="off",

@@ -5,7 +5,8 @@
 #      trainer config's bf16-mixed + clipping + fused AdamW on the GPU);
 #   2. the throughput benchmark on CUDA in bf16-mixed at SmolLM2-135M's shape, against TRL
 #      (benchmarks/throughput.py --device cuda);
-#   3. benchmarks/step_profile.py on a variable-length step, ours (packed) and TRL's: where the time goes;
+#   3. benchmarks/step_profile.py on a variable-length step, ours (packed; also without cuDNN attention)
+#      and TRL's: where the time goes;
 #   4. scripts/gpu_check.sh: real runs of src/run.py (trainer=gpu) on a SmolLM2-135M-shaped model with
 #      random weights (scripts/smollm2_shape.py; its speed and memory are SmolLM2's, its losses not).
 # Environment: PARTS (default "tests bench profile gpu_check": which parts to run), PY (default python3),
@@ -58,12 +59,12 @@ want bench && sed -n '/^model /,$p' "$OUT/bench.log"
 
 profiles() {  # PROFILE_DEVICE / PROFILE_MODEL: for a dry run on a CPU
   set -o pipefail
-  for impl_loss in "ours dpo+pack" "trl dpo"; do
-    read -r impl loss <<< "$impl_loss"
-    echo "==== $impl $loss, variable lengths, batch 16"
+  for spec in "ours dpo+pack" "trl dpo" "ours dpo+pack --no-cudnn-attention"; do
+    read -r impl loss flag <<< "$spec"
+    echo "==== $impl $loss ${flag:-} variable lengths, batch 16"
     "$PY" benchmarks/step_profile.py --device "${PROFILE_DEVICE:-cuda}" --model "${PROFILE_MODEL:-smollm2-shape}" \
-      --impl "$impl" --loss "$loss" --lengths variable --batch-size 16 --rows 30 2>&1 | grep -v "^USDT" \
-      | sed -n '/Self CPU %/,$p' || return 1
+      --impl "$impl" --loss "$loss" --lengths variable --batch-size 16 --rows 30 ${flag:-} 2>&1 \
+      | grep -v "^USDT" | sed -n '/Self CPU %/,$p' || return 1
   done
 }
 export -f profiles

@@ -95,3 +95,4 @@ def test_step_profile_prints_the_op_table_and_the_synchronizing_calls(capsys):
     out = capsys.readouterr().out
     assert "Self CPU time total" in out and "aten::" in out
     assert "synchronizing calls per step (2 steps):" in out and "(only counted on CUDA)" in out
+    assert "wall time per profiled step: " in out
