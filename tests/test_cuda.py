@@ -12,34 +12,29 @@ padded and on packed rows, clipping where the norm exceeds 1.0.
 import pytest
 import torch
 
-from helpers import PAIRS, VARIABLE, assert_same_gradients, family_model
-from prefopt.data.collate import PairCollator
+from helpers import PAIRS, VARIABLE, assert_same_gradients, collated, family_model
 from prefopt.train.logps import packing_problem, pair_batch_logps
 from prefopt.train.tree import tree_problem, trees_batch
 from test_gpu_configs import check_trained, composed, train_three_steps
+from test_tree_logps import collate, packed_only, padded
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 FAMILIES_ON_GPU = ["llama", "mistral", "qwen2", "phi3", "gpt2"]
 
 
-def collate(pairs, device="cuda"):
-    items = [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r, "index": i} for i, (p, c, r) in enumerate(pairs)]
-    return {k: v.to(device) for k, v in PairCollator(pad_id=0, start_ids=[1], pack=True)(items).items()}
-
-
-def only(batch, drop: tuple[str, ...]):
-    return {k: v for k, v in batch.items() if not k.startswith(drop)}
+def on_gpu(batch):
+    return {k: v.cuda() for k, v in batch.items()}
 
 
 @pytest.mark.parametrize("name", FAMILIES_ON_GPU)
 def test_packed_layouts_equal_padded_rows_on_the_gpu(name):
     model = family_model(name).cuda()
     assert tree_problem(model) is None and packing_problem(model) is None
-    b = collate(VARIABLE)
+    b = on_gpu(collate(VARIABLE))
     assert trees_batch(b, model)
-    rows, n_rows = pair_batch_logps(model, only(b, ("packed_", "tree_")), share_prompt=False)
-    packed, n_packed = pair_batch_logps(model, only(b, ("tree_",)), share_prompt=False)
+    rows, n_rows = pair_batch_logps(model, padded(b), share_prompt=False)
+    packed, n_packed = pair_batch_logps(model, packed_only(b), share_prompt=False)
     tree, n_tree = pair_batch_logps(model, b, share_prompt=False)
     assert n_tree.tolist() == n_packed.tolist() == n_rows.tolist() == [3, 5, 1, 7, 2, 3, 4, 2]
     torch.testing.assert_close(packed, rows, rtol=1e-4, atol=1e-4)
@@ -49,11 +44,11 @@ def test_packed_layouts_equal_padded_rows_on_the_gpu(name):
 
 def test_under_bf16_autocast_packed_rows_are_as_close_to_float32_as_padded_rows():
     model = family_model("llama").cuda()
-    b = collate(VARIABLE)
+    b = on_gpu(collate(VARIABLE))
     with torch.no_grad():
-        exact, _ = pair_batch_logps(model, only(b, ("packed_", "tree_")), share_prompt=False)
+        exact, _ = pair_batch_logps(model, padded(b), share_prompt=False)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        rows, _ = pair_batch_logps(model, only(b, ("packed_", "tree_")), share_prompt=False)
+        rows, _ = pair_batch_logps(model, padded(b), share_prompt=False)
         tree, _ = pair_batch_logps(model, b, share_prompt=False)
     rows_error = float((rows.float() - exact).abs().max())
     tree_error = float((tree.float() - exact).abs().max())
@@ -65,8 +60,7 @@ def test_under_bf16_autocast_packed_rows_are_as_close_to_float32_as_padded_rows(
 def test_the_gpu_trainer_config_trains_on_the_gpu(pack, tmp_path):
     cfg = composed("gpu", "trainer.devices=1", "trainer.max_steps=3", f"data.pack={str(pack).lower()}")
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
-    items = [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r, "index": i} for i, (p, c, r) in enumerate(PAIRS)]
-    batch = PairCollator(pad_id=0, start_ids=[1], pack=pack)(items)
+    batch = collate(PAIRS) if pack else collated(PAIRS)
     trainer, module, before, after, moved = train_three_steps(cfg, tmp_path, batch=batch)
     assert trainer.strategy.root_device.type == "cuda"  # (Lightning moves the module back to the CPU after fit)
     check_trained(trainer, module, before, after, moved, precision="bf16-mixed", fused=True,
