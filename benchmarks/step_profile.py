@@ -104,12 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.no_cudnn_attention:
         torch.backends.cuda.enable_cudnn_sdp(False)
-    fixed = a.lengths == "fixed"
+    max_length, max_prompt_length = throughput.length_limits(a.lengths)
     args = argparse.Namespace(
         batch_size=a.batch_size, total_steps=a.warmup + a.steps, lr=1e-4, lengths=a.lengths, pack="off",
-        device=a.device, precision=a.precision,
-        max_length=2 * throughput.FIXED if fixed else throughput.VARIABLE_MAX_TOTAL,
-        max_prompt_length=throughput.FIXED if fixed else throughput.VARIABLE_MAX_PROMPT)
+        device=a.device, precision=a.precision, max_length=max_length, max_prompt_length=max_prompt_length)
     torch.set_num_threads(1)
     model, tokenizer = build_model(a.model, seed=0)
     rows = throughput.bench_rows(a.model, args)

@@ -370,6 +370,11 @@ def die_with_parent() -> None:
         pass
 
 
+def length_limits(lengths: str) -> tuple[int, int]:
+    """(max_length, max_prompt_length) of a `--lengths` mode, on both sides."""
+    return (2 * FIXED, FIXED) if lengths == "fixed" else (VARIABLE_MAX_TOTAL, VARIABLE_MAX_PROMPT)
+
+
 def bench_rows(model_name: str, args) -> list[dict]:
     vocab = MODELS[model_name]["vocab"]
     n = args.batch_size * args.total_steps
@@ -435,6 +440,32 @@ def memory_worker(conn, impl: str, loss: str, model_name: str, args, cache_root:
         conn.close()
 
 
+def start_child(target, *args):
+    """A forked process running `target(conn, *args)`, and this side of its pipe."""
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(child, *args), daemon=True)
+    proc.start()
+    child.close()
+    return proc, parent
+
+
+def last_report(proc, conn, kind: str, who: str):
+    """The child's `kind` report (its error raised), then the child joined, or killed if it lingers."""
+    try:
+        return expect(conn, kind, who)
+    finally:
+        proc.join(timeout=60)
+        if proc.is_alive():
+            proc.kill()
+
+
+def all_at_once(args) -> bool:
+    """Whether a block's processes build (and memory runs run) together: on a GPU host, which has the
+    cores; on a CPU one at a time."""
+    return args.device.startswith("cuda")
+
+
 def go(conn, who: str) -> None:
     """Tell a worker to run its next segment (surfacing the error it sent if it already died)."""
     try:
@@ -455,12 +486,11 @@ def expect(conn, kind: str, who: str):
 
 def timed_segments(model_name: str, configs: list[tuple[str, str]], args, cache_root: str):
     """Per configuration: per-round lists of step CPU and wall times, the final report, n_params."""
-    ctx = mp.get_context("fork")
     procs: dict[tuple[str, str], tuple[Any, Any]] = {}
     rounds: dict[tuple[str, str], list[tuple[list[float], list[float]]]] = {c: [] for c in configs}
     done: dict[tuple[str, str], dict] = {}
     n_params_ = 0
-    together = args.device.startswith("cuda")  # a GPU host has the cores to build all at once
+    together = all_at_once(args)
 
     def built(c) -> int:
         n = expect(procs[c][1], "built", f"{c[0]}/{c[1]}")
@@ -469,11 +499,7 @@ def timed_segments(model_name: str, configs: list[tuple[str, str]], args, cache_
 
     try:
         for c in configs:  # build one at a time on a CPU
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker, args=(child, *c, model_name, args, cache_root), daemon=True)
-            proc.start()
-            child.close()
-            procs[c] = (proc, parent)
+            procs[c] = start_child(worker, *c, model_name, args, cache_root)
             if not together:
                 n_params_ = built(c)
         for c in configs if together else ():
@@ -502,26 +528,15 @@ def timed_segments(model_name: str, configs: list[tuple[str, str]], args, cache_
 def peak_memory(model_name: str, configs: list[tuple[str, str]], args, cache_root: str) -> dict:
     """Each configuration's peak memory (`memory_worker`), one process at a time on a CPU; on a GPU all
     at once (each process reads its own allocator's peak)."""
-    ctx = mp.get_context("fork")
     out: dict[tuple[str, str], float] = {}
     running: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def collect(c) -> None:
-        proc, parent = running.pop(c)
-        try:
-            out[c] = expect(parent, "done", f"memory {c[0]}/{c[1]}")
-        finally:
-            proc.join(timeout=60)
-            if proc.is_alive():
-                proc.kill()
+        out[c] = last_report(*running.pop(c), "done", f"memory {c[0]}/{c[1]}")
 
     for c in configs:
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=memory_worker, args=(child, *c, model_name, args, cache_root), daemon=True)
-        proc.start()
-        child.close()
-        running[c] = (proc, parent)
-        if not args.device.startswith("cuda"):
+        running[c] = start_child(memory_worker, *c, model_name, args, cache_root)
+        if not all_at_once(args):
             collect(c)
     for c in list(running):
         collect(c)
@@ -553,22 +568,13 @@ def matmul_peak_flops(device: str = "cpu", seconds: float = 1.0, dtype: torch.dt
 def peak_flops_in_child(device: str, dtype: torch.dtype) -> float:
     """`matmul_peak_flops(device)` measured in a forked process, so that CUDA stays uninitialised in
     this one (the next block's workers fork from it)."""
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe()
-
     def measure(conn) -> None:
         try:
             conn.send(("done", matmul_peak_flops(device, dtype=dtype)))
         except BaseException as err:
             conn.send(("error", f"{type(err).__name__}: {err}"))
 
-    proc = ctx.Process(target=measure, args=(child,), daemon=True)
-    proc.start()
-    child.close()
-    try:
-        return expect(parent, "done", f"matmul peak on {device}")
-    finally:
-        proc.join(timeout=60)
+    return last_report(*start_child(measure), "done", f"matmul peak on {device}")
 
 
 def step_flops(model, rows_lengths: list[tuple[int, int, int]], batch_size: int) -> float:
@@ -742,8 +748,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 run_args.lengths = lengths
                 run_args.steps = args.steps or (16 if model == "tiny" else 3)
                 run_args.total_steps = args.warmup + args.rounds * run_args.steps
-                run_args.max_length = 2 * FIXED if lengths == "fixed" else VARIABLE_MAX_TOTAL
-                run_args.max_prompt_length = FIXED if lengths == "fixed" else VARIABLE_MAX_PROMPT
+                run_args.max_length, run_args.max_prompt_length = length_limits(lengths)
                 rows += bench(model, losses, with_trl, run_args, cache_root)
                 if args.json:  # after every block: a long run that dies keeps what it measured
                     args.json.write_text(json.dumps(rows, indent=1))
