@@ -94,19 +94,28 @@ def test_single_device_configs_train_with_their_precision_clipping_and_optimizer
 
 
 @pytest.mark.slow
-def test_ddp_config_trains_with_its_precision_clipping_and_optimizer(tmp_path):
-    """DDP in this process (one gloo rank): the DDP wrapper, bf16-mixed, fused AdamW and clipping together."""
+@pytest.mark.parametrize("pack", [False, True])
+def test_ddp_config_trains_with_its_precision_clipping_and_optimizer(pack, tmp_path, monkeypatch):
+    """DDP in this process (one gloo rank): the DDP wrapper, bf16-mixed, fused AdamW and clipping together,
+    on padded rows and on the prompt-once packed rows that `data.pack=auto` gives a DDP run on GPUs."""
     import torch.distributed as dist
 
+    from prefopt.train import tree as tree_file
+    from test_tree_logps import collate
+
+    calls = []
+    real = tree_file.tree_logps
+    monkeypatch.setattr(tree_file, "tree_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
     cfg = composed("ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.max_steps=3")
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.precision == "bf16-mixed"
     try:
-        run = train_three_steps(cfg, tmp_path)
+        run = train_three_steps(cfg, tmp_path, batch=collate(PAIRS) if pack else None)
         assert type(run[0].strategy).__name__ == "DDPStrategy"
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     check_trained(*run, precision="bf16-mixed", fused=True, clip=cfg.trainer.gradient_clip_val)
+    assert (len(calls) >= 3) is pack  # every step scored on the tree rows (plus the model's one probe)
 
 
 @pytest.mark.slow
