@@ -82,7 +82,7 @@ class ThroughputMonitor(Callback):
         if not self.steps:
             return {}
         self._stop_clock()
-        device = self.device or pl_module.device
+        device = self.device  # set with the first timed step
         seconds = max(self.seconds, 1e-9)
         out = {"perf/pairs_per_s": self.pairs / seconds, "perf/tokens_per_s": int(self.tokens) / seconds,
                "perf/peak_mem_mb": self.peak_mb if self.peak_mb is not None else peak_memory_mb(device)}
