@@ -1,7 +1,8 @@
 """Honest interrupts (prefopt.train.signals): SIGINT and SIGTERM during training save a checkpoint with the
 default `checkpoint.every_n_train_steps=0`, record `status: interrupted` with the signal and step,
 print how to resume, exit 130 / 143, and the resumed run ends with the uninterrupted run's metrics;
-a signal before training records the interrupt without a traceback; under SLURM Lightning requeues."""
+a signal before training records the interrupt without a traceback; two DDP ranks signalled together (as
+SLURM and Ctrl-C signal a job) stop at one step, and their resume matches; under SLURM Lightning requeues."""
 
 import json
 import os
@@ -21,16 +22,17 @@ def start(args, cache_root, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PREFOPT_CACHE": str(cache_root),
            "PYTHONUNBUFFERED": "1"}  # progress lines arrive as they are printed
     return subprocess.Popen([sys.executable, str(ROOT / "src" / "run.py"), *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def interrupt_when(proc, marker, signum):
-    """Send `signum` once stdout shows `marker`; returns (stdout, stderr) at exit."""
+def interrupt_when(proc, marker, signum, group=False):
+    """Send `signum` once stdout shows `marker` (to the run's whole process group with `group`, as a
+    scheduler or a terminal's Ctrl-C does); returns (stdout, stderr) at exit."""
     seen = []
     for line in proc.stdout:
         seen.append(line)
         if marker in line:
-            proc.send_signal(signum)
+            os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
             break
     out, err = proc.communicate(timeout=240)
     return "".join(seen) + out, err
@@ -75,6 +77,32 @@ def test_signal_before_training_is_recorded_without_traceback(cache_root, tmp_pa
     results = json.loads((run_dir / "results.json").read_text())
     assert (results["status"], results["signal"], results["step"]) == ("interrupted", "SIGINT", 0)
     assert "no checkpoint was saved" in err and "Traceback" not in err
+
+
+DDP = ["data.batch_size=8", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+       "trainer.max_steps=40", "data.max_length=61"]  # two gloo ranks; tables under a key of their own
+
+
+@pytest.mark.slow
+def test_ddp_ranks_signalled_together_stop_at_one_step_and_resume_exactly(cache_root, tmp_path):
+    """Both ranks get SIGTERM (the process group, as SLURM signals every task); they agree on the step,
+    rank 0 alone saves, records and prints the hint, and the resumed 2-rank run ends with the metrics of
+    an uninterrupted one."""
+    run_dir = tmp_path / "run"
+    victim = start([*ARGS, *DDP, f"hydra.run.dir={run_dir}"], cache_root, tmp_path)
+    _, err = interrupt_when(victim, "step 10/40", signal.SIGTERM, group=True)
+    assert victim.returncode == 143, err[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["status"], results["signal"]) == ("interrupted", "SIGTERM") and 10 <= results["step"] < 40
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and "Traceback" not in err
+    assert err.count("resume with:") == 1 and err.count("SIGTERM: stopping after this step") == 1
+
+    resumed = run_cli([*ARGS, *DDP, f"hydra.run.dir={run_dir}", "ckpt_path=last"], cache_root, tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    full = run_cli([*ARGS, *DDP, f"hydra.run.dir={tmp_path / 'full'}"], cache_root, tmp_path, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+    assert metrics(run_dir) == metrics(tmp_path / "full")
+    assert json.loads((run_dir / "results.json").read_text())["info"]["resumed_from"]["step"] == results["step"]
 
 
 def test_slurm_runs_get_lightning_requeue(monkeypatch):
