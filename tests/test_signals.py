@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -103,6 +104,47 @@ def test_ddp_ranks_signalled_together_stop_at_one_step_and_resume_exactly(cache_
     assert full.returncode == 0, full.stderr[-2000:]
     assert metrics(run_dir) == metrics(tmp_path / "full")
     assert json.loads((run_dir / "results.json").read_text())["info"]["resumed_from"]["step"] == results["step"]
+
+
+SLURM = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "prefopt",
+         "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+
+
+@pytest.mark.slow
+def test_slurm_requeue_resumes_from_the_newest_checkpoint(uninterrupted, cache_root, tmp_path, monkeypatch):
+    """SIGUSR1 (SLURM's warning before the time limit): Lightning saves hpc_ckpt_1.ckpt and calls
+    `scontrol requeue <job>` (a stand-in records it); the SIGTERM of the requeue stops the run a few steps
+    later with last.ckpt. The requeued job, the same command again, resumes from that newer last.ckpt,
+    writes last.ckpt again (no last-v1.ckpt) and ends with the uninterrupted run's metrics."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.log"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    for key, value in {**SLURM, "PATH": f"{bin_dir}:{os.environ['PATH']}"}.items():
+        monkeypatch.setenv(key, value)
+    run_dir = tmp_path / "run"
+    job = start([*ARGS, f"hydra.run.dir={run_dir}"], cache_root, tmp_path)
+    for line in job.stdout:
+        if "step 20/100" in line:
+            job.send_signal(signal.SIGUSR1)
+            break
+    for _ in range(600):  # the requeue has been asked for once scontrol ran
+        if calls.exists():
+            break
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=240)
+    assert job.returncode == 143, err[-2000:]
+    assert calls.read_text().split() == ["requeue", "4242"] and (run_dir / "hpc_ckpt_1.ckpt").exists()
+    stopped = json.loads((run_dir / "results.json").read_text())
+    assert stopped["status"] == "interrupted" and stopped["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
+
+    requeued = run_cli([*ARGS, f"hydra.run.dir={run_dir}"], cache_root, tmp_path)
+    assert requeued.returncode == 0, requeued.stderr[-2000:]
+    assert metrics(run_dir) == uninterrupted
+    resumed = json.loads((run_dir / "results.json").read_text())["info"]["resumed_from"]
+    assert resumed == {"checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), "step": stopped["step"]}
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
 
 
 def test_slurm_runs_get_lightning_requeue(monkeypatch):

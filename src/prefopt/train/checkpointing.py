@@ -36,6 +36,9 @@ def checkpoint_callback(cfg: Any, folder: Path):
         mode="max",
         save_top_k=(keep if keep > 0 else -1) if every else 0,
         every_n_train_steps=every or None,
+        # a resumed run writes its own names again (last.ckpt), not last-v1.ckpt beside a stale last.ckpt
+        # (a SLURM requeue restores a checkpoint saved before the interrupt's last.ckpt existed)
+        enable_version_counter=False,
     )
 
 

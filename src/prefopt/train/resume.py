@@ -11,7 +11,8 @@ line naming what changed (`ResumeMismatch`). The check runs before fit, reading
 only the record of the checkpoint file (memory-mapped, so a 7B checkpoint costs no load), and again
 when Lightning restores a checkpoint it picked itself (SLURM's `hpc_ckpt_*.ckpt` after a requeue).
 
-`ckpt_path`: null (fresh; under SLURM Lightning resumes its own requeue checkpoint), `last` (the newest
+`ckpt_path`: null (fresh; a SLURM job that Lightning requeued resumes from the newest readable checkpoint
+of its folder, `requeued_checkpoint`), `last` (the newest
 readable `checkpoints/*.ckpt` or `hpc_ckpt_*.ckpt` of the run folder, so a periodic checkpoint written
 just before a kill cut `last.ckpt` short still counts; none is an error), `last_or_fresh`
 (the same, or a fresh start when there is none) or a path. Exercised by `pytest tests/test_resume.py`.
@@ -177,10 +178,26 @@ def last_checkpoint(output_dir: Path) -> Path | None:
     return None
 
 
-def resolve_ckpt_path(value: str | None, output_dir: Path) -> str | None:
-    """The checkpoint `ckpt_path` asks for, as a path (None: a fresh start); one-line errors."""
-    if value in (None, "", "null"):
+def requeued_checkpoint(output_dir: Path) -> str | None:
+    """Under SLURM, the checkpoint a requeued job resumes from: the newest readable one of its folder,
+    when Lightning's requeue left an `hpc_ckpt_*.ckpt` there (else None). The job restarts with its first
+    command, without `ckpt_path`; Lightning alone would take its hpc checkpoint, saved at SIGUSR1, even
+    when the SIGTERM that followed left a later `last.ckpt` (prefopt.train.signals)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect() or not any(output_dir.glob("hpc_ckpt_*.ckpt")):
         return None
+    found = last_checkpoint(output_dir)
+    if found is not None:
+        log.info(f"SLURM requeue: resuming from {found}, the newest checkpoint of the run")
+    return str(found) if found is not None else None
+
+
+def resolve_ckpt_path(value: str | None, output_dir: Path) -> str | None:
+    """The checkpoint `ckpt_path` asks for, as a path (None: a fresh start, or a requeued SLURM job's
+    newest checkpoint); one-line errors."""
+    if value in (None, "", "null"):
+        return requeued_checkpoint(output_dir)
     if value in ("last", "last_or_fresh"):
         found = last_checkpoint(output_dir)
         if found is not None:

@@ -8,7 +8,8 @@ own periodic checkpoints are taken, so resuming gives the same numbers as an uni
 Outside training (building data, evaluating) it raises at once. A second Ctrl-C stops without saving.
 In a data-parallel run the ranks agree on the step to stop at (one all-reduce of a flag per step).
 The runner records the interrupt (`record_interrupt`) and exits. Under SLURM, Lightning's own requeue
-(`slurm_plugins`) saves `hpc_ckpt_*.ckpt` on SIGUSR1 and requeues the job, which resumes from it.
+(`slurm_plugins`) saves `hpc_ckpt_*.ckpt` on SIGUSR1 and requeues the job, which resumes from the
+newest checkpoint of its folder (`prefopt.train.resume.requeued_checkpoint`).
 Exercised by `pytest tests/test_signals.py`.
 """
 
