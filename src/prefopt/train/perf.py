@@ -79,13 +79,13 @@ class ThroughputMonitor(Callback):
             self.peak_mb = peak_memory_mb(self.device)
 
     def metrics(self, pl_module) -> dict[str, float]:
+        """After training ended (`on_train_end` stopped the clock and read the peak memory)."""
         if not self.steps:
             return {}
-        self._stop_clock()
         device = self.device  # set with the first timed step
         seconds = max(self.seconds, 1e-9)
         out = {"perf/pairs_per_s": self.pairs / seconds, "perf/tokens_per_s": int(self.tokens) / seconds,
-               "perf/peak_mem_mb": self.peak_mb if self.peak_mb is not None else peak_memory_mb(device)}
+               "perf/peak_mem_mb": self.peak_mb}
         peak = peak_tflops(device)
         if peak:
             n_params = sum(p.numel() for p in pl_module.policy.parameters())
