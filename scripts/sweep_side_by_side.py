@@ -1,9 +1,11 @@
 """The summary of scripts/sweep_side_by_side.sh: each arm's wall time, the speed-ups against the old
 checkout (ratio of the arms' mean walls, and per repetition), and whether every run's oracle reward is
 the same in every arm (runs matched by loss, β, lr and seed from results.json). Exit 1 when an arm
-misses a run, a run failed, or a reward differs.
+misses a run, a run failed, or a reward differs. `--grid` prints the study's main grid as plain
+overrides, one loss per line, read from conf/sweep/beta_sensitivity.yaml (its sweeper's positions).
 
     .venv/bin/python scripts/sweep_side_by_side.py /tmp/side_by_side
+    .venv/bin/python scripts/sweep_side_by_side.py --grid    # dpo loss.beta=0.1,0.3,... optim.lr=...
 """
 
 from __future__ import annotations
@@ -15,6 +17,21 @@ from pathlib import Path
 from statistics import mean
 
 KIND_ORDER = ("old", "new", "pack")
+STUDY = Path(__file__).resolve().parents[1] / "conf" / "sweep" / "beta_sensitivity.yaml"
+
+
+def main_grid(study: Path = STUDY) -> dict[str, str]:
+    """{loss: "loss.beta=... optim.lr=..."}: each swept loss's values at the swept grid positions."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(study)
+    params = node.hydra.sweeper.params
+    positions = {key: str(params[f"sweep.{key}_step"]).split(",") for key in ("beta", "lr")}
+    grid = {}
+    for loss in str(params.loss).split(","):
+        values = {key: ",".join(str(node.sweep.grid[loss][key][at]) for at in steps) for key, steps in positions.items()}
+        grid[loss] = f"loss.beta={values['beta']} optim.lr={values['lr']}"
+    return grid
 
 
 def walls(out: Path) -> dict[str, dict[int, float]]:
@@ -76,4 +93,7 @@ def main(out: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    if sys.argv[1:] == ["--grid"]:
+        print("\n".join(f"{loss} {overrides}" for loss, overrides in main_grid().items()))
+    else:
+        sys.exit(main(Path(sys.argv[1])))

@@ -11,17 +11,14 @@
 # LOSSES="dpo" REPS=1 for a short check. Uses this checkout's .venv for both.
 set -euo pipefail
 old=$(cd "$1" && pwd); out=$2; here=$(cd "$(dirname "$0")/.." && pwd)
-REPS=${REPS:-2}; LOSSES=${LOSSES:-dpo ipo simpo rmipo}
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline
+grids=$("$here/.venv/bin/python" "$here/scripts/sweep_side_by_side.py" --grid)  # "<loss> <overrides>" lines
+REPS=${REPS:-2}; LOSSES=${LOSSES:-$(cut -d' ' -f1 <<< "$grids" | tr '\n' ' ')}
 new_cache=${PREFOPT_CACHE:-$here/.cache/prefopt}; old_cache=$out/old_cache
 mkdir -p "$out"
 
-grid() {  # the main grid of conf/sweep/beta_sensitivity.yaml (sweep.beta_step b1-b5, sweep.lr_step l1-l3)
-  case $1 in
-    dpo|ipo) echo "loss.beta=0.1,0.3,1.0,3.0,10.0 optim.lr=3.0e-5,1.0e-4,3.0e-4" ;;
-    simpo) echo "loss.beta=0.2,0.6,2.0,6.0,20.0 optim.lr=1.0e-5,3.0e-5,1.0e-4" ;;
-    rmipo) echo "loss.beta=0.6,2.0,6.0,20.0,60.0 optim.lr=1.0e-5,3.0e-5,1.0e-4" ;;
-  esac
+grid() {  # the main grid of conf/sweep/beta_sensitivity.yaml for loss $1, as plain overrides
+  sed -n "s/^$1 //p" <<< "$grids"
 }
 
 py() { (cd "$1" && PREFOPT_CACHE=$2 "$here/.venv/bin/python" src/run.py "${@:3}"); }

@@ -47,3 +47,17 @@ def test_a_differing_reward_fails(tmp_path, capsys):
 def test_a_failed_run_fails(tmp_path, capsys):
     assert SUMMARY["main"](study(tmp_path, pack_status="failed")) == 1
     assert "pack-1: 1 runs, 1 failed" in capsys.readouterr().out
+
+
+def test_the_grid_is_read_from_the_study_config(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        "sweep:\n  grid:\n"
+        "    dpo: {beta: {b0: 9.0, b1: 0.1, b2: 1.0}, lr: {l1: 1.0e-4, l2: 3.0e-4}}\n"
+        "    simpo: {beta: {b1: 2.0, b2: 6.0}, lr: {l1: 3.0e-5, l2: 1.0e-4}}\n"
+        "hydra:\n  sweeper:\n    params:\n      loss: dpo,simpo\n      sweep.beta_step: b1,b2\n      sweep.lr_step: l2\n")
+    assert SUMMARY["main_grid"](study) == {"dpo": "loss.beta=0.1,1.0 optim.lr=0.0003",  # b0 is not swept
+                                           "simpo": "loss.beta=2.0,6.0 optim.lr=0.0001"}
+    committed = SUMMARY["main_grid"]()  # conf/sweep/beta_sensitivity.yaml: 4 losses x 5 beta x 3 lr = 60 runs
+    assert committed["rmipo"] == "loss.beta=0.6,2.0,6.0,20.0,60.0 optim.lr=1e-05,3e-05,0.0001"
+    assert sorted(committed) == ["dpo", "ipo", "rmipo", "simpo"]
