@@ -20,10 +20,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from prefopt.log import PLAIN, env_rank, get_logger
-from prefopt.run import steps
+from prefopt.run import folder, steps, sweep_outcome
 from prefopt.config.components import ConfigError
 from prefopt.train.loggers import sweep_group
-from prefopt.run.results import read_results, write_results
+from prefopt.run.results import ResultsNotWritten, read_results, write_results
 from prefopt.run.steps import RunOutcome
 from prefopt.config.validate import validate_config
 
@@ -58,8 +58,8 @@ def print_summary(metrics: dict[str, float], output_dir: Path) -> None:
 
 
 def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, outcome: RunOutcome) -> dict[str, float]:
-    """The run itself, step by step (prefopt/run/steps.py); what it records goes into `outcome`, so the
-    caller can clean up and record also when a step fails."""
+    """The run itself, step by step (prefopt/run/steps.py); what it records goes into `outcome` (the stage
+    running, the metrics so far), so the caller can clean up and record also when a step fails."""
     loss, source, optim = steps.check_and_seed(cfg)
     start = steps.starting_choice(cfg, source)  # the task's own SFT start, model.path, model.gguf or a tiny model
     artifacts = steps.task_artifacts(cfg, source, outcome)
@@ -68,26 +68,50 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, outcome: R
     data = steps.preference_data(cfg, artifacts, tokenizer, outcome)
     module = steps.preference_module(cfg, policy, loss, optim)
     trainer = steps.trainer_for(cfg, output_dir, group, loss, policy, data, tokenizer, outcome)
-    metrics = steps.fit(cfg, trainer, module, data, output_dir, outcome.ckpt_path)
+    outcome.stage = "training"
+    metrics = outcome.metrics = steps.fit(cfg, trainer, module, data, output_dir, outcome)  # also train_metrics.json
+    outcome.stage = "gather"
     trained = steps.trained_policy(cfg, trainer, module, load_start)
     if trained is None:  # data-parallel workers: rank 0 evaluates, saves and records
         return metrics
     if artifacts.oracle is not None and artifacts.eval_prompts:
+        outcome.stage = "evaluation"
         start = steps.starting_policy(trained, module, load_start)
         metrics.update(steps.oracle_evaluation(cfg, artifacts, trained, start, tokenizer, outcome))
     if cfg.eval.get("generate") and artifacts.eval_rows:
+        outcome.stage = "generations"
         steps.export_generations(cfg, artifacts, trained, tokenizer, loss.name, output_dir, outcome)
+    outcome.stage = "export"
     steps.log_and_save(cfg, trainer, metrics, trained, tokenizer, output_dir, outcome)
     return metrics
 
 
-def _completed_metrics(output_dir: Path) -> dict[str, float] | None:
-    """The metrics of an earlier run that completed in this folder (never overwritten), else None."""
-    previous = read_results(output_dir / "results.json")
-    if previous and previous.get("status") == "completed":
-        log.info(f"{output_dir} already completed: skipping (its results are kept)")
-        return previous.get("metrics", {})
-    return None
+def _claim_folder(cfg: DictConfig, output_dir: Path, multirun: bool) -> tuple[bool, dict | None, Any]:
+    """(skip, what the job returns, the folder's lock): a completed run of this config is skipped, its
+    kept metrics returned; otherwise the run takes the folder's lock.
+    A folder in use or holding another config's results: one line, the folder untouched; a single run
+    exits 1, a multirun job is noted as failed and the sweep goes on (prefopt.run.folder)."""
+    from prefopt.config.preflight import stop_if_unwritable
+
+    try:
+        if (previous := folder.completed_metrics(output_dir, cfg)) is not None:
+            _note_job(output_dir, multirun, "completed", None)
+            return True, previous, None
+        stop_if_unwritable(output_dir)  # before anything writes there: one line, exit 1
+        return False, None, (folder.hold(output_dir) if env_rank() == 0 else None)
+    except folder.FolderTaken as err:
+        log.error(f"\nerror: {err}\n", extra=PLAIN)
+        _note_job(output_dir, multirun, "failed", str(err))
+        if not multirun:
+            raise SystemExit(1) from None
+        return True, None, None
+
+
+def _note_job(output_dir: Path, multirun: bool, status: str, error: str | None) -> None:
+    """A multirun job's outcome for the sweep's end-of-run tally (prefopt.run.sweep_outcome)."""
+    if multirun and env_rank() == 0:
+        hc = HydraConfig.get()
+        sweep_outcome.note(Path(hc.sweep.dir), int(hc.job.num), output_dir, status, error)
 
 
 def _record_completed(output_dir: Path, metrics: dict[str, float], outcome: RunOutcome, started: float,
@@ -104,10 +128,21 @@ def _failure_message(err: BaseException) -> str:
 
 
 def _write_failure(path: Path, err: BaseException, outcome: RunOutcome, started: float, record: dict) -> None:
-    """results.json of a failed run: the one-line error, and the traceback of a bug (not a user's mistake)."""
+    """results.json of a failed run: the stage it failed in, the metrics computed until then, the one-line
+    error (with, after training, the command that re-runs only the missing stages) and the traceback of a
+    bug (not a user's mistake), which then also gets the hint on the console."""
+    if isinstance(err, ResultsNotWritten):  # results.json itself could not be written: said on stderr already
+        return
     known = isinstance(err, user_errors())
-    write_results(path, status="failed", error=outcome.error, traceback=None if known else traceback.format_exc(),
-                  metrics={}, info=outcome.info, wall_time_s=time.time() - started, **record)
+    hint = steps.rerun_hint(path.parent, outcome.stage,
+                            list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
+    if hint:
+        outcome.error = f"{outcome.error}; {hint}"
+        if not known:  # a bug's console output is its traceback, which does not say this
+            log.warning(hint)
+    write_results(path, status="failed", stage=outcome.stage, error=outcome.error,
+                  traceback=None if known else traceback.format_exc(), metrics=outcome.metrics, info=outcome.info,
+                  wall_time_s=time.time() - started, **record)
 
 
 def _goes_on(err: BaseException, message: str, multirun: bool) -> bool:
@@ -148,17 +183,17 @@ def _finish(outcome: RunOutcome, console: Any) -> None:
 def run(cfg: DictConfig) -> dict[str, float] | None:
     """Run one job and write its results.json; returns the metrics (None when it failed)."""
     from prefopt.train.loggers import fill_method
-    from prefopt.config.preflight import preflight, stop_if_unwritable
+    from prefopt.config.preflight import preflight
     from prefopt.train.progress import ConsoleLog
     from prefopt.train.signals import InterruptGuard, Interrupted, record_interrupt
 
     started = time.time()
     output_dir, multirun, group = _hydra_context()
-    if (previous := _completed_metrics(output_dir)) is not None:
-        return previous
-    stop_if_unwritable(output_dir)  # before anything writes there: one line, exit 1
-    console = ConsoleLog(output_dir / "run.log") if env_rank() == 0 else None  # the console, kept
     fill_method(cfg, HydraConfig.get().runtime.choices.get("loss"))
+    skip, previous, lock = _claim_folder(cfg, output_dir, multirun)
+    if skip:
+        return previous
+    console = ConsoleLog(output_dir / "run.log") if env_rank() == 0 else None  # the console, kept
     outcome = RunOutcome(interrupts=InterruptGuard(bool(cfg.checkpoint.enabled)).install())
     record = dict(config=OmegaConf.to_container(cfg, resolve=False), seed=cfg.seed)
     try:
@@ -182,4 +217,6 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
             raise
         return None
     finally:
+        _note_job(output_dir, multirun, outcome.status, outcome.error)
         _finish(outcome, console)
+        folder.release(lock)
