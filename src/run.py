@@ -34,18 +34,19 @@ def main(cfg: DictConfig):
 
 
 def precheck() -> None:
-    """Fail in milliseconds, naming the valid keys, on `loss.<key>=` overrides the loss lacks and on
-    overrides of keys no plain group has (all of them in one message), and on an output folder that
-    cannot be written."""
-    from prefopt.config.components import ConfigError, group_override_problems, raise_problems
+    """Fail in milliseconds, naming the valid keys, on `loss.<key>=` overrides the loss lacks, overrides
+    of keys no plain group has, group options that do not exist and values the schema refuses (all of
+    them, with the rest of the config's problems, in one message: config/validate.py `precheck_problems`),
+    and on an output folder that cannot be written."""
+    from prefopt.config.components import ConfigError, raise_problems
     from prefopt.config.launcher import precheck_slurm
     from prefopt.config.preflight import check_output_argv
-    from prefopt.config.validate import override_problems
+    from prefopt.config.validate import precheck_problems
     from prefopt.log import PLAIN, get_logger
 
     try:  # the loss's keys: the chosen loss's constructor (default: conf/train.yaml's); the rest: config/schema.py
         argv = sys.argv[1:]
-        raise_problems(group_override_problems(argv, CONF_DIR, "loss") + override_problems(argv, CONF_DIR))
+        raise_problems(precheck_problems(argv, CONF_DIR))
         precheck_slurm(sys.argv[1:], CONF_DIR)
     except ConfigError as err:
         get_logger().error(f"error: {err}", extra=PLAIN)
@@ -59,3 +60,6 @@ def precheck() -> None:
 if __name__ == "__main__":
     precheck()
     main()
+    from prefopt.run.sweep_outcome import exit_code
+
+    sys.exit(exit_code())  # a multirun in which a job failed exits 1, after all its jobs ran

@@ -43,11 +43,30 @@ def gpus_per_node(devices: Any, accelerator: Any = "gpu") -> int | None:
     return None if str(accelerator).lower() == "cpu" else count
 
 
+NAME_LIMIT = 120  # characters of a job folder's name before it is cut and hashed (filesystems allow 255 bytes)
+
+
+def job_dirname(overrides: str, limit: int = NAME_LIMIT) -> str:
+    """A multirun job's folder name from its overrides (Hydra's override_dirname): one folder (a `/` in a
+    value becomes `_`), at most `limit` characters; a longer one is cut and ends in a hash of the whole,
+    so two long override lists never share a folder."""
+    import hashlib
+
+    name = str(overrides).replace("/", "_")
+    if len(name.encode()) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    head = name.encode()[: limit - len(digest) - 1].decode(errors="ignore")
+    return f"{head}-{digest}"
+
+
 def register() -> None:
     """Register the resolvers (idempotent) and silence Hydra's note that our submitit_slurm.yaml is
     checked against the plugin's schema of the same name (which is what we want: it extends it)."""
     if not OmegaConf.has_resolver("prefopt.tasks_per_node"):
         OmegaConf.register_new_resolver("prefopt.tasks_per_node", devices_per_node)
+    if not OmegaConf.has_resolver("prefopt.job_dirname"):
+        OmegaConf.register_new_resolver("prefopt.job_dirname", job_dirname)
     if not OmegaConf.has_resolver("prefopt.gpus_per_node"):
         OmegaConf.register_new_resolver("prefopt.gpus_per_node", gpus_per_node)
     warnings.filterwarnings("ignore", message=r"(?s).*hydra/launcher/submitit_slurm' is validated against ConfigStore")

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from typing import Any, Callable, Iterator
 
 from prefopt.errors import CacheError
 from prefopt.log import get_logger
+from prefopt.store.lockfile import holder, open_lock, try_lock, write_holder
 
 log = get_logger()
 DONE_MARKER = ".complete"  # the manifest; its presence alone no longer makes an artifact trusted
@@ -45,6 +45,7 @@ try:  # xxh3 is several times faster than sha256; `datasets` depends on xxhash, 
     HASH_NAME, _new_hash = "xxh3_128", xxhash.xxh3_128
 except ImportError:  # pragma: no cover - fallback when xxhash is missing
     HASH_NAME, _new_hash = "sha256", hashlib.sha256
+new_hash = _new_hash  # a fresh hash object of HASH_NAME (prefopt.train.ckpt_io hashes checkpoints with it)
 
 
 def configure(lock_timeout_s: float | None = None) -> None:
@@ -147,27 +148,15 @@ def _compare(folder: Path, manifest: dict[str, Any] | None) -> str | None:
 
 
 # ---- the lock around one key's build -----------------------------------------------------------
-def _holder(lock_path: Path) -> str:
-    """Who holds a build lock, from what the holder wrote into the lock file."""
-    try:
-        info = json.loads(lock_path.read_text() or "{}")
-        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info["since"]))
-        return f"pid {info['pid']} on {info['host']} since {since} ({time.time() - info['since']:.0f}s ago)"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process (it has not said which)"
-
-
 @contextmanager
 def build_lock(final: Path) -> Iterator[None]:
     """Hold the lock of `final`'s key; while another process holds it, say who and wait up to
-    `paths.lock_timeout_s` (then a CacheError). The holder writes its pid, host and start time."""
+    `paths.lock_timeout_s` (then a CacheError). The holder writes its pid, host and start time. The lock
+    file is never followed through a symbolic link (prefopt.store.lockfile)."""
     lock_path = final.parent / f".{final.name}.lock"
-    with open(lock_path, "a+") as fh:
+    with open_lock(lock_path) as fh:
         _acquire(fh, lock_path, f"{final.parent.name}/{final.name}")
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
-        fh.flush()
+        write_holder(fh)
         try:
             yield
         finally:
@@ -177,20 +166,15 @@ def build_lock(final: Path) -> Iterator[None]:
 def _acquire(fh: Any, lock_path: Path, what: str) -> None:
     timeout = _settings["lock_timeout_s"]
     started, told = time.time(), False
-    while True:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
+    while not try_lock(fh):
         waited = time.time() - started
         if not told:
             limit = "forever" if timeout == float("inf") else f"up to {timeout:.0f}s (paths.lock_timeout_s)"
-            log.warning(f"cache: waiting for {what}, being built by {_holder(lock_path)}; waiting {limit}")
+            log.warning(f"cache: waiting for {what}, being built by {holder(lock_path)}; waiting {limit}")
             told = True
         if waited >= timeout:
             raise CacheError(f"gave up after {waited:.0f}s waiting for the build of {what} in {lock_path.parent}, "
-                             f"held by {_holder(lock_path)}; raise paths.lock_timeout_s, or stop that process")
+                             f"held by {holder(lock_path)}; raise paths.lock_timeout_s, or stop that process")
         time.sleep(min(0.5, max(0.01, timeout - waited)))
 
 

@@ -43,16 +43,16 @@ RESUMABLE_KEYS = (
 )
 
 
-def flat_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
-    """{dotted key: value} of a resolved config, leaving out RESUMABLE_KEYS (and what is under them)."""
+def flat_config(cfg: DictConfig | dict, prefix: str = "", ignore: tuple[str, ...] = RESUMABLE_KEYS) -> dict[str, Any]:
+    """{dotted key: value} of a resolved config, leaving out `ignore` (and what is under those keys)."""
     node = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
     out: dict[str, Any] = {}
     for key, value in node.items():
         name = f"{prefix}{key}"
-        if name in RESUMABLE_KEYS:
+        if name in ignore:
             continue
         if isinstance(value, dict) and value:
-            out.update(flat_config(value, f"{name}."))
+            out.update(flat_config(value, f"{name}.", ignore))
         else:
             out[name] = value
     return out
@@ -129,17 +129,28 @@ def check_record(saved: dict[str, Any] | None, now: dict[str, Any], ckpt: str) -
 
 @functools.lru_cache(maxsize=4)
 def _record_or_problem(ckpt: Path, mtime_ns: int, size: int) -> tuple[Any, str | None]:
-    """(the file's run record, None), or (None, why it is unreadable). The file is loaded with its
-    tensors memory-mapped and only the record is kept; keyed by the file's mtime and size, so the run's
-    three readers (pick, pin, check) load a 7B checkpoint's head once."""
+    """(the file's run record, None), or (None, why it cannot be resumed from). The file must match the
+    checksum written with it (prefopt.train.ckpt_io) and is loaded as tensors and plain containers only
+    (`weights_only=True`: a crafted pickle runs nothing), memory-mapped, keeping only the record; keyed
+    by the file's mtime and size, so the run's three readers (pick, pin, check) load it once."""
     import torch
 
+    from prefopt.train.ckpt_io import UNVERIFIED, verify
+
+    problem = verify(ckpt)
+    if problem not in (None, UNVERIFIED):
+        return None, problem
     try:
-        checkpoint = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
-        return (checkpoint.get(RECORD_KEY) if isinstance(checkpoint, dict) else None), None
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
-        first = str(err).splitlines()[0] if str(err) else ""
-        return None, f"{type(err).__name__}: {first}"
+        checkpoint = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged or crafted file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return None, f"{type(err).__name__}: {first[:200]}"
+    if not isinstance(checkpoint, dict):
+        return None, f"it holds a {type(checkpoint).__name__}, not a Lightning checkpoint"
+    record = checkpoint.get(RECORD_KEY)
+    if record is not None and not isinstance(record, dict):
+        return None, f"its run record is a {type(record).__name__}, not a mapping"
+    return record, None
 
 
 def _record_of(ckpt: Path) -> tuple[Any, str | None]:
@@ -153,12 +164,17 @@ def _why_unreadable(ckpt: Path) -> str | None:
     return _record_of(ckpt)[1]
 
 
+def _problem_phrase(problem: str) -> str:
+    """`problem` as a clause: checksum findings read as they are, loader errors as "unreadable (...)"."""
+    return problem if problem.startswith(("it ", "its ")) else f"the file is unreadable ({problem})"
+
+
 def read_record(ckpt: Path) -> dict[str, Any] | None:
     """The run record of a checkpoint file, read without loading its tensors (memory-mapped)."""
     record, problem = _record_of(ckpt)
     if problem:
-        raise ResumeMismatch(f"cannot resume from {ckpt}: the file is unreadable ({problem}); "
-                             "delete it or pick another")
+        raise ResumeMismatch(f"cannot resume from {ckpt}: {_problem_phrase(problem)}; delete it or pick "
+                             "another (ckpt_path=last picks the newest good checkpoint of the run folder)")
     return record
 
 
@@ -174,7 +190,7 @@ def last_checkpoint(output_dir: Path) -> Path | None:
         problem = _why_unreadable(ckpt)
         if problem is None:
             return ckpt
-        log.warning(f"skipping {ckpt}: unreadable ({problem}), probably cut short by a kill")
+        log.warning(f"skipping {ckpt}: {_problem_phrase(problem)}; trying the previous checkpoint")
     return None
 
 
@@ -210,6 +226,8 @@ def resolve_ckpt_path(value: str | None, output_dir: Path) -> str | None:
                              "ckpt_path=last_or_fresh to start fresh when there is none")
     if not Path(value).exists():
         raise ResumeMismatch(f"ckpt_path={value}: no such checkpoint")
+    if Path(value).is_file():
+        read_record(Path(value))  # checksum and a tensors-only load, before anything else reads it
     return str(value)
 
 

@@ -194,6 +194,19 @@ def _make_trainer(cfg: DictConfig, kwargs: dict[str, Any], accumulate: int, logg
                           f"(trainer: {_trainer_summary(kwargs)})") from None
 
 
+def checkpoint_plugins(kwargs: dict[str, Any]) -> list[Any] | None:
+    """The trainer's plugins: the user's (`trainer.plugins`), or under SLURM requeue-and-resume on SIGUSR1
+    (prefopt.train.signals); plus atomic, checksummed, tensors-only checkpoint files
+    (prefopt.train.ckpt_io) wherever the strategy writes single files (not DeepSpeed's own folders)."""
+    from prefopt.train.ckpt_io import SafeCheckpointIO
+
+    given = kwargs.get("plugins") or slurm_plugins() or []
+    plugins = list(given) if isinstance(given, (list, tuple)) else [given]
+    if not is_deepspeed(kwargs.get("strategy", "auto")):
+        plugins.append(SafeCheckpointIO())
+    return plugins or None
+
+
 def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: str,
                   model: torch.nn.Module | None = None, extra_callbacks: list[Any] = ()) -> L.Trainer:
     """The run's Trainer: the trainer group's arguments with our strategy, clipping and SLURM plugins;
@@ -203,8 +216,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: s
     kwargs.pop("_target_", None)
     kwargs["strategy"] = build_strategy(kwargs.get("strategy", "auto"), model)
     callbacks.extend(take_clipping(kwargs))
-    if not kwargs.get("plugins"):  # under SLURM: requeue on SIGUSR1 and resume (prefopt.train.signals)
-        kwargs["plugins"] = slurm_plugins() or None
+    kwargs["plugins"] = checkpoint_plugins(kwargs)
     trainer = _make_trainer(cfg, kwargs, int(kwargs.get("accumulate_grad_batches", 1)), loggers, callbacks, output_dir)
     effective = cfg.data.get("effective_batch_size")
     if effective:
