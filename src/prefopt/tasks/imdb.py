@@ -4,7 +4,8 @@ experiment at laptop scale). Exercised by `python src/run.py data=imdb` and `pyt
 `ImdbTask.build` makes four artifacts, each cached in the prefopt cache under a fingerprint of what it
 depends on (changing a setting rebuilds that artifact and those downstream of it, nothing else):
 
-    imdb_reward     gold reward: TF-IDF + logistic regression on short windows of the classifier pool
+    imdb_reward     gold reward: TF-IDF + logistic regression on short windows of the classifier pool,
+                    stored as classifier.json + classifier.npz (no pickle; see imdb_reward.py)
     imdb_tokenizer  4096-token byte-level BPE trained on the SFT reviews          (model=tiny only)
     imdb_sft        tiny Llama trained from scratch as a causal LM on those reviews (model=tiny only)
     imdb_pairs      pairs.jsonl: review prefixes of 2-8 words, `samples_per_prompt` continuations
@@ -26,7 +27,6 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Optional
 
-import joblib
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
@@ -43,7 +43,10 @@ from prefopt.tasks.base import (
     Built, StartNeeds, Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean,
 )
 from prefopt.tasks.imdb_data import csv_path, load_reviews, prompts_from, split_reviews, take
-from prefopt.tasks.imdb_reward import CHECK_WORDS, SentimentReward, accuracy, first_words, train_classifier
+from prefopt.tasks.imdb_reward import (
+    CHECK_WORDS, CLASSIFIER_FORMAT, SentimentReward, accuracy, check_same_scores, first_words, load_classifier,
+    save_classifier, train_classifier,
+)
 
 ARTIFACT_VERSION = 1  # bump when the build code changes what an artifact contains
 MIN_WINDOW_TOKENS = 8  # SFT windows shorter than this (review tails) are dropped
@@ -197,9 +200,15 @@ class ImdbTask(Task):
         return prompts_from(reviews, f"imdb-pairs-{self.seed}", self.prompt_min_words, self.prompt_max_words)
 
     # ---- what each artifact depends on ---------------------------------------------------------
-    def reward_key(self) -> str:
+    def classifier_key(self) -> str:
+        """What the gold classifier is (its data and settings): the pairs depend on this, not on how it is stored."""
         return fingerprint("imdb-reward", ARTIFACT_VERSION, self.data_key(), self.seed, self.n_classifier,
                            self.n_classifier_test, self.classifier_windows, self.classifier_c)
+
+    def reward_key(self) -> str:
+        """The reward's cache folder: the classifier in its stored form (CLASSIFIER_FORMAT), so a folder of an
+        older form (a pickled classifier.joblib) is never read: the classifier is refitted beside it."""
+        return fingerprint(self.classifier_key(), CLASSIFIER_FORMAT)
 
     def tokenizer_key(self, vocab_size: int) -> str:
         return fingerprint("imdb-bpe", ARTIFACT_VERSION, self.data_key(), self.seed, self.n_sft_reviews, vocab_size)
@@ -208,8 +217,8 @@ class ImdbTask(Task):
         return fingerprint("imdb-sft", ARTIFACT_VERSION, tokenizer_key, arch, self.sft_steps, self.sft_lr,
                            self.sft_batch_size, self.sft_seq_len, self.seed)
 
-    def pairs_key(self, policy_key: str, reward_key: str) -> str:
-        return fingerprint("imdb-pairs", ARTIFACT_VERSION, policy_key, reward_key, self.data_key(),
+    def pairs_key(self, policy_key: str, classifier_key: str) -> str:
+        return fingerprint("imdb-pairs", ARTIFACT_VERSION, policy_key, classifier_key, self.data_key(),
                            self.n_pair_prompts, self.samples_per_prompt, self.prompt_min_words,
                            self.prompt_max_words, self.max_new_tokens, self.temperature, self.seed,
                            self.sample_batch_size)
@@ -239,15 +248,17 @@ class ImdbTask(Task):
             bar.update()
             full = accuracy(model, test)
             bar.update()
-        reward = SentimentReward(model)
-        joblib.dump(model, out / "classifier.joblib")
+        save_classifier(model, out)
+        scorer = load_classifier(out)  # the reward as every run will read it
+        held_out = [first_words(r.text, CHECK_WORDS) for r in test]
+        gap = check_same_scores(model, scorer, held_out + [r.text for r in test])
+        reward = SentimentReward(scorer)
         meta = {
             "accuracy_first_40_words": short,
             "accuracy_full_review": full,
             "test_positive_share": mean([r.label for r in test]),
-            "test_mean_reward_first_40_words": mean(
-                reward.probability([first_words(r.text, CHECK_WORDS) for r in test])
-            ),
+            "test_mean_reward_first_40_words": mean(reward.probability(held_out)),
+            "stored_classifier_max_gap": gap,
             "n_train": len(train),
             "n_test": len(test),
             "reward_seconds": time.time() - start,
@@ -349,7 +360,7 @@ class ImdbTask(Task):
     def _gold_reward(self, cache_root: Path, reward_key: str, info: dict[str, Any]) -> tuple[SentimentReward, dict]:
         """The gold reward (cached; built here unless `_reward_beside_sft` built it) and its meta."""
         reward_dir = cached_dir(cache_root, "imdb_reward", reward_key, self._build_reward)
-        reward = SentimentReward(joblib.load(reward_dir / "classifier.joblib"))
+        reward = SentimentReward(load_classifier(reward_dir))
         rmeta = json.loads((reward_dir / "meta.json").read_text())
         log.info(
             "gold reward = P(positive | prompt + response); held-out accuracy "
@@ -407,7 +418,8 @@ class ImdbTask(Task):
         if arch is None:
             policy_key = self._pretrained_key(model_cfg)
         cfg = model_cfg if model_cfg is not None else OmegaConf.create({})  # direct API use: no config
-        pairs_key = self.pairs_key(policy_key, reward_key)
+        # the classifier's stored form does not change its scores: pairs built from the pickled one stay valid
+        pairs_key = self.pairs_key(policy_key, self.classifier_key())
         pairs_dir, pmeta = self._pairs(cache_root, pairs_key, partial(load_start, start, cfg, cache_root, policy),
                                        reward, rmeta)
         train_rows, eval_rows = load_pairs_split(pairs_dir / "pairs.jsonl", self.eval_fraction, pmeta["n_pairs"])
