@@ -160,3 +160,28 @@ def test_a_new_lock_is_created_and_reused(tmp_path):
         with build_lock(final):
             info = json.loads((final.parent / ".abc.lock").read_text())
             assert info["pid"] == os.getpid()
+
+
+@pytest.mark.slow
+def test_a_run_with_flipped_checkpoint_bytes_resumes_from_the_previous_good_one(cache_root, tmp_path):
+    """40 bytes flipped inside last.ckpt's weights: the resume says so in one line and takes the periodic
+    checkpoint before it, instead of resuming silently from damaged weights."""
+    from test_run import SMALL_SORT, run_cli
+
+    run_dir = tmp_path / "run"
+    args = [*SMALL_SORT, "loss=dpo", "logger=none", "trainer.max_steps=8", "checkpoint.every_n_train_steps=4",
+            "checkpoint.keep=-1", f"hydra.run.dir={run_dir}"]
+    proc = run_cli(args, cache_root, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 40] = bytes(40)
+    last.write_bytes(bytes(data))
+    (run_dir / "results.json").unlink()  # as if the run had been killed after its last checkpoint
+    proc = run_cli([*args, "ckpt_path=last"], cache_root, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    assert "skipping" in out and "last.ckpt: its bytes differ from the checksum" in out
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert results["info"]["resumed_from"]["step"] == 8  # epoch=0-step=8.ckpt, the same step, intact

@@ -88,7 +88,7 @@ def test_ckpt_path_resolution(tmp_path, capsys):
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.write_bytes(periodic.read_bytes()[:100])  # newer, but cut short by a kill while it was written
     assert resolve_ckpt_path("last", tmp_path) == str(periodic)
-    assert f"skipping {last}: unreadable" in capsys.readouterr().err
+    assert f"skipping {last}: the file is unreadable" in capsys.readouterr().err
     hpc = tmp_path / "hpc_ckpt_1.ckpt"  # SLURM's requeue checkpoint, newest
     torch.save({"global_step": 25}, hpc)
     assert resolve_ckpt_path("last_or_fresh", tmp_path) == str(hpc)

@@ -40,6 +40,10 @@ RESUMABLE_KEYS = (
     "trainer.num_sanity_val_steps", "trainer.enable_model_summary", "logger", "paths", "eval", "ckpt_path",
     "checkpoint", "threads", "tags", "objective", "method", "sweep", "data.eval_batch_size", "logp_cache",
     "share_prompt",
+    # the learning rate, alone of optim (and the optimizer argument it is passed as): a diverged run goes on
+    # from checkpoints/last-good.ckpt with a lower one (prefopt.train.guards); the restored optimizer and
+    # schedule follow the new value (PreferenceModule.on_train_start)
+    "optim.lr", "optim.optimizer.lr",
 )
 
 
@@ -80,7 +84,8 @@ def run_record(cfg: DictConfig, data: Any, tokenizer: Any) -> dict[str, Any]:
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any], limit: int = 4) -> list[str]:
-    """What differs between a checkpoint's record and this run's, most telling first."""
+    """What differs between a checkpoint's record and this run's, most telling first. Keys a resume may
+    change are left out also where an older checkpoint recorded them (before they became resumable)."""
     found = []
     if saved.get("tokenizer") != now["tokenizer"]:
         found.append("the tokenizer (a rebuilt or different tokenizer: token ids no longer mean the same)")
@@ -89,6 +94,8 @@ def differences(saved: dict[str, Any], now: dict[str, Any], limit: int = 4) -> l
             found.append(f"the {split} pairs (rows, order, split or tokenization)")
     old, new = saved.get("config", {}), now["config"]
     for key in sorted(set(old) | set(new)):
+        if any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_KEYS):
+            continue
         if old.get(key, "<unset>") != new.get(key, "<unset>"):
             found.append(f"{key} {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
     return found if len(found) <= limit else [*found[:limit], f"{len(found) - limit} more"]
@@ -143,7 +150,7 @@ def _record_or_problem(ckpt: Path, mtime_ns: int, size: int) -> tuple[Any, str |
     try:
         checkpoint = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged or crafted file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
         return None, f"{type(err).__name__}: {first[:200]}"
     if not isinstance(checkpoint, dict):
         return None, f"it holds a {type(checkpoint).__name__}, not a Lightning checkpoint"
