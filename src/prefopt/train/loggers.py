@@ -99,11 +99,11 @@ def hyperparameters(cfg: DictConfig) -> dict[str, float]:
 
 def make_loggers(cfg: DictConfig, output_dir: Path, name: str, group: str, tags: list[str],
                  job_type: str = "train") -> list[Any]:
-    from lightning.pytorch.loggers import CSVLogger
+    from prefopt.train.csv_history import HistoryCSVLogger
 
     loggers: list[Any] = []
-    if cfg.logger.get("csv", False):
-        loggers.append(CSVLogger(save_dir=str(output_dir), name="csv", version=""))
+    if cfg.logger.get("csv", False):  # metrics.csv kept across a resume (prefopt.train.csv_history)
+        loggers.append(HistoryCSVLogger(save_dir=str(output_dir), name="csv", version=""))
     wb = cfg.logger.get("wandb")
     if wb:
         from lightning.pytorch.loggers import WandbLogger

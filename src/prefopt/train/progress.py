@@ -59,6 +59,7 @@ class StepProgressBar(Callback):
         self.bar: Any = None
         self.last_line = -1
         self.started = 0.0
+        self.first_step = 0
         self.total: int | None = None
 
     @staticmethod
@@ -72,9 +73,13 @@ class StepProgressBar(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.total = total = self._total(trainer)
-        self.started = time.time()
+        self.started, self.first_step = time.time(), int(trainer.global_step)
         if not getattr(trainer, "is_global_zero", True):
             return
+        if self.first_step > 0:
+            left = f", {total - self.first_step} to go" if total else ""
+            log.info(f"{self.desc}: resumed from step {self.first_step} "
+                     f"(checkpoint {getattr(trainer, 'ckpt_path', None) or 'restored'}){left}")
         if self.terminal if self.terminal is not None else on_terminal():
             from tqdm.auto import tqdm
 
@@ -100,7 +105,7 @@ class StepProgressBar(Callback):
             self.last_line = step
             total = f"/{self.total}" if self.total else ""
             post = "".join(f", {k} {v}" for k, v in self._postfix(trainer).items())
-            rate = step / max(time.time() - self.started, 1e-9)
+            rate = (step - self.first_step) / max(time.time() - self.started, 1e-9)  # this process's steps
             log.info(f"{self.desc}: step {step}{total}{post} ({rate:.1f} steps/s)")
 
     def on_train_end(self, trainer, pl_module) -> None:

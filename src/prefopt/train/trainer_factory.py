@@ -35,6 +35,7 @@ from prefopt.train.guards import FiniteGuard
 from prefopt.train.perf import ThroughputMonitor
 from prefopt.train.progress import StepProgressBar
 from prefopt.train.signals import slurm_plugins
+from prefopt.train.csv_history import KeepHistory
 
 log = get_logger()
 
@@ -159,6 +160,7 @@ def _callbacks(cfg: DictConfig, checkpoints: Path, desc: str, extra_callbacks: l
     callbacks: list[Any] = [
         *extra_callbacks,
         StepProgressBar(desc),
+        KeepHistory(),
         FiniteGuard(checkpoints if cfg.checkpoint.enabled else None),
         ThroughputMonitor(),
         DataFitCheck(),
