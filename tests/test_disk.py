@@ -1,7 +1,7 @@
-"""The disk check before training (prefopt/store/disk.py, free space mocked), how many checkpoints a run keeps and
-what a LoRA checkpoint holds (prefopt/train/checkpointing.py): sizes worked out by hand for the helpers' tiny
-model, a one-line stop when a folder is short, and a LoRA run resumed from its adapters-only checkpoint
-ending exactly where the uninterrupted run ends."""
+"""The disk check before training (prefopt/store/disk.py, free space mocked; a resume counts only what is
+new), how many checkpoints a run keeps and what a LoRA checkpoint holds (prefopt/train/checkpointing.py):
+sizes worked out by hand for the helpers' tiny model, a one-line stop when a folder is short, and a LoRA
+run resumed from its adapters-only checkpoint ending exactly where the uninterrupted run ends."""
 
 import json
 from collections import namedtuple
@@ -92,6 +92,36 @@ def test_cache_on_another_filesystem_is_checked_on_its_own(tmp_path, monkeypatch
                                                    r"\(log-prob caches\) but 1.0 GB is free; free space or set "
                                                    r"paths.cache_dir=..."):
         disk.check(est, tmp_path / "out", tmp_path / "cache")
+
+
+def test_resume_counts_only_what_is_new(tmp_path, monkeypatch, capsys):
+    """A resume finds last.ckpt and two periodic checkpoints in its folder: they are overwritten or rotated
+    out, so only the fourth checkpoint and model/ are new writes (a fresh start counts all four)."""
+    ckpt = 4 * TINY_PARAMS * 3                  # 136,320 B: fp32 weights + AdamW's two moments
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name in ("last.ckpt", "epoch=0-step=100.ckpt", "epoch=0-step=200.ckpt"):
+        with open(folder / name, "wb") as f:
+            f.truncate(ckpt)
+    (folder / "last.ckpt.sum").write_text("{}")  # not a checkpoint
+    assert disk.existing_checkpoint_bytes(folder) == 3 * ckpt == 408_960
+    # 478 steps, one every 100 -> 4 periodic; keep 2 (+1 while written) + last = 4 at once: 545,280 B; minus
+    # the 408,960 B already there = 136,320 B, + model/ 4 B × 11,360 = 45,440 B -> 181,760 B new
+    est = disk.estimate(cfg(every=100, logp_cache=False), tiny_model(), steps=478, pairs=0, existing=3 * ckpt)
+    assert (est.new_checkpoint_bytes, est.output_bytes) == (136_320, 181_760)
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda path: Usage(10**12, 0, 200_000))
+    trainer = SimpleNamespace(max_steps=478, strategy=object(), is_global_zero=True)
+    args = (cfg(every=100, logp_cache=False), trainer, tiny_model(), tmp_path / "run", tmp_path / "cache", 100)
+    disk.check_disk_space(*args, resuming=True)
+    assert capsys.readouterr().out.strip() == ("[prefopt] disk: about 0.2 MB to write (4 checkpoint(s) × 0.1 MB - "
+                                               "0.4 MB already there + model/ 0.0 MB), 0.2 MB free")
+    with pytest.raises(disk.DiskSpaceError, match=r"writes about 0.6 MB there \(4 checkpoint\(s\) × 0.1 MB \+"):
+        disk.check_disk_space(*args)  # a fresh start: 4 × 136,320 + 45,440 = 590,720 B
+    for name in ("epoch=0-step=300.ckpt", "epoch=0-step=400.ckpt"):  # more than the run keeps: nothing is new
+        with open(folder / name, "wb") as f:
+            f.truncate(ckpt)
+    assert disk.estimate(cfg(every=100, logp_cache=False), tiny_model(), 478, 0,
+                         existing=disk.existing_checkpoint_bytes(folder)).output_bytes == 45_440
 
 
 def lora_module(seed: int) -> PreferenceModule:

@@ -77,3 +77,25 @@ def test_studies_ignore_tuned_settings_and_resolve_per_loss_grids():
     assert (cfg.loss.beta, cfg.optim.lr, cfg.trainer.max_steps) == (0.02, 1.6e-4, 60)
     cfg = compose_with("sweep=imdb_own_knobs", "+sweep/knob=rmipo_shuffled")
     assert (cfg.loss.beta, cfg.optim.lr) == (6.0, 5.0e-4)  # RMiPO's best on IMDb
+
+
+def test_the_run_names_the_tuned_settings_it_took_and_not_those_the_command_line_set():
+    from prefopt.config import tuned
+
+    cfg = compose_with("data=sort", "loss=simpo")
+    taken = tuned.applied(cfg, "simpo_sort", ["data=sort", "loss=simpo"])
+    assert taken == {"file": "conf/tuned/simpo_sort.yaml", "values": {"loss.beta": 0.6, "optim.lr": 1e-5}}
+    assert tuned.describe(taken).startswith("tuned: conf/tuned/simpo_sort.yaml -> loss.beta 0.6, optim.lr 1e-05 (")
+    cfg = compose_with("data=sort", "loss=simpo", "optim.lr=3e-4")
+    assert tuned.applied(cfg, "simpo_sort", ["data=sort", "loss=simpo", "optim.lr=3e-4"])["values"] == {"loss.beta": 0.6}
+    assert tuned.applied(cfg, None, []) == {}
+
+
+def test_a_multirun_over_losses_at_their_own_tuned_lr_says_so_once():
+    from prefopt.config.tuned import sweep_note
+
+    assert "own tuned learning rate" in sweep_note(["data=sort", "loss=dpo,ipo,simpo,rmipo", "loss.beta=0.3,3"])
+    assert sweep_note(["loss=dpo,ipo", "optim.lr=1e-4"]) is None
+    assert sweep_note(["loss=dpo,ipo", "~tuned"]) is None
+    assert sweep_note(["loss=dpo", "loss.beta=0.1,1"]) is None  # one loss: nothing is compared
+    assert sweep_note(["sweep=beta_sensitivity"]) is None  # the studies set their own grids

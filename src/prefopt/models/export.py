@@ -3,7 +3,8 @@
 With `eval.generate=true`, the run answers the prompts of its evaluation rows (through the model's chat
 template, exactly as in training) and writes `<run dir>/generations.json`: a list of
 `{"instruction", "output", "generator", "dataset"}`, plus the sampling settings in results.json, so
-`alpaca_eval --model_outputs <run dir>/generations.json` can judge them. Used by `prefopt.run.runner`.
+`alpaca_eval --model_outputs <run dir>/generations.json` can judge them. The file is written whole (temp +
+fsync + rename, prefopt.store.atomic) or not at all. Used by `prefopt.run.runner`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from prefopt.data.tokenize import encode_row
 from prefopt.eval.generation import sample
+from prefopt.store.atomic import write_text_atomic
 
 
 def instruction_text(prompt: Any) -> str:
@@ -48,6 +50,6 @@ def export_generations(
          "generator": generator, "dataset": dataset}
         for row, ids in zip(rows, responses)
     ]
-    out_path.write_text(json.dumps(records, indent=2, ensure_ascii=False))
+    write_text_atomic(out_path, json.dumps(records, indent=2, ensure_ascii=False))  # whole or not at all
     return {"path": str(out_path), "n": len(records), "max_new_tokens": max_new_tokens,
             "temperature": temperature, "seed": seed, "chat_template": bool(getattr(tokenizer, "chat_template", None))}

@@ -4,8 +4,8 @@
 adapter weights train, and the reference policy is the same model with its adapters disabled (no second
 copy in memory). `model.disable_dropout` (default true, as TRL) sets every dropout probability of the
 policy to 0, LoRA's included, so log-ratios and RMiPO's δ carry no dropout noise. `save_policy` writes a plain Hugging Face folder (LoRA merged into the weights) that
-`AutoModelForCausalLM.from_pretrained` loads as is. Used by `prefopt.run.runner`; exercised by
-`pytest tests/test_dropout.py tests/test_lora.py`.
+`AutoModelForCausalLM.from_pretrained` loads as is, whole or not at all. Used by `prefopt.run.runner`; exercised by
+`pytest tests/test_dropout.py tests/test_lora.py tests/test_late_failures.py`.
 """
 
 from __future__ import annotations
@@ -67,8 +67,16 @@ def prepare_for_training(model: torch.nn.Module, model_cfg: Any) -> torch.nn.Mod
 
 
 def save_policy(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
-    """A plain HF folder; LoRA adapters are merged into the base weights first."""
+    """A plain HF folder; LoRA adapters are merged into the base weights first. Written beside `folder` and
+    renamed into place when complete (prefopt.store.atomic): a failure or a signal midway leaves no
+    `folder` with weights but no tokenizer, and an earlier complete one as it was."""
+    from prefopt.store.atomic import replace_folder
+
     if is_lora(model):
         model = model.merge_and_unload()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+
+    def fill(staging: Path) -> None:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+    replace_folder(folder, fill)

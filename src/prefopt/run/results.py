@@ -1,8 +1,10 @@
 """Writing `results.json`: status, metrics, resolved config, package versions, seed, wall time.
 
-The file is written atomically (temp file + rename) so a reader never sees half of it; a failed write
-(a full disk) removes the temp file, says so on stderr and exits 1 (tests/test_preflight.py). The contract
-is in DESIGN.md; `src/analyze.py` and resumable sweeps read it.
+The file is written atomically (temp file + fsync + rename, prefopt.store.atomic) so a reader never sees
+half of it; a failed write (a full disk) removes the temp file, says so on stderr together with what it
+could not record (the run's own error, stage, traceback and metrics: the real cause is never lost) and
+exits 1 (tests/test_preflight.py, tests/test_late_failures.py). The contract is in DESIGN.md;
+`src/analyze.py` and resumable sweeps read it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.log import PLAIN, get_logger
+from prefopt.store.atomic import write_text_atomic
 
 log = get_logger()
 PACKAGES = ("prefopt", "torch", "transformers", "lightning", "hydra-core", "omegaconf", "datasets", "wandb")
@@ -45,21 +48,39 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+class ResultsNotWritten(SystemExit):
+    """results.json could not be written; stderr has said why and what it would have recorded (exit 1)."""
+
+
 def write_results(path: str | os.PathLike, **fields: Any) -> Path:
-    """Write `fields` (status, metrics, config, seed, wall_time_s, ...) plus versions as JSON."""
+    """Write `fields` (status, metrics, config, seed, wall_time_s, ...) plus versions as JSON, whole (temp +
+    fsync + rename); a failed write says why on stderr, with the outcome it could not record, and exits 1."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"versions": package_versions(), "finished_at": round(time.time(), 1), **to_jsonable(fields)}
-    tmp = path.with_suffix(".json.tmp")
     try:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False))
     except OSError as err:  # a full disk, a folder made read-only mid-run: say so, never leave a .tmp
-        tmp.unlink(missing_ok=True)
-        log.error(f"error: could not write {path} ({err.strerror or err}); the run's outcome is not recorded",
-                  extra=PLAIN)
-        raise SystemExit(1) from None
+        log.error("\n".join([f"error: could not write {path} ({err.strerror or err}); the run's outcome is not "
+                             "recorded", *unrecorded(payload)]), extra=PLAIN)
+        raise ResultsNotWritten(1) from None
     return path
+
+
+def unrecorded(payload: dict[str, Any]) -> list[str]:
+    """The lines that stand in on stderr for a results.json that could not be written: the run's own
+    error (the real cause of a failure, e.g. the disk that filled during the export), its stage and
+    traceback, and the metrics it had computed."""
+    status = payload.get("status")
+    lines = []
+    if status not in (None, "completed") or payload.get("error"):
+        stage = f" during {payload['stage']}" if payload.get("stage") else ""
+        lines.append(f"the run {status or 'stopped'}{stage}: {payload.get('error') or 'no error recorded'}")
+    if payload.get("traceback"):
+        lines.append(str(payload["traceback"]).rstrip())
+    if payload.get("metrics"):
+        lines.append(f"its metrics: {json.dumps(payload['metrics'], sort_keys=True)}")
+    return lines
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any] | None:

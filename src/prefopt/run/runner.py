@@ -107,6 +107,17 @@ def _claim_folder(cfg: DictConfig, output_dir: Path, multirun: bool) -> tuple[bo
         return True, None, None
 
 
+def _announce_tuned(cfg: DictConfig, outcome: RunOutcome) -> None:
+    """Say which tuned settings (conf/tuned/) the run took, and record them in results.json `info.tuned`."""
+    from prefopt.config import tuned
+
+    hc = HydraConfig.get()
+    applied = tuned.applied(cfg, hc.runtime.choices.get("tuned"), list(hc.overrides.task))
+    if applied:
+        log.info(tuned.describe(applied))
+        outcome.info["tuned"] = applied
+
+
 def _note_job(output_dir: Path, multirun: bool, status: str, error: str | None) -> None:
     """A multirun job's outcome for the sweep's end-of-run tally (prefopt.run.sweep_outcome)."""
     if multirun and env_rank() == 0:
@@ -199,6 +210,7 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
     try:
         validate_config(cfg)  # every problem of the config in one message, one line each, before anything loads
         record["config"] = OmegaConf.to_container(cfg, resolve=True)
+        _announce_tuned(cfg, outcome)
         outcome.ckpt_path = preflight(cfg, output_dir)  # the cache, and what ckpt_path resumes
         metrics = train_and_evaluate(cfg, output_dir, group, outcome)
         if env_rank() == 0:

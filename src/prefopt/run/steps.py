@@ -3,10 +3,13 @@
 Each step is a function that returns what the next one needs: the checked loss, task source and optimizer
 factories, the choice of starting policy (`prefopt.models.choose`), the task's artifacts, the policy, the
 data, the module, the trainer, the fit's metrics, the trained policy, the oracle evaluation, the generation
-export and the save. What the run records (info for results.json, sample texts, the loggers to finish)
-collects in a `RunOutcome`, which the caller keeps also when a step fails. Exercised by
-`pytest tests/test_run.py tests/test_resume.py tests/test_lora.py tests/tasks/test_choose.py` and
-`python src/run.py`.
+export and the save. What the run records (info for results.json, sample texts, the loggers to finish, the
+stage running and the metrics so far) collects in a `RunOutcome`, which the caller keeps also when a step
+fails. The fit's metrics are written to `<run dir>/train_metrics.json` as soon as training ends; a resume
+with nothing left to train (an earlier attempt stopped in the evaluation or the export) takes them from
+there, and a failure after training names the command that re-runs only what follows it (`rerun_hint`).
+Exercised by `pytest tests/test_run.py tests/test_resume.py tests/test_lora.py tests/tasks/test_choose.py
+tests/test_late_failures.py` and `python src/run.py`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class RunOutcome:
     samples: list[dict] = field(default_factory=list)
     status: str = "failed"
     error: str | None = None
+    stage: str = "setup"  # the step running now: setup, training, evaluation, generations, export
+    metrics: dict[str, float] = field(default_factory=dict)  # what the steps have computed so far
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -191,23 +196,79 @@ def trainer_for(cfg: DictConfig, output_dir: Path, group: str, loss: Any, policy
                          extra_callbacks=[caches, run_record, outcome.interrupts])
 
 
-def fit(cfg: DictConfig, trainer: Any, module: Any, data: Any, output_dir: Path, ckpt_path: str | None) -> dict:
-    """Check the disk, print the device line, train; returns the logged metrics and throughput."""
+def fit(cfg: DictConfig, trainer: Any, module: Any, data: Any, output_dir: Path, outcome: RunOutcome) -> dict:
+    """Check the disk, print the device line, train; returns the logged metrics and throughput, recorded
+    in train_metrics.json as soon as training ends. A resume with nothing left to train (its checkpoint
+    is at the last step: an earlier attempt stopped in the evaluation or the export) returns the metrics
+    that attempt recorded, as Lightning has none to give."""
     from prefopt.store.disk import check_disk_space
     from prefopt.train.hardware import setup_line
-    from prefopt.train.perf import ThroughputMonitor
 
     policy = module.policy
     check_disk_space(cfg, trainer, policy, output_dir, Path(cfg.paths.cache_dir), data.stats.get("train/pairs", 0),
-                     data.stats.get("eval/pairs", 0))  # stops in one line where a folder lacks the room
+                     data.stats.get("eval/pairs", 0), resuming=outcome.ckpt_path is not None)  # one line if short
     if trainer.is_global_zero:
         log.info(setup_line(trainer, policy), extra=PLAIN)  # device, precision, weights dtype, attention implementation
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=data, ckpt_path=outcome.ckpt_path)
+    if nothing_was_trained(outcome.info, trainer.global_step, output_dir):
+        return recorded_train_metrics(output_dir, trainer.global_step)
+    metrics = fit_metrics(trainer, module)
+    if trainer.is_global_zero:
+        record_train_metrics(output_dir, trainer.global_step, metrics)
+    return metrics
+
+
+def fit_metrics(trainer: Any, module: Any) -> dict[str, float]:
+    """The last logged train/ and val/ metrics and the throughput (perf/) of the fit that just ended."""
+    from prefopt.train.perf import ThroughputMonitor
+
     metrics = scalar_metrics(trainer.callback_metrics)
     for callback in trainer.callbacks:
         if isinstance(callback, ThroughputMonitor):
             metrics.update(callback.metrics(module))
     return metrics
+
+
+TRAIN_METRICS = "train_metrics.json"  # in the run folder: the fit's metrics, written when training ends
+
+
+def record_train_metrics(output_dir: Path, step: int, metrics: dict[str, float]) -> None:
+    """train_metrics.json (whole: temp + fsync + rename): the step training ended at and its metrics, so
+    a failure or a signal in the evaluation or the export loses none of them, and a resume finds them."""
+    import json
+
+    from prefopt.run.results import to_jsonable
+    from prefopt.store.atomic import write_text_atomic
+
+    text = json.dumps({"step": int(step), "metrics": to_jsonable(metrics)}, indent=2)
+    try:
+        write_text_atomic(output_dir / TRAIN_METRICS, text)
+    except OSError as err:  # the run goes on (results.json gets them); only a later resume would lack them
+        log.warning(f"could not write {output_dir / TRAIN_METRICS} ({err.strerror or err}): a resume after a "
+                    "later failure would lack the training metrics")
+
+
+def nothing_was_trained(info: dict[str, Any], step: int, output_dir: Path) -> bool:
+    """The fit resumed a checkpoint of this run folder already at its last step (`step`): no step trained."""
+    resumed = info.get("resumed_from") or {}
+    ckpt = resumed.get("checkpoint")
+    if ckpt is None or int(resumed.get("step", -1)) != int(step):
+        return False
+    return Path(output_dir).resolve() in Path(ckpt).resolve().parents
+
+
+def recorded_train_metrics(output_dir: Path, step: int) -> dict[str, float]:
+    """The metrics train_metrics.json recorded for training that ended at `step` in this folder; {} with a
+    warning when there are none for that step (training ended before prefopt recorded them)."""
+    from prefopt.run.results import read_results
+
+    recorded = read_results(output_dir / TRAIN_METRICS) or {}
+    if recorded.get("step") == step and isinstance(recorded.get("metrics"), dict):
+        log.info(f"training had ended at step {step}: its metrics are those {output_dir / TRAIN_METRICS} recorded")
+        return {k: float(v) for k, v in recorded["metrics"].items() if isinstance(v, (int, float))}
+    log.warning(f"training had ended at step {step} but {output_dir / TRAIN_METRICS} holds no metrics for that "
+                "step: results.json will lack train/, val/ and perf/ metrics")
+    return {}
 
 
 def trained_policy(cfg: DictConfig, trainer: Any, module: Any, load_start: StartLoader) -> torch.nn.Module | None:
@@ -286,3 +347,28 @@ def log_and_save(cfg: DictConfig, trainer: Any, metrics: dict[str, float], train
 
     log_summary(outcome.loggers, metrics, outcome.samples, step=trainer.global_step, hparams=hyperparameters(cfg))
     save_policy(trained, tokenizer, output_dir / "model")
+
+
+LATE_STAGES = ("gather", "evaluation", "generations", "export")  # after training: a resume re-runs only these
+
+
+def rerun_command(output_dir: Path, overrides: list[str]) -> str | None:
+    """After training completed: the command that resumes the run folder's newest checkpoint (the final
+    step), so only the stages after training run again; None when the run saved no checkpoint."""
+    import shlex
+
+    from prefopt.train.resume import last_checkpoint
+
+    if last_checkpoint(output_dir) is None:
+        return None
+    args = [shlex.quote(a) for a in overrides if not a.startswith(("ckpt_path=", "hydra.run.dir="))]
+    return " ".join(["python src/run.py", *args, f"hydra.run.dir={shlex.quote(str(output_dir))}", "ckpt_path=last"])
+
+
+def rerun_hint(output_dir: Path, stage: str, overrides: list[str]) -> str | None:
+    """For a failure in `stage`: after training, the clause naming the command that re-runs only what
+    follows training (None before training completed, or with no checkpoint to resume)."""
+    command = rerun_command(output_dir, overrides) if stage in LATE_STAGES else None
+    if command is None:
+        return None
+    return f"{stage} failed after training completed; re-run only what follows training with: {command}"

@@ -76,8 +76,13 @@ class SweepOutcome(Callback):
         self.started = time.time()
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from prefopt.config.tuned import sweep_note
+
         self.started = time.time()
         FAILED.clear()
+        note_line = sweep_note(list(config.hydra.overrides.task))
+        if note_line:
+            log.warning(note_line)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         jobs = read_jobs(Path(config.hydra.sweep.dir), self.started)

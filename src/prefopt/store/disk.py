@@ -3,7 +3,12 @@
 The output folder receives the checkpoints (`prefopt.train.checkpointing.checkpoints_at_once` files of
 weights + AdamW state; a LoRA checkpoint holds only the adapters) and `model/` (the whole policy, LoRA
 merged); the cache folder receives the log-prob tables (a few numbers per pair). Sizes come from the
-loaded policy's own parameters and dtypes. `prefopt.run.runner` calls `check_disk_space` just before fit.
+loaded policy's own parameters and dtypes. Only what is new counts: a resumed run overwrites or rotates
+out the checkpoints already in its `checkpoints/` folder, so their bytes (already taken from the free
+space) are subtracted from the checkpoints it writes. An existing `model/` is not: the new one is written
+beside it and renamed into place (prefopt.store.atomic), so both exist for a moment. Checkpoints are
+written in their own folder (prefopt.train.ckpt_io), never staged in `$TMPDIR`, so `$TMPDIR` is not
+checked. `prefopt.run.steps.fit` calls `check_disk_space` just before fit.
 Exercised by `pytest tests/test_disk.py` (shutil.disk_usage mocked).
 """
 
@@ -38,10 +43,15 @@ class DiskEstimate:
     checkpoints: int        # files that can exist at once
     model_bytes: int        # model/ (the whole policy, adapters merged)
     cache_bytes: int
+    existing_checkpoint_bytes: int = 0  # a resume's checkpoints already on disk, overwritten or rotated out
+
+    @property
+    def new_checkpoint_bytes(self) -> int:
+        return max(0, self.checkpoints * self.checkpoint_bytes - self.existing_checkpoint_bytes)
 
     @property
     def output_bytes(self) -> int:
-        return self.checkpoints * self.checkpoint_bytes + self.model_bytes
+        return self.new_checkpoint_bytes + self.model_bytes
 
 
 def _bytes(params) -> int:
@@ -70,12 +80,27 @@ def total_steps(trainer: Any, train_pairs: int, batch_size: int) -> int:
     return max(1, int(trainer.max_epochs or 1)) * math.ceil(batches / max(1, trainer.accumulate_grad_batches))
 
 
-def estimate(cfg: Any, policy: torch.nn.Module, steps: int, pairs: int, zero3: bool = False) -> DiskEstimate:
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (a sharded checkpoint)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def existing_checkpoint_bytes(checkpoints: Path) -> int:
+    """Bytes of the checkpoints (`*.ckpt` files or sharded folders) already in a run's checkpoint folder."""
+    return sum(_size(p) for p in Path(checkpoints).glob("*.ckpt")) if Path(checkpoints).is_dir() else 0
+
+
+def estimate(cfg: Any, policy: torch.nn.Module, steps: int, pairs: int, zero3: bool = False,
+             existing: int = 0) -> DiskEstimate:
+    """What the run writes; `existing`: bytes of the checkpoints a resume finds (and overwrites) in its folder."""
     return DiskEstimate(
         checkpoint_bytes=checkpoint_bytes(policy, zero3),
         checkpoints=checkpoints_at_once(cfg, steps),
         model_bytes=model_bytes(policy),
         cache_bytes=CACHE_BYTES_PER_PAIR * pairs + CACHE_SLACK if cfg.get("logp_cache", True) else 0,
+        existing_checkpoint_bytes=existing if checkpoints_at_once(cfg, steps) else 0,
     )
 
 
@@ -96,8 +121,10 @@ def same_filesystem(a: Path, b: Path) -> bool:
 
 
 def describe(est: DiskEstimate) -> str:
-    return (f"{est.checkpoints} checkpoint(s) × {gb(est.checkpoint_bytes)} + model/ {gb(est.model_bytes)}"
-            if est.checkpoints else f"model/ {gb(est.model_bytes)}, no checkpoints")
+    if not est.checkpoints:
+        return f"model/ {gb(est.model_bytes)}, no checkpoints"
+    there = f" - {gb(est.existing_checkpoint_bytes)} already there" if est.existing_checkpoint_bytes else ""
+    return f"{est.checkpoints} checkpoint(s) × {gb(est.checkpoint_bytes)}{there} + model/ {gb(est.model_bytes)}"
 
 
 def check(est: DiskEstimate, output_dir: Path, cache_dir: Path) -> str:
@@ -120,12 +147,15 @@ def check(est: DiskEstimate, output_dir: Path, cache_dir: Path) -> str:
 
 
 def check_disk_space(cfg: Any, trainer: Any, policy: torch.nn.Module, output_dir: Path, cache_dir: Path,
-                     train_pairs: int, eval_pairs: int = 0) -> None:
-    """The runner's call: estimate from the trainer and policy, check, print the summary on rank 0."""
+                     train_pairs: int, eval_pairs: int = 0, resuming: bool = False) -> None:
+    """The runner's call: estimate from the trainer and policy, check, print the summary on rank 0. A
+    resume (`resuming`) subtracts the checkpoints already in `output_dir/checkpoints`; a fresh start does
+    not (it neither restores their rotation nor removes them)."""
     from prefopt.train.gather import is_sharded
 
     zero3 = is_sharded(trainer.strategy) and "DeepSpeed" in type(trainer.strategy).__name__
     steps = total_steps(trainer, train_pairs, int(cfg.data.batch_size))
-    line = check(estimate(cfg, policy, steps, train_pairs + eval_pairs, zero3), output_dir, cache_dir)
+    existing = existing_checkpoint_bytes(Path(output_dir) / "checkpoints") if resuming else 0
+    line = check(estimate(cfg, policy, steps, train_pairs + eval_pairs, zero3, existing), output_dir, cache_dir)
     if trainer.is_global_zero:
         log.info(line, extra=PLAIN)  # `check` returns the line whole, "[prefopt] disk: ...", for its tests
