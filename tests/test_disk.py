@@ -34,13 +34,14 @@ def cfg(enabled=True, every=0, keep=2, logp_cache=True):
 
 
 def test_checkpoints_at_once():
+    # + 1 throughout: the temporary file a checkpoint is written to before it replaces the old one
     assert checkpoints_at_once(cfg(enabled=False), 478) == 0
-    assert checkpoints_at_once(cfg(every=0), 478) == 1                 # last.ckpt only
+    assert checkpoints_at_once(cfg(every=0), 478) == 1 + 1                 # last.ckpt only
     # mistral7b: 478 steps, one every 100 -> 4 periodic; keep 2 (+1 while the next one is written) + last
-    assert checkpoints_at_once(cfg(every=100, keep=2), 478) == 1 + 3
-    assert checkpoints_at_once(cfg(every=100, keep=-1), 478) == 1 + 4
-    assert checkpoints_at_once(cfg(every=100, keep=8), 478) == 1 + 4
-    assert checkpoints_at_once(cfg(every=100, keep=2), 99) == 1
+    assert checkpoints_at_once(cfg(every=100, keep=2), 478) == 1 + 1 + 3
+    assert checkpoints_at_once(cfg(every=100, keep=-1), 478) == 1 + 1 + 4
+    assert checkpoints_at_once(cfg(every=100, keep=8), 478) == 1 + 1 + 4
+    assert checkpoints_at_once(cfg(every=100, keep=2), 99) == 1 + 1
 
 
 def test_sizes_from_the_policys_parameters():
@@ -53,7 +54,7 @@ def test_sizes_from_the_policys_parameters():
     assert disk.checkpoint_bytes(lora) == 4 * LORA_PARAMS * 3         # adapters only
     assert disk.model_bytes(lora) == 4 * TINY_PARAMS                  # merged: the base model's size
     est = disk.estimate(cfg(every=100), model, steps=478, pairs=1000)
-    assert est.output_bytes == 4 * (12 * TINY_PARAMS) + 4 * TINY_PARAMS  # 4 checkpoints of 12 B/param + model/
+    assert est.output_bytes == 5 * (12 * TINY_PARAMS) + 4 * TINY_PARAMS  # 4 checkpoints + 1 being written (12 B/param) + model/
     assert est.cache_bytes == 96 * 1000 + 16 * 2**20
     assert disk.estimate(cfg(every=100, logp_cache=False), model, 478, 1000).cache_bytes == 0
 
@@ -105,19 +106,19 @@ def test_resume_counts_only_what_is_new(tmp_path, monkeypatch, capsys):
             f.truncate(ckpt)
     (folder / "last.ckpt.sum").write_text("{}")  # not a checkpoint
     assert disk.existing_checkpoint_bytes(folder) == 3 * ckpt == 408_960
-    # 478 steps, one every 100 -> 4 periodic; keep 2 (+1 while written) + last = 4 at once: 545,280 B; minus
-    # the 408,960 B already there = 136,320 B, + model/ 4 B × 11,360 = 45,440 B -> 181,760 B new
+    # 478 steps, one every 100 -> 4 periodic; keep 2 (+1 while written) + last + 1 temporary = 5 at once:
+    # 681,600 B; minus the 408,960 B already there = 272,640 B, + model/ 4 B × 11,360 = 45,440 B -> 318,080 B new
     est = disk.estimate(cfg(every=100, logp_cache=False), tiny_model(), steps=478, pairs=0, existing=3 * ckpt)
-    assert (est.new_checkpoint_bytes, est.output_bytes) == (136_320, 181_760)
-    monkeypatch.setattr(disk.shutil, "disk_usage", lambda path: Usage(10**12, 0, 200_000))
+    assert (est.new_checkpoint_bytes, est.output_bytes) == (272_640, 318_080)
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda path: Usage(10**12, 0, 400_000))
     trainer = SimpleNamespace(max_steps=478, strategy=object(), is_global_zero=True)
     args = (cfg(every=100, logp_cache=False), trainer, tiny_model(), tmp_path / "run", tmp_path / "cache", 100)
     disk.check_disk_space(*args, resuming=True)
-    assert capsys.readouterr().out.strip() == ("[prefopt] disk: about 0.2 MB to write (4 checkpoint(s) × 0.1 MB - "
-                                               "0.4 MB already there + model/ 0.0 MB), 0.2 MB free")
-    with pytest.raises(disk.DiskSpaceError, match=r"writes about 0.6 MB there \(4 checkpoint\(s\) × 0.1 MB \+"):
-        disk.check_disk_space(*args)  # a fresh start: 4 × 136,320 + 45,440 = 590,720 B
-    for name in ("epoch=0-step=300.ckpt", "epoch=0-step=400.ckpt"):  # more than the run keeps: nothing is new
+    assert capsys.readouterr().out.strip() == ("[prefopt] disk: about 0.3 MB to write (5 checkpoint(s) × 0.1 MB - "
+                                               "0.4 MB already there + model/ 0.0 MB), 0.4 MB free")
+    with pytest.raises(disk.DiskSpaceError, match=r"writes about 0.7 MB there \(5 checkpoint\(s\) × 0.1 MB \+"):
+        disk.check_disk_space(*args)  # a fresh start: 5 × 136,320 + 45,440 = 727,040 B
+    for name in ("epoch=0-step=300.ckpt", "epoch=0-step=400.ckpt"):  # 5 files: as many as the run has at once  # more than the run keeps: nothing is new
         with open(folder / name, "wb") as f:
             f.truncate(ckpt)
     assert disk.estimate(cfg(every=100, logp_cache=False), tiny_model(), 478, 0,

@@ -23,7 +23,7 @@ from prefopt.log import PLAIN, env_rank, get_logger
 from prefopt.run import folder, steps, sweep_outcome
 from prefopt.config.components import ConfigError
 from prefopt.train.loggers import sweep_group
-from prefopt.run.results import ResultsNotWritten, read_results, write_results
+from prefopt.run.results import ResultsNotWritten, write_results
 from prefopt.run.steps import RunOutcome
 from prefopt.config.validate import validate_config
 
@@ -218,8 +218,8 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
         return metrics
     except Interrupted as stop:  # SIGINT / SIGTERM: results say so, then exit 130 / 143
         outcome.status, outcome.error = "interrupted", str(stop)
-        record_interrupt(stop, output_dir, list(HydraConfig.get().overrides.task), env_rank(),
-                         info=outcome.info, wall_time_s=time.time() - started, **record)
+        record_interrupt(stop, output_dir, list(HydraConfig.get().overrides.task), env_rank(), info=outcome.info,
+                         metrics=outcome.metrics, stage=outcome.stage, wall_time_s=time.time() - started, **record)
     except BaseException as err:
         outcome.error = _failure_message(err)
         if env_rank() != 0:

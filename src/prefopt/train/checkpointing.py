@@ -44,13 +44,14 @@ def checkpoint_callback(cfg: Any, folder: Path):
 
 def checkpoints_at_once(cfg: Any, total_steps: int) -> int:
     """Checkpoint files on disk at the worst moment: last.ckpt plus the kept periodic ones, one more while
-    a new periodic checkpoint is written before the oldest is removed."""
+    a new periodic checkpoint is written before the oldest is removed, and one more for the temporary
+    file a checkpoint is written to before it replaces the old one (prefopt.train.ckpt_io)."""
     if not cfg.checkpoint.get("enabled", True):
         return 0
     every = int(cfg.checkpoint.get("every_n_train_steps") or 0)
     keep = int(cfg.checkpoint.get("keep", -1))
     periodic = total_steps // every if every else 0
-    return 1 + (periodic if keep <= 0 else min(periodic, keep + 1))
+    return 2 + (periodic if keep <= 0 else min(periodic, keep + 1))
 
 
 def _trainable_keys(policy: torch.nn.Module, prefix: str) -> set[str]:

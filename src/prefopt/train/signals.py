@@ -145,8 +145,9 @@ def resume_hint(stop: Interrupted, argv: list[str], output_dir: Path) -> str:
     if stop.checkpoint is None:
         return (f"[prefopt] interrupted by {name} at step {stop.step}; no checkpoint was saved, "
                 "so run the same command again to start over")
-    args = [a for a in argv if not a.startswith(("ckpt_path=", "hydra.run.dir="))]
-    command = " ".join(["python src/run.py", *args, f"hydra.run.dir={output_dir}", "ckpt_path=last"])
+    from prefopt.train.command import rerun_command  # quoted for the shell and for Hydra: any folder name pastes
+
+    command = rerun_command(argv, {"hydra.run.dir": output_dir, "ckpt_path": "last"})
     return f"[prefopt] interrupted by {name} at step {stop.step}, checkpoint {stop.checkpoint}; resume with: {command}"
 
 
@@ -175,6 +176,6 @@ def record_interrupt(stop: Interrupted, output_dir: Path, overrides: list[str], 
         signame = signal.Signals(stop.signum).name
         write_results(output_dir / "results.json", status="interrupted", signal=signame, step=stop.step,
                       checkpoint=stop.checkpoint, error=f"interrupted by {signame} at step {stop.step}",
-                      metrics={}, **record)
+                      **{"metrics": {}, **record})
         log.warning(resume_hint(stop, overrides, output_dir), extra=PLAIN)  # the hint carries its "[prefopt]"
     raise SystemExit(stop.exit_code)
