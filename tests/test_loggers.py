@@ -71,7 +71,7 @@ def test_wandb_logger_gets_name_group_tags_id_job_type_and_flat_config(tmp_path,
     assert "anonymous" not in init
     assert init["config"]["loss.beta"] == 0.3 and init["config"]["data.name"] == "sort"
     assert wb._offline and os.environ["WANDB_MODE"] == "offline"  # offline unless WANDB_MODE says otherwise
-    assert type(csv).__name__ == "CSVLogger"
+    assert type(csv).__name__ == "HistoryCSVLogger"  # Lightning's CSVLogger, keeping its rows across a resume
 
 
 def test_logger_none_gives_no_logger(tmp_path):

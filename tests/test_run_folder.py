@@ -70,9 +70,16 @@ def test_job_folder_names_stay_short_and_distinct():
 
 
 def test_sweep_outcome_tallies_the_jobs_of_this_multirun(tmp_path):
-    sweep_outcome.note(tmp_path, 0, tmp_path / "0_a", "completed", None)
+    cfg = OmegaConf.create({**DPO, "method": "dpo", "objective": "eval/oracle_reward"})
+    sweep_outcome.note(tmp_path, 0, tmp_path / "0_a", "completed", None,
+                       sweep_outcome.job_row(cfg, {"eval/oracle_reward": 0.812345}))
     sweep_outcome.note(tmp_path, 1, tmp_path / "1_b", "failed", "loss: beta=-1 is not allowed")
     jobs = sweep_outcome.read_jobs(tmp_path, since=0)
+    assert sweep_outcome.table(jobs) == [
+        "job  method  beta  lr      seed  status     eval/oracle_reward",
+        "0    dpo     0.1   0.0001  0     completed  0.8123",
+        "1    -       -     -       -     failed     -",
+    ]
     assert [j["status"] for j in jobs] == ["completed", "failed"]
     assert sweep_outcome.summary(jobs) == [
         "multirun: 1 of 2 jobs completed, 1 did not",

@@ -95,13 +95,13 @@ def _claim_folder(cfg: DictConfig, output_dir: Path, multirun: bool) -> tuple[bo
 
     try:
         if (previous := folder.completed_metrics(output_dir, cfg)) is not None:
-            _note_job(output_dir, multirun, "completed", None)
+            _note_job(output_dir, multirun, "completed", None, cfg, previous)
             return True, previous, None
         stop_if_unwritable(output_dir)  # before anything writes there: one line, exit 1
         return False, None, (folder.hold(output_dir) if env_rank() == 0 else None)
     except folder.FolderTaken as err:
         log.error(f"\nerror: {err}\n", extra=PLAIN)
-        _note_job(output_dir, multirun, "failed", str(err))
+        _note_job(output_dir, multirun, "failed", str(err), cfg)
         if not multirun:
             raise SystemExit(1) from None
         return True, None, None
@@ -118,11 +118,13 @@ def _announce_tuned(cfg: DictConfig, outcome: RunOutcome) -> None:
         outcome.info["tuned"] = applied
 
 
-def _note_job(output_dir: Path, multirun: bool, status: str, error: str | None) -> None:
-    """A multirun job's outcome for the sweep's end-of-run tally (prefopt.run.sweep_outcome)."""
+def _note_job(output_dir: Path, multirun: bool, status: str, error: str | None, cfg: DictConfig | None = None,
+              metrics: dict | None = None) -> None:
+    """A multirun job's outcome for the sweep's end-of-run table (prefopt.run.sweep_outcome)."""
     if multirun and env_rank() == 0:
         hc = HydraConfig.get()
-        sweep_outcome.note(Path(hc.sweep.dir), int(hc.job.num), output_dir, status, error)
+        row = sweep_outcome.job_row(cfg, metrics) if cfg is not None else {}
+        sweep_outcome.note(Path(hc.sweep.dir), int(hc.job.num), output_dir, status, error, row)
 
 
 def _record_completed(output_dir: Path, metrics: dict[str, float], outcome: RunOutcome, started: float,
@@ -229,6 +231,6 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
             raise
         return None
     finally:
-        _note_job(output_dir, multirun, outcome.status, outcome.error)
+        _note_job(output_dir, multirun, outcome.status, outcome.error, cfg, outcome.metrics)
         _finish(outcome, console)
         folder.release(lock)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,27 @@ JOBS_FILE = "jobs.jsonl"
 FAILED: list[dict[str, Any]] = []  # the jobs of the last multirun in this process that did not complete
 
 
-def note(sweep_dir: Path, job_num: int, output_dir: Path, status: str, error: str | None) -> None:
+def job_row(cfg: Any, metrics: dict | None) -> dict[str, Any]:
+    """What the end-of-sweep table shows of a job: method, β, learning rate, seed and its score."""
+    from omegaconf import OmegaConf
+
+    def pick(key: str) -> Any:
+        try:
+            return OmegaConf.select(cfg, key)
+        except Exception:  # noqa: BLE001 - an unresolvable value: the job's own error names it
+            return None
+
+    objective = pick("objective") or "eval/oracle_reward"
+    return {"method": pick("method"), "beta": pick("loss.beta"), "lr": pick("optim.lr"), "seed": pick("seed"),
+            "score_name": objective, "score": (metrics or {}).get(objective)}
+
+
+def note(sweep_dir: Path, job_num: int, output_dir: Path, status: str, error: str | None,
+         row: dict[str, Any] | None = None) -> None:
     """Append this job's outcome to the sweep's jobs.jsonl (one write of one line: O_APPEND keeps lines
     of concurrent jobs whole). A failure to write is said, never raised: the job's own record is results.json."""
     line = json.dumps({"time": time.time(), "job": job_num, "folder": str(output_dir), "status": status,
-                       "error": error}) + "\n"
+                       "error": error, **(row or {})}, default=str) + "\n"
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(sweep_dir / JOBS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
@@ -56,6 +73,21 @@ def read_jobs(sweep_dir: Path, since: float) -> list[dict[str, Any]]:
         if isinstance(job, dict) and job.get("time", 0) >= since:
             latest[str(job.get("folder"))] = job
     return sorted(latest.values(), key=lambda j: (j.get("job") is None, j.get("job")))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def table(jobs: list[dict[str, Any]]) -> list[str]:
+    """One line per job: job, method, β, lr, seed, status, score (aligned columns)."""
+    score = next((j["score_name"] for j in jobs if j.get("score_name")), "score")
+    head = ["job", "method", "beta", "lr", "seed", "status", score]
+    rows = [[_cell(j.get(k)) for k in ("job", "method", "beta", "lr", "seed", "status", "score")] for j in jobs]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
 
 
 def summary(jobs: list[dict[str, Any]]) -> list[str]:
@@ -89,7 +121,11 @@ class SweepOutcome(Callback):
         if not jobs:
             return
         FAILED[:] = [j for j in jobs if j.get("status") != "completed"]
-        lines = summary(jobs)
+        lines = [*table(jobs), *summary(jobs)]
+        offline = sorted(Path(config.hydra.sweep.dir).glob("**/wandb/offline-run-*"))
+        if offline:
+            lines.append(f"W&B (offline): {len(offline)} run(s); upload them with: wandb sync $(find "
+                         f"{shlex.quote(str(config.hydra.sweep.dir))} -type d -name 'offline-run-*')")
         (log.warning if FAILED else log.info)("\n".join(lines), extra=PLAIN)
 
 

@@ -176,4 +176,20 @@ def finish_loggers(loggers: list[Any], status: str = "completed", error: str | N
         experiment = getattr(logger, "_experiment", None)
         if experiment is not None and hasattr(experiment, "finish"):
             experiment.summary.update({"status": status, **({"error": error} if error else {})})
+            sync = offline_sync_line(experiment)
             experiment.finish(exit_code=0 if status == "completed" else 1)
+            if sync:
+                from prefopt.log import get_logger
+
+                get_logger().info(sync)
+
+
+def offline_sync_line(experiment: Any) -> str | None:
+    """Where an offline W&B run was written and the command that uploads it (None for an online run)."""
+    settings = getattr(experiment, "settings", None)
+    folder = getattr(settings, "sync_dir", None)
+    if not folder or not getattr(settings, "_offline", False):
+        return None
+    import shlex
+
+    return f"W&B (offline): {folder}; upload it with: wandb sync {shlex.quote(str(folder))}"
