@@ -201,3 +201,25 @@ def test_guard_outside_training_or_on_a_second_signal_stops_at_once(tmp_path):
     guard._handle(signal.SIGINT, None)  # noted
     with pytest.raises(Interrupted):
         guard._handle(signal.SIGINT, None)  # the user insists
+
+
+def test_resume_hint_pastes_for_a_folder_with_spaces_and_a_quote(tmp_path):
+    """The hint's command, split as a POSIX shell splits it (shlex) and each override parsed as Hydra parses
+    it, gives back the run folder and the run's own overrides exactly."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from prefopt.train.signals import Interrupted, resume_hint
+
+    run_dir = tmp_path / "Bob's run, 2 = two"
+    overrides = ["loss=dpo", "data.path=/data/my pairs.jsonl", "hydra.run.dir=old", "ckpt_path=null"]
+    stop = Interrupted(signal.SIGINT, 7, str(run_dir / "checkpoints" / "last.ckpt"))
+    hint = resume_hint(stop, overrides, run_dir)
+    assert hint.startswith(f"[prefopt] interrupted by SIGINT at step 7, checkpoint {stop.checkpoint}; resume with: ")
+    argv = shlex.split(hint.split("resume with: ", 1)[1])
+    assert argv[:2] == ["python", "src/run.py"]
+    parser = OverridesParser.create()
+    parsed = [(o.key_or_group, o.value()) for o in (parser.parse_override(a) for a in argv[2:])]
+    assert parsed == [("loss", "dpo"), ("data.path", "/data/my pairs.jsonl"), ("hydra.run.dir", str(run_dir)),
+                      ("ckpt_path", "last")]

@@ -51,6 +51,15 @@ class _RankZero(logging.Filter):
         return is_rank_zero()
 
 
+_JOB = {"tag": ""}  # " job N" while a job of a parallel multirun runs in this process (set_job)
+
+
+def set_job(number: int | None) -> None:
+    """Tag this process's lines with a multirun job number (`[prefopt job 3] ...`), so the interleaved
+    output of a parallel sweep (joblib) tells the jobs apart; None removes the tag."""
+    _JOB["tag"] = "" if number is None else f" job {number}"
+
+
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -58,7 +67,7 @@ class _Formatter(logging.Formatter):
             message = f"{message}\n{self.formatException(record.exc_info)}"
         if getattr(record, "plain", False):
             return message
-        return f"[{record.name.rsplit('.', 1)[-1]}] {message}"
+        return f"[{record.name.rsplit('.', 1)[-1]}{_JOB['tag']}] {message}"
 
 
 class _ConsoleHandler(logging.Handler):

@@ -88,3 +88,16 @@ def test_errors(tok):
     bad.chat_template = "{{ raise_exception('roles must alternate') }}"
     with pytest.raises(DataError, match="train row 0: could not tokenize .*roles must alternate"):
         make(bad, 0, train=chat)
+
+
+def test_a_validation_split_under_8_pairs_is_a_warning_naming_the_key(tok, capsys):
+    make(tok, 0, eval_rows=rows(8))
+    assert "validation pair" not in capsys.readouterr().err
+    make(tok, 0, eval_rows=rows(3))
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "validation pair" in x]
+    assert line.startswith("[prefopt] warning: only 3 validation pairs (fewer than 8): val/* metrics will be mostly "
+                           "noise; raise data.source.eval_fraction")
+    dm = PreferenceDataModule(rows(20), [], tok, max_length=16, max_prompt_length=8, batch_size=4, eval_batch_size=3,
+                              seed=0)
+    dm.setup()
+    assert "warning: no validation pairs: no val/* metrics; raise data.source.eval_fraction" in capsys.readouterr().err

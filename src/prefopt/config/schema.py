@@ -3,8 +3,10 @@
 One dataclass per group (top level, data, model, optim, eval, checkpoint, logger, paths), registered in
 Hydra's ConfigStore as `schema/<group>`. A field's annotation is its type (`Optional[...]`: null is
 allowed); `setting(...)` adds its range (`gt`/`ge`/`lt`/`le`), its `choices`, a list's `length`, or an
-odd `check`; the sentence a user reads ("an integer > 0") is derived from them by `describe`. Defaults
-live in the yaml (conf/), never here: every field is `???`.
+odd `check`; the sentence a user reads ("an integer > 0") is derived from them by `describe`. `advised`
+is softer: the usual (low, high) of a value, outside which the run starts with a warning
+(`advised_range`, read by prefopt.config.validate.advice). Defaults live in the yaml (conf/), never
+here: every field is `???`.
 
 The yaml files do not extend these dataclasses in their defaults lists: merging them would add every
 key an option leaves out (model.gguf to model=tiny, data.path to data=sort, ...) to the composed config,
@@ -30,9 +32,11 @@ Bound = Optional[float]
 
 
 def setting(*, gt: Bound = None, ge: Bound = None, lt: Bound = None, le: Bound = None, choices: tuple[Any, ...] = (),
-            length: int | None = None, check: tuple[Callable[[Any], bool], str] | None = None) -> Any:
-    """A schema field: no default (the yaml has it), with its range, choices, list length or own check."""
-    spec = dict(gt=gt, ge=ge, lt=lt, le=le, choices=choices, length=length, check=check)
+            length: int | None = None, check: tuple[Callable[[Any], bool], str] | None = None,
+            advised: tuple[float, float] | None = None) -> Any:
+    """A schema field: no default (the yaml has it), with its range, choices, list length or own check, and
+    the (low, high) it is usually set within (`advised`: outside it, a warning rather than an error)."""
+    spec = dict(gt=gt, ge=ge, lt=lt, le=le, choices=choices, length=length, check=check, advised=advised)
     return field(default=MISSING, metadata={k: v for k, v in spec.items() if v is not None and v != ()})
 
 
@@ -72,7 +76,9 @@ class ModelSchema:
 
 @dataclass
 class OptimSchema:
-    lr: float = setting(gt=0)
+    # AdamW fine-tuning runs from 5e-7 (7-8B DPO: conf/model/mistral7b.yaml) to ~1e-3 (the tiny model);
+    # above 1e-2 the tiny model's loss blows up (1e3 reached 5e7), below 1e-8 the weights barely move
+    lr: float = setting(gt=0, advised=(1e-8, 1e-2))
     weight_decay: float = setting(ge=0)
     adam_betas: List[float] = setting(ge=0, lt=1, length=2)
     warmup_ratio: float = setting(ge=0, lt=1)
@@ -172,6 +178,11 @@ def spec_of(schema: type, key: str) -> Spec:
     item = typing.get_args(hint)[0] if origin is list else None
     meta = {f.name: f.metadata for f in dataclasses.fields(schema)}[key]
     return Spec(base=origin, optional=optional, item=item, meta=meta)
+
+
+def advised_range(schema: type, key: str) -> tuple[float, float] | None:
+    """The (low, high) a field is usually set within, or None."""
+    return spec_of(schema, key).meta.get("advised")
 
 
 def subschema(schema: type, key: str) -> type | None:

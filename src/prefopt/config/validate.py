@@ -4,9 +4,15 @@
 unknown keys with the valid ones named, wrong types, values out of range), the trainer against
 `lightning.Trainer`'s arguments, and the `_target_` components (loss, data.source, optim.optimizer and
 scheduler) against their constructors; an unset `???` value is named too. All problems are raised
-together as one `ConfigError`, one line each. Called first thing by `prefopt.run.runner` (before
-preflight); `override_problems` by `src/run.py` on the command line, before Hydra composes;
-`check_required` (unset values only) is the same check of `???` values on its own. Exercised by `pytest tests/test_validate.py tests/test_schema.py`.
+together as one `ConfigError`, one line each. A value that is allowed but far from what is usually used
+(`loss.beta` outside the loss's `beta_range`, a schema field outside its `advised` range such as
+`optim.lr`) is a warning line instead (`advice`). Called first thing by `prefopt.run.runner` (before
+preflight). On the command line, before Hydra composes, `precheck_problems` (called by `src/run.py`)
+collects every problem at once: overrides of keys no plain group or the chosen loss has and group
+options that do not exist (which would stop Hydra at the first), values the schema refuses
+(`override_problems`), and, when the rest of the command composes, the composed config's own problems.
+`check_required` (unset values only) is the same check of `???` values on its own.
+Exercised by `pytest tests/test_validate.py tests/test_schema.py`.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prefopt.config.components import component_problems, raise_problems
-from prefopt.config.schema import RunSchema, accepts, describe, spec_of, subschema
+from prefopt.config.components import component_class, component_problems, group_override_problems, raise_problems
+from prefopt.config.schema import RunSchema, accepts, advised_range, describe, spec_of, subschema
 from prefopt.errors import ConfigError
+from prefopt.log import get_logger
+
+log = get_logger()
 
 UNRESOLVED = type("Unresolved", (), {"__repr__": lambda self: "<unresolved>"})()  # `???` or an interpolation
 # that cannot be resolved here (e.g. ${hydra:...} outside a Hydra job): not checked, `???` is reported apart
@@ -125,8 +134,50 @@ def config_problems(cfg: DictConfig) -> list[str]:
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every unset mandatory value, unknown key, wrong type and out-of-range
-    value of the config (plain groups, trainer and `_target_` components)."""
+    value of the config (plain groups, trainer and `_target_` components); then warn, one line each, of
+    the values outside their usual range (`advice`)."""
     raise_problems(config_problems(cfg))
+    for line in advice(cfg):
+        log.warning(line)
+
+
+def _outside(key: str, value: Any, span: tuple[float, float], whose: str) -> list[str]:
+    low, high = span
+    is_real = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_real or low <= value <= high:
+        return []
+    return [f"warning: {key}={value:g} is outside the usual range of {whose} ({low:g} to {high:g}); the run "
+            f"goes on, but check the value (a {'small' if value < low else 'large'} value by mistake?)"]
+
+
+def _advised(values: dict[str, Any], schema: type, prefix: str = "") -> list[str]:
+    """Lines for the schema fields set outside their `advised` range (values already checked)."""
+    names = {f.name for f in dataclasses.fields(schema)}
+    lines = []
+    for key, value in values.items():
+        if key not in names:
+            continue
+        if (sub := subschema(schema, key)) is not None and isinstance(value, dict):
+            lines += _advised(value, sub, f"{prefix}{key}.")
+        elif (span := advised_range(schema, key)) is not None:
+            lines += _outside(f"{prefix}{key}", value, span, "this setting")
+    return lines
+
+
+def advice(cfg: DictConfig) -> list[str]:
+    """Warning lines for allowed values far from the usual: `loss.beta` outside the loss class's
+    `beta_range`, and the schema fields outside their `advised` range (`optim.lr`)."""
+    tree = {key: _plain(cfg, key) for key in cfg.keys()}
+    lines = _advised(tree, RunSchema)
+    node, values = cfg.get("loss"), tree.get("loss")
+    if isinstance(node, DictConfig) and isinstance(values, dict) and "beta" in values:
+        try:
+            cls = component_class(node, "loss")
+        except ConfigError:  # reported by config_problems
+            return lines
+        span = getattr(cls, "beta_range", None)
+        lines = (_outside("loss.beta", values["beta"], span, cls.__name__) if span else []) + lines
+    return lines
 
 
 def _missing(tree: Any, prefix: str = "") -> list[str]:
@@ -150,27 +201,133 @@ def check_required(cfg: DictConfig) -> None:
     raise_problems(missing_problems(cfg))
 
 
-def override_problems(argv: list[str], conf_dir: str | Path) -> list[str]:
-    """One line per command-line override of a plain group's key that the schema lacks (`data.bogus=1`),
-    before Hydra composes (which would stop at the first with "could not override"). Group choices
-    (`data=jsonl`, `experiment=...`), `hydra.*` and keys inside mappings or components are left to later."""
-    groups = {p.name for p in Path(conf_dir).iterdir() if p.is_dir()}
-    problems = []
-    for arg in argv:
-        key = arg.lstrip("+~").split("=", 1)[0]
-        parts = key.split(".")
-        if "=" not in arg or "/" in key or parts[0] == "hydra" or (len(parts) == 1 and parts[0] in groups):
-            continue
-        problems += _path_problems(parts, RunSchema)
-    return list(dict.fromkeys(problems))
+def _groups(conf_dir: Path) -> dict[str, Path]:
+    """Each config group of conf/ and its folder."""
+    return {p.name: p for p in conf_dir.iterdir() if p.is_dir()}
 
 
-def _path_problems(parts: list[str], schema: type) -> list[str]:
+def _option_problems(group: str, folder: Path, values: list[Any] | None) -> list[str]:
+    """One line per chosen option of `group` that has no yaml (`loss=dpoo`), naming the available ones."""
+    missing = [v for v in values or [] if v is not None and not (folder / f"{v}.yaml").is_file()]
+    options = ", ".join(sorted(f.stem for f in folder.glob("*.yaml")))
+    return [f"{group}={v} is not a config of the `{group}` group; available: {options}" for v in missing]
+
+
+def _parser() -> Any:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def _override_values(arg: str, parser: Any) -> list[Any] | None:
+    """The value(s) an override sets, as Hydra parses them (each choice of a sweep `a,b`); None for a
+    deletion, an interpolation, a range or glob sweep, or what Hydra cannot parse (it says so itself)."""
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    try:
+        override = parser.parse_override(arg)
+        if override.is_delete():
+            return None
+        value = override.value()
+    except Exception:  # noqa: BLE001 - Hydra's parser errors come in several types
+        return None
+    if isinstance(value, ChoiceSweep):
+        values = list(value.list)
+    elif override.is_sweep_override():
+        return None
+    else:
+        values = [value]
+    return None if any(isinstance(v, str) and "${" in v for v in values) else values
+
+
+def _leaf(parts: list[str], schema: type) -> tuple[list[str], tuple[type, str] | None]:
+    """(the unknown-key line, if a part of the dotted key is not a setting; the (schema, key) of the
+    plain field the key names, if it names one)."""
     for depth, part in enumerate(parts):
         names = [f.name for f in dataclasses.fields(schema)]
         if part not in names:
-            return [_unknown("".join(f"{p}." for p in parts[:depth]), part, names)]
+            return [_unknown("".join(f"{p}." for p in parts[:depth]), part, names)], None
+        if depth == len(parts) - 1:
+            return [], (schema, part)
         if (sub := subschema(schema, part)) is None:
-            return []
+            return [], None  # inside a mapping or a component: checked once composed
         schema = sub
-    return []
+    return [], None
+
+
+def _value_lines(key: str, values: list[Any] | None, leaf: tuple[type, str] | None) -> list[str]:
+    if leaf is None or values is None or subschema(*leaf) is not None:
+        return []
+    spec = spec_of(*leaf)
+    return [f"{key}={v!r} is not allowed; it must be {describe(spec)}" for v in values if not accepts(spec, v)]
+
+
+def _check_override(arg: str, groups: dict[str, Path], parser: Any) -> tuple[list[str], list[str]]:
+    """(problems that stop Hydra composing: an unknown key or group option; values the schema refuses)."""
+    key = arg.lstrip("+~").split("=", 1)[0]
+    parts = key.split(".")
+    if "=" not in arg or "/" in key or parts[0] == "hydra":
+        return [], []
+    values = _override_values(arg, parser)
+    if len(parts) == 1 and parts[0] in groups:
+        return _option_problems(key, groups[key], values), []
+    unknown, leaf = _leaf(parts, RunSchema)
+    return unknown, [] if unknown else _value_lines(key, values, leaf)
+
+
+def override_problems(argv: list[str], conf_dir: str | Path) -> list[str]:
+    """One line per command-line override that Hydra would stop at (a key no plain group has, `data.bogus=1`
+    or `los=dpo`; a group option that does not exist, `loss=dpoo`) or whose value a plain group's schema
+    refuses (`optim.lr=0`), before Hydra composes. `hydra.*` and keys inside mappings or components
+    (`loss.beta`, `trainer.*`) are left to `validate_config`."""
+    groups, parser, problems = _groups(Path(conf_dir)), _parser(), []
+    for arg in argv:
+        blocking, values = _check_override(arg, groups, parser)
+        problems += blocking + values
+    return list(dict.fromkeys(problems))
+
+
+def _composable(argv: list[str], blocking: list[str]) -> list[str] | None:
+    """The overrides Hydra can compose: those not named in a blocking problem; None when the command
+    has flags (other than -m) that change what is composed."""
+    keep = []
+    for arg in argv:
+        if arg in ("-m", "--multirun"):
+            continue
+        if arg.startswith("-"):
+            return None
+        key = arg.lstrip("+~").split("=", 1)[0]
+        if key.split(".")[0] != "hydra" and "hydra/" not in key and not any(
+                p.startswith((f"{key} ", f"{key}=")) for p in blocking):
+            keep.append(arg)
+    return keep
+
+
+def _composed_problems(overrides: list[str], conf_dir: Path) -> list[str] | None:
+    """`config_problems` of conf/train.yaml composed with `overrides`; None when it does not compose (a sweep)."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+    except Exception:  # noqa: BLE001 - a sweep, or what Hydra reports itself once it runs
+        return None
+    return config_problems(cfg)
+
+
+def precheck_problems(argv: list[str], conf_dir: str | Path) -> list[str]:
+    """Every problem of a command line in one list, before Hydra composes: keys no plain group or the
+    chosen loss has and group options that do not exist (each of which would stop Hydra at the first),
+    then the value problems: when the rest of the command composes, all of the composed config's
+    (`config_problems`: the loss's values too), else those the plain groups' schema finds in the argv."""
+    conf_dir, groups, parser = Path(conf_dir), _groups(Path(conf_dir)), _parser()
+    blocking, values = group_override_problems(argv, conf_dir, "loss"), []
+    for arg in argv:
+        stops, bad = _check_override(arg, groups, parser)
+        blocking, values = blocking + stops, values + bad
+    blocking, values = list(dict.fromkeys(blocking)), list(dict.fromkeys(values))
+    if not blocking and not values:
+        return []
+    overrides = _composable(argv, blocking)
+    composed = _composed_problems(overrides, conf_dir) if overrides is not None else None
+    return blocking + (composed if composed is not None else values)

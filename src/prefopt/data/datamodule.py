@@ -7,7 +7,8 @@ tokenized dataset, which the collated batch passes on as keys for cached log-pro
 shuffles with a generator seeded by `seed` (same seed, same order), optionally grouping pairs of like
 lengths (`group_by_length`) under a padded-token budget per batch (`max_tokens_per_batch`), see
 sampler.py; the eval loader keeps order. With `pack` every batch also carries the packed layout
-(collate.py), which the log-prob passes score without padding.
+(collate.py), which the log-prob passes score without padding. A validation split of fewer than
+`MIN_EVAL_PAIRS` pairs is a warning naming the key that sizes it (its val/* metrics would be noise).
 Exercised by `pytest tests/data/test_datamodule.py` and every `python src/run.py`.
 """
 
@@ -25,8 +26,11 @@ from prefopt.data.collate import PairCollator
 from prefopt.data.errors import DataError
 from prefopt.data.sampler import ResumableLoader
 from prefopt.data.tokenize import PreEncoded, PromptTooLong, encode_row, truncate_pair
+from prefopt.log import get_logger
 
 PROGRESS_MIN_ROWS = 1000
+MIN_EVAL_PAIRS = 8  # fewer validation pairs than this: val/* metrics are too noisy to read (a warning)
+log = get_logger()
 
 
 class PairDataset(Dataset):
@@ -102,6 +106,14 @@ def start_and_pad_ids(tokenizer: Any) -> tuple[int, int]:
     return start, pad
 
 
+def small_eval_warning(n: int) -> str:
+    """The warning line for a validation split of `n` < MIN_EVAL_PAIRS pairs."""
+    pairs = f"only {n} validation pair{'s' if n > 1 else ''} (fewer than {MIN_EVAL_PAIRS})"
+    what = "no validation pairs: no val/* metrics" if n == 0 else f"{pairs}: val/* metrics will be mostly noise"
+    return (f"warning: {what}; raise data.source.eval_fraction (the share of pairs held out for validation; "
+            "with data.source.eval_split set, that split has too few rows)")
+
+
 class PreferenceDataModule(L.LightningDataModule):
     """Tokenized preference pairs for training (shuffled, seeded) and evaluation (in order)."""
 
@@ -162,6 +174,8 @@ class PreferenceDataModule(L.LightningDataModule):
             )
         self.train_dataset, self.eval_dataset = PairDataset(train), PairDataset(evals)
         self.stats = {**train_stats, **eval_stats}
+        if len(evals) < MIN_EVAL_PAIRS:
+            log.warning(small_eval_warning(len(evals)))
 
     def loader(self, split: str, shuffle: bool = False, batch_size: Optional[int] = None) -> DataLoader:
         """A loader over `split` ("train" or "eval"); in order unless `shuffle` (seeded by `seed`)."""

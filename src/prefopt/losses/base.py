@@ -85,6 +85,11 @@ class PreferenceLoss(ABC):
     `marginal_source` says which model the marginal log-probs come from: "policy" (the live policy)
     or "reference" (the frozen starting policy, cacheable). Only meaningful when `needs_marginal`.
     `needs_progress`: the loss follows a schedule over training (a run of unknown length refuses it).
+    `beta_range`: (low, high), the β values this loss is usually trained with; a `loss.beta` outside them
+    is a warning when the run starts (prefopt.config.validate), not an error. None: no advice.
+    `stall_loss`: the loss at a zero logit (what a sigmoid loss gives while the policy equals the
+    reference, or at β -> 0); a training loss that stays there has not learnt anything and
+    prefopt.train.stall says so. None: the loss has no such value.
     """
 
     name: str = "base"
@@ -92,6 +97,8 @@ class PreferenceLoss(ABC):
     needs_marginal: bool = False
     marginal_source: str = "policy"
     needs_progress: bool = False  # its settings follow `progress`: the run must know its length in steps
+    beta_range: tuple[float, float] | None = None
+    stall_loss: float | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

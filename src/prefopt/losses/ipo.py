@@ -14,6 +14,10 @@ class IPOLoss(PreferenceLoss):
 
     name = "ipo"
     needs_reference = True
+    # τ (β here) 0.01-1: TRL's default 0.1, the range the HF preference-tuning comparison swept (0.01-0.9);
+    # this project's studies found 1.0 best (conf/tuned/ipo_*.yaml). No stall_loss: a squared loss
+    # starts at (1/(2β))², which depends on β.
+    beta_range = (0.01, 1.0)
 
     def __init__(self, beta: float = 0.1) -> None:
         check("IPOLoss", "beta", beta, lambda v: v > 0, "a number > 0")

@@ -9,6 +9,8 @@ Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from prefopt.losses.base import (
@@ -30,6 +32,10 @@ class RMiPOLoss(PreferenceLoss):
 
     name = "rmipo"
     needs_marginal = True
+    # β 0.2-20: a decade either side of the reference code's 2.0 (SimPO's scale of length-averaged
+    # log-probs); this project's studies found 0.6 (sort) and 6 (IMDb) best (conf/tuned/rmipo_*.yaml).
+    beta_range = (0.2, 20.0)
+    stall_loss = math.log(2)  # -log σ(0): where the loss sits when β(s̄_w - s̄_l - g) stays at 0 (β -> 0)
 
     def __init__(
         self,

@@ -40,9 +40,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _hydra_context() -> tuple[Path, bool, str]:
-    """(output dir, is multirun, sweep group name) of the current Hydra job."""
+    """(output dir, is multirun, sweep group name) of the current Hydra job; the jobs of a parallel
+    launcher (joblib, submitit) tag their console lines with their number."""
+    from prefopt.log import set_job
+
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    parallel = multirun and "BasicLauncher" not in str(hc.launcher.get("_target_", "BasicLauncher"))
+    set_job(int(hc.job.num) if parallel else None)
     group = sweep_group(hc.sweep.dir if multirun else None, hc.runtime.choices.get("sweep"))
     return Path(hc.runtime.output_dir), multirun, group
 

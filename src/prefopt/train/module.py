@@ -8,8 +8,10 @@ pass, the marginal, the cached tables that replace them, whether prompts are sha
 `marginal_*` log-probs. The reference copy is the module's child `reference` (placed, converted and
 sharded with it); it never goes into checkpoints (it is rebuilt from the starting policy).
 `progress()` (the share of training a scheduled loss sees) counts optimizer steps against
-`trainer.estimated_stepping_batches`.
-Exercised by `pytest tests/test_module.py tests/test_frozen.py tests/test_progress.py tests/test_dropout.py` and
+`trainer.estimated_stepping_batches`. A resume may change optim.lr (a diverged run going on from
+last-good.ckpt): `on_train_start` scales the optimizer and schedule Lightning restored to this run's lr.
+Exercised by `pytest tests/test_module.py tests/test_frozen.py tests/test_progress.py tests/test_dropout.py
+tests/test_guards.py` and
 `python src/run.py loss=dpo|ipo|simpo|rmipo`.
 """
 
@@ -28,7 +30,11 @@ from prefopt.train.checkpointing import fill_frozen, trainable_only
 from prefopt.train.frozen import FrozenScorers
 from prefopt.train.gather import is_sharded
 from prefopt.losses import PairLogps, PreferenceLoss
-from prefopt.train.optim import Factory, default_factories, takes, warmup_cosine  # noqa: F401 (warmup_cosine: re-exported)
+from prefopt.log import get_logger
+from prefopt.train.optim import (  # noqa: F401 (warmup_cosine: re-exported)
+    Factory, default_factories, follow_configured_lr, takes, warmup_cosine)
+
+log = get_logger()
 
 
 class EpochMeans:
@@ -79,6 +85,7 @@ class PreferenceModule(L.LightningModule):
         # the reference copy (when the loss needs one) becomes this module's child `reference`
         self.frozen = FrozenScorers(self, policy, loss, share_prompt, reference)
         self._total_steps: int | None = None  # optimizer steps of this fit, set by configure_optimizers
+        self._configured_lrs: list[float] = []  # each group's lr as configured, before a resume restores the saved
         self._val_means = EpochMeans()  # this validation epoch's metrics (on_validation_epoch_end logs them)
 
     def train(self, mode: bool = True) -> "PreferenceModule":
@@ -178,6 +185,19 @@ class PreferenceModule(L.LightningModule):
             state.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
         fill_frozen(self.policy, checkpoint)  # a LoRA checkpoint's frozen base weights: this run's own
 
+    def on_train_start(self) -> None:
+        """A resume may change optim.lr (prefopt.train.resume.RESUMABLE_KEYS): Lightning has restored the
+        checkpoint's optimizer and schedule, with the lr it was saved with; scale them to this run's."""
+        trainer = self.trainer
+        if not trainer.optimizers or not self._configured_lrs:
+            return
+        schedulers = trainer.lr_scheduler_configs
+        changed = follow_configured_lr(trainer.optimizers[0], schedulers[0].scheduler if schedulers else None,
+                                       self._configured_lrs)
+        if changed:
+            log.info(f"optim.lr {changed[0][0]:g} -> {changed[0][1]:g} on resume: the schedule goes on from step "
+                     f"{trainer.global_step} with the new peak")
+
     def _fused_adam(self, params: list[Tensor]) -> bool:
         """The fused AdamW kernel (what HF Trainer and so TRL use by default): on one CPU thread 15 ms a
         step for 21.7M parameters against 130-145 ms for the default per-tensor loop. Not under DeepSpeed,
@@ -213,6 +233,7 @@ class PreferenceModule(L.LightningModule):
                 (decay if p.ndim >= 2 else no_decay).append(p)
         fused = {"fused": self._fused_adam(decay + no_decay) or None} if takes(self.make_optimizer, "fused") else {}
         optimizer = self.make_optimizer([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], **fused)
+        self._configured_lrs = [float(g["lr"]) for g in optimizer.param_groups]
         total = self._total_steps = self.training_length()
         schedule = self.make_scheduler(optimizer, total_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -6,7 +6,9 @@ warmup, cosine decay) with `(optimizer, total_steps=...)`. Both read `optim.lr`,
 ... by interpolation, so those overrides keep working; another optimizer is a config change, e.g.
 `optim.optimizer._target_=torch.optim.SGD '~optim.optimizer.betas'`. `optim_factories` checks the keys
 against the targets' arguments before any model loads. Used by `prefopt.train.module.PreferenceModule` and
-`prefopt.run.steps`; exercised by `pytest tests/test_module.py`.
+`prefopt.run.steps`. `follow_configured_lr`: a resumed run's `optim.lr` may differ from its checkpoint's
+(prefopt.train.resume.RESUMABLE_KEYS); the restored optimizer and schedule are scaled to it.
+Exercised by `pytest tests/test_module.py tests/test_guards.py`.
 """
 
 from __future__ import annotations
@@ -83,3 +85,25 @@ def _factory(node: DictConfig, key: str) -> Factory:
 def optim_factories(node: DictConfig) -> tuple[Factory, Factory]:
     """(optimizer, scheduler) factories of `cfg.optim`, their keys checked against their targets."""
     return _factory(node, "optimizer"), _factory(node, "scheduler")
+
+
+def follow_configured_lr(optimizer: torch.optim.Optimizer, scheduler: Any,
+                         configured: list[float]) -> list[tuple[float, float]]:
+    """After a resume restored a checkpoint's optimizer and scheduler, which carry the learning rate it
+    was saved with, scale each parameter group's current lr by configured / saved base lr and make
+    `configured` the schedule's base: the schedule goes on from the same step at the new peak.
+    Returns the (saved, configured) base lrs of the groups that changed (none on a fresh start)."""
+    bases = list(getattr(scheduler, "base_lrs", None) or [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups])
+    last = getattr(scheduler, "_last_lr", None)
+    changed = []
+    for i, (group, old, new) in enumerate(zip(optimizer.param_groups, bases, configured)):
+        if not old or math.isclose(old, new, rel_tol=1e-12):
+            continue
+        group["lr"] *= new / old
+        group["initial_lr"] = new
+        if getattr(scheduler, "base_lrs", None) is not None:
+            scheduler.base_lrs[i] = new
+        if last is not None and i < len(last):
+            last[i] *= new / old
+        changed.append((old, new))
+    return changed

@@ -32,6 +32,7 @@ from prefopt.train.clipping import GradientClipper
 from prefopt.errors import ConfigError
 from prefopt.log import get_logger
 from prefopt.train.guards import FiniteGuard
+from prefopt.train.stall import LossStallWarning
 from prefopt.train.perf import ThroughputMonitor
 from prefopt.train.progress import StepProgressBar
 from prefopt.train.signals import slurm_plugins
@@ -162,6 +163,7 @@ def _callbacks(cfg: DictConfig, checkpoints: Path, desc: str, extra_callbacks: l
         StepProgressBar(desc),
         KeepHistory(),
         FiniteGuard(checkpoints if cfg.checkpoint.enabled else None),
+        LossStallWarning(),
         ThroughputMonitor(),
         DataFitCheck(),
     ]
