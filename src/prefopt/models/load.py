@@ -142,6 +142,24 @@ def load_pretrained(path: str, dtype: torch.dtype = torch.float32, what: str = "
         raise ModelLoadError(f"{hint} (hub said: {str(err).strip().splitlines()[0]})") from None
 
 
+def check_reachable(path: str, what: str = "model.path") -> None:
+    """Raise ModelLoadError (one line) in milliseconds, before any data is built, when `path` can be
+    neither a local folder nor a hub id that is cached or downloadable; the load itself checks the rest."""
+    local = Path(path).expanduser()
+    if local.is_dir() or not looks_like_hub_id(path):
+        if not local.is_dir():
+            load_pretrained(path, what=what)  # raises its one-line error for a file or a missing folder
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(path, "config.json"), str) or _hub_reachable():
+        return
+    raise ModelLoadError(
+        f"Cannot load {what}={path}: there is no such local folder, and as a hub id it is not in the local "
+        f"Hugging Face cache and the hub cannot be reached. Download it where the hub is reachable "
+        f"(`hf download {path} --local-dir /path/to/dir`) and run with `{what}=/path/to/dir`.")
+
+
 def looks_like_hub_id(path: str) -> bool:
     """`org/name` (not an absolute, home or ./ path, and not an existing file)."""
     return bool(HUB_ID.match(path)) and not Path(path).expanduser().exists()

@@ -102,8 +102,12 @@ def starting_choice(cfg: DictConfig, source: Any) -> Any:
     the task's `needs`. A model the task cannot start from stops here, in one line naming model= and data=,
     before anything is built or loaded."""
     from prefopt.models.choose import choose_start
+    from prefopt.models.load import check_reachable
 
-    return choose_start(cfg.model, source)
+    start = choose_start(cfg.model, source)
+    if start.kind == "path":  # a model that cannot be loaded stops before the task builds its data
+        check_reachable(str(cfg.model.path))
+    return start
 
 
 def start_loader(cfg: DictConfig, start: Any, artifacts: Any) -> StartLoader:
