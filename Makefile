@@ -1,5 +1,7 @@
 # make run   : create .venv if needed, install what running needs, run `python src/run.py` (ARGS="loss=dpo ...")
 # make test  : the same, plus the test tools and TRL (the parity tests and benchmark), then the test suite
+# make notebook : the same as run, plus the Jupyter tools; executes notebooks/sensitivity.ipynb on STUDY
+#   (a multirun folder or runs.csv; default: the committed study) into NOTEBOOK_OUT, the committed notebook untouched
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test-stamp
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install install-gpu run test clean
+.PHONY: install install-gpu run test notebook clean
 
 install: $(TEST_STAMP)
 
@@ -54,6 +56,21 @@ run: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The Jupyter tools (`jupyter execute`, the kernel) only where the notebook runs: `make run` never installs them.
+NOTEBOOK_STAMP := $(VENV)/.installed-notebook-stamp
+$(NOTEBOOK_STAMP): $(STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q nbclient nbformat ipykernel
+	touch $@
+
+# STUDY is made absolute here (the kernel runs in notebooks/); the executed copy goes to NOTEBOOK_OUT.
+STUDY ?=
+NOTEBOOK_OUT ?= outputs/notebook/sensitivity.ipynb
+notebook: $(NOTEBOOK_STAMP)
+	mkdir -p $(dir $(abspath $(NOTEBOOK_OUT)))
+	$(if $(strip $(STUDY)),PREFOPT_STUDY=$(abspath $(STUDY))) $(BIN)/jupyter execute --kernel_name=python3 \
+		--output=$(abspath $(NOTEBOOK_OUT)) notebooks/sensitivity.ipynb
+	@echo "executed notebook: $(NOTEBOOK_OUT)"
 
 clean:
 	rm -rf $(VENV) outputs multirun .cache

@@ -11,6 +11,10 @@ sensitivity.csv (per method), grid.csv (per grid point), pairwise.csv, runs.csv,
 
 The score, tolerance and default learning rate come from the sweep's config (conf/sweep/<study>.yaml,
 key `sweep`); the options below override them. The functions live in prefopt.analysis.
+
+It prints a headline (each method's best score with its 95% interval and learning rate, the verdicts
+that hold), then the files it wrote; on stderr, each figure not drawn and why, and a warning when
+verdicts rest on fewer seeds than the 5 their error rate was checked with (also in the report).
 """
 
 import argparse

@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 
 from prefopt.analysis import (
-    analyze, grid_table, load_runs, load_study, markdown_report, method_summary, pairwise_differences, study_settings,
-    swept_keys,
+    analyze, figure_plan, grid_table, load_runs, load_study, markdown_report, method_summary, pairwise_differences,
+    plot_score_vs_param, study_settings, swept_keys,
 )
-from prefopt.analysis.stats import PAIR_COLUMNS, holm, paired_t_p, seed_noise, t_interval
+from prefopt.analysis.runs import learning_rates, study_title
+from prefopt.analysis.stats import CALIBRATED_SEEDS, PAIR_COLUMNS, holm, paired_t_p, seed_noise, t_interval
 
 matplotlib.use("Agg")  # figures to files only
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +179,8 @@ def test_differences_are_paired_by_seed_with_holm(multirun):
     pairs = pairwise_differences(runs, study_settings(runs)).set_index(["a", "b", "stat"])
     row = pairs.loc[("dpo", "rmipo", "best")]
     assert row["diff"] == pytest.approx(0.12) and row["n_seeds"] == 2  # paired: [.80-.70, .84-.70]
+    assert row["warning"].startswith("2 seeds: fewer than the 5 ")  # beside a verdict on too few seeds
+    assert pairs.loc[("dpo", "rmipo", "mean_regret"), "warning"] == ""  # not tested: no verdict to warn about
     t = 0.12 / (np.std([0.10, 0.14], ddof=1) / np.sqrt(2))
     assert row["p"] == pytest.approx(1 - 2 / np.pi * np.arctan(t))  # t with 1 df is Cauchy
     assert pd.isna(pairs.loc[("dpo", "rmipo", "mean_regret"), "p"])  # windows truncated: not tested
@@ -199,6 +202,7 @@ def test_verdicts_with_five_seeds_and_a_focus():
     assert pairs.loc[("a", "b", "best"), "verdict"] is True and pairs.loc[("a", "c", "best"), "verdict"] is False
     assert pairs.loc[("a", "b", "best"), "diff"] == pytest.approx(-0.104)
     assert pairs.loc[("a", "b", "mean_regret"), "note"] == ""  # complete 3 × 3 windows: tested
+    assert (pairs["warning"] == "").all()  # five seeds: as many as the calibration's
     text = markdown_report(runs, settings, method_summary(runs, settings), pairwise_differences(runs, settings),
                            grid_table(runs, settings))
     assert "- best: b > a by 0.104" in text and "a against each other method" in text
@@ -317,10 +321,12 @@ def test_committed_reports_regenerate_from_their_runs_csv(study):
     grid = grid_table(runs, settings)
     for name, table in (("sensitivity.csv", summary), ("pairwise.csv", pairs), ("grid.csv", grid)):
         assert table.to_csv(index=False) == (folder / name).read_text(), f"{study}/{name} is stale"
-    scores = sorted(p.name for p in folder.glob("score_vs_*.png"))  # score_vs_<the swept key>.png
-    figures = [name for name in (*scores, "reward_vs_kl.png", "training_margin_delta.png") if (folder / name).exists()]
+    curves = load_study(folder / "runs.csv")[1]
+    figures, skipped = figure_plan(runs, curves, grid, settings)
+    assert all((folder / name).exists() for name in figures) and not any((folder / name).exists() for name in skipped)
     command = f"python src/analyze.py docs/results/{study}/runs.csv"
-    text = markdown_report(runs, settings, summary, pairs, grid, figures=figures, command=command)
+    text = markdown_report(runs, settings, summary, pairs, grid, figures=list(figures), command=command,
+                           skipped=skipped)
     assert text == (folder / "sensitivity.md").read_text(), f"{study}/sensitivity.md is stale"
 
 
@@ -399,3 +405,89 @@ def test_the_price_can_be_overridden_and_zero_unprices(multirun, tmp_path):
     plain = analyze(priced["runs.csv"], tmp_path / "plain", price=0)
     assert pd.read_csv(plain["sensitivity.csv"]).set_index("method")["best"]["dpo"] == pytest.approx(0.82)
     assert "per nat" not in plain["sensitivity.md"].read_text()
+
+
+def test_the_calibrations_seed_count_is_the_one_warned_about():
+    """CALIBRATED_SEEDS (the few-seeds warning) is the seed count the calibration simulates."""
+    from test_stats_calibration import SEEDS
+
+    assert CALIBRATED_SEEDS == SEEDS == 5
+
+
+def two_seed_study(folder: Path) -> Path:
+    """A runs.csv without `sweep.name` in `folder`: a and b over lr ∈ {1e-4, 3e-4} at one β, seeds 0 and 1.
+    a's best: lr 3e-4 (.80, .90); b's best: lr 1e-4 (.60, .71); paired a − b = (.20, .19)."""
+    runs = make_runs({"a": {(0.1, 1e-4): [0.50, 0.60], (0.1, 3e-4): [0.80, 0.90]},
+                      "b": {(0.1, 1e-4): [0.60, 0.71], (0.1, 3e-4): [0.40, 0.50]}})
+    folder.mkdir(parents=True)
+    runs.to_csv(folder / "runs.csv", index=False)
+    return folder / "runs.csv"
+
+
+def test_the_cli_prints_a_headline_with_the_verdicts_that_hold(tmp_path, capsys):
+    """Headline by hand: a's seeds .80, .90 → .85 ± t(.975, 1)·.0707/√2 = .85 ± .635; b's .60, .71 →
+    .655 ± 12.706·.0778/√2 = .655 ± .699; a − b = (.20, .19): t = .195 / (.00707/√2) = 39 on 1 df,
+    p = 1 − (2/π)·atan(39) = .0163 (the family's one test: best; the windows are truncated, no default
+    lr) < .05: holds, on 2 seeds, fewer than the calibration's 5: warned beside it."""
+    cli = runpy.run_path(str(ROOT / "src" / "analyze.py"))
+    assert cli["main"]([str(two_seed_study(tmp_path / "my_study")), "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[:5] == [
+        "my_study: best eval/oracle_reward per method (95% t-interval over seeds)",
+        "  a  0.850 [0.215, 1.485]  at lr=0.0003 (2 seeds a point)",
+        "  b  0.655 [-0.044, 1.354]  at lr=0.0001 (2 seeds a point)",
+        "verdicts that hold (Holm, family-wise 0.05):",
+        "  best: a > b by 0.195 (⚠ only 2 seeds; calibrated for 5)",
+    ]
+    assert "sensitivity.md" in out  # then the files it wrote
+    assert "1 verdict(s) rest on 2 seeds, fewer than the 5" in err
+    pairs = pd.read_csv(tmp_path / "out" / "pairwise.csv").set_index("stat")
+    assert pairs.loc["best", "p_holm"] == pytest.approx(1 - 2 / np.pi * np.arctan(39.0))
+    assert pairs.loc["best", "verdict"] and pairs.loc["best", "warning"].startswith("2 seeds: fewer than the 5")
+    text = (tmp_path / "out" / "sensitivity.md").read_text()
+    assert "| a | b | best | 0.195 | " in text and "| 2 | 0.016 | **yes** ⚠ few seeds |" in text
+    assert "**⚠ few seeds: 1 of these verdicts rest on 2 seeds, fewer than the 5" in text
+    assert "- best: a > b by 0.195 (⚠ only 2 seeds; calibrated for 5)" in text
+
+
+def test_a_study_without_a_name_is_titled_by_its_folder(tmp_path):
+    runs, _, settings = load_study(two_seed_study(tmp_path / "my_study"))  # no sweep.name in its runs
+    assert settings.name == "my_study"
+    text = markdown_report(runs, settings, method_summary(runs, settings), pairwise_differences(runs, settings),
+                           grid_table(runs, settings))
+    assert text.startswith("# Sensitivity study: my_study\n")
+    assert study_title(tmp_path / "multirun" / "2024-05-01" / "12-00-00") == "2024-05-01/12-00-00"  # Hydra's default
+    assert study_title(tmp_path / "multirun" / "beta") == "beta"
+
+
+def test_every_figure_not_drawn_is_named_with_the_reason(tmp_path, capsys):
+    """β not swept (lr is), no KL logged, no training curves: three figures not drawn, each said why."""
+    written = analyze(two_seed_study(tmp_path / "study"), tmp_path / "out")
+    assert "score_vs_lr.png" in written and "score_vs_beta.png" not in written and "reward_vs_kl.png" not in written
+    err = capsys.readouterr().err
+    assert ("not drawn: score_vs_beta.png: loss.beta is not swept (one value per method); "
+            "the score is drawn against optim.lr") in err
+    text = written["sensitivity.md"].read_text()
+    assert "![score_vs_lr.png](score_vs_lr.png)" in text
+    assert ("- not drawn: `score_vs_beta.png`: loss.beta is not swept (one value per method); "
+            "the score is drawn against optim.lr") in text
+    assert "- not drawn: `reward_vs_kl.png`: no run logged eval/kl" in text
+    assert "- not drawn: `training_margin_delta.png`: no run logged train/margin/mean or train/pmi/delta" in text
+    one_point = make_runs({"a": {(0.1, 1e-4): [0.5]}})
+    grid = grid_table(one_point, study_settings(one_point))
+    assert figure_plan(one_point, pd.DataFrame(), grid, study_settings(one_point))[1]["score_vs_beta.png"] == \
+        "no config key varies within a method (a single grid point each)"
+
+
+def test_the_report_and_the_beta_plot_state_each_methods_learning_rate(multirun, tmp_path):
+    runs = make_runs({"a": {(0.1, 1e-4): [0.5], (0.3, 1e-4): [0.6]}, "b": {(0.1, 3e-5): [0.5], (0.1, 1e-4): [0.6]}})
+    assert learning_rates(runs) == {"a": "0.0001", "b": "several: 3e-05, 0.0001"}
+    assert learning_rates(runs.drop(columns="optim.lr")) == {"a": "–", "b": "–"}
+    settings = study_settings(runs)
+    summary = method_summary(runs, settings).set_index("method")
+    assert summary.loc["a", "lr"] == "0.0001" and summary.loc["b", "lr"] == "several: 3e-05, 0.0001"
+    text = markdown_report(runs, settings, summary.reset_index(), pairwise_differences(runs, settings),
+                           grid_table(runs, settings))
+    assert "| lr (optim.lr) |" in text and "| lr=0.0001 | – | several: 3e-05, 0.0001 |" in text
+    fig = plot_score_vs_param(grid_table(runs, settings), lrs=learning_rates(runs))
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["a, lr 0.0001", "b, lr several: 3e-05, 0.0001 (no β axis)"]

@@ -6,20 +6,24 @@
 `load_study` (`load_runs`, `load_curves`, `study_settings`) reads every `results.json` under a multirun
 folder (or the `runs.csv` this package wrote);
 `grid_table`, `method_summary` and `pairwise_differences` compute the numbers; `plot_*` draw them;
-`analyze` does all of it and writes sensitivity.md, sensitivity.csv and the PNGs.
+`analyze` does all of it, writes sensitivity.md, sensitivity.csv and the PNGs and logs the `headline`;
+`resolve_study` finds the study a notebook is pointed at (`PREFOPT_STUDY`).
 """
 
 from prefopt.analysis.plots import plot_reward_vs_kl, plot_score_vs_param, plot_training_curves
-from prefopt.analysis.report import analyze, markdown_report
+from prefopt.analysis.report import analyze, figure_plan, headline, markdown_report
 from prefopt.analysis.runs import (
-    StudySettings, load_curves, load_runs, load_study, study_settings, swept_keys,
+    StudySettings, learning_rates, load_curves, load_runs, load_study, resolve_study, study_settings, swept_keys,
 )
 from prefopt.analysis.stats import grid_table, method_summary, pairwise_differences
 
 __all__ = [
     "StudySettings",
     "analyze",
+    "figure_plan",
     "grid_table",
+    "headline",
+    "learning_rates",
     "load_curves",
     "load_runs",
     "load_study",
@@ -29,6 +33,7 @@ __all__ = [
     "plot_reward_vs_kl",
     "plot_score_vs_param",
     "plot_training_curves",
+    "resolve_study",
     "study_settings",
     "swept_keys",
 ]

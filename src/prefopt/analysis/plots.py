@@ -1,5 +1,6 @@
-"""The study's figures (matplotlib, no display needed): score vs β per method with seed error bars,
-gold reward vs KL for every run (the DPO paper's frontier), and RMiPO's margin and δ over training.
+"""The study's figures (matplotlib, no display needed): score vs β per method with seed error bars (each
+panel titled with the method's learning rate), gold reward vs KL for every run (the DPO paper's
+frontier), and RMiPO's margin and δ over training.
 
 Every figure uses one scale per axis key (β is on a log axis in every panel or in none), draws the
 logged points themselves (training curves are seed means of the logged steps, unsmoothed unless
@@ -48,10 +49,12 @@ def _series_label(row: pd.Series, keys: list[str]) -> str:
 
 
 def plot_score_vs_param(
-    grid: pd.DataFrame, x: str = "loss.beta", score_label: str = "oracle reward", path: str | Path | None = None
+    grid: pd.DataFrame, x: str = "loss.beta", score_label: str = "oracle reward", path: str | Path | None = None,
+    lrs: dict[str, str] | None = None,
 ) -> plt.Figure:
     """One panel per method: seed-mean score against `x`, one line per value of the other swept keys,
-    error bars = seed sd; the dashed line is the starting policy's score."""
+    error bars = seed sd; the dashed line is the starting policy's score. `lrs` ({method: learning
+    rate}, prefopt.analysis.runs.learning_rates) puts each method's learning rate in its panel's title."""
     methods = list(dict.fromkeys(grid["method"]))
     cols = min(4, max(1, int(np.ceil(np.sqrt(len(methods))))))
     rows = int(np.ceil(len(methods) / cols))
@@ -63,8 +66,9 @@ def plot_score_vs_param(
     for ax, method in zip(axes.flat, methods):
         rows_m = grid[grid["method"] == method]
         keys = [k for k in others if rows_m[k].notna().any() and rows_m[k].nunique() > 1]
+        title = f"{method}, lr {lrs[method]}" if lrs and method in lrs else method
         if x not in rows_m or rows_m[x].isna().all():
-            ax.set_title(f"{method} (no {label(x)} axis)")
+            ax.set_title(f"{title} (no {label(x)} axis)", fontsize=10)
             continue
         for _, series in rows_m.groupby(keys, sort=True) if keys else [(None, rows_m)]:
             series = series.sort_values(x)
@@ -79,7 +83,7 @@ def plot_score_vs_param(
             ax.axhline(rows_m["eval/oracle_reward_start"].mean(), color="grey", ls="--", lw=1, label="start policy")
         if log_x:
             _grid_ticks(ax, pd.to_numeric(rows_m[x]).dropna().unique())
-        ax.set_title(method)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel(label(x))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")

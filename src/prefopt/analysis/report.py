@@ -3,7 +3,10 @@ curves.csv and the PNG figures, all generated (never edited by hand).
 
     python src/analyze.py MULTIRUN_DIR [--out DIR]        # the CLI around `analyze`
 
-Exercised by `pytest tests/test_analyze.py`.
+`analyze` also logs a headline (each method's best with its interval and learning rate, the verdicts
+that hold), every figure it does not draw with the reason (`figure_plan`; the report lists them too),
+and the verdicts that rest on fewer seeds than the calibration's (marked in the report and pairwise.csv).
+A study without `sweep.name` is titled by its folder. Exercised by `pytest tests/test_analyze.py`.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ from typing import Any
 import pandas as pd
 
 from prefopt.analysis.plots import plot_reward_vs_kl, plot_score_vs_param, plot_training_curves
-from prefopt.analysis.runs import StudySettings, completed, load_study
+from prefopt.analysis.runs import CURVE_METRICS, StudySettings, completed, learning_rates, load_study
 from prefopt.analysis.stats import (
-    format_value, grid_table, method_summary, pairwise_differences, seed_noise,
+    CALIBRATED_SEEDS, format_value, grid_table, method_summary, pairwise_differences, seed_noise,
 )
+from prefopt.log import PLAIN, get_logger
+
+log = get_logger()
 
 STAT_NAMES = {"best": "best", "mean_regret": "mean regret in the window", "regret_default": "regret at default"}
 
@@ -35,8 +41,10 @@ def analyze(
 ) -> dict[str, Path]:
     """Analyse the runs under `source` (a multirun folder, or a runs.csv written here) and write the
     report into `out_dir` (default: the folder itself); `methods` keeps only those methods (loss
-    config names); `price` overrides the sweep's price of drift (0: unpriced). `n_boot` and `seed` are accepted for older callers and unused: the statistics are
-    t-based, with no resampling. Returns {name: path} of what was written."""
+    config names); `price` overrides the sweep's price of drift (0: unpriced). `n_boot` and `seed` are
+    accepted for older callers and unused: the statistics are t-based, with no resampling. Logs the
+    headline (each method's best, the verdicts that hold), each figure not drawn and why, and each
+    verdict on fewer seeds than the calibration's. Returns {name: path} of what was written."""
     source = Path(source)
     out = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)
     out.mkdir(parents=True, exist_ok=True)
@@ -48,43 +56,101 @@ def analyze(
     summary = method_summary(runs, settings)
     pairs = pairwise_differences(runs, settings)
     grid = grid_table(runs, settings)
-    x = x or _x_axis(grid)
-
-    written = {
-        "runs.csv": out / "runs.csv",
-        "grid.csv": out / "grid.csv",
-        "sensitivity.csv": out / "sensitivity.csv",
-        "pairwise.csv": out / "pairwise.csv",
-    }
-    runs.to_csv(written["runs.csv"], index=False)
-    grid.to_csv(written["grid.csv"], index=False)
-    summary.to_csv(written["sensitivity.csv"], index=False)
-    pairs.to_csv(written["pairwise.csv"], index=False)
+    tables = {"runs.csv": runs, "grid.csv": grid, "sensitivity.csv": summary, "pairwise.csv": pairs}
     if not curves.empty:
-        written["curves.csv"] = out / "curves.csv"
-        curves.to_csv(written["curves.csv"], index=False)
-
-    figures = {}
-    if x is not None:
-        name = f"score_vs_{x.rsplit('.', 1)[-1]}.png"
-        plot_score_vs_param(grid, x=x, score_label=_score_label(settings), path=out / name)
-        figures[name] = out / name
-    plot_reward_vs_kl(runs, score=settings.reward or settings.score, kl=settings.price_metric, price=settings.price,
-                      path=out / "reward_vs_kl.png")
-    figures["reward_vs_kl.png"] = out / "reward_vs_kl.png"
-    if plot_training_curves(curves, runs, path=out / "training_margin_delta.png") is not None:
-        figures["training_margin_delta.png"] = out / "training_margin_delta.png"
+        tables["curves.csv"] = curves
+    written = {}
+    for name, table in tables.items():
+        written[name] = out / name
+        table.to_csv(written[name], index=False)
+    figures, skipped = draw_figures(runs, curves, grid, settings, out, x)
     written.update(figures)
-
     command = f"python src/analyze.py {source}" + (f" --out {out_dir}" if out_dir is not None else "") + (
         f" --methods {','.join(methods)}" if methods else "") + (f" --price {price:g}" if price is not None else "")
-    text = markdown_report(runs, settings, summary, pairs, grid, figures=list(figures), command=command)
+    text = markdown_report(runs, settings, summary, pairs, grid, figures=list(figures), command=command,
+                           skipped=skipped)
     written["sensitivity.md"] = out / "sensitivity.md"
     written["sensitivity.md"].write_text(text)
+    _log_outcome(summary, pairs, settings, skipped)
+    return written
+
+
+def _log_outcome(summary: pd.DataFrame, pairs: pd.DataFrame, settings: StudySettings, skipped: dict[str, str]) -> None:
+    """The headline to stdout; the figures not drawn and the verdicts on too few seeds as warnings."""
+    for line in headline(summary, pairs, settings):
+        log.info(line, extra=PLAIN)
+    for name, reason in skipped.items():
+        log.warning("not drawn: %s: %s", name, reason)
+    warned = pairs[pairs["warning"].fillna("") != ""] if "warning" in pairs else pairs.iloc[:0]
+    if len(warned):
+        log.warning("%d verdict(s) rest on %s", len(warned), _seed_warning(warned))
+
+
+def figure_plan(
+    runs: pd.DataFrame, curves: pd.DataFrame, grid: pd.DataFrame, settings: StudySettings, x: str | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The figures `analyze` draws ({file name: kind}: "score", "reward_vs_kl", "training") and those it
+    does not ({file name: the reason}), in the report's order."""
+    drawn, skipped = {}, {}
+    swept = _swept(grid)
+    x = x or _x_axis(grid)
+    if x is None:
+        skipped["score_vs_beta.png"] = "no config key varies within a method (a single grid point each)"
+    else:
+        drawn[f"score_vs_{x.rsplit('.', 1)[-1]}.png"] = "score"
+        if "loss.beta" not in swept and x != "loss.beta":
+            skipped["score_vs_beta.png"] = ("loss.beta is not swept (one value per method); "
+                                            f"the score is drawn against {x}")
+    metrics = [m for m in (settings.reward or settings.score, settings.price_metric) if m not in runs.columns]
+    if metrics:
+        skipped["reward_vs_kl.png"] = f"no run logged {' or '.join(metrics)}"
+    else:
+        drawn["reward_vs_kl.png"] = "reward_vs_kl"
+    logged = [m for m in CURVE_METRICS if m in curves.columns and curves[m].notna().any()]
+    if logged:
+        drawn["training_margin_delta.png"] = "training"
+    else:
+        skipped["training_margin_delta.png"] = (f"no run logged {' or '.join(CURVE_METRICS)} over training "
+                                                "(csv/metrics.csv beside its results.json)")
+    return drawn, skipped
+
+
+def draw_figures(
+    runs: pd.DataFrame, curves: pd.DataFrame, grid: pd.DataFrame, settings: StudySettings, out: Path,
+    x: str | None = None,
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Draw the figures of `figure_plan` into `out`: ({name: path} drawn, {name: reason} not drawn)."""
     import matplotlib.pyplot as plt
 
+    drawn, skipped = figure_plan(runs, curves, grid, settings, x)
+    x = x or _x_axis(grid)
+    for name, kind in drawn.items():
+        if kind == "score":
+            plot_score_vs_param(grid, x=x, score_label=_score_label(settings), path=out / name,
+                                lrs=learning_rates(runs))
+        elif kind == "reward_vs_kl":
+            plot_reward_vs_kl(runs, score=settings.reward or settings.score, kl=settings.price_metric,
+                              price=settings.price, path=out / name)
+        else:
+            plot_training_curves(curves, runs, path=out / name)
     plt.close("all")
-    return written
+    return {name: out / name for name in drawn}, skipped
+
+
+def headline(summary: pd.DataFrame, pairs: pd.DataFrame, settings: StudySettings) -> list[str]:
+    """A few lines for the console: each method's best score with its 95% interval, where and at
+    which learning rate, and the differences that hold at the family-wise error rate."""
+    width = max(len(str(m)) for m in summary["method"])
+    lines = [f"{settings.name}: best {settings.score} per method (95% t-interval over seeds)"]
+    for _, r in summary.iterrows():
+        lr = "" if "lr=" in str(r["best_point"]) else f", lr {r['lr']}"  # a swept lr is in the best point
+        lines.append(f"  {r['method']:<{width}}  {_ci(r, 'best')}  at {r['best_point']}{lr} "
+                     f"({r['seeds_per_point']} seed{'s' if r['seeds_per_point'] != 1 else ''} a point)")
+    if pairs.empty or not pairs["verdict"].notna().any():
+        return lines + ["verdicts: none tested" + (" (one method)" if pairs.empty else " (see the report)")]
+    holding = _holding(pairs)
+    lines.append(f"verdicts that hold (Holm, family-wise {settings.alpha:g}):" + ("" if holding else " none"))
+    return lines + [f"  {line}" for line in holding]
 
 
 def _score_label(settings: StudySettings) -> str:
@@ -94,9 +160,14 @@ def _score_label(settings: StudySettings) -> str:
     return f"{settings.reward} − {settings.price:g}·{settings.price_metric.rsplit('/', 1)[-1]}"
 
 
+def _swept(grid: pd.DataFrame) -> list[str]:
+    """The grid's config columns that vary."""
+    return [c for c in grid.columns if "." in c and "/" not in c and grid[c].nunique() > 1]
+
+
 def _x_axis(grid: pd.DataFrame) -> str | None:
     """loss.beta when it varies, else the first swept key that does."""
-    swept = [c for c in grid.columns if "." in c and "/" not in c and grid[c].nunique() > 1]
+    swept = _swept(grid)
     return "loss.beta" if "loss.beta" in swept else (swept[0] if swept else None)
 
 
@@ -133,10 +204,12 @@ def markdown_report(
     grid: pd.DataFrame,
     figures: list[str] = (),
     command: str = "python src/analyze.py",
+    skipped: dict[str, str] | None = None,
 ) -> str:
     """The text of sensitivity.md: what was run, the definitions, the per-method table with 95%
-    intervals, the grid-edge and window flags, the tested differences with their family and verdicts,
-    the grid, the figures and the failed runs."""
+    intervals and learning rates, the grid-edge and window flags, the tested differences with their
+    family, verdicts and few-seed warnings, the grid, the figures (and those not drawn, with `skipped`'s
+    reasons) and the failed runs."""
     done = completed(runs)
     n_failed = len(runs) - len(done)
     parts = [
@@ -161,14 +234,12 @@ def markdown_report(
     if not pairs.empty:
         parts += ["", _table(["A", "B", "statistic", "A − B", "95% interval", "seeds", "p (Holm)", "verdict"], [
             [r.a, r.b, STAT_NAMES.get(r.stat, r.stat), _num(r.diff), f"[{_num(r.lo)}, {_num(r.hi)}]",
-             str(r.n_seeds), _num(r.p_holm), _verdict(r.verdict, r.note)] for r in pairs.itertuples()])]
-        sentences = _verdicts(pairs)
-        if sentences:
-            parts += ["", sentences]
+             str(r.n_seeds), _num(r.p_holm), _verdict(r.verdict, r.note, _warning(r))] for r in pairs.itertuples()])]
+        for text in (_seed_paragraph(pairs), _verdicts(pairs)):
+            parts += ["", text] if text else []
 
     parts += ["", "## Grid", "", _grid_markdown(grid, settings.score)]
-    if figures:
-        parts += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
+    parts += _figures_markdown(figures, skipped or {})
     if n_failed:
         parts += ["", "## Runs that did not complete", ""] + [f"- `{line}`" for line in _failures(runs)]
     return "\n".join(parts) + "\n"
@@ -217,10 +288,10 @@ def _summary_table(summary: pd.DataFrame, settings: StudySettings) -> str:
         window = _ci(r, "mean_regret") + ("" if r["window_complete"] else " (window truncated)")
         rows.append([f"**{r['method']}**", _ci(r, "best"), window, _ci(r, "regret_default"),
                      _num(r["share_within_tol"]), _num(r["seed_sd"]), f"{r['points']}×{r['seeds_per_point']}",
-                     r["best_point"], r["default_point"] or "–"])
+                     r["best_point"], r["default_point"] or "–", str(r.get("lr", "–"))])
     return _table(["method", "best", "mean regret in window", "regret at default",
                    f"share within {settings.tolerance:g}", "seed sd", "points×seeds", "best point",
-                   "default point"], rows)
+                   "default point", "lr (optim.lr)"], rows)
 
 
 def _edges(summary: pd.DataFrame) -> str:
@@ -253,10 +324,48 @@ def _family(pairs: pd.DataFrame, settings: StudySettings) -> str:
     )
 
 
-def _verdict(verdict: Any, note: Any = "") -> str:
+def _warning(row: Any) -> str:
+    """A pairwise row's few-seeds warning ("" for none; an older pairwise.csv has no such column)."""
+    value = getattr(row, "warning", "")
+    return value if isinstance(value, str) else ""
+
+
+def _verdict(verdict: Any, note: Any = "", warning: str = "") -> str:
     if verdict is None or pd.isna(verdict):
         return f"n/a ({note})" if isinstance(note, str) and note else "n/a"
-    return "**yes**" if verdict else "no"
+    return ("**yes**" if verdict else "no") + (" ⚠ few seeds" if warning else "")
+
+
+def _seed_warning(warned: pd.DataFrame) -> str:
+    """The seed counts of the rows that carry a warning, and what they fall short of."""
+    counts = ", ".join(str(n) for n in sorted(set(warned["n_seeds"])))
+    return (f"{counts} seeds, fewer than the {CALIBRATED_SEEDS} for which the verdicts' error rate and power "
+            "were checked (tests/test_stats_calibration.py)")
+
+
+def _seed_paragraph(pairs: pd.DataFrame) -> str:
+    """The warning under the table when some tested verdict rests on fewer seeds than the calibration's."""
+    warned = pairs[pairs["warning"].fillna("") != ""] if "warning" in pairs else pairs.iloc[:0]
+    if warned.empty:
+        return ""
+    return (f"**⚠ few seeds: {len(warned)} of these verdicts rest on {_seed_warning(warned)}.** With fewer seeds "
+            "the t-test's normality matters more and its power is lower: read them as provisional, and run "
+            f"{CALIBRATED_SEEDS} seeds a point (seed=0,1,2,3,4) before quoting them.")
+
+
+def _holding(pairs: pd.DataFrame) -> list[str]:
+    """One line per difference that holds at the family-wise error rate, its few-seeds warning beside it."""
+    lines = []
+    for r in pairs[pairs["verdict"] == True].itertuples():  # noqa: E712
+        higher, lower = (r.a, r.b) if r.diff > 0 else (r.b, r.a)
+        size = _num(abs(r.diff))
+        if r.stat == "best":
+            line = f"best: {higher} > {lower} by {size}"
+        else:
+            line = f"{STAT_NAMES.get(r.stat, r.stat)}: {lower} < {higher} by {size} ({lower} is the less sensitive)"
+        warned = f" (⚠ only {r.n_seeds} seeds; calibrated for {CALIBRATED_SEEDS})" if _warning(r) else ""
+        lines.append(line + warned)
+    return lines
 
 
 def _verdicts(pairs: pd.DataFrame) -> str:
@@ -264,18 +373,21 @@ def _verdicts(pairs: pd.DataFrame) -> str:
     row was tested (every verdict n/a)."""
     if not pairs["verdict"].notna().any():
         return ""
-    lines = []
-    for r in pairs[pairs["verdict"] == True].itertuples():  # noqa: E712
-        higher, lower = (r.a, r.b) if r.diff > 0 else (r.b, r.a)
-        size = _num(abs(r.diff))
-        if r.stat == "best":
-            lines.append(f"- best: {higher} > {lower} by {size}")
-        else:
-            lines.append(f"- {STAT_NAMES.get(r.stat, r.stat)}: {lower} < {higher} by {size} "
-                         f"({lower} is the less sensitive)")
+    lines = _holding(pairs)
     if not lines:
         return "No difference holds at the family-wise error rate."
-    return "Differences that hold at the family-wise error rate:\n\n" + "\n".join(lines)
+    return "Differences that hold at the family-wise error rate:\n\n" + "\n".join(f"- {line}" for line in lines)
+
+
+def _figures_markdown(figures: list[str], skipped: dict[str, str]) -> list[str]:
+    """The figures section: each drawn figure, then each one not drawn with the reason."""
+    if not figures and not skipped:
+        return []
+    lines = ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
+    if skipped:
+        lines += [""] if figures else []
+        lines += [f"- not drawn: `{name}`: {reason}" for name, reason in skipped.items()]
+    return lines
 
 
 SETUP_KEYS = ("data.name", "model.name", "trainer.max_steps", "data.batch_size", "optim.warmup_ratio",

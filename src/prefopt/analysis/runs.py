@@ -7,12 +7,16 @@ A multirun folder holds one folder per job with `results.json` (written by prefo
 a `/`: `eval/oracle_reward`, `train/loss`, ...; `train_loss` and the like are progress-bar copies and
 are left out) and every config key flattened with dots (`loss.beta`, `optim.lr`, `sweep.tolerance`,
 ...) except the machine's own `paths.*`. `analyze` saves the table as runs.csv; `load_runs` reads either.
+A study without `sweep.name` (a plain multirun) is named by its folder (`study_title`); `resolve_study` finds
+the folder or runs.csv a notebook is pointed at (`PREFOPT_STUDY`) from the directory the command ran in.
 Exercised by `pytest tests/test_analyze.py`.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,9 +181,9 @@ def swept_keys(runs: pd.DataFrame, method: str | None = None) -> list[str]:
     return keys
 
 
-def study_settings(runs: pd.DataFrame, **overrides: Any) -> StudySettings:
+def study_settings(runs: pd.DataFrame, unnamed: str = "study", **overrides: Any) -> StudySettings:
     """The settings from the runs' `sweep.*` config (set by conf/sweep/<study>.yaml); a keyword that
-    is not None wins over them."""
+    is not None wins over them; `unnamed` names a study whose runs have no `sweep.name`."""
     def first(column: str) -> Any:
         if column not in runs.columns:
             return None
@@ -192,7 +196,7 @@ def study_settings(runs: pd.DataFrame, **overrides: Any) -> StudySettings:
 
     names = list(dict.fromkeys(runs["sweep.name"].dropna().astype(str))) if "sweep.name" in runs else []
     settings = StudySettings(
-        name=" + ".join(names) or "study",
+        name=" + ".join(names) or unnamed,
         score=str(first("sweep.score") or DEFAULT_SCORE),
         tolerance=float(first("sweep.tolerance") if first("sweep.tolerance") is not None else DEFAULT_TOLERANCE),
         defaults=section("sweep.defaults."),
@@ -287,5 +291,50 @@ def load_study(
     curves = load_curves(curves_source, runs) if curves_source.exists() else pd.DataFrame()
     if not curves.empty:
         curves = curves[curves["run"].isin(runs["run"])].reset_index(drop=True)
-    settings = study_settings(runs, **overrides)
+    settings = study_settings(runs, unnamed=study_title(source), **overrides)
     return priced_score(runs, settings), curves, settings
+
+
+HYDRA_TIME = re.compile(r"\d{2}-\d{2}-\d{2}")  # Hydra's default sweep folder: multirun/<date>/<H-M-S>
+
+
+def study_title(source: str | Path) -> str:
+    """The name of a study without `sweep.name`: its folder's (a runs.csv's folder), with the date
+    folder above when the folder is Hydra's default time of day (`2024-05-01/12-00-00`)."""
+    folder = Path(source).resolve()
+    folder = folder.parent if folder.suffix == ".csv" else folder
+    if HYDRA_TIME.fullmatch(folder.name) and folder.parent.name:
+        return f"{folder.parent.name}/{folder.name}"
+    return folder.name or "study"
+
+
+def learning_rates(runs: pd.DataFrame) -> dict[str, str]:
+    """Each method's `optim.lr` as the report states it: "0.0001", or "several: 3e-05, 0.0001" when its
+    completed runs use more than one; "–" where the runs do not record it."""
+    done = completed(runs)
+    rates = {}
+    for method, rows in done.groupby("method", sort=True):
+        values = sorted(set(pd.to_numeric(rows["optim.lr"], errors="coerce").dropna())) if "optim.lr" in rows else []
+        shown = [f"{v:g}" for v in values]
+        rates[method] = "–" if not shown else shown[0] if len(shown) == 1 else "several: " + ", ".join(shown)
+    return rates
+
+
+def resolve_study(value: str | Path | None, default: Path) -> Path:
+    """The study a notebook is pointed at (`PREFOPT_STUDY`): `default` when unset; an absolute path as
+    it is; a relative one from the directory the command ran in (the shell's `PWD`: a notebook's kernel
+    runs in notebooks/), else the current directory, else the repository root (`default`'s). Raises
+    FileNotFoundError naming the places looked in."""
+    if value is None or not str(value).strip():
+        return default
+    path = Path(str(value).strip()).expanduser()
+    if path.is_absolute():
+        return path
+    root = next((p for p in default.parents if (p / "src" / "prefopt").is_dir()), Path.cwd())
+    bases = [Path(os.environ["PWD"])] if os.environ.get("PWD") else []
+    bases = list(dict.fromkeys([*bases, Path.cwd(), root]))
+    for base in bases:
+        if (base / path).exists():
+            return (base / path).resolve()
+    raise FileNotFoundError(f"PREFOPT_STUDY={value}: not found in {', '.join(str(b) for b in bases)}; "
+                            "give a multirun folder or a runs.csv, relative to where the command runs or absolute")

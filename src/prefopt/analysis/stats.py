@@ -27,7 +27,9 @@ is True when the Holm-adjusted p is below `settings.alpha`. A seed-level sign-fl
 would need no normality, but with 5 seeds it has 32 sign patterns, so its smallest two-sided p is
 1/16: it could not reject at 5% even before the multiplicity correction. Seed-level scores are means
 over hundreds of evaluation prompts (close to normal); tests/test_stats_calibration.py checks the
-family-wise error and the power on simulated studies with the committed study's seed noise.
+family-wise error and the power on simulated studies with the committed study's seed noise, at
+CALIBRATED_SEEDS (5) seeds a point: a tested comparison on fewer seeds carries a `warning` beside its
+verdict (fewer seeds: a wider t, less power, and a normality assumption the calibration did not check).
 Exercised by `pytest tests/test_analyze.py tests/test_stats_calibration.py` (numbers worked by hand).
 """
 
@@ -41,13 +43,14 @@ import numpy as np
 import pandas as pd
 from scipy.special import stdtr, stdtrit  # Student's t CDF and its inverse (ufuncs: fast)
 
-from prefopt.analysis.runs import StudySettings, completed, default_point, swept_keys
+from prefopt.analysis.runs import StudySettings, completed, default_point, learning_rates, swept_keys
 
 TESTED = ("best", "mean_regret", "regret_default")  # per-seed statistics, with intervals and tests
 WINDOW_STATS = ("mean_regret",)  # comparable only when both windows are complete
 EXTRA_METRICS = ("eval/oracle_reward_start", "eval/win_rate", "eval/kl", "eval/length")
 SPAN_SLACK = 0.06  # decades: 1-3-10 grids step by 0.477 and 0.523 decades; both count as half a decade
-PAIR_COLUMNS = ["a", "b", "stat", "diff", "lo", "hi", "n_seeds", "p", "p_holm", "verdict", "note"]
+PAIR_COLUMNS = ["a", "b", "stat", "diff", "lo", "hi", "n_seeds", "p", "p_holm", "verdict", "note", "warning"]
+CALIBRATED_SEEDS = 5  # the seeds a point of tests/test_stats_calibration.py's simulated studies (its SEEDS)
 
 
 @dataclass
@@ -265,14 +268,17 @@ def seed_noise(runs: pd.DataFrame, settings: StudySettings) -> dict[str, float]:
 def method_summary(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
     """One row per method: each TESTED statistic with its t-interval (`<stat>_lo`, `<stat>_hi`; NaN
     with one seed), `share_within_tol`, the best and default points, the window and whether it is
-    complete, the grid-edge flags, the number of points, runs and seeds, and the pooled seed sd."""
+    complete, the grid-edge flags, the number of points, runs and seeds, the learning rate (`lr`: its
+    one value, or "several: ..."), and the pooled seed sd."""
     rows = []
+    rates = learning_rates(runs)
     for grid in method_grids(runs, settings):
         means = grid.means
         centre = int(np.nanargmax(means))
         row: dict[str, Any] = {"method": grid.method, "swept": ", ".join(grid.keys), "points": len(grid.points),
                                "runs": int(sum(len(s) for s in grid.scores)),
-                               "seeds_per_point": int(min(len(s) for s in grid.scores))}
+                               "seeds_per_point": int(min(len(s) for s in grid.scores)),
+                               "lr": rates.get(grid.method, "–")}
         for name, values in per_seed(grid, settings.window).items():
             mean, lo, hi, _ = t_interval(values)
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = mean, lo, hi
@@ -300,8 +306,9 @@ def compared_pairs(methods: list[str], focus: str | None) -> list[tuple[str, str
 def pairwise_differences(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
     """One row per (a, b, stat) for the compared pairs (`settings.focus`) and statistics
     (`settings.compare`): the paired mean difference a - b over their common seeds, its unadjusted
-    95% t-interval, n_seeds, the t-test's p, the Holm-adjusted p over the whole table, and `verdict`
-    (True: the difference holds at family-wise error `settings.alpha`; None: not tested, see `note`)."""
+    95% t-interval, n_seeds, the t-test's p, the Holm-adjusted p over the whole table, `verdict`
+    (True: the difference holds at family-wise error `settings.alpha`; None: not tested, see `note`)
+    and `warning` (a tested row on fewer than CALIBRATED_SEEDS seeds)."""
     return compare_grids(method_grids(runs, settings), settings)
 
 
@@ -329,12 +336,21 @@ def compare_grids(grids: list[MethodGrid], settings: StudySettings) -> pd.DataFr
             elif name in WINDOW_STATS and not (complete[a] and complete[b]):
                 note = "window truncated: " + ", ".join(m for m in (a, b) if not complete[m])
             rows.append({"a": a, "b": b, "stat": name, "diff": mean, "lo": lo, "hi": hi, "n_seeds": n,
-                         "p": paired_t_p(diffs) if not note else float("nan"), "note": note})
+                         "p": paired_t_p(diffs) if not note else float("nan"), "note": note,
+                         "warning": "" if note else few_seeds(n)})
     table = pd.DataFrame(rows, columns=[c for c in PAIR_COLUMNS if c not in ("p_holm", "verdict")])
     table["p_holm"] = holm(table["p"].to_numpy(dtype=float))
     table["verdict"] = pd.Series([None if np.isnan(q) else bool(q < settings.alpha) for q in table["p_holm"]],
                                  index=table.index, dtype=object)
     return table[PAIR_COLUMNS]
+
+
+def few_seeds(n: int) -> str:
+    """The warning beside a verdict on `n` seeds, fewer than the calibration's ("" for enough)."""
+    if n >= CALIBRATED_SEEDS:
+        return ""
+    return (f"{n} seeds: fewer than the {CALIBRATED_SEEDS} whose error rate and power were checked "
+            "(tests/test_stats_calibration.py)")
 
 
 def grid_table(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
