@@ -44,7 +44,21 @@ def test_progress_off_a_terminal_is_a_plain_line_every_n_steps(capsys):
     assert [line.split(" (")[0] for line in lines] == [  # every max(5, max_steps // 10) steps, and the last
         "[prefopt] dpo on sort: step 5/12",
         "[prefopt] dpo on sort: step 10/12, loss 0.500, accuracy 0.750",
-        "[prefopt] dpo on sort: step 12/12, loss 0.500, accuracy 0.750",
+        "[prefopt] dpo on sort: step 12/12",  # the same loss and accuracy: not repeated
+    ]
+
+
+def test_a_resumed_run_says_so_and_counts_its_rate_from_there(capsys):
+    import time
+
+    bar = StepProgressBar("dpo on sort", terminal=False, every=5)
+    trainer = SimpleNamespace(global_step=40, max_steps=60, callback_metrics={}, ckpt_path="run/checkpoints/last.ckpt")
+    bar.on_train_start(trainer, None)
+    bar.started = time.time() - 10.0  # 10 s since training started
+    bar.on_train_batch_end(fake_trainer(60, max_steps=60), None, None, None, 59)
+    assert capsys.readouterr().out.strip().splitlines() == [
+        "[prefopt] dpo on sort: resumed from step 40 (checkpoint run/checkpoints/last.ckpt), 20 to go",
+        "[prefopt] dpo on sort: step 60/60 (2.0 steps/s)",  # 20 steps in 10 s, not 60
     ]
 
 

@@ -60,6 +60,7 @@ class StepProgressBar(Callback):
         self.last_line = -1
         self.started = 0.0
         self.first_step = 0
+        self.shown: dict[str, str] = {}  # the metrics on the last progress line
         self.total: int | None = None
 
     @staticmethod
@@ -92,6 +93,15 @@ class StepProgressBar(Callback):
         names = {"train/loss": "loss", "train/rewards/accuracies": "accuracy"}
         return {short: f"{float(metrics[k]):.3f}" for k, short in names.items() if k in metrics}
 
+    def _fresh_postfix(self, trainer) -> str:
+        """", loss 0.652, accuracy 0.750" when those changed since the last line; "" when they are the
+        values already shown (logged every `trainer.log_every_n_steps` steps, not at each line)."""
+        values = self._postfix(trainer)
+        if values == self.shown:
+            return ""
+        self.shown = values
+        return "".join(f", {k} {v}" for k, v in values.items())
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not getattr(trainer, "is_global_zero", True):  # data-parallel workers: rank 0 speaks for all
             return
@@ -104,7 +114,7 @@ class StepProgressBar(Callback):
         if step != self.last_line and (step % self.every == 0 or last):
             self.last_line = step
             total = f"/{self.total}" if self.total else ""
-            post = "".join(f", {k} {v}" for k, v in self._postfix(trainer).items())
+            post = self._fresh_postfix(trainer)
             rate = (step - self.first_step) / max(time.time() - self.started, 1e-9)  # this process's steps
             log.info(f"{self.desc}: step {step}{total}{post} ({rate:.1f} steps/s)")
 
