@@ -233,9 +233,10 @@ class SortTask(Task):
         policy = cached_dir(cache_root, "sort_sft", sft_key, sft_build)
         sft_meta = json.loads((policy / "sort_meta.json").read_text())
         log.info(
-            f"SFT policy oracle reward {sft_meta['sft_oracle_reward']:.3f} "
-            f"(untrained {sft_meta['init_oracle_reward']:.3f}, demos {sft_meta['demo_oracle_reward']:.3f}, "
-            f"perfect 1.0), {sft_build.origin(sft_meta['sft_seconds'], policy)}"
+            f"SFT policy oracle reward {sft_meta['sft_oracle_reward']:.3f} on the eval prompts, sampled with the "
+            f"task's seed (untrained {sft_meta['init_oracle_reward']:.3f}, demos "
+            f"{sft_meta['demo_oracle_reward']:.3f}, perfect 1.0; a run's eval/oracle_reward_start samples the "
+            f"same policy with the run's seed), {sft_build.origin(sft_meta['sft_seconds'], policy)}"
         )
         return policy, sft_key, sft_meta
 
