@@ -8,9 +8,14 @@ sensitivity.csv (per method), grid.csv (per grid point), pairwise.csv, runs.csv,
     python src/analyze.py multirun/beta --methods rmipo,rmipo_shuffled            # some methods only
     python src/analyze.py multirun/beta --wandb      # also log the report as a W&B run (job_type=study)
     python src/analyze.py docs/results/imdb_sensitivity/runs.csv --price 0.001 --out /tmp/half  # another price of drift
+    python src/analyze.py multirun/paper --scores multirun/paper/alpaca_eval.csv --score eval/alpaca_lc_win_rate
 
 The score, tolerance and default learning rate come from the sweep's config (conf/sweep/<study>.yaml,
 key `sweep`); the options below override them. The functions live in prefopt.analysis.
+
+`--scores FILE` attaches scores judged elsewhere as metric columns of runs.csv: AlpacaEval's leaderboard.csv
+(rows matched to runs by the `generator` of their generations.json; columns eval/alpaca_lc_win_rate,
+eval/alpaca_win_rate, ... as fractions) or any CSV with columns run,metric,value; `--score` ranks by one.
 
 It prints a headline (each method's best score with its 95% interval and learning rate, the verdicts
 that hold), then the files it wrote; on stderr, each figure not drawn and why, and a warning when
@@ -36,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, help="'near the best' margin (default: the sweep's, 0.02)")
     parser.add_argument("--x", help="config key on the x-axis of the score plot (default: loss.beta)")
     parser.add_argument("--methods", help="comma-separated loss config names to keep (default: all)")
+    parser.add_argument("--scores", nargs="+", metavar="FILE",
+                        help="scores judged elsewhere to attach to the runs: AlpacaEval's leaderboard.csv or a CSV "
+                             "with columns run,metric,value (rank by one with --score, e.g. eval/alpaca_lc_win_rate)")
     parser.add_argument("--boot", type=int, default=2000, help="unused: the statistics are t-based (kept so old commands still run)")
     parser.add_argument("--wandb", action="store_true",
                         help="log the tables and plots as one job_type=study W&B run in the runs' project and "
@@ -49,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         written = analyze(args.source, args.out, score=args.score, tolerance=args.tolerance, x=args.x,
-                          price=args.price, n_boot=args.boot, methods=args.methods.split(",") if args.methods else None)
+                          price=args.price, n_boot=args.boot, methods=args.methods.split(",") if args.methods else None,
+                          scores=args.scores)
     except (FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 1
@@ -58,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.wandb:
         from prefopt.analysis.wandb_study import log_study
 
-        print(f"{'W&B study run':28s} {log_study(args.source, written)}")
+        print(f"{'W&B study run':28s} {log_study(args.source, written, scores=args.scores)}")
     return 0
 
 

@@ -35,7 +35,8 @@ def study(cache_root, tmp_path_factory):
     sweep = tmp / "study_beta"
     for _ in range(2):
         proc = run_cli([*ARGS, f"hydra.sweep.dir={sweep}"], cache_root, tmp)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == 1, proc.stderr[-3000:]  # 2 jobs failed: the multirun says so after all ran
+        assert "multirun: 2 of 4 jobs completed, 2 did not" in proc.stdout + proc.stderr
     train = {}
     for run in offline_runs(sweep):
         train.setdefault(run.name, []).append(run)

@@ -7,7 +7,8 @@
 folder (or the `runs.csv` this package wrote);
 `grid_table`, `method_summary` and `pairwise_differences` compute the numbers; `plot_*` draw them;
 `analyze` does all of it, writes sensitivity.md, sensitivity.csv and the PNGs and logs the `headline`;
-`resolve_study` finds the study a notebook is pointed at (`PREFOPT_STUDY`).
+`resolve_study` finds the study a notebook is pointed at (`PREFOPT_STUDY`); `attach_scores` / `read_scores`
+add scores judged elsewhere (AlpacaEval's leaderboard.csv, or run,metric,value) to the runs (`--scores`).
 """
 
 from prefopt.analysis.plots import plot_reward_vs_kl, plot_score_vs_param, plot_training_curves
@@ -15,11 +16,13 @@ from prefopt.analysis.report import analyze, figure_plan, headline, markdown_rep
 from prefopt.analysis.runs import (
     StudySettings, learning_rates, load_curves, load_runs, load_study, resolve_study, study_settings, swept_keys,
 )
+from prefopt.analysis.scores import attach_scores, read_scores
 from prefopt.analysis.stats import grid_table, method_summary, pairwise_differences
 
 __all__ = [
     "StudySettings",
     "analyze",
+    "attach_scores",
     "figure_plan",
     "grid_table",
     "headline",
@@ -33,6 +36,7 @@ __all__ = [
     "plot_reward_vs_kl",
     "plot_score_vs_param",
     "plot_training_curves",
+    "read_scores",
     "resolve_study",
     "study_settings",
     "swept_keys",

@@ -6,7 +6,9 @@ curves.csv and the PNG figures, all generated (never edited by hand).
 `analyze` also logs a headline (each method's best with its interval and learning rate, the verdicts
 that hold), every figure it does not draw with the reason (`figure_plan`; the report lists them too),
 and the verdicts that rest on fewer seeds than the calibration's (marked in the report and pairwise.csv).
-A study without `sweep.name` is titled by its folder. Exercised by `pytest tests/test_analyze.py`.
+A study without `sweep.name` is titled by its folder. `scores` (`--scores FILE`) attaches scores judged
+elsewhere (AlpacaEval's leaderboard.csv, or run,metric,value) as metrics to rank by (`--score`); the report
+says what was attached. Exercised by `pytest tests/test_analyze.py tests/test_scores.py`.
 """
 
 from __future__ import annotations
@@ -38,17 +40,21 @@ def analyze(
     seed: int | None = None,
     methods: list[str] | None = None,
     price: float | None = None,
+    scores: list[str | Path] | None = None,
 ) -> dict[str, Path]:
     """Analyse the runs under `source` (a multirun folder, or a runs.csv written here) and write the
     report into `out_dir` (default: the folder itself); `methods` keeps only those methods (loss
-    config names); `price` overrides the sweep's price of drift (0: unpriced). `n_boot` and `seed` are
-    accepted for older callers and unused: the statistics are t-based, with no resampling. Logs the
+    config names); `price` overrides the sweep's price of drift (0: unpriced); `scores` are files of scores
+    judged elsewhere to attach to the runs (prefopt.analysis.scores), ranked by when `score` names one of
+    their metrics. `n_boot` and `seed` are accepted for older callers and unused: the statistics are
+    t-based, with no resampling. Logs the
     headline (each method's best, the verdicts that hold), each figure not drawn and why, and each
     verdict on fewer seeds than the calibration's. Returns {name: path} of what was written."""
     source = Path(source)
     out = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)
     out.mkdir(parents=True, exist_ok=True)
-    runs, curves, settings = load_study(source, methods, score=score, tolerance=tolerance, price=price)
+    runs, curves, settings = load_study(source, methods, scores=scores, score=score, tolerance=tolerance, price=price)
+    _log_attached(settings)
     if completed(runs).empty:
         raise ValueError(f"no completed run under {source}; failed: {_failures(runs)}")
     if settings.focus and settings.focus not in set(completed(runs)["method"]):
@@ -65,14 +71,31 @@ def analyze(
         table.to_csv(written[name], index=False)
     figures, skipped = draw_figures(runs, curves, grid, settings, out, x)
     written.update(figures)
-    command = f"python src/analyze.py {source}" + (f" --out {out_dir}" if out_dir is not None else "") + (
-        f" --methods {','.join(methods)}" if methods else "") + (f" --price {price:g}" if price is not None else "")
+    command = _command(source, out_dir, methods, price, score, scores)
     text = markdown_report(runs, settings, summary, pairs, grid, figures=list(figures), command=command,
                            skipped=skipped)
     written["sensitivity.md"] = out / "sensitivity.md"
     written["sensitivity.md"].write_text(text)
     _log_outcome(summary, pairs, settings, skipped)
     return written
+
+
+def _command(source: Path, out_dir: Any, methods: list[str] | None, price: float | None, score: str | None,
+             scores: list[str | Path] | None) -> str:
+    """The command line that makes this report (the report quotes it)."""
+    parts = [f"python src/analyze.py {source}", f"--out {out_dir}" if out_dir is not None else "",
+             f"--methods {','.join(methods)}" if methods else "", f"--price {price:g}" if price is not None else "",
+             f"--scores {' '.join(str(f) for f in scores)}" if scores else "", f"--score {score}" if score else ""]
+    return " ".join(p for p in parts if p)
+
+
+def _log_attached(settings: StudySettings) -> None:
+    """What `--scores` attached; a warning when the study does not rank by any of it."""
+    if not settings.attached:
+        return
+    log.info("attached %s", settings.attached)
+    if f"`{settings.reward or settings.score}`" not in settings.attached:
+        log.warning("the study ranks by %s, not by the attached scores: pass --score <one of them>", settings.score)
 
 
 def _log_outcome(summary: pd.DataFrame, pairs: pd.DataFrame, settings: StudySettings, skipped: dict[str, str]) -> None:
@@ -220,6 +243,7 @@ def markdown_report(
         "",
         f"Setup: {_setup(done)}.",
         "",
+        *([f"Scores judged elsewhere: {settings.attached}.", ""] if settings.attached else []),
         _definitions(settings),
         "",
         _noise_line(runs, settings),

@@ -3,18 +3,21 @@
 A multirun folder holds one folder per job with `results.json` (written by prefopt.run.runner) and Hydra's
 `.hydra/hydra.yaml`, whose `runtime.choices.loss` names the loss config (`dpo`, `simpo_margin_low`,
 ...): that name is the run's *method*. Columns: `run` (folder relative to the multirun folder),
-`status`, `error`, `method`, `seed`, `wall_time_s`, `finished_at` (Unix seconds), every logged metric under its own name (those with
+`status`, `error`, `method`, `seed`, `wall_time_s`, `finished_at` (Unix seconds), `generator` (the run's name in its
+generations.json, when it wrote one), every logged metric under its own name (those with
 a `/`: `eval/oracle_reward`, `train/loss`, ...; `train_loss` and the like are progress-bar copies and
 are left out) and every config key flattened with dots (`loss.beta`, `optim.lr`, `sweep.tolerance`,
-...) except the machine's own `paths.*`. `analyze` saves the table as runs.csv; `load_runs` reads either.
+...) except the machine's own `paths.*`. `analyze` saves the table as runs.csv; `load_runs` reads either;
+`load_study(..., scores=[FILE])` attaches scores judged elsewhere (prefopt.analysis.scores) as more metrics.
 A study without `sweep.name` (a plain multirun) is named by its folder (`study_title`); `resolve_study` finds
 the folder or runs.csv a notebook is pointed at (`PREFOPT_STUDY`) from the directory the command ran in.
-Exercised by `pytest tests/test_analyze.py`.
+Exercised by `pytest tests/test_analyze.py tests/test_scores.py`.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,10 +27,11 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from prefopt.analysis.scores import attach_scores
 from prefopt.train.loggers import flatten
 from prefopt.run.results import read_results
 
-RESERVED = ("run", "status", "error", "method", "seed", "wall_time_s", "finished_at")
+RESERVED = ("run", "status", "error", "method", "seed", "wall_time_s", "finished_at", "generator")
 DEFAULT_SCORE = "eval/oracle_reward"
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_WINDOW = {"loss.beta": 0.5, "optim.lr": 0.5}  # decades either side of a method's best
@@ -58,6 +62,7 @@ class StudySettings:
     price: float | None = None
     price_metric: str = DEFAULT_PRICE_METRIC
     reward: str | None = None  # the unpriced metric (`score` before pricing; None: `score`), for the reward-vs-KL plot
+    attached: str | None = None  # what `--scores` attached, as the report states it (None: nothing)
 
 
 def priced_score(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
@@ -118,6 +123,20 @@ def _finished_at(path: Path, record: dict[str, Any]) -> float:
     return round(float(record.get("finished_at") or path.stat().st_mtime), 1)
 
 
+def _generator(run_dir: Path, record: dict[str, Any]) -> str | None:
+    """The run's name on a leaderboard: results.json `info.generations.generator`, or for runs written
+    before it was recorded there, the first record of its generations.json; None without generations."""
+    recorded = ((record.get("info") or {}).get("generations") or {}).get("generator")
+    if recorded:
+        return str(recorded)
+    path = run_dir / "generations.json"
+    try:
+        first = json.loads(path.read_text())[0] if path.is_file() else {}
+    except (OSError, ValueError, IndexError, KeyError):
+        return None
+    return str(first["generator"]) if isinstance(first, dict) and first.get("generator") else None
+
+
 def load_runs(source: str | Path) -> pd.DataFrame:
     """Every run of a multirun folder (any depth), or the runs.csv that `analyze` wrote."""
     source = Path(source)
@@ -147,6 +166,9 @@ def load_runs(source: str | Path) -> pd.DataFrame:
             "wall_time_s": record.get("wall_time_s"),
             "finished_at": _finished_at(path, record),
         }
+        generator = _generator(path.parent, record)
+        if generator:
+            row["generator"] = generator
         row.update({k: v for k, v in (record.get("metrics") or {}).items() if "/" in k})
         row.update({k: v for k, v in flat_config(config).items() if k not in RESERVED and not k.startswith("paths.")})
         rows.append(row)
@@ -275,13 +297,16 @@ def load_curves(source: str | Path, runs: pd.DataFrame, metrics: tuple[str, ...]
 
 
 def load_study(
-    source: str | Path, methods: list[str] | None = None, **overrides: Any
+    source: str | Path, methods: list[str] | None = None, scores: list[str | Path] | None = None, **overrides: Any
 ) -> tuple[pd.DataFrame, pd.DataFrame, StudySettings]:
     """(runs, curves, settings) of a multirun folder or of a runs.csv written by `analyze` (its
-    curves.csv beside it), keeping only `methods` when given; `overrides` (score=..., tolerance=...)
-    win over the sweep's settings."""
+    curves.csv beside it), with the metrics of the `scores` files attached (prefopt.analysis.scores),
+    keeping only `methods` when given; `overrides` (score=..., tolerance=...) win over the sweep's settings."""
     source = Path(source)
     runs = load_runs(source)
+    attached = None
+    if scores:
+        runs, attached = attach_scores(runs, list(scores), source)  # before `methods`: every row has its run
     if methods:
         unknown = sorted(set(methods) - set(runs["method"]))
         if unknown:
@@ -292,6 +317,7 @@ def load_study(
     if not curves.empty:
         curves = curves[curves["run"].isin(runs["run"])].reset_index(drop=True)
     settings = study_settings(runs, unnamed=study_title(source), **overrides)
+    settings.attached = attached
     return priced_score(runs, settings), curves, settings
 
 

@@ -1,7 +1,8 @@
 """The study report on W&B: `python src/analyze.py DIR --wandb` logs what `analyze` wrote as one
 `job_type=study` run in the runs' project and group, so the dashboard holds the verdicts beside the
 runs: the per-method table (`study/methods`), the pairwise comparisons (`study/pairwise`), the grid
-(`study/grid`), the report text (`study/report`) and each figure (`plots/<name>`).
+(`study/grid`), the per-run table with any scores attached by `--scores` (`study/runs`), the report text
+(`study/report`) and each figure (`plots/<name>`); the run's config names the score files.
 
 Offline unless `WANDB_MODE=online` (`wandb sync <out>/wandb/offline-run-*` uploads it). The run's id
 is fixed by the report folder, so analysing again replaces the study run instead of adding one.
@@ -19,7 +20,8 @@ import pandas as pd
 from prefopt.train.loggers import run_id
 from prefopt.run.results import read_results
 
-TABLES = {"sensitivity.csv": "study/methods", "pairwise.csv": "study/pairwise", "grid.csv": "study/grid"}
+TABLES = {"sensitivity.csv": "study/methods", "pairwise.csv": "study/pairwise", "grid.csv": "study/grid",
+          "runs.csv": "study/runs"}
 
 
 def runs_identity(source: str | Path) -> dict[str, Any]:
@@ -45,9 +47,10 @@ def _table(path: Path) -> Any:
     return wandb.Table(dataframe=frame)
 
 
-def log_study(source: str | Path, written: dict[str, Path], name: str = "study") -> Path:
-    """Log the report files in `written` (name -> path, as `analyze` returns) as one study run;
-    returns the run's local folder."""
+def log_study(source: str | Path, written: dict[str, Path], name: str = "study",
+              scores: list[str | Path] | None = None) -> Path:
+    """Log the report files in `written` (name -> path, as `analyze` returns) as one study run, `scores`
+    (the `--scores` files) in its config; returns the run's local folder."""
     import wandb
 
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -56,7 +59,7 @@ def log_study(source: str | Path, written: dict[str, Path], name: str = "study")
     where = runs_identity(source)
     run = wandb.init(project=where["project"], entity=where["entity"], group=where["group"], job_type="study",
                      name=f"{name}-{where['group']}", id=run_id(out) + "-study", resume="allow", dir=str(out),
-                     config={"source": str(source), "report": str(out)},
+                     config={"source": str(source), "report": str(out), "scores": [str(f) for f in scores or []]},
                      mode="online" if os.environ["WANDB_MODE"] == "online" else "offline")
     row: dict[str, Any] = {key: _table(written[file]) for file, key in TABLES.items() if file in written}
     for file, path in written.items():

@@ -2,13 +2,17 @@
 
 With `eval.generate=true`, the run answers the prompts of its evaluation rows (through the model's chat
 template, exactly as in training) and writes `<run dir>/generations.json`: a list of
-`{"instruction", "output", "generator", "dataset"}`, plus the sampling settings in results.json, so
-`alpaca_eval --model_outputs <run dir>/generations.json` can judge them. The file is written whole (temp +
-fsync + rename, prefopt.store.atomic) or not at all. Used by `prefopt.run.runner`.
+`{"instruction", "output", "generator", "dataset"}`, plus the sampling settings and the generator in
+results.json (`info.generations`), so `alpaca_eval --model_outputs <run dir>/generations.json` can judge
+them. `generator_name` is the run's name on a leaderboard, unique within a study (and across studies):
+`python src/analyze.py STUDY --scores leaderboard.csv` matches the leaderboard's rows to runs by it. The
+file is written whole (temp + fsync + rename, prefopt.store.atomic) or not at all. Used by
+`prefopt.run.steps`; exercised by `pytest tests/test_scores.py` (the name) and tests/test_smollm2.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,28 @@ def instruction_text(prompt: Any) -> str:
     return users[-1] if users else prompt[-1]["content"]
 
 
+def generator_name(run_dir: Path, method: str, beta: Any = None, lr: Any = None, seed: Any = None,
+                   model: str | None = None) -> str:
+    """The run's name on a leaderboard: `[<model>-]<method>-beta<β>-lr<lr>-seed<s>-<8 hex digits>` (a part
+    whose value is None left out), e.g. `mistral7b-dpo-beta0.1-lr5e-07-seed0-1a2b3c4d`; the digits hash the
+    run folder's absolute path, so no two runs share a name, within a study or across studies (AlpacaEval
+    skips a generator its leaderboard already holds: a reused name would never be judged). A rerun into
+    the same folder keeps its name."""
+    named = (("beta", beta), ("lr", lr), ("seed", seed))
+    parts = [*([str(model)] if model else []), str(method)]
+    parts += [f"{key}{_short(value)}" for key, value in named if value is not None]
+    digest = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:8]
+    return "-".join([*parts, digest])
+
+
+def _short(value: Any) -> str:
+    """A number as `:g` writes it (0.1, 5e-07, 0); anything else as its string."""
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def export_generations(
     policy: Any,
     tokenizer: Any,
@@ -39,7 +65,8 @@ def export_generations(
     seed: int,
     batch_size: int,
 ) -> dict[str, Any]:
-    """Write generations.json; return the settings to record in results.json."""
+    """Write generations.json; return what to record in results.json (`info.generations`): its path, the
+    number of answers, the sampling settings and the `generator` every record carries."""
     rows = rows[:max_prompts]
     prompt_ids = [encode_row(row, tokenizer)[0] for row in rows]
     responses = sample(policy, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -51,5 +78,5 @@ def export_generations(
         for row, ids in zip(rows, responses)
     ]
     write_text_atomic(out_path, json.dumps(records, indent=2, ensure_ascii=False))  # whole or not at all
-    return {"path": str(out_path), "n": len(records), "max_new_tokens": max_new_tokens,
+    return {"path": str(out_path), "n": len(records), "generator": generator, "max_new_tokens": max_new_tokens,
             "temperature": temperature, "seed": seed, "chat_template": bool(getattr(tokenizer, "chat_template", None))}
