@@ -137,4 +137,4 @@ def test_dropped_rows_are_counted_and_strict_makes_them_errors(cache_root, tmp_p
     info = json.loads((tmp_path / "a" / "results.json").read_text())["info"]
     assert info["drops"]["train"]["identical_responses"] == 1
     proc = run_cli([*common, "data.strict=true", f"hydra.run.dir={tmp_path / 'b'}"], cache_root, tmp_path)
-    assert proc.returncode == 1 and "row 6: identical responses" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "line 7: identical responses" in proc.stderr and "Traceback" not in proc.stderr

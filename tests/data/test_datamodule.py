@@ -86,7 +86,7 @@ def test_errors(tok):
              "rejected": [{"role": "user", "content": "three"}]}]
     bad = build_bpe_tokenizer([WORDS], vocab_size=300)
     bad.chat_template = "{{ raise_exception('roles must alternate') }}"
-    with pytest.raises(DataError, match="train row 0: could not tokenize .*roles must alternate"):
+    with pytest.raises(DataError, match="train row 1: could not tokenize .*roles must alternate"):
         make(bad, 0, train=chat)
 
 

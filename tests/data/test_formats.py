@@ -120,7 +120,7 @@ def test_bad_row_error_names_file_and_row(tmp_path):
     f = write_jsonl(tmp_path / "pairs.jsonl", [STRING_ROWS[0], {"prompt": "x", "chosen": None, "rejected": "y"}])
     with pytest.raises(DataError) as err:
         load_preference_rows(f)
-    assert str(err.value) == f"{f}, row 1: field 'chosen' is null"
+    assert str(err.value) == f"{f}, line 2: field 'chosen' is null"  # the second line, as broken JSON says
 
 
 def test_no_rows_missing_file_and_unknown_type(tmp_path):

@@ -69,7 +69,7 @@ def test_mixed_rows_become_uniform():
 def test_bad_rows_name_source_row_and_problem(row, problem):
     with pytest.raises(DataError) as err:
         normalize_row(row, 7, "data/pairs.jsonl")
-    assert "data/pairs.jsonl, row 7: " in str(err.value)
+    assert "data/pairs.jsonl, row 8: " in str(err.value)  # index 7 is the eighth row
     assert problem in str(err.value)
 
 
@@ -92,18 +92,18 @@ def test_identical_and_empty_responses_are_dropped_and_counted():
 
 def test_normalize_rows_reports_the_index_of_the_bad_row():
     raw = [{"prompt": "Q", "chosen": "a", "rejected": "b"}] * 3 + [{"prompt": "Q", "chosen": "a"}]
-    with pytest.raises(DataError, match=r"^f\.jsonl, row 3: missing column 'rejected'"):
+    with pytest.raises(DataError, match=r"^f\.jsonl, row 4: missing column 'rejected'"):
         normalize_rows(raw, "f.jsonl")
 
 
 def test_mixed_formats_across_rows_are_an_error():
     raw = [{"prompt": "Q", "chosen": "a", "rejected": "b"}, {"prompt": "Q", "chosen": "c", "rejected": "d"},
            {"prompt": [user("Q")], "chosen": [bot("a")], "rejected": [bot("b")]}]
-    with pytest.raises(DataError, match=r"^f\.jsonl, row 2: chat messages, but row 0 is plain strings"):
+    with pytest.raises(DataError, match=r"^f\.jsonl, row 3: chat messages, but row 1 is plain strings"):
         normalize_rows(raw, "f.jsonl")
 
 
 def test_strict_turns_a_drop_into_an_error_naming_the_row():
     raw = [{"prompt": "Q", "chosen": "a", "rejected": "b"}, {"prompt": "Q", "chosen": "same", "rejected": "same"}]
-    with pytest.raises(DataError, match=r"^f\.jsonl, row 1: identical responses \(data.strict=true"):
+    with pytest.raises(DataError, match=r"^f\.jsonl, row 2: identical responses \(data.strict=true"):
         normalize_rows(raw, "f.jsonl", strict=True)

@@ -69,7 +69,7 @@ def test_headers_alone_too_long_drop_the_row_and_are_counted(tok, capsys):
     assert stats["train/truncated_prompts"] == 1  # row 1: "one two" cut from its message
     print_data_summary(None, stats)
     assert "dropped: prompt too long 1" in capsys.readouterr().out
-    with pytest.raises(DataError, match=r"train row 0: the chat prompt's 2 role header\(s\) .*data.strict=true"):
+    with pytest.raises(DataError, match=r"train row 1: the chat prompt's 2 role header\(s\) .*data.strict=true"):
         tokenize_rows(rows, tok, 100, 8, "train", strict=True)
 
 

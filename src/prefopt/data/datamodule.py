@@ -65,18 +65,18 @@ def tokenize_rows(
             ids = encode_row(row, tokenizer, append_eos, max_prompt_length)
         except PromptTooLong as e:
             if strict:
-                raise DataError(f"{split} row {i}: {e} (data.strict=true makes this an error)") from e
+                raise DataError(f"{split} row {i + 1}: {e} (data.strict=true makes this an error)") from e
             too_long += 1
             continue
         except DataError as e:
-            raise DataError(f"{split} row {i}: {e}") from e
+            raise DataError(f"{split} row {i + 1}: {e}") from e
         except Exception as e:  # noqa: BLE001 - e.g. a chat template rejecting the message order
-            raise DataError(f"{split} row {i}: could not tokenize ({type(e).__name__}: {e})") from e
+            raise DataError(f"{split} row {i + 1}: could not tokenize ({type(e).__name__}: {e})") from e
         item = truncate_pair(*ids[:3], max_length, max_prompt_length, tokenizer.bos_token_id)
         if item is None:
             if strict:
                 raise DataError(
-                    f"{split} row {i}: truncation to max_length={max_length} (max_prompt_length="
+                    f"{split} row {i + 1}: truncation to max_length={max_length} (max_prompt_length="
                     f"{max_prompt_length}) leaves no response token (data.strict=true makes this an error)"
                 )
             continue

@@ -10,26 +10,32 @@ Accepted layouts (those TRL documents for preference data):
 Mixed rows are made uniform: a string prompt with message responses becomes a user message, message
 prompts with string responses get assistant messages. A normalized row is all strings or all messages.
 
-Bad rows raise `DataError` naming the source and the row index (0-based); rows that are valid but
+Bad rows raise `DataError` naming the source and where the row is: the reader's own words ("line 7" of
+a .jsonl file, see formats.py) or, for a plain list, its 1-based "row N"; rows that are valid but
 useless for training (chosen == rejected, an empty response) are dropped and counted.
-Exercised by `pytest tests/data/test_row_normalize.py`.
+Exercised by `pytest tests/data/test_row_normalize.py tests/data/test_stream_rows.py`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
 from prefopt.data.errors import DataError
 
 Messages = list[dict[str, str]]
 DROP_REASONS = ("identical_responses", "empty_response")
+Where = Union[int, str]  # a row's 0-based index in a list (named "row i+1"), or a label ("line 7")
 
 
-def _where(source: str, i: int) -> str:
-    return f"{source}, row {i}"
+def _label(i: Where) -> str:
+    return i if isinstance(i, str) else f"row {i + 1}"
 
 
-def _messages(value: Any, field: str, source: str, i: int) -> Messages:
+def _where(source: str, i: Where) -> str:
+    return f"{source}, {_label(i)}"
+
+
+def _messages(value: Any, field: str, source: str, i: Where) -> Messages:
     """Check a list of {"role": str, "content": str} and keep only those two keys."""
     out = []
     for j, msg in enumerate(value):
@@ -51,7 +57,7 @@ def _messages(value: Any, field: str, source: str, i: int) -> Messages:
     return out
 
 
-def _field(row: dict, field: str, source: str, i: int) -> str | Messages:
+def _field(row: dict, field: str, source: str, i: Where) -> str | Messages:
     """A field as a string or a validated message list; a missing, null or other value is an error."""
     if field not in row:
         raise DataError(
@@ -78,10 +84,11 @@ def _common_prefix(a: Messages, b: Messages) -> int:
     return n
 
 
-def normalize_row(row: Any, i: int, source: str) -> dict[str, Any]:
+def normalize_row(row: Any, i: Where, source: str) -> dict[str, Any]:
     """One raw row -> {"prompt", "chosen", "rejected"}, all strings or all message lists.
 
-    Raises DataError (naming `source` and row `i`) for missing columns, null or non-string fields,
+    `i` is the row's 0-based index (reported as "row i+1") or where it is ("line 7").
+    Raises DataError (naming `source` and `i`) for missing columns, null or non-string fields,
     malformed messages, or chat responses with no prompt column and no shared leading messages.
     """
     if not isinstance(row, dict):
@@ -150,25 +157,34 @@ def normalize_rows(
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Normalize every row; return the kept rows and how many were dropped for each reason.
 
-    With `strict`, a row that would be dropped is a DataError naming the file, the row and the reason.
+    Errors name a row by its 1-based position ("row 1" is the first). With `strict`, a row that would
+    be dropped is a DataError naming the file, the row and the reason.
     """
+    return normalize_located(((f"row {i}", row) for i, row in enumerate(raw, start=1)), source, strict)
+
+
+def normalize_located(
+    located: Iterable[tuple[str, Any]], source: str, strict: bool = False
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """`normalize_rows` for (where, raw row) pairs, e.g. ("line 7", {...}) from `formats.iter_rows`:
+    errors name the row as `where` says. Reads one row at a time, so a stream is never held whole."""
     rows: list[dict[str, Any]] = []
     drops = {reason: 0 for reason in DROP_REASONS}
-    first_format: tuple[int, str] | None = None
-    for i, raw_row in enumerate(raw):
-        row = normalize_row(raw_row, i, source)
+    first_format: tuple[str, str] | None = None
+    for where, raw_row in located:
+        row = normalize_row(raw_row, where, source)
         fmt = "chat messages" if isinstance(row["chosen"], list) else "plain strings"
-        first_format = first_format or (i, fmt)
+        first_format = first_format or (where, fmt)
         if fmt != first_format[1]:
             raise DataError(
-                f"{source}, row {i}: {fmt}, but row {first_format[0]} is {first_format[1]}; "
+                f"{source}, {where}: {fmt}, but {first_format[0]} is {first_format[1]}; "
                 "a data set must use one format throughout"
             )
         reason = drop_reason(row)
         if reason is None:
             rows.append(row)
         elif strict:
-            raise DataError(f"{source}, row {i}: {reason.replace('_', ' ')} (data.strict=true makes this an error)")
+            raise DataError(f"{source}, {where}: {reason.replace('_', ' ')} (data.strict=true makes this an error)")
         else:
             drops[reason] += 1
     return rows, drops

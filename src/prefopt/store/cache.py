@@ -55,8 +55,10 @@ def configure(lock_timeout_s: float | None = None) -> None:
 
 def fingerprint(*parts: Any, length: int = 16) -> str:
     """A stable hex digest of JSON-able parts (dicts are key-sorted; other objects via str)."""
-    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+    digest = hashlib.sha256()  # the JSON text hashed in pieces: a 1 GB corpus is never one string (same digest)
+    for chunk in json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":")).iterencode(parts):
+        digest.update(chunk.encode())
+    return digest.hexdigest()[:length]
 
 
 def file_fingerprint(path: str | os.PathLike, length: int = 16) -> str:
