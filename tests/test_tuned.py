@@ -99,3 +99,17 @@ def test_a_multirun_over_losses_at_their_own_tuned_lr_says_so_once():
     assert sweep_note(["loss=dpo,ipo", "~tuned"]) is None
     assert sweep_note(["loss=dpo", "loss.beta=0.1,1"]) is None  # one loss: nothing is compared
     assert sweep_note(["sweep=beta_sensitivity"]) is None  # the studies set their own grids
+
+
+@pytest.mark.parametrize("loss", ["dpo", "ipo", "simpo", "rmipo"])
+def test_the_paper_sweep_resolves_every_grid_point_and_is_judged(loss):
+    expected_lrs = [3e-7, 5e-7, 6e-7, 1e-6]
+    betas = []
+    for b in ("b1", "b2", "b3", "b4"):
+        for position, lr in zip(("l1", "l2", "l3", "l4"), expected_lrs):
+            cfg = compose_with("sweep=paper_sensitivity", "experiment=mistral7b", f"loss={loss}", "judge.path=/rm",
+                               f"sweep.beta_step={b}", f"sweep.lr_step={position}")
+            assert cfg.optim.lr == lr and cfg.judge.path == "/rm" and cfg.objective == "eval/judge_lc_win_rate"
+        betas.append(cfg.loss.beta)
+    assert betas == sorted(betas) and len(set(betas)) == 4
+    assert {"dpo": 0.01, "ipo": 0.01, "simpo": 1.5, "rmipo": 1.0}[loss] == betas[0]

@@ -96,11 +96,27 @@ def default_option(conf_dir: str | Path, group: str, config: str = "train") -> s
     return None
 
 
-def _chosen_options(argv: list[str], group: str, default: str | None) -> list[str]:
+def _overlay_choice(argv: list[str], group: str, conf_dir: Path) -> str | None:
+    """The option an `experiment=` or `sweep=` overlay on the command line picks for `group` in its
+    defaults list (`override /judge: reward_model`), else None."""
+    for arg in argv:
+        overlay, _, name = arg.partition("=")
+        path = conf_dir / overlay / f"{name}.yaml"
+        if overlay in ("experiment", "sweep") and "," not in name and path.is_file():
+            for entry in OmegaConf.load(path).get("defaults") or []:
+                if isinstance(entry, dict) or OmegaConf.is_dict(entry):
+                    picked = dict(entry).get(f"override /{group}")
+                    if picked:
+                        return str(picked)
+    return None
+
+
+def _chosen_options(argv: list[str], group: str, default: str | None, conf_dir: Path | None = None) -> list[str]:
     for arg in argv:
         if arg.startswith(f"{group}="):
             return [o.strip() for o in arg.split("=", 1)[1].split(",") if o.strip()]
-    return [default] if default else []
+    overlay = _overlay_choice(argv, group, Path(conf_dir)) if conf_dir is not None else None
+    return [overlay] if overlay else [default] if default else []
 
 
 def group_override_problems(argv: list[str], conf_dir: str | Path, group: str, default: str | None = None) -> list[str]:
@@ -111,7 +127,7 @@ def group_override_problems(argv: list[str], conf_dir: str | Path, group: str, d
     this says which loss, and which keys it has. Runs before composing, so it costs milliseconds.
     """
     problems: dict[str, str] = {}  # one line per unknown key: the first chosen option that lacks it
-    for option in _chosen_options(argv, group, default or default_option(conf_dir, group)):
+    for option in _chosen_options(argv, group, default or default_option(conf_dir, group), Path(conf_dir)):
         path = Path(conf_dir) / group / f"{option}.yaml"
         if not path.exists():
             break  # Hydra reports an unknown option with the list of available ones
@@ -121,7 +137,8 @@ def group_override_problems(argv: list[str], conf_dir: str | Path, group: str, d
             key = arg.lstrip("+~").split("=", 1)[0]
             name = key[len(group) + 1 :]
             if "=" in arg and key.startswith(f"{group}.") and "." not in name and name not in valid + ["_target_"]:
-                problems.setdefault(key, f"{key} is not a setting of {group}={option}; valid keys: {', '.join(valid)}")
+                keys = f"valid keys: {', '.join(valid)}" if valid else "it takes no settings"
+                problems.setdefault(key, f"{key} is not a setting of {group}={option}; {keys}")
     return list(problems.values())
 
 

@@ -132,6 +132,7 @@ class RunSchema:
     data: Optional[DataSchema] = setting()
     trainer: Optional[Dict[str, Any]] = setting()  # lightning.Trainer's arguments
     logger: Optional[LoggerSchema] = setting()
+    judge: Optional[Dict[str, Any]] = setting()  # its `_target_`'s constructor is its schema (prefopt/eval/judge.py)
     optim: Optional[OptimSchema] = setting()
     eval: Optional[EvalSchema] = setting()
     checkpoint: Optional[CheckpointSchema] = setting()

@@ -321,7 +321,8 @@ def precheck_problems(argv: list[str], conf_dir: str | Path) -> list[str]:
     then the value problems: when the rest of the command composes, all of the composed config's
     (`config_problems`: the loss's values too), else those the plain groups' schema finds in the argv."""
     conf_dir, groups, parser = Path(conf_dir), _groups(Path(conf_dir)), _parser()
-    blocking, values = group_override_problems(argv, conf_dir, "loss"), []
+    blocking = [p for group in ("loss", "judge") for p in group_override_problems(argv, conf_dir, group)]
+    values: list[str] = []
     for arg in argv:
         stops, bad = _check_override(arg, groups, parser)
         blocking, values = blocking + stops, values + bad

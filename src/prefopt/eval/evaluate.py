@@ -3,13 +3,16 @@
 Both policies answer the held-out prompts (same seed); the task's oracle scores every answer; the win
 rate compares the two answers prompt by prompt; the KL is the Monte-Carlo estimate over the policy's
 own samples. The starting policy's answers and rewards (`start_side`) can come from a cache shared by
-a sweep (prefopt.eval.cache). `run.py` calls `evaluate` at the end of a run; exercised by
-`pytest tests/test_eval.py`.
+a sweep (prefopt.eval.cache). `evaluate_answers` also returns both policies' answers (`Answers`), which
+a second judge scores (prefopt.eval.judged); `policy_answers` and `start_answers` sample them for data
+with no oracle. `prefopt.run.steps` calls them at the end of a run; exercised by
+`pytest tests/test_eval.py tests/test_judge.py`.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -60,6 +63,18 @@ def sequence_logps(
     return out
 
 
+def start_answers(reference, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+                  seed: int = 0, batch_size: int = 64, reference_context: Callable[[], Any] | None = None
+                  ) -> dict[str, list]:
+    """The starting policy's seeded samples on the prompts (`ids`) and their text (JSON-able)."""
+    with (reference_context or nullcontext)():
+        theirs = sample(
+            reference, tokenizer, prompt_ids, max_new_tokens, temperature, seed, batch_size, "eval: reference"
+        )
+    texts = tokenizer.batch_decode(theirs, skip_special_tokens=True)
+    return {"ids": [list(map(int, r)) for r in theirs], "texts": texts}
+
+
 def start_side(
     reference,
     tokenizer,
@@ -73,14 +88,53 @@ def start_side(
 ) -> dict[str, list]:
     """The starting policy's part of the evaluation, which no training changes: its seeded samples on
     `prompts` (`ids`), their text and their oracle rewards. JSON-able, so a sweep can cache it."""
-    prompt_ids = tokenizer(list(prompts))["input_ids"]
+    side = start_answers(reference, tokenizer, tokenizer(list(prompts))["input_ids"], max_new_tokens, temperature,
+                         seed, batch_size, reference_context)
+    return {**side, "rewards": [float(r) for r in oracle(list(prompts), side["texts"])]}
+
+
+@dataclass
+class Answers:
+    """Both policies' answers to the same prompts, sampled with the same seed: what a judge scores.
+    `prompts` as the judge reads them (strings or chat messages); `logps` / `ref_logps`: the summed
+    log-probs of the policy's answers under the policy and under the starting policy (the KL);
+    `lengths`: response tokens, EOS excluded. The start's side is filled when it was sampled."""
+
+    prompts: list[Any]
+    prompt_ids: list[list[int]]
+    ids: list[list[int]]
+    texts: list[str]
+    logps: list[float]
+    ref_logps: list[float]
+    lengths: list[int]
+    eos_id: int | None = None
+    start_ids: list[list[int]] | None = None
+    start_texts: list[str] | None = None
+
+    @property
+    def kl(self) -> float:
+        return kl_estimate(self.logps, self.ref_logps)
+
+
+def response_lengths(ids: list[list[int]], eos_id: int | None) -> list[int]:
+    """Tokens of each response, a final EOS not counted."""
+    return [len(r) - (1 if r and r[-1] == eos_id else 0) for r in ids]
+
+
+def policy_answers(policy, reference, tokenizer, prompts: list[Any], prompt_ids: list[list[int]], max_new_tokens: int,
+                   temperature: float = 1.0, seed: int = 0, batch_size: int = 64,
+                   reference_context: Callable[[], Any] | None = None) -> Answers:
+    """The policy's seeded samples on the prompts, their text, and their log-probs under both policies."""
+    if not prompts:
+        raise ValueError("no evaluation prompts")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ours = sample(policy, tokenizer, prompt_ids, max_new_tokens, temperature, seed, batch_size, "eval: policy")
+    texts = tokenizer.batch_decode(ours, skip_special_tokens=True)
+    pi = sequence_logps(policy, prompt_ids, ours, pad_id, batch_size)
     with (reference_context or nullcontext)():
-        theirs = sample(
-            reference, tokenizer, prompt_ids, max_new_tokens, temperature, seed, batch_size, "eval: reference"
-        )
-    texts = tokenizer.batch_decode(theirs, skip_special_tokens=True)
-    return {"ids": [list(map(int, r)) for r in theirs], "texts": texts,
-            "rewards": [float(r) for r in oracle(list(prompts), texts)]}
+        pi_ref = sequence_logps(reference, prompt_ids, ours, pad_id, batch_size)
+    eos = tokenizer.eos_token_id
+    return Answers(list(prompts), prompt_ids, ours, texts, pi, pi_ref, response_lengths(ours, eos), eos)
 
 
 def evaluate(
@@ -107,29 +161,34 @@ def evaluate(
     `reference_context`: entered around every use of `reference` (a LoRA policy is its own reference
     inside `disable_adapter`), so no second model is needed. `start`: the reference's `start_side`
     computed before (a cache hit); `reference` then only scores the policy's samples (the KL).
+    `evaluate_answers` returns the `Answers` too, for a second judge to score (prefopt.eval.judged).
     """
-    as_reference = reference_context or nullcontext
+    metrics, samples, _ = evaluate_answers(policy, reference, tokenizer, prompts, oracle, max_new_tokens,
+                                           temperature, seed, batch_size, n_samples, reference_context, start)
+    return metrics, samples
+
+
+def evaluate_answers(policy, reference, tokenizer, prompts: list[str],
+                     oracle: Callable[[list[str], list[str]], list[float]], max_new_tokens: int,
+                     temperature: float = 1.0, seed: int = 0, batch_size: int = 64, n_samples: int = 5, reference_context: Callable[[], Any] | None = None,
+                     start: dict[str, list] | None = None) -> tuple[dict[str, float], list[dict[str, Any]], Answers]:
+    """`evaluate`, returning also both policies' answers."""
     if not prompts:
         raise ValueError("no evaluation prompts")
     prompt_ids = tokenizer(list(prompts))["input_ids"]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ours = sample(policy, tokenizer, prompt_ids, max_new_tokens, temperature, seed, batch_size, "eval: policy")
+    answers = policy_answers(policy, reference, tokenizer, prompts, prompt_ids, max_new_tokens, temperature, seed,
+                             batch_size, reference_context)
     if start is None:
         start = start_side(reference, tokenizer, prompts, oracle, max_new_tokens, temperature, seed, batch_size,
                            reference_context)
-    texts = tokenizer.batch_decode(ours, skip_special_tokens=True)
+    answers.start_ids, answers.start_texts = start.get("ids"), start.get("texts")
     ref_texts, ref_rewards = start["texts"], start["rewards"]
-    rewards = [float(r) for r in oracle(list(prompts), texts)]
-    pi = sequence_logps(policy, prompt_ids, ours, pad_id, batch_size)
-    with as_reference():
-        pi_ref = sequence_logps(reference, prompt_ids, ours, pad_id, batch_size)
-    eos = tokenizer.eos_token_id
-    lengths = [len(r) - (1 if r and r[-1] == eos else 0) for r in ours]
+    rewards = [float(r) for r in oracle(list(prompts), answers.texts)]
     samples = [
         {"prompt": p, "response": t, "reference_response": rt, "reward": r}
-        for p, t, rt, r in list(zip(prompts, texts, ref_texts, rewards))[:n_samples]
+        for p, t, rt, r in list(zip(prompts, answers.texts, ref_texts, rewards))[:n_samples]
     ]
-    return _metrics(rewards, ref_rewards, pi, pi_ref, lengths), samples
+    return _metrics(rewards, ref_rewards, answers.logps, answers.ref_logps, answers.lengths), samples, answers
 
 
 def _metrics(rewards: list[float], ref_rewards: list[float], pi, pi_ref, lengths: list[int]) -> dict[str, float]:

@@ -67,7 +67,9 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, outcome: R
     running, the metrics so far), so the caller can clean up and record also when a step fails."""
     loss, source, optim = steps.check_and_seed(cfg)
     start = steps.starting_choice(cfg, source)  # the task's own SFT start, model.path, model.gguf or a tiny model
+    judge = steps.eval_judge(cfg)  # conf/judge/: a judge.path that cannot work stops before the task builds
     artifacts = steps.task_artifacts(cfg, source, outcome)
+    judges = steps.run_judges(cfg, judge, artifacts, outcome)  # the task's oracle, another judge, both or none
     load_start = steps.start_loader(cfg, start, artifacts)
     policy, tokenizer = steps.policy_to_train(cfg, load_start)
     data = steps.preference_data(cfg, artifacts, tokenizer, outcome)
@@ -79,10 +81,17 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, outcome: R
     trained = steps.trained_policy(cfg, trainer, module, load_start)
     if trained is None:  # data-parallel workers: rank 0 evaluates, saves and records
         return metrics
-    if artifacts.oracle is not None and artifacts.eval_prompts:
+    if judges.oracle is not None or judges.extra is not None:
         outcome.stage = "evaluation"
         start = steps.starting_policy(trained, module, load_start)
-        metrics.update(steps.oracle_evaluation(cfg, artifacts, trained, start, tokenizer, outcome))
+        answers = None  # both policies' answers, sampled once for both judges
+        if judges.oracle is not None:
+            oracle_metrics, answers = steps.oracle_evaluation(cfg, artifacts, judges.oracle, trained, start,
+                                                              tokenizer, outcome)
+            metrics.update(oracle_metrics)
+        if judges.extra is not None:
+            metrics.update(steps.judge_evaluation(cfg, artifacts, judges.extra, trained, start, tokenizer, output_dir,
+                                                  outcome, answers))
     if cfg.eval.get("generate") and artifacts.eval_rows:
         outcome.stage = "generations"
         steps.export_generations(cfg, artifacts, trained, tokenizer, loss.name, output_dir, outcome)

@@ -2,20 +2,22 @@
 
 Each step is a function that returns what the next one needs: the checked loss, task source and optimizer
 factories, the choice of starting policy (`prefopt.models.choose`), the task's artifacts, the policy, the
-data, the module, the trainer, the fit's metrics, the trained policy, the oracle evaluation, the generation
-export and the save. What the run records (info for results.json, sample texts, the loggers to finish, the
+data, the module, the trainer, the fit's metrics, the trained policy, the judges (checked before the task
+builds: `eval_judge`; given the task: `run_judges`), the oracle evaluation, a second judge's evaluation, the
+generation export and the save. What the run records (info for results.json, sample texts, the loggers to finish, the
 stage running and the metrics so far) collects in a `RunOutcome`, which the caller keeps also when a step
 fails. The fit's metrics are written to `<run dir>/train_metrics.json` as soon as training ends; a resume
 with nothing left to train (an earlier attempt stopped in the evaluation or the export) takes them from
 there, and a failure after training names the command that re-runs only what follows it (`rerun_hint`).
 Exercised by `pytest tests/test_run.py tests/test_resume.py tests/test_lora.py tests/tasks/test_choose.py
-tests/test_late_failures.py` and `python src/run.py`.
+tests/test_late_failures.py tests/test_judge_run.py` and `python src/run.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -305,39 +307,116 @@ def starting_policy(trained: torch.nn.Module, module: Any, load_start: StartLoad
     return frozen_copy(load_start()[0]), None
 
 
-def oracle_evaluation(cfg: DictConfig, artifacts: Any, trained: torch.nn.Module, start: tuple[torch.nn.Module, Any],
-                      tokenizer: Any, outcome: RunOutcome) -> dict[str, float]:
-    """Sample from the trained and the starting policy and score both with the task's oracle; the
-    start's side is cached once per sweep (`eval.cache_start`). Keeps the logged samples in `outcome`."""
-    from prefopt.eval.evaluate import evaluate
+def eval_judge(cfg: DictConfig) -> Any:
+    """The evaluation's judge (conf/judge/: oracle, reward_model, none), built and checked before the task
+    builds its data: a judge.path that does not exist, is no sequence-classification model, has several
+    outputs without judge.output_index or holds no tokenizer stops here in one line (config.json and the
+    tokenizer are read, not weights). A config without `judge` (older runs) has the oracle."""
+    from prefopt.eval.judge import OracleJudge
+
+    judge = build_component(cfg.judge, "judge") if cfg.get("judge") is not None else OracleJudge()
+    judge.check()
+    return judge
+
+
+def run_judges(cfg: DictConfig, judge: Any, artifacts: Any, outcome: RunOutcome) -> Any:
+    """Who scores this run's answers (`prefopt.eval.judge.Judges`): the task's oracle where it has one, the
+    chosen judge where it is not the oracle, both, or none. A judge that cannot format the data's prompts
+    (chat rows and a tokenizer without a chat template) stops here, before training."""
+    from prefopt.eval.judge import JudgeError
+
+    judges = judge.judges(artifacts.oracle if artifacts.eval_prompts else None)
+    prompts = artifacts.eval_prompts or [row["prompt"] for row in artifacts.eval_rows]
+    if judges.extra is not None:
+        if not prompts:
+            raise JudgeError(f"judge={judge.name}: data={cfg.data.name} has no eval rows to answer; hold some out "
+                             "(data.source.eval_fraction > 0, or data.source.eval_split)")
+        judges.extra.check_prompts(prompts)
+    scorers = [name for name, j in (("the task's oracle", judges.oracle), (judge.describe(), judges.extra)) if j]
+    outcome.info["judges"] = [j.name for j in (judges.oracle, judges.extra) if j]
+    note = f"judged by {' and '.join(scorers)}" if scorers else judge.unscored_note(cfg.data.name)
+    if note:
+        log.info(note)
+    return judges
+
+
+def eval_sampling(cfg: DictConfig, artifacts: Any) -> dict[str, Any]:
+    """Sampling settings of the evaluation: the task's (max_new_tokens, temperature), else eval.generate_*."""
+    task = dict(artifacts.generation) or dict(max_new_tokens=cfg.eval.generate_max_new_tokens,
+                                              temperature=cfg.eval.generate_temperature)
+    return dict(seed=cfg.seed, batch_size=cfg.eval.batch_size, **task)
+
+
+def oracle_evaluation(cfg: DictConfig, artifacts: Any, oracle: Any, trained: torch.nn.Module,
+                      start: tuple[torch.nn.Module, Any], tokenizer: Any, outcome: RunOutcome) -> tuple[dict, Any]:
+    """Sample from the trained and the starting policy and score both with the task's oracle (the bound
+    `OracleJudge`); the start's side is cached once per sweep (`eval.cache_start`). Keeps the logged
+    samples in `outcome`; returns (metrics, both policies' answers, for a second judge)."""
+    from prefopt.eval.evaluate import evaluate_answers
 
     start_model, start_context = start
-    sampling = dict(seed=cfg.seed, batch_size=cfg.eval.batch_size, **dict(artifacts.generation))
+    sampling = eval_sampling(cfg, artifacts)
+    rewards = oracle.rewards
     start_side = None
     if cfg.eval.get("cache_start", True):
         from prefopt.eval.cache import cached_start_side
 
         task = OmegaConf.to_container(cfg.data.source, resolve=True)
         start_side, outcome.info["eval_start_cache"] = cached_start_side(
-            Path(cfg.paths.cache_dir), start_model, tokenizer, artifacts.eval_prompts, artifacts.oracle, task,
+            Path(cfg.paths.cache_dir), start_model, tokenizer, artifacts.eval_prompts, rewards, task,
             start_context, **sampling,
         )
-    eval_metrics, samples = evaluate(
-        trained.eval(), start_model, tokenizer, artifacts.eval_prompts, artifacts.oracle,
+    eval_metrics, samples, answers = evaluate_answers(
+        trained.eval(), start_model, tokenizer, artifacts.eval_prompts, rewards,
         reference_context=start_context, start=start_side, n_samples=cfg.eval.n_samples_logged, **sampling,
     )
     outcome.samples = samples[: cfg.eval.n_samples_logged]
-    return scalar_metrics(eval_metrics)
+    return scalar_metrics(eval_metrics), answers
+
+
+def judge_evaluation(cfg: DictConfig, artifacts: Any, judge: Any, trained: torch.nn.Module,
+                     start: tuple[torch.nn.Module, Any], tokenizer: Any, output_dir: Path, outcome: RunOutcome,
+                     answers: Any = None) -> dict[str, float]:
+    """A judge other than the oracle scores the policy's and the starting policy's answers to the same
+    prompts (the oracle evaluation's `answers`, else sampled here): eval/judge_* metrics and
+    judgements.jsonl (prefopt.eval.judged); the start's scored side is cached per sweep. Rank 0 judges
+    (the data-parallel ranks stop after the gather); `score_share` is where ranks would split it."""
+    from prefopt.eval import judged
+    from prefopt.eval.cache import cached_judged_start
+    from prefopt.eval.evaluate import policy_answers
+
+    start_model, start_context = start
+    sampling = eval_sampling(cfg, artifacts)
+    if answers is None:
+        prompts, prompt_ids = judged.eval_prompts(artifacts, tokenizer, cfg.eval.generate_max_prompts,
+                                                  cfg.data.max_prompt_length)
+        answers = policy_answers(trained.eval(), start_model, tokenizer, prompts, prompt_ids,
+                                 reference_context=start_context, **sampling)
+    compute = partial(judged.judged_start, judge, start_model, tokenizer, answers, start_context, **sampling)
+    if cfg.eval.get("cache_start", True):
+        task = OmegaConf.to_container(cfg.data.source, resolve=True)
+        side, outcome.info["eval_judged_start_cache"] = cached_judged_start(
+            Path(cfg.paths.cache_dir), start_model, tokenizer, answers.prompts, answers.prompt_ids,
+            judge.fingerprint(), task, compute, start_context, **sampling)
+    else:
+        side = compute()
+    metrics, records = judged.judge_answers(judge, answers, side)
+    judge.close()
+    judged.write_judgements(output_dir / judged.JUDGEMENTS, records)
+    outcome.samples = outcome.samples or judged.logged_samples(records, cfg.eval.n_samples_logged)
+    return metrics
 
 
 def export_generations(cfg: DictConfig, artifacts: Any, trained: torch.nn.Module, tokenizer: Any, loss_name: str,
                        output_dir: Path, outcome: RunOutcome) -> None:
     """`eval.generate=true`: answer the eval rows' prompts into generations.json (AlpacaEval format)."""
-    from prefopt.models.export import export_generations as export
+    from prefopt.models.export import export_generations as export, generator_name
 
+    generator = generator_name(output_dir, cfg.get("method") or loss_name, cfg.loss.get("beta"), cfg.optim.lr,
+                               cfg.seed, model=cfg.model.name)  # unique within a study (AlpacaEval's key)
     outcome.info["generations"] = export(
         trained.eval(), tokenizer, artifacts.eval_rows, output_dir / "generations.json",
-        generator=f"prefopt-{cfg.model.name}-{loss_name}", dataset=cfg.data.name,
+        generator=generator, dataset=cfg.data.name,
         max_prompts=cfg.eval.generate_max_prompts, max_new_tokens=cfg.eval.generate_max_new_tokens,
         temperature=cfg.eval.generate_temperature, seed=cfg.seed, batch_size=cfg.eval.batch_size,
     )

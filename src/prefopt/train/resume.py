@@ -39,7 +39,7 @@ RESUMABLE_KEYS = (
     "trainer.max_steps", "trainer.max_epochs", "trainer.val_check_interval", "trainer.log_every_n_steps",
     "trainer.num_sanity_val_steps", "trainer.enable_model_summary", "logger", "paths", "eval", "ckpt_path",
     "checkpoint", "threads", "tags", "objective", "method", "sweep", "data.eval_batch_size", "logp_cache",
-    "share_prompt",
+    "share_prompt", "judge",  # who scores the answers: decided after training
     # the learning rate, alone of optim (and the optimizer argument it is passed as): a diverged run goes on
     # from checkpoints/last-good.ckpt with a lower one (prefopt.train.guards); the restored optimizer and
     # schedule follow the new value (PreferenceModule.on_train_start)
