@@ -1,0 +1,65 @@
+"""Evaluation during training (prefopt.train.eval_during): every N steps the policy answers the same
+prompts with the same seed, the judge scores them against the starting policy's answers, and the loggers
+get the curves; an unchanged policy gives win rate 0.5 and its start's reward exactly."""
+
+from types import SimpleNamespace
+
+import torch
+
+from prefopt.models.load import build_tiny
+from prefopt.tasks.sort import build_sort_tokenizer
+from prefopt.train.eval_during import DuringTrainingEval, win_rate
+
+PROMPTS = ["3 1 2 =", "9 8 7 6 =", "5 5 1 ="]
+
+
+class Recorder:
+    def __init__(self):
+        self.rows = []
+
+    def log_metrics(self, metrics, step):
+        self.rows.append((step, dict(metrics)))
+
+
+def callback(tok, every=2):
+    return DuringTrainingEval(every, PROMPTS, tok(PROMPTS)["input_ids"], tok, judge_rewards=lambda p, t: [len(x) for x in t],
+                              sampling=dict(max_new_tokens=6, temperature=1.0, seed=0, batch_size=8))
+
+
+def test_win_rate_counts_ties_half():
+    assert win_rate([1.0, 2.0, 3.0, 0.0], [1.0, 1.0, 4.0, -1.0]) == (0.5 + 1 + 0 + 1) / 4
+
+
+def test_curves_every_n_steps_against_the_start():
+    tok = build_sort_tokenizer()
+    model = build_tiny(tok, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    logger = Recorder()
+    trainer = SimpleNamespace(global_step=0, world_size=1, loggers=[logger])
+    cb = callback(tok)
+    cb.on_train_start(trainer, SimpleNamespace(policy=model))
+    for step in (1, 2, 3):
+        trainer.global_step = step
+        cb.on_train_batch_end(trainer, SimpleNamespace(policy=model), None, None, step - 1)
+    assert [s for s, _ in logger.rows] == [2]  # every 2 steps only
+    m = logger.rows[0][1]
+    assert m["eval/during_win_rate"] == 0.5 and m["eval/during_reward"] == m["eval/during_reward_start"]
+    with torch.no_grad():  # a changed policy: a peaked next-token distribution answers differently
+        model.lm_head.weight.mul_(50.0)
+    trainer.global_step = 4
+    cb.on_train_batch_end(trainer, SimpleNamespace(policy=model), None, None, 3)
+    changed = logger.rows[1][1]
+    assert changed["eval/during_reward_start"] == m["eval/during_reward_start"]  # the start is sampled once
+    assert changed["eval/during_reward"] != m["eval/during_reward"]
+    assert cb.count == 2 and cb.spent > 0
+
+
+def test_off_by_default_and_on_several_devices():
+    tok = build_sort_tokenizer()
+    model = build_tiny(tok, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    for cb, world in ((callback(tok, every=0), 1), (callback(tok), 2)):
+        logger = Recorder()
+        trainer = SimpleNamespace(global_step=0, world_size=world, loggers=[logger])
+        cb.on_train_start(trainer, SimpleNamespace(policy=model))
+        trainer.global_step = 2
+        cb.on_train_batch_end(trainer, SimpleNamespace(policy=model), None, None, 1)
+        assert logger.rows == [] and cb.start is None
