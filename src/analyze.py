@@ -1,5 +1,6 @@
 """The study report from a sweep: `python src/analyze.py MULTIRUN_DIR` writes there sensitivity.md,
-sensitivity.csv (per method), grid.csv (per grid point), pairwise.csv, runs.csv, curves.csv and PNGs.
+sensitivity.csv (per method), grid.csv (per grid point), pairwise.csv, runs.csv, curves.csv, tuning_cost.csv
+(the expected best after k random trials of each method's grid, k = 1 … grid size) and PNGs.
 
     python src/run.py -m sweep=beta_sensitivity hydra.sweep.dir=multirun/beta
     python src/analyze.py multirun/beta

@@ -46,7 +46,7 @@ def test_notebook_executes_on_a_multirun_folder(tmp_path, monkeypatch):
     html = summary.outputs[0]["data"]["text/html"]
     assert "<th>dpo</th>" in html and "<td>0.82</td>" in html  # dpo's best
     images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 3  # score vs β, reward vs KL, margin and δ over training
+    assert len(images) == 4  # score vs β, reward vs KL, the cost of tuning, margin and δ over training
 
 
 def test_committed_notebook_shows_the_committed_study():
@@ -59,7 +59,7 @@ def test_committed_notebook_shows_the_committed_study():
     for method, best in zip(committed["method"], committed["best"]):
         assert f"<th>{method}</th>" in html and f"{best:.6f}" in html, (method, best)
     images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 3
+    assert len(images) == 4
 
 
 def test_a_relative_study_is_resolved_from_where_the_command_ran(tmp_path, monkeypatch):

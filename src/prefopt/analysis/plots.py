@@ -1,6 +1,7 @@
 """The study's figures (matplotlib, no display needed): score vs β per method with seed error bars (each
 panel titled with the method's learning rate), gold reward vs KL for every run (the DPO paper's
-frontier), and RMiPO's margin and δ over training.
+frontier), the expected best after k random trials of each method's grid (the cost of tuning), and
+RMiPO's margin and δ over training.
 
 Every figure uses one scale per axis key (β is on a log axis in every panel or in none), draws the
 logged points themselves (training curves are seed means of the logged steps, unsmoothed unless
@@ -9,7 +10,7 @@ titles and legends fit inside the saved image.
 
 Each function takes the tables of prefopt.analysis (runs, grid, curves), draws one figure, saves it
 when given a path, and returns it. The backend is left to matplotlib (inline in a notebook; the CLI
-picks Agg). Exercised by `pytest tests/test_analyze.py`.
+picks Agg). Exercised by `pytest tests/test_analyze.py tests/test_tuning_cost.py`.
 """
 
 from __future__ import annotations
@@ -148,6 +149,37 @@ def _iso_price_lines(ax: plt.Axes, kl: pd.Series, reward: pd.Series, price: floa
         ax.plot(x, level + price * x, ls=":", lw=0.8, color="grey", zorder=0)
     ax.plot([], [], ls=":", lw=0.8, color="grey", label=f"equal priced score (slope {price:g})")
     ax.set_ylim(min(reward.min(), priced.min()) - 0.02, reward.max() + 0.02)
+
+
+def plot_tuning_cost(
+    tuning: pd.DataFrame, score_label: str = "oracle reward", tolerance: float | None = None,
+    path: str | Path | None = None,
+) -> plt.Figure:
+    """The cost of tuning (prefopt.analysis.stats.tuning_curves' table): one line per method, the expected
+    best score after k trials drawn at random from its grid (mean over the per-seed curves, shaded: 95%
+    t-band over seeds), k = 1 … its grid size; a tick on each line marks the k whose expected best on
+    the seed-mean scores is first within `tolerance` of the best."""
+    fig, ax = plt.subplots(figsize=(7, 4.6), layout="constrained")
+    for i, (method, rows) in enumerate(tuning.groupby("method", sort=True)):
+        colour = f"C{i % 10}"
+        rows = rows.sort_values("k")
+        ax.plot(rows["k"], rows["expected_best"], marker="o", ms=3, color=colour, label=method)
+        if rows["lo"].notna().any():
+            ax.fill_between(rows["k"], rows["lo"], rows["hi"], color=colour, alpha=0.15, lw=0)
+        if tolerance is not None and len(rows):
+            curve = rows["seed_mean_curve"].to_numpy()
+            k = int(rows["k"].iloc[int(np.argmax(curve >= curve[-1] - tolerance - 1e-12))])
+            y = float(rows.loc[rows["k"] == k, "expected_best"].iloc[0])
+            ax.plot([k], [y], marker="|", ms=14, mew=2, color=colour)
+    if tolerance is not None:
+        ax.plot([], [], marker="|", ms=10, mew=2, ls="", color="grey", label=f"within {tolerance:g} of the best")
+    ax.set_xlabel("k: grid points tried, drawn at random without replacement")
+    ax.set_ylabel(f"expected best {label(score_label)}")
+    ax.set_title("cost of tuning: expected best after k random trials (mean, 95% band over seeds)", fontsize=10)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def plot_training_curves(

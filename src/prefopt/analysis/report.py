@@ -1,5 +1,6 @@
 """The study report: from a multirun folder to sensitivity.md, sensitivity.csv, grid.csv, runs.csv,
-curves.csv and the PNG figures, all generated (never edited by hand).
+curves.csv, tuning_cost.csv (expected best after k random trials, per method and k) and the PNG figures,
+all generated (never edited by hand).
 
     python src/analyze.py MULTIRUN_DIR [--out DIR]        # the CLI around `analyze`
 
@@ -8,7 +9,8 @@ that hold), every figure it does not draw with the reason (`figure_plan`; the re
 and the verdicts that rest on fewer seeds than the calibration's (marked in the report and pairwise.csv).
 A study without `sweep.name` is titled by its folder. `scores` (`--scores FILE`) attaches scores judged
 elsewhere (AlpacaEval's leaderboard.csv, or run,metric,value) as metrics to rank by (`--score`); the report
-says what was attached. Exercised by `pytest tests/test_analyze.py tests/test_scores.py`.
+says what was attached. Exercised by `pytest tests/test_analyze.py tests/test_scores.py
+tests/test_tuning_cost.py`.
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ from typing import Any
 
 import pandas as pd
 
-from prefopt.analysis.plots import plot_reward_vs_kl, plot_score_vs_param, plot_training_curves
+from prefopt.analysis.plots import plot_reward_vs_kl, plot_score_vs_param, plot_training_curves, plot_tuning_cost
 from prefopt.analysis.runs import CURVE_METRICS, StudySettings, completed, learning_rates, load_study
 from prefopt.analysis.stats import (
-    CALIBRATED_SEEDS, format_value, grid_table, method_summary, pairwise_differences, seed_noise,
+    CALIBRATED_SEEDS, format_value, grid_table, method_summary, pairwise_differences, seed_noise, tuning_curves,
 )
 from prefopt.log import PLAIN, get_logger
 
 log = get_logger()
 
-STAT_NAMES = {"best": "best", "mean_regret": "mean regret in the window", "regret_default": "regret at default"}
+STAT_NAMES = {"best": "best", "mean_regret": "mean regret in the window", "regret_default": "regret at default",
+              "tuning_cost": "expected best after k random trials"}
 
 
 def analyze(
@@ -62,14 +65,16 @@ def analyze(
     summary = method_summary(runs, settings)
     pairs = pairwise_differences(runs, settings)
     grid = grid_table(runs, settings)
-    tables = {"runs.csv": runs, "grid.csv": grid, "sensitivity.csv": summary, "pairwise.csv": pairs}
+    tuning = tuning_curves(runs, settings)
+    tables = {"runs.csv": runs, "grid.csv": grid, "sensitivity.csv": summary, "pairwise.csv": pairs,
+              "tuning_cost.csv": tuning}
     if not curves.empty:
         tables["curves.csv"] = curves
     written = {}
     for name, table in tables.items():
         written[name] = out / name
         table.to_csv(written[name], index=False)
-    figures, skipped = draw_figures(runs, curves, grid, settings, out, x)
+    figures, skipped = draw_figures(runs, curves, grid, settings, out, x, tuning)
     written.update(figures)
     command = _command(source, out_dir, methods, price, score, scores)
     text = markdown_report(runs, settings, summary, pairs, grid, figures=list(figures), command=command,
@@ -112,8 +117,8 @@ def _log_outcome(summary: pd.DataFrame, pairs: pd.DataFrame, settings: StudySett
 def figure_plan(
     runs: pd.DataFrame, curves: pd.DataFrame, grid: pd.DataFrame, settings: StudySettings, x: str | None = None
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """The figures `analyze` draws ({file name: kind}: "score", "reward_vs_kl", "training") and those it
-    does not ({file name: the reason}), in the report's order."""
+    """The figures `analyze` draws ({file name: kind}: "score", "reward_vs_kl", "tuning", "training") and
+    those it does not ({file name: the reason}), in the report's order."""
     drawn, skipped = {}, {}
     swept = _swept(grid)
     x = x or _x_axis(grid)
@@ -129,6 +134,10 @@ def figure_plan(
         skipped["reward_vs_kl.png"] = f"no run logged {' or '.join(metrics)}"
     else:
         drawn["reward_vs_kl.png"] = "reward_vs_kl"
+    if len(grid) and grid.groupby("method").size().max() > 1:
+        drawn["tuning_cost.png"] = "tuning"
+    else:
+        skipped["tuning_cost.png"] = "every method has a single grid point: nothing to tune"
     logged = [m for m in CURVE_METRICS if m in curves.columns and curves[m].notna().any()]
     if logged:
         drawn["training_margin_delta.png"] = "training"
@@ -140,9 +149,10 @@ def figure_plan(
 
 def draw_figures(
     runs: pd.DataFrame, curves: pd.DataFrame, grid: pd.DataFrame, settings: StudySettings, out: Path,
-    x: str | None = None,
+    x: str | None = None, tuning: pd.DataFrame | None = None,
 ) -> tuple[dict[str, Path], dict[str, str]]:
-    """Draw the figures of `figure_plan` into `out`: ({name: path} drawn, {name: reason} not drawn)."""
+    """Draw the figures of `figure_plan` into `out`: ({name: path} drawn, {name: reason} not drawn);
+    `tuning` is tuning_curves' table (computed here when not given)."""
     import matplotlib.pyplot as plt
 
     drawn, skipped = figure_plan(runs, curves, grid, settings, x)
@@ -151,6 +161,9 @@ def draw_figures(
         if kind == "score":
             plot_score_vs_param(grid, x=x, score_label=_score_label(settings), path=out / name,
                                 lrs=learning_rates(runs))
+        elif kind == "tuning":
+            table = tuning if tuning is not None else tuning_curves(runs, settings)
+            plot_tuning_cost(table, score_label=_score_label(settings), tolerance=settings.tolerance, path=out / name)
         elif kind == "reward_vs_kl":
             plot_reward_vs_kl(runs, score=settings.reward or settings.score, kl=settings.price_metric,
                               price=settings.price, path=out / name)
@@ -292,7 +305,13 @@ def _definitions(settings: StudySettings) -> str:
         "minus the score at the loss's own default β (and the study's default for other swept keys: "
         f"{_describe_defaults(settings)}). Brackets: 95% t-intervals over seeds. *Share within "
         f"{settings.tolerance:g}*: share of the window's points whose seed-mean is within that of the best. "
-        "Seed sd: pooled standard deviation over seeds at a point."
+        "Seed sd: pooled standard deviation over seeds at a point. *Expected best after k random trials* (the "
+        "cost of tuning, \"Show Your Work\", Dodge et al. 2019): the expected maximum of k grid points drawn "
+        "at random without replacement, on each seed's scores (sorted ascending v_(1..N): "
+        "Σ v_(i)·C(i−1, k−1)/C(N, k)), at the same k for every method (k in the table; `sweep.tuning_k`, else "
+        "the midpoint of the smallest grid); higher: cheaper to tune. *k within "
+        f"{settings.tolerance:g}*: the fewest random trials whose expected best (on the seed-mean scores) is "
+        "within that of the best; tuning_cost.png draws the whole curve, k = 1 … grid size."
     )
 
 
@@ -311,11 +330,12 @@ def _summary_table(summary: pd.DataFrame, settings: StudySettings) -> str:
     for _, r in summary.iterrows():
         window = _ci(r, "mean_regret") + ("" if r["window_complete"] else " (window truncated)")
         rows.append([f"**{r['method']}**", _ci(r, "best"), window, _ci(r, "regret_default"),
+                     f"{_ci(r, 'tuning_cost')} (k={r['tuning_k']})", f"{r['k_within_tolerance']} of {r['points']}",
                      _num(r["share_within_tol"]), _num(r["seed_sd"]), f"{r['points']}×{r['seeds_per_point']}",
                      r["best_point"], r["default_point"] or "–", str(r.get("lr", "–"))])
-    return _table(["method", "best", "mean regret in window", "regret at default",
-                   f"share within {settings.tolerance:g}", "seed sd", "points×seeds", "best point",
-                   "default point", "lr (optim.lr)"], rows)
+    return _table(["method", "best", "mean regret in window", "regret at default", "expected best after k trials",
+                   f"k within {settings.tolerance:g}", f"share within {settings.tolerance:g}", "seed sd",
+                   "points×seeds", "best point", "default point", "lr (optim.lr)"], rows)
 
 
 def _edges(summary: pd.DataFrame) -> str:
@@ -385,6 +405,8 @@ def _holding(pairs: pd.DataFrame) -> list[str]:
         size = _num(abs(r.diff))
         if r.stat == "best":
             line = f"best: {higher} > {lower} by {size}"
+        elif r.stat == "tuning_cost":
+            line = f"{STAT_NAMES[r.stat]}: {higher} > {lower} by {size} ({higher} is the cheaper to tune)"
         else:
             line = f"{STAT_NAMES.get(r.stat, r.stat)}: {lower} < {higher} by {size} ({lower} is the less sensitive)"
         warned = f" (⚠ only {r.n_seeds} seeds; calibrated for {CALIBRATED_SEEDS})" if _warning(r) else ""

@@ -48,7 +48,8 @@ class StudySettings:
     of the best, per axis), the compared statistics, the focus method (None: every pair), the
     family-wise error rate, natural bounds of swept keys ([low, high], None for none), and the price of
     drift: with `price` set, grid points are ranked by `score − price · price_metric` (priced_score),
-    the gold reward minus a fixed charge per nat of KL to the starting policy, the same for every method."""
+    the gold reward minus a fixed charge per nat of KL to the starting policy, the same for every method;
+    `tuning_k`: the number of random trials at which the `tuning_cost` statistic is compared."""
 
     name: str = "study"
     score: str = DEFAULT_SCORE
@@ -63,6 +64,7 @@ class StudySettings:
     price_metric: str = DEFAULT_PRICE_METRIC
     reward: str | None = None  # the unpriced metric (`score` before pricing; None: `score`), for the reward-vs-KL plot
     attached: str | None = None  # what `--scores` attached, as the report states it (None: nothing)
+    tuning_k: int | None = None  # trials at which `tuning_cost` is compared (None: the smallest grid's midpoint)
 
 
 def priced_score(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
@@ -229,6 +231,7 @@ def study_settings(runs: pd.DataFrame, unnamed: str = "study", **overrides: Any)
         bounds={k: _listed(v) for k, v in section("sweep.bounds.").items()},
         price=float(first("sweep.price")) if first("sweep.price") is not None else None,
         price_metric=str(first("sweep.price_metric") or DEFAULT_PRICE_METRIC),
+        tuning_k=int(first("sweep.tuning_k")) if first("sweep.tuning_k") is not None else None,
     )
     for key, value in overrides.items():
         if value is not None:

@@ -11,7 +11,15 @@ replicates, and two methods run on the same seeds are compared seed by seed (pai
 - `best` = y[b, s]; `mean_regret` = y[b, s] - mean over W of y[g, s] (what a user loses who lands
   anywhere in the window); `regret_default` = y[b, s] - y[default, s] (the loss class's own default β,
   the study's default for other swept keys).
-- descriptive only: `share_within_tol` (share of W whose seed-mean is within the tolerance of the best),
+- `tuning_cost` = the expected best score after k trials drawn at random (without replacement) from the
+  method's grid, on seed s's scores ("Show Your Work", Dodge et al. 2019): with seed s's N scores sorted
+  ascending v_(1..N), E[max of k] = Σ_i v_(i) · C(i-1, k-1) / C(N, k) (`expected_max`). k is the study's
+  `tuning_k` (`sweep.tuning_k`), else the midpoint (N+1)//2 of the smallest grid of the study, the same k
+  for every method so that two methods are compared at the same tuning budget (higher: cheaper to tune).
+- descriptive only: `k_within_tolerance` (the smallest k whose expected best, on the seed-mean scores,
+  is within the tolerance of the best seed-mean; `tuning_curves` gives the whole curve per method, k = 1
+  … grid size, mean and 95% band over the per-seed curves), `share_within_tol` (share of W whose
+  seed-mean is within the tolerance of the best),
   `seed_sd` (pooled within-point sd), the window and the grid-edge flags.
 
 Selection is on all seeds, so every comparison is conditional on the grids: a grid maximum is biased
@@ -30,13 +38,16 @@ over hundreds of evaluation prompts (close to normal); tests/test_stats_calibrat
 family-wise error and the power on simulated studies with the committed study's seed noise, at
 CALIBRATED_SEEDS (5) seeds a point: a tested comparison on fewer seeds carries a `warning` beside its
 verdict (fewer seeds: a wider t, less power, and a normality assumption the calibration did not check).
-Exercised by `pytest tests/test_analyze.py tests/test_stats_calibration.py` (numbers worked by hand).
+Exercised by `pytest tests/test_analyze.py tests/test_stats_calibration.py tests/test_tuning_cost.py` (numbers
+worked by hand).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import combinations
+from math import comb
 from typing import Any
 
 import numpy as np
@@ -45,7 +56,7 @@ from scipy.special import stdtr, stdtrit  # Student's t CDF and its inverse (ufu
 
 from prefopt.analysis.runs import StudySettings, completed, default_point, learning_rates, swept_keys
 
-TESTED = ("best", "mean_regret", "regret_default")  # per-seed statistics, with intervals and tests
+TESTED = ("best", "mean_regret", "regret_default", "tuning_cost")  # per-seed statistics, with intervals and tests
 WINDOW_STATS = ("mean_regret",)  # comparable only when both windows are complete
 EXTRA_METRICS = ("eval/oracle_reward_start", "eval/win_rate", "eval/kl", "eval/length")
 SPAN_SLACK = 0.06  # decades: 1-3-10 grids step by 0.477 and 0.523 decades; both count as half a decade
@@ -185,14 +196,73 @@ def edge_flags(grid: MethodGrid, centre: int, bounds: dict[str, Any] | None = No
     return flags
 
 
-def per_seed(grid: MethodGrid, window: dict[str, float]) -> dict[str, np.ndarray]:
+def per_seed(grid: MethodGrid, window: dict[str, float], k: int | None = None) -> dict[str, np.ndarray]:
     """Each TESTED statistic for each seed of `grid.seeds`, at the best point and window chosen on the
-    seed-means (NaN where a needed run is missing)."""
+    seed-means (NaN where a needed run is missing); `tuning_cost` is the expected best after `k` trials
+    (default: the midpoint of this grid)."""
     best = int(np.nanargmax(grid.means))
     inside = window_indices(grid, best, window)
     y = grid.table
     default = y[grid.default_index] if grid.default_index is not None else np.full(len(grid.seeds), np.nan)
-    return {"best": y[best], "mean_regret": y[best] - y[inside].mean(axis=0), "regret_default": y[best] - default}
+    k = k or midpoint([grid])
+    cost = np.array([_at(expected_max(y[:, s]), k) for s in range(len(grid.seeds))])
+    return {"best": y[best], "mean_regret": y[best] - y[inside].mean(axis=0), "regret_default": y[best] - default,
+            "tuning_cost": cost}
+
+
+def expected_max(values: np.ndarray) -> np.ndarray:
+    """E[max of k draws without replacement] from the finite `values`, for k = 1 … N (Dodge et al. 2019):
+    sorted ascending v_(1..N), E[max of k] = Σ_i v_(i) · C(i-1, k-1) / C(N, k), since v_(i) is the
+    maximum of a k-subset exactly when the subset holds it and k-1 of the i-1 values below it. Ties
+    need no care (equal values, equal maxima). Empty for no finite value."""
+    v = np.sort(np.asarray(values, dtype=float)[np.isfinite(values)])
+    return _max_weights(len(v)) @ v
+
+
+@lru_cache(maxsize=None)
+def _max_weights(n: int) -> np.ndarray:
+    """The (k × i) weights C(i-1, k-1) / C(n, k) of expected_max, exact integers divided once."""
+    weights = np.array([[comb(i, k - 1) / comb(n, k) for i in range(n)] for k in range(1, n + 1)]).reshape(n, n)
+    weights.flags.writeable = False
+    return weights
+
+
+def _at(curve: np.ndarray, k: int) -> float:
+    """curve[k-1], NaN beyond its length (a seed missing runs has a shorter grid)."""
+    return float(curve[k - 1]) if 1 <= k <= len(curve) else float("nan")
+
+
+def midpoint(grids: list[MethodGrid]) -> int:
+    """The default tuning budget: (N+1)//2 trials, N the smallest grid among `grids`."""
+    return max(1, (min(len(g.points) for g in grids) + 1) // 2)
+
+
+def tuning_k(grids: list[MethodGrid], settings: StudySettings) -> int:
+    """The k at which `tuning_cost` is compared: `settings.tuning_k`, else midpoint(grids)."""
+    return int(settings.tuning_k) if settings.tuning_k else midpoint(grids)
+
+
+def k_within_tolerance(grid: MethodGrid, tolerance: float) -> int:
+    """The smallest k whose expected best (over the seed-mean scores) is within `tolerance` of the best
+    seed-mean (the curve's value at k = N)."""
+    curve = expected_max(grid.means)
+    return int(np.argmax(curve >= curve[-1] - tolerance - 1e-12)) + 1
+
+
+def tuning_curves(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
+    """One row per (method, k), k = 1 … grid size: the expected best after k random trials, on each
+    seed's scores, as mean, 95% t-interval (`lo`, `hi`) and count over seeds (`n_seeds`; a seed missing
+    runs has a shorter curve), and on the seed-mean scores (`seed_mean_curve`, whose last value is the
+    method's best)."""
+    rows = []
+    for grid in method_grids(runs, settings):
+        per = [expected_max(grid.table[:, s]) for s in range(len(grid.seeds))]
+        on_means = expected_max(grid.means)
+        for k in range(1, len(grid.points) + 1):
+            mean, lo, hi, n = t_interval(np.array([_at(c, k) for c in per]))
+            rows.append({"method": grid.method, "k": k, "expected_best": mean, "lo": lo, "hi": hi, "n_seeds": n,
+                         "seed_mean_curve": _at(on_means, k)})
+    return pd.DataFrame(rows, columns=["method", "k", "expected_best", "lo", "hi", "n_seeds", "seed_mean_curve"])
 
 
 def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float, int]:
@@ -272,19 +342,23 @@ def method_summary(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
     one value, or "several: ..."), and the pooled seed sd."""
     rows = []
     rates = learning_rates(runs)
-    for grid in method_grids(runs, settings):
+    grids = method_grids(runs, settings)
+    k = tuning_k(grids, settings)
+    for grid in grids:
         means = grid.means
         centre = int(np.nanargmax(means))
         row: dict[str, Any] = {"method": grid.method, "swept": ", ".join(grid.keys), "points": len(grid.points),
                                "runs": int(sum(len(s) for s in grid.scores)),
                                "seeds_per_point": int(min(len(s) for s in grid.scores)),
                                "lr": rates.get(grid.method, "–")}
-        for name, values in per_seed(grid, settings.window).items():
+        for name, values in per_seed(grid, settings.window, k).items():
             mean, lo, hi, _ = t_interval(values)
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = mean, lo, hi
         row["best"] = float(means[centre])  # the seed-mean, also where some seed misses a run
         inside = window_indices(grid, centre, settings.window)
         row["share_within_tol"] = float((means[inside] >= means[centre] - settings.tolerance - 1e-12).mean())
+        row["tuning_k"] = k
+        row["k_within_tolerance"] = k_within_tolerance(grid, settings.tolerance)
         row["seed_sd"] = pooled_seed_sd(grid)
         row["best_point"] = _describe(grid.points[centre])
         row["default_point"] = _describe(grid.points[grid.default_index]) if grid.default_index is not None else ""
@@ -319,7 +393,8 @@ def compare_grids(grids: list[MethodGrid], settings: StudySettings) -> pd.DataFr
         raise ValueError(f"sweep.compare has {unknown}; statistics that can be compared: {list(TESTED)}")
     by_method = {g.method: g for g in grids}
     seeds = {m: dict(zip(g.seeds, range(len(g.seeds)))) for m, g in by_method.items()}
-    values = {m: per_seed(g, settings.window) for m, g in by_method.items()}
+    k = tuning_k(grids, settings) if grids else 1
+    values = {m: per_seed(g, settings.window, k) for m, g in by_method.items()}
     complete = {m: window_complete(g, int(np.nanargmax(g.means)), settings.window)[0] for m, g in by_method.items()}
     rows = []
     for a, b in compared_pairs(sorted(by_method), settings.focus):

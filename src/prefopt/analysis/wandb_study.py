@@ -1,7 +1,8 @@
 """The study report on W&B: `python src/analyze.py DIR --wandb` logs what `analyze` wrote as one
 `job_type=study` run in the runs' project and group, so the dashboard holds the verdicts beside the
 runs: the per-method table (`study/methods`), the pairwise comparisons (`study/pairwise`), the grid
-(`study/grid`), the per-run table with any scores attached by `--scores` (`study/runs`), the report text
+(`study/grid`), the expected best after k random trials per method and k (`study/tuning_cost`; the
+figure `plots/tuning_cost`), the per-run table with any scores attached by `--scores` (`study/runs`), the report text
 (`study/report`) and each figure (`plots/<name>`); the run's config names the score files.
 
 Offline unless `WANDB_MODE=online` (`wandb sync <out>/wandb/offline-run-*` uploads it). The run's id
@@ -21,7 +22,7 @@ from prefopt.train.loggers import run_id
 from prefopt.run.results import read_results
 
 TABLES = {"sensitivity.csv": "study/methods", "pairwise.csv": "study/pairwise", "grid.csv": "study/grid",
-          "runs.csv": "study/runs"}
+          "runs.csv": "study/runs", "tuning_cost.csv": "study/tuning_cost"}
 
 
 def runs_identity(source: str | Path) -> dict[str, Any]:
