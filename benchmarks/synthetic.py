@@ -29,6 +29,14 @@ MODELS = {
     "smollm2-shape": dict(vocab=49152, arch=dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
                                                  num_key_value_heads=3, intermediate_size=1536,
                                                  max_position_embeddings=256)),
+    # Mistral-7B's shape (7.24B parameters, random weights; bf16 weights + AdamW fit one H200), and the
+    # same architecture at toy size for a CPU rehearsal (scripts/gpu_device_check.sh --dry-run)
+    "mistral7b-shape": dict(vocab=32000, family="mistral", arch=dict(
+        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+        intermediate_size=14336, max_position_embeddings=4096)),
+    "mistral-toy": dict(vocab=4096, family="mistral", arch=dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=224, max_position_embeddings=4096)),
 }
 
 
@@ -97,11 +105,40 @@ def make_variable_rows(n_pairs: int, vocab_size: int, max_prompt: int, max_total
     ]
 
 
-def build_model(name: str, seed: int = 0):
-    """(model, tokenizer) of a benchmark size, randomly initialised from `seed`."""
+def build_model(name: str, seed: int = 0, device: str = "cpu", dtype=None):
+    """(model, tokenizer) of a benchmark size, randomly initialised from `seed`, on `device` (built there:
+    a 7B model is never materialised on the CPU; "meta": shapes only) in `dtype` (default float32)."""
+    import torch
+
     spec = MODELS[name]
     tokenizer = word_tokenizer(spec["vocab"])
-    return build_tiny(tokenizer, seed=seed, **spec["arch"]), tokenizer
+    if spec.get("family") != "mistral" and device == "cpu" and dtype in (None, torch.float32):
+        return build_tiny(tokenizer, seed=seed, **spec["arch"]), tokenizer  # as before, bit for bit
+    if spec.get("family") == "mistral":
+        from transformers import MistralConfig, MistralForCausalLM as Model
+
+        config = MistralConfig(vocab_size=len(tokenizer), tie_word_embeddings=False, sliding_window=None,
+                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id, **spec["arch"])
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM as Model
+
+        arch = dict(spec["arch"])
+        arch.setdefault("num_key_value_heads", arch["num_attention_heads"])
+        config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, **arch)
+    previous = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype or torch.float32)
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            torch.manual_seed(seed)
+            if device.startswith("cuda"):
+                torch.cuda.manual_seed(seed)
+            model = Model(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model, tokenizer
 
 
 def n_params(model) -> int:

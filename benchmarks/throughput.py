@@ -20,6 +20,15 @@ lengths (benchmarks/synthetic.py: log-normal, capped at 128 prompt / 256 total t
                 dpo+cache) and, with variable lengths, train_sampling_strategy="group_by_length".
   trl-tuned-gpu-path  DIAGNOSTIC: both of the above (precompute_ref_log_probs and the CUDA code path),
                 against our dpo+cache: what a GPU user of TRL gets with its best knob.
+  trl-best      TRL 1.16's best configuration, each setting that TRL and this machine accept
+                (`trl_best_settings`, checked against DPOConfig's / CPOConfig's real fields): flash
+                attention (flash-attn installed, CUDA, bf16), padding_free (DPOTrainer 1.16 disables it:
+                padded chosen/rejected rows), precompute_ref_log_probs (DPO; against our dpo+cache when
+                run), train_sampling_strategy="group_by_length", use_liger_kernel (layer kernels; CUDA and
+                liger-kernel), torch_compile=True, and the completion-only log-prob kernel (automatic on
+                CUDA with Triton). SimPO: CPOTrainer loss_type=simpo with the same settings it has. Rows
+                carry `settings` (what ran) and `refused` (name -> why not); the console prints both.
+                On the CPU the GPU-only ones are refused as such.
   trl-gpu-path  DIAGNOSTIC: DPOTrainer with its CUDA code path forced on the CPU. TRL's fused LM head
                 (trl.trainer.utils.add_fused_lm_head) scores only completion positions when
                 `_use_triton(device)` (CUDA/XPU with Triton) and every position elsewhere; the patch
@@ -44,6 +53,14 @@ packed, shared prompt or rows; `packed` says whether it packed; only the packed 
 
     python benchmarks/throughput.py                       # tiny and small, fixed and variable lengths
     python benchmarks/throughput.py --models tiny --lengths variable --losses dpo,simpo --rounds 8 --json b.json
+
+`--fixed P,R` sets the fixed prompt and response tokens (512,1536: 2048-token rows); `--precision
+bf16-true` keeps bfloat16 weights (a 7B model with AdamW on one GPU); `--sequential` runs one
+configuration's process at a time, warm-up and rounds back to back (models of which one copy fills
+the device; ratios then pair rounds by index, `order` in the row); `--memory-from-timed` (CUDA) reads
+each timed process's own allocator peak instead of separate memory runs (on the CPU a stand-in: the
+resident set's growth; `memory_source` in the row says which). Models: `mistral7b-shape`
+(7.24B, built on the device) and `mistral-toy` (the same code at toy size) besides tiny/small/smollm2-shape.
 
 `--json FILE` writes rows {impl, loss, model, lengths, pairs_per_s, tokens_per_s, peak_mem_mb,
 cpu_ms_per_step, ci_low, ci_high, padded_share, mfu, ...}; TRL rows also carry `speedup` (their CPU
@@ -88,13 +105,16 @@ OURS = ["dpo", "ipo", "simpo", "rmipo", "dpo+cache", "ipo+cache", "rmipo_ref+cac
         "dpo+pack", "simpo+pack", "dpo+cache+pack"]
 DEFAULT_OURS = ["dpo", "simpo", "dpo+cache"]
 TRL_IMPLS = {"trl": ["dpo", "ipo", "simpo"], "trl-tuned": ["dpo", "ipo"], "trl-gpu-path": ["dpo", "ipo"],
-             "trl-tuned-gpu-path": ["dpo", "ipo"]}
-VS_OURS = {(impl, loss): f"{loss}+cache" for impl in ("trl-tuned", "trl-tuned-gpu-path")
-           for loss in ("dpo", "ipo")}  # else the same loss
+             "trl-tuned-gpu-path": ["dpo", "ipo"], "trl-best": ["dpo", "ipo", "simpo"]}
+VS_OURS = {(impl, loss): f"{loss}+cache" for impl in ("trl-tuned", "trl-tuned-gpu-path", "trl-best")
+           for loss in ("dpo", "ipo")}  # else the same loss (trl-best: the same loss when +cache is not run)
 LABELS = {
     "trl-gpu-path": "diagnostic: TRL's CUDA code path (completion-only LM head) forced on the CPU",
     "trl-tuned-gpu-path": "diagnostic: trl-tuned with TRL's CUDA code path forced on the CPU",
     ("trl", "simpo"): "experimental: trl.experimental.cpo.CPOTrainer (no device branch: also its GPU path)",
+    "trl-best": "TRL 1.16's best configuration that this machine accepts (see `settings` and `refused`)",
+    ("trl-best", "simpo"): "CPOTrainer loss_type=simpo with TRL's best settings it accepts here "
+                           "(see `settings` and `refused`)",
 }
 
 
@@ -197,6 +217,7 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
     from prefopt.train.logp_cache import attach_caches
     from prefopt.train.logps import batch_layout
     from prefopt.train.module import PreferenceModule
+    from prefopt.train.optim import default_factories
     from prefopt.train.trainer_factory import take_clipping
 
     class InOrder(PreferenceDataModule):  # fixed lengths: file order, as TRL's sequential sampler
@@ -210,9 +231,10 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
         pack=packing(args, loss_name))
     data.setup()
     share_prompt = not loss_name.endswith("-rows")
-    module = PreferenceModule(model, our_loss(loss_name), lr=args.lr, weight_decay=0.0, adam_betas=(0.9, 0.95),
-                              warmup_ratio=0.0, min_lr_ratio=1.0,  # constant learning rate
-                              share_prompt=share_prompt)
+    optimizer, scheduler = default_factories(lr=args.lr, weight_decay=0.0, adam_betas=(0.9, 0.95), warmup_ratio=0.0,
+                                             min_lr_ratio=1.0)  # constant learning rate
+    module = PreferenceModule(model, our_loss(loss_name), share_prompt=share_prompt, optimizer=optimizer,
+                              scheduler=scheduler)
     batches = list(data.train_dataloader())
     layouts = [batch_layout(b, model, share_prompt) for b in batches]
     first = layouts[0] if layouts else "rows"
@@ -263,6 +285,126 @@ def force_trl_gpu_path() -> None:
     trl_utils._use_triton = lambda device: True
 
 
+TRL_BEST = ("padding_free", "attn_implementation", "precompute_ref_log_probs", "train_sampling_strategy",
+            "use_liger_kernel", "torch_compile", "completion_only_logps")
+
+
+def trl_best_settings(loss_name: str, device: str, precision: str = "32-true") -> dict[str, Any]:
+    """TRL 1.16's best configuration for `loss_name` on `device`, as far as TRL and this machine accept it.
+
+    DPO (and IPO): DPOTrainer; SimPO: trl.experimental.cpo.CPOTrainer (loss_type simpo). Each of TRL's
+    speed settings (`TRL_BEST`) is checked against the config class's real fields (dataclasses.fields of
+    DPOConfig / CPOConfig) and against what this machine has. Returns {"config": kwargs for the config,
+    "attn": attention implementation to set on the model or None, "settings": what is on (name -> value),
+    "refused": name -> why it is off}."""
+    import dataclasses
+    import inspect
+    import shutil
+
+    import trl
+    from transformers.utils import is_flash_attn_2_available, is_liger_kernel_available
+
+    cpo = loss_name == "simpo"
+    if cpo:
+        from trl.experimental.cpo import CPOConfig as Config, CPOTrainer as Trainer
+    else:
+        from trl import DPOConfig as Config, DPOTrainer as Trainer
+    fields = {f.name for f in dataclasses.fields(Config)}
+    cuda = device.startswith("cuda")
+    half = precision.startswith("bf16")
+    config: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    refused: dict[str, str] = {}
+    where = f"{Config.__name__} (TRL {trl.__version__})"
+
+    def has(name: str) -> bool:
+        if name not in fields:
+            refused[name] = f"not a field of {where}"
+            return False
+        return True
+
+    # flash attention: a model setting (model_init_kwargs for a model id; here set on the built model)
+    attn = None
+    try:
+        from transformers.utils import is_flash_attn_3_available
+    except ImportError:  # older transformers
+        def is_flash_attn_3_available() -> bool:
+            return False
+    if not cuda:
+        refused["attn_implementation"] = "flash attention runs on CUDA only (GPU-only: skipped); sdpa kept"
+    elif not half:
+        refused["attn_implementation"] = "flash attention needs bf16/fp16 (use --precision bf16-*); sdpa kept"
+    elif is_flash_attn_3_available():
+        attn = "flash_attention_3"
+    elif is_flash_attn_2_available():
+        attn = "flash_attention_2"
+    else:
+        refused["attn_implementation"] = ("flash-attn is not installed (the Hub kernel kernels-community/flash-attn "
+                                          "needs a download); sdpa kept")
+    if attn:
+        settings["attn_implementation"] = attn
+    # padding-free rows: DPOTrainer 1.16 turns it off again in __init__ (warns, pads chosen/rejected rows)
+    if has("padding_free"):
+        if "self.padding_free = False" in inspect.getsource(Trainer.__init__):
+            refused["padding_free"] = (f"{Trainer.__name__} in TRL {trl.__version__} disables it (warns and falls "
+                                       "back to padded chosen/rejected rows)")
+        elif not attn:
+            refused["padding_free"] = "needs flash attention"
+        else:
+            config["padding_free"] = settings["padding_free"] = True
+    if cpo:
+        refused["precompute_ref_log_probs"] = f"not a field of {where}: SimPO has no reference model"
+    elif has("precompute_ref_log_probs"):
+        config["precompute_ref_log_probs"] = settings["precompute_ref_log_probs"] = True
+    if has("train_sampling_strategy"):
+        config["train_sampling_strategy"] = settings["train_sampling_strategy"] = "group_by_length"
+    if has("use_liger_kernel"):
+        if not cuda:
+            refused["use_liger_kernel"] = "Liger's kernels are Triton kernels: CUDA only (GPU-only: skipped)"
+        elif not is_liger_kernel_available():
+            refused["use_liger_kernel"] = "liger-kernel is not installed"
+        else:  # layer kernels only: its fused linear cross-entropy would replace TRL's fused LM head
+            config["use_liger_kernel"] = settings["use_liger_kernel"] = True
+            config["liger_kernel_config"] = {"fused_linear_cross_entropy": False}
+    if has("torch_compile"):
+        try:
+            import torch._dynamo
+
+            supported = torch._dynamo.is_dynamo_supported()
+        except Exception:  # noqa: BLE001
+            supported = False
+        if not supported:
+            refused["torch_compile"] = "torch.compile (dynamo) is not supported by this Python/torch"
+        elif cuda:
+            from torch.utils._triton import has_triton
+
+            if has_triton():
+                config["torch_compile"] = settings["torch_compile"] = True
+            else:
+                refused["torch_compile"] = "Triton is not installed: inductor cannot compile for CUDA"
+        elif not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+            refused["torch_compile"] = "no C++ compiler: inductor cannot compile for the CPU"
+        else:
+            config["torch_compile"] = settings["torch_compile"] = True
+    if cpo:
+        refused["completion_only_logps"] = "CPOTrainer has no such branch: full logits on every device"
+    else:
+        from trl.kernels.chunked_logprob import _use_triton
+
+        if _use_triton(torch.device(device)):
+            settings["completion_only_logps"] = "automatic (trl.kernels.chunked_logprob, Triton)"
+        else:
+            refused["completion_only_logps"] = ("TRL takes it on CUDA/XPU with Triton only (GPU-only: skipped; "
+                                                "the trl-gpu-path diagnostic forces it on the CPU)")
+    return {"config": config, "attn": attn, "settings": settings, "refused": refused}
+
+
+def describe_best(loss_name: str, best: dict[str, Any]) -> str:
+    on = ", ".join(f"{k}={v}" for k, v in best["settings"].items()) or "none"
+    off = "; ".join(f"{k}: {v}" for k, v in best["refused"].items()) or "none"
+    return f"trl-best {loss_name}: on: {on}\n    refused: {off}"
+
+
 def trl_padding(trainer, cpo: bool) -> float:
     """Padded share of TRL's batches over its training order (its own loader and collator)."""
     real = processed = 0
@@ -285,13 +427,22 @@ def run_trl(impl: str, loss_name: str, model, tokenizer, rows, args, gate: Gate,
     from transformers.trainer_callback import PrinterCallback
 
     tuned = impl in ("trl-tuned", "trl-tuned-gpu-path")
+    best = trl_best_settings(loss_name, args.device, args.precision) if impl == "trl-best" else None
     sampling = "group_by_length" if tuned and args.lengths == "variable" else "sequential"
+    if best:
+        sampling = best["config"].pop("train_sampling_strategy", sampling)
+        if best["attn"]:
+            try:
+                model.set_attn_implementation(best["attn"])
+            except (ImportError, ValueError, RuntimeError) as err:  # say so, and keep sdpa
+                best["settings"].pop("attn_implementation", None)
+                best["refused"]["attn_implementation"] = f"set_attn_implementation({best['attn']!r}) failed: {err}"
     common = dict(
         output_dir=str(workdir), per_device_train_batch_size=args.batch_size, max_steps=args.total_steps,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0, logging_steps=LOG_EVERY, save_strategy="no",
         eval_strategy="no", report_to=[], use_cpu=not args.device.startswith("cuda"),
-        bf16=args.precision == "bf16-mixed", fp16=False,
+        bf16=args.precision.startswith("bf16"), fp16=False,
         gradient_checkpointing=False, dataloader_num_workers=0, seed=0, disable_tqdm=True,
         train_sampling_strategy=sampling, max_length=args.max_length,
         # TRL drops unknown columns before the sampler reads `length`; keeping them lets group_by_length work
@@ -312,30 +463,40 @@ def run_trl(impl: str, loss_name: str, model, tokenizer, rows, args, gate: Gate,
 
         if impl.endswith("gpu-path"):
             force_trl_gpu_path()
+        extra = best["config"] if best else {"precompute_ref_log_probs": tuned}
         config = DPOConfig(loss_type=["sigmoid" if loss_name == "dpo" else "ipo"], beta=BETA[loss_name],
-                           precompute_ref_log_probs=tuned, **common)
-        ref = None if tuned else copy.deepcopy(model).eval().requires_grad_(False)
+                           **extra, **common)
+        ref = None if config.precompute_ref_log_probs else copy.deepcopy(model).eval().requires_grad_(False)
         trainer = DPOTrainer(model=model, ref_model=ref, args=config, train_dataset=dataset,
                              processing_class=tokenizer, callbacks=[GateCallback()])
     else:
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
         config = CPOConfig(loss_type="simpo", cpo_alpha=0.0, beta=BETA["simpo"],
-                           simpo_gamma=BETA["simpo"] * GAMMA_BETA_RATIO, **common)
+                           simpo_gamma=BETA["simpo"] * GAMMA_BETA_RATIO, **(best["config"] if best else {}),
+                           **common)
         trainer = CPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              callbacks=[GateCallback()])
     trainer.remove_callback(PrinterCallback)  # logs go to log_history, not the console (ours print none)
     if sampling == "group_by_length":  # a `length` column, as TRL's docs advise: prompt + longer response
         ds = trainer.train_dataset
-        trainer.train_dataset = ds.add_column("length", [
-            len(p) + max(len(c), len(r)) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])])
+        lengths = ([max(len(c), len(r)) for c, r in zip(ds["chosen_input_ids"], ds["rejected_input_ids"])] if cpo
+                   else [len(p) + max(len(c), len(r))
+                         for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])])
+        trainer.train_dataset = ds.add_column("length", lengths)
     info = {"padded_share": trl_padding(trainer, cpo)}
+    if best:
+        info.update(settings=best["settings"], refused=best["refused"])
     if args.lengths == "fixed":
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
         seq_len = batch["chosen_input_ids" if cpo else "input_ids"].shape[1]
-        if seq_len != 2 * FIXED:
-            raise RuntimeError(f"TRL tokenized the pairs to {seq_len} tokens, not {2 * FIXED}")
+        if seq_len != sum(fixed_of(args)):
+            raise RuntimeError(f"TRL tokenized the pairs to {seq_len} tokens, not {sum(fixed_of(args))}")
     trainer.train()
+    if best and best["config"].get("torch_compile"):  # that it did compile: dynamo's graphs in this process
+        from torch._dynamo.utils import counters
+
+        info["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
     # TRL logs window means of the loss; its closing record has the mean over every step
     info["mean_loss"] = next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h),
                              None)
@@ -370,16 +531,21 @@ def die_with_parent() -> None:
         pass
 
 
-def length_limits(lengths: str) -> tuple[int, int]:
-    """(max_length, max_prompt_length) of a `--lengths` mode, on both sides."""
-    return (2 * FIXED, FIXED) if lengths == "fixed" else (VARIABLE_MAX_TOTAL, VARIABLE_MAX_PROMPT)
+def length_limits(lengths: str, fixed: tuple[int, int] = (FIXED, FIXED)) -> tuple[int, int]:
+    """(max_length, max_prompt_length) of a `--lengths` mode, on both sides (`fixed`: prompt, response tokens)."""
+    return (sum(fixed), fixed[0]) if lengths == "fixed" else (VARIABLE_MAX_TOTAL, VARIABLE_MAX_PROMPT)
+
+
+def fixed_of(args) -> tuple[int, int]:
+    """(prompt, response) tokens of `--lengths fixed` (`--fixed`; callers' namespaces without it: 64, 64)."""
+    return tuple(getattr(args, "fixed", (FIXED, FIXED)))
 
 
 def bench_rows(model_name: str, args) -> list[dict]:
     vocab = MODELS[model_name]["vocab"]
     n = args.batch_size * args.total_steps
     if args.lengths == "fixed":
-        return make_rows(n, FIXED, FIXED, vocab, seed=1)
+        return make_rows(n, *fixed_of(args), vocab, seed=1)
     return make_variable_rows(n, vocab, VARIABLE_MAX_PROMPT, VARIABLE_MAX_TOTAL, seed=1)
 
 
@@ -396,14 +562,26 @@ def worker(conn, impl: str, loss: str, model_name: str, args, cache_root: str) -
     tune_malloc()
     torch.set_num_threads(1)
     try:
-        model, tokenizer = build_model(model_name, seed=0)
+        model, tokenizer = build_model(model_name, seed=0, device=args.device, dtype=weights_dtype(args))
         rows = bench_rows(model_name, args)
         boundaries = {args.warmup + r * args.steps for r in range(args.rounds + 1)}
         gate = Gate(conn, boundaries, args.device)
-        if args.device.startswith("cuda"):
-            model = model.to(args.device)
+        cuda = args.device.startswith("cuda")
         conn.send(("built", n_params(model)))
+        if cuda:  # --memory-from-timed: this run's own peak above what it held after the build
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:  # on the CPU only a stand-in: the resident set's growth (high-water mark) over the build's
+            from memory import peak_rss_mb, rss_mb
+
+            before = rss_mb()
         info = run_config(impl, loss, model, tokenizer, rows, args, gate, cache_root)
+        if cuda:
+            torch.cuda.synchronize()
+            info["timed_peak_mem_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+        else:
+            info["timed_peak_mem_mb"] = max(0.0, peak_rss_mb() - before)
         conn.send(("done", dict(losses=gate.losses, **info)))
     except BaseException as err:  # report, so the coordinator does not wait forever
         import traceback
@@ -423,10 +601,8 @@ def memory_worker(conn, impl: str, loss: str, model_name: str, args, cache_root:
         import lightning  # noqa: F401  - imports before the baseline
         if impl != "ours":
             import trl  # noqa: F401
-        model, tokenizer = build_model(model_name, seed=0)
+        model, tokenizer = build_model(model_name, seed=0, device=args.device, dtype=weights_dtype(args))
         rows = bench_rows(model_name, args)
-        if args.device.startswith("cuda"):
-            model = model.to(args.device)
         short = argparse.Namespace(**{**vars(args), "total_steps": args.memory_steps})
         gate = Gate(None, set(), args.device)
         peak = peak_mb(lambda: run_config(impl, loss, model, tokenizer, rows, short, gate, cache_root),
@@ -462,8 +638,13 @@ def last_report(proc, conn, kind: str, who: str):
 
 def all_at_once(args) -> bool:
     """Whether a block's processes build (and memory runs run) together: on a GPU host, which has the
-    cores; on a CPU one at a time."""
-    return args.device.startswith("cuda")
+    cores; on a CPU one at a time; with --sequential never."""
+    return args.device.startswith("cuda") and not getattr(args, "sequential", False)
+
+
+def weights_dtype(args) -> torch.dtype:
+    """The weights' dtype: bfloat16 with --precision bf16-true (a 7B model with AdamW on one GPU), else float32."""
+    return torch.bfloat16 if args.precision == "bf16-true" else torch.float32
 
 
 def go(conn, who: str) -> None:
@@ -491,6 +672,7 @@ def timed_segments(model_name: str, configs: list[tuple[str, str]], args, cache_
     done: dict[tuple[str, str], dict] = {}
     n_params_ = 0
     together = all_at_once(args)
+    sequential = getattr(args, "sequential", False)
 
     def built(c) -> int:
         n = expect(procs[c][1], "built", f"{c[0]}/{c[1]}")
@@ -498,22 +680,34 @@ def timed_segments(model_name: str, configs: list[tuple[str, str]], args, cache_
         return n
 
     try:
-        for c in configs:  # build one at a time on a CPU
+        for c in configs if sequential else ():  # one process at a time, start to end (a 7B model each)
+            procs[c] = start_child(worker, *c, model_name, args, cache_root)
+            n_params_ = built(c)
+            for r in range(args.rounds + 1):  # warm-up, then the rounds back to back
+                go(procs[c][1], f"{c[0]}/{c[1]}")
+                segment = expect(procs[c][1], "segment", f"{c[0]}/{c[1]}")
+                if r:
+                    rounds[c].append(segment)
+            go(procs[c][1], f"{c[0]}/{c[1]}")
+            done[c] = expect(procs[c][1], "done", f"{c[0]}/{c[1]}")
+            procs[c][0].join(timeout=120)
+            print(f"  {c[0]} {c[1]}: {args.rounds} rounds done (sequential)", flush=True)
+        for c in () if sequential else configs:  # build one at a time on a CPU
             procs[c] = start_child(worker, *c, model_name, args, cache_root)
             if not together:
                 n_params_ = built(c)
         for c in configs if together else ():
             n_params_ = built(c)
-        for c in configs:  # warm-up, one at a time
+        for c in () if sequential else configs:  # warm-up, one at a time
             go(procs[c][1], f"{c[0]}/{c[1]}")
             expect(procs[c][1], "segment", f"{c[0]}/{c[1]}")
-        for r in range(args.rounds):  # interleaved, rotating the starting configuration each round
+        for r in range(0 if sequential else args.rounds):  # interleaved, rotating the starting configuration each round
             order = configs[r % len(configs):] + configs[: r % len(configs)]
             for c in order:
                 go(procs[c][1], f"{c[0]}/{c[1]}")
                 rounds[c].append(expect(procs[c][1], "segment", f"{c[0]}/{c[1]}"))
             print(f"  round {r + 1}/{args.rounds} done (load {os.getloadavg()[0]:.1f})", flush=True)
-        for c in configs:
+        for c in () if sequential else configs:
             proc, conn = procs[c]
             go(conn, f"{c[0]}/{c[1]}")
             done[c] = expect(conn, "done", f"{c[0]}/{c[1]}")
@@ -637,7 +831,7 @@ def result_rows(model_name, lengths, configs, rounds, done, mem, n_params_, flop
             padded_share=report.pop("padded_share"), mfu=flops / step / peak_flops,
             model_flops_per_step=flops, matmul_peak_gflops=peak_flops / 1e9, mean_loss=mean_loss,
             label=label(*c), n_params=n_params_, batch_size=args.batch_size, device=args.device,
-            precision=args.precision,
+            precision=args.precision, order="sequential" if getattr(args, "sequential", False) else "interleaved",
             rounds=args.rounds, steps_per_round=args.steps, loadavg_start=load[0], loadavg_end=load[1],
             **report,
         ))
@@ -666,13 +860,24 @@ def bench(model_name: str, losses: list[str], with_trl: bool, args, cache_root: 
           f"{args.warmup} warm-up + {args.rounds} x {args.steps} measured steps, device {args.device}", flush=True)
     load_start = os.getloadavg()
     cuda = args.device.startswith("cuda")  # CUDA must stay uninitialised here until the workers have forked
-    dtype = torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32  # what the matmuls run in
+    dtype = torch.bfloat16 if args.precision.startswith("bf16") else torch.float32  # what the matmuls run in
     peak = 0.0 if cuda else matmul_peak_flops(dtype=dtype)
     rounds, done, n_params_ = timed_segments(model_name, configs, args, cache_root)
+    for c in configs:  # what trl-best ran with (read in its worker: CUDA stays uninitialised here)
+        if "settings" in done[c]:
+            print("  " + describe_best(c[1], done[c]), flush=True)
     load_end = os.getloadavg()
-    mem = peak_memory(model_name, configs, args, cache_root)
+    if getattr(args, "memory_from_timed", False):  # the timed processes' own peaks: no extra runs
+        mem = {c: done[c].pop("timed_peak_mem_mb") for c in configs}
+        source = "timed run: CUDA allocator peak" if cuda else "timed run: resident-set high-water mark (CPU stand-in)"
+    else:
+        mem = peak_memory(model_name, configs, args, cache_root)
+        source = "separate runs: CUDA allocator peak" if cuda else "separate runs: allocator events"
+    for c in configs:
+        done[c].pop("timed_peak_mem_mb", None)
+        done[c]["memory_source"] = source
     peak = max(peak, peak_flops_in_child(args.device, dtype) if cuda else matmul_peak_flops(dtype=dtype))
-    model, _ = build_model(model_name, seed=0)
+    model, _ = build_model(model_name, seed=0, device="meta")  # shapes only
     lengths = token_lengths(bench_rows(model_name, args))
     flops = step_flops(model, lengths, args.batch_size)
     return result_rows(model_name, lengths, configs, rounds, done, mem, n_params_, flops, peak,
@@ -696,6 +901,9 @@ def print_table(rows: list[dict]) -> None:
         for name, (ratio, low, high) in r.get("speedup_vs", {}).items():
             print(f"  {r['model']} {r['lengths']}: ours {name} faster than {r['impl']} {r['loss']}: "
                   f"{ratio:.2f}x ({low:.2f}-{high:.2f})")
+    for r in rows:
+        if r["impl"] == "trl-best":
+            print(f"  {r['model']} {r['lengths']} " + describe_best(r["loss"], r))
     print("speedup: TRL's CPU time per step / ours (vs_ours row), 95% t-interval over paired rounds; "
           "trl-gpu-path is a diagnostic of what TRL runs on a GPU")
 
@@ -718,8 +926,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          "--device cuda, off on the CPU; auto: with variable lengths only; off: only the +pack "
                          "configurations (dpo+pack, simpo+pack)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
-                    help="both sides: float32 (default), or bf16 autocast as GPU users train (TRL: bf16=True)")
+    ap.add_argument("--precision", choices=("32-true", "bf16-mixed", "bf16-true"), default="32-true",
+                    help="both sides: float32 (default), or bf16 autocast as GPU users train (TRL: bf16=True); "
+                         "bf16-true: bfloat16 weights too (a 7B model with AdamW on one GPU)")
+    ap.add_argument("--fixed", default=f"{FIXED},{FIXED}",
+                    help="prompt,response tokens with --lengths fixed (e.g. 512,1536: rows of 2048 tokens)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="one configuration's process at a time, warm-up and rounds back to back (not "
+                         "interleaved): for models of which one copy fills the device (7B)")
+    ap.add_argument("--memory-from-timed", action="store_true",
+                    help="peak memory from the timed processes themselves, no separate memory runs: on CUDA "
+                         "their allocator's peak; on the CPU only a stand-in (resident-set growth)")
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and torch.cuda.is_initialized():
@@ -730,6 +947,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unknown = sorted(set(losses) - set(OURS))
     if unknown:
         raise SystemExit(f"unknown --losses {unknown}; choose from {OURS}")
+    args.fixed = tuple(int(x) for x in args.fixed.split(","))
     args.impls = [i for i in args.impls.split(",") if i]
     if set(args.impls) - set(TRL_IMPLS):
         raise SystemExit(f"unknown --impls {sorted(set(args.impls) - set(TRL_IMPLS))}; choose from {list(TRL_IMPLS)}")
@@ -748,7 +966,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 run_args.lengths = lengths
                 run_args.steps = args.steps or (16 if model == "tiny" else 3)
                 run_args.total_steps = args.warmup + args.rounds * run_args.steps
-                run_args.max_length, run_args.max_prompt_length = length_limits(lengths)
+                run_args.max_length, run_args.max_prompt_length = length_limits(lengths, args.fixed)
                 rows += bench(model, losses, with_trl, run_args, cache_root)
                 if args.json:  # after every block: a long run that dies keeps what it measured
                     args.json.write_text(json.dumps(rows, indent=1))

@@ -1,26 +1,43 @@
 #!/usr/bin/env bash
-# Everything this project checks on a GPU, in one pass (a lent GPU machine's short session, or any CUDA
-# host with this checkout and a CUDA torch):
-#   1. the CUDA tests (tests/test_cuda.py: packed layouts against padded rows, bf16 autocast, the gpu
-#      trainer config's bf16-mixed + clipping + fused AdamW on the GPU);
-#   2. the throughput benchmark on CUDA in bf16-mixed at SmolLM2-135M's shape, against TRL
-#      (benchmarks/throughput.py --device cuda);
-#   3. benchmarks/step_profile.py on a variable-length step, ours (packed; also without cuDNN attention)
-#      and TRL's: where the time goes;
-#   4. scripts/gpu_check.sh: real runs of src/run.py (trainer=gpu) on a SmolLM2-135M-shaped model with
-#      random weights (scripts/smollm2_shape.py; its speed and memory are SmolLM2's, its losses not).
-# Environment: PARTS (default "tests bench profile gpu_check": which parts to run), PY (default python3),
-# OUT (default outputs/gpu_device_check), SMOLLM2 (a folder from
-# `python scripts/smollm2_shape.py export DIR`, default .gpu/smollm2_shape), WHEELS (a folder of wheels to
-# install to /tmp/site first, for a host whose python has torch but not the rest; default .whl).
-# Writes env.log, tests.log, bench.log, bench.json, profile.log, gpu_check.log and gpu_check_runs.log to $OUT; exits 1
-# when any part failed.
+# The one prepared script for a lent GPU machine (issue 31): under 8 minutes of device time, everything
+# written to $OUT with the command that made it. Phases, in order, each with its own time limit:
+#   env    nvidia-smi, torch/transformers/lightning/trl versions, flash-attn / liger / triton present?
+#   small  SmolLM2-135M shape (random weights, benchmarks/synthetic.py: no download), bf16-mixed, fixed and
+#          variable lengths, DPO and SimPO: ours (dpo, simpo, dpo+cache) vs `trl` and `trl-best`
+#          (benchmarks/throughput.py: ms/step with 95% intervals, peak memory, MFU; trl-best's rows say
+#          which of TRL's settings it ran with and which this machine refused, and why)
+#   big    Mistral-7B shape (7.24B parameters, random weights built on the GPU, bf16 weights, AdamW),
+#          2 pairs x 2048 tokens (prompt 512 + response 1536), a few steps of DPO with our cached
+#          reference (dpo+cache) vs trl-best DPO (precompute_ref_log_probs) and SimPO vs trl-best
+#          (CPOTrainer loss_type=simpo); one configuration at a time (--sequential)
+#   sweep  16 sort runs (model=tiny, trainer=gpu) with hydra/launcher=joblib hydra.launcher.n_jobs=1, 4, 8
+#          on one GPU (CUDA_VISIBLE_DEVICES pins every worker to it); study wall time per K in sweep.txt
+#   optional (PARTS="... tests profile"): tests/test_cuda.py; benchmarks/step_profile.py
+#
+#   bash scripts/gpu_device_check.sh             # on the GPU machine (OUT set by the device tool)
+#   bash scripts/gpu_device_check.sh --dry-run   # on a CPU: every phase at toy size (tiny/mistral-toy
+#                                                # models, 1-2 steps, 4 sort runs with 1 and 2 jobs),
+#                                                # the same code paths except CUDA-only ones (said so)
+# Environment: OUT (default outputs/gpu_device_check), PY (default python3; .venv/bin/python in a dry
+# run), PARTS (default "env small big sweep"), BUDGET (seconds for all phases, default 450 = 7.5 min),
+# LIMIT_ENV / LIMIT_SMALL / LIMIT_BIG / LIMIT_SWEEP (each phase's limit), WHEELS (a folder of wheels to
+# install to /tmp/site first, default .whl). Writes <phase>.cmd (the command), <phase>.log, small.json,
+# big.json, sweep.txt and summary.txt to $OUT; exits 1 when any phase failed or was cut off.
+# Tested by tests/test_trl_best.py (bash -n; the dry run, marked slow).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
+DRY=0
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY=1 ;;
+    -h|--help) sed -n 2,28p "$0"; exit 0 ;;
+    *) echo "gpu_device_check: unknown argument '$arg' (only --dry-run)" >&2; exit 2 ;;
+  esac
+done
+if [ "$DRY" = 1 ] && [ -x .venv/bin/python ]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
 OUT=${OUT:-outputs/gpu_device_check}
-SMOLLM2=${SMOLLM2:-.gpu/smollm2_shape}
 WHEELS=${WHEELS:-.whl}
+PARTS=${PARTS:-env small big sweep}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
@@ -29,52 +46,118 @@ if compgen -G "$WHEELS/*.whl" > /dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+
+# ---- the timing budget: every phase has a limit; a phase never runs past what is left of BUDGET
+BUDGET=${BUDGET:-450}          # 7.5 min of phases: the device tool's start and transfers take the rest of 8
+LIMIT_ENV=${LIMIT_ENV:-20}
+LIMIT_SMALL=${LIMIT_SMALL:-170}
+LIMIT_BIG=${LIMIT_BIG:-170}
+LIMIT_SWEEP=${LIMIT_SWEEP:-90}
+MIN_PHASE=15                   # a phase with less than this left is skipped, said so
+if [ "$DRY" = 1 ]; then        # a CPU rehearsal: same phases, toy sizes; generous limits on a shared CPU
+  BUDGET=${DRY_BUDGET:-900}; LIMIT_ENV=60; LIMIT_SMALL=420; LIMIT_BIG=240; LIMIT_SWEEP=300
+fi
 failed=0
-part() {  # part NAME SECONDS COMMAND...: runs with a time limit, its output in $OUT/NAME.log
+: > "$OUT/summary.txt"
+note() { echo "$*" | tee -a "$OUT/summary.txt"; }
+cuda_only() { note "   skipped on the CPU (CUDA only): $*"; }
+phase() {  # phase NAME LIMIT COMMAND...: the command in $OUT/NAME.cmd, its output in $OUT/NAME.log
   local name=$1 limit=$2; shift 2
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -lt "$MIN_PHASE" ]; then
+    note "== $name: skipped, ${left}s of the ${BUDGET}s budget left"; failed=1; return 1
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  printf '%q ' "$@" > "$OUT/$name.cmd"; echo >> "$OUT/$name.cmd"
+  note "== $name (limit ${limit}s; ${SECONDS}s of ${BUDGET}s used): $(cat "$OUT/$name.cmd")"
   local start=$SECONDS
-  echo "== $name (limit ${limit}s)"
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
-  echo "   $name: exit $rc after $((SECONDS - start))s"
+  note "   $name: exit $rc after $((SECONDS - start))s$([ "$rc" = 124 ] && echo ' (cut off at its limit)')"
   [ "$rc" = 0 ] || failed=1
+  return "$rc"
 }
+want() { [[ " $PARTS " == *" $1 "* ]]; }
 
-{ nvidia-smi -L; "$PY" -c "import torch, transformers, lightning, trl
-print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))
-print('transformers', transformers.__version__, 'lightning', lightning.__version__, 'trl', trl.__version__)"
-} > "$OUT/env.log" 2>&1
-cat "$OUT/env.log"
+if [ "$DRY" = 1 ]; then
+  note "gpu_device_check --dry-run: CPU rehearsal at toy size (PY=$PY, OUT=$OUT)"
+  DEVICE=(--device cpu); SMALL_MODEL=tiny; SMALL_PREC=32-true; SMALL_BATCH=4; BIG_MODEL=mistral-toy; BIG_FIXED=24,40
+  SMALL_STEPS=(--warmup 1 --rounds 3 --steps 1 --memory-steps 1); BIG_STEPS=(--warmup 1 --rounds 3 --steps 1)
+  BIG_PREC=bf16-true; SWEEP_RUNS=4; SWEEP_JOBS="1 2"; SWEEP_STEPS=2; SWEEP_TRAINER="trainer=cpu threads=1"
+  cuda_only "nvidia-smi; flash attention, Liger kernels and TRL's completion-only log-prob kernel in trl-best"
+else
+  DEVICE=(--device cuda); SMALL_MODEL=smollm2-shape; SMALL_PREC=bf16-mixed; SMALL_BATCH=16; BIG_MODEL=mistral7b-shape
+  BIG_FIXED=512,1536; SMALL_STEPS=(--warmup 2 --rounds 4 --steps 5); BIG_STEPS=(--warmup 1 --rounds 3 --steps 1)
+  BIG_PREC=bf16-true; SWEEP_RUNS=16; SWEEP_JOBS="1 4 8"; SWEEP_STEPS=${SWEEP_STEPS:-30}
+  SWEEP_TRAINER="trainer=gpu"
+  export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}  # the sweep's joblib workers all on GPU 0
+fi
 
-want() { [[ " ${PARTS:-tests bench profile gpu_check} " == *" $1 "* ]]; }
+env_report() {
+  if [ "$DRY" = 0 ]; then nvidia-smi -L; nvidia-smi --query-gpu=name,memory.total --format=csv; fi
+  "$PY" - <<'EOF'
+import importlib.util, torch, transformers, lightning, trl
+print("torch", torch.__version__, "cuda", torch.version.cuda,
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+print("transformers", transformers.__version__, "lightning", lightning.__version__, "trl", trl.__version__)
+for name in ("flash_attn", "flash_attn_interface", "liger_kernel", "triton", "kernels"):
+    print(f"{name}: {'present' if importlib.util.find_spec(name) else 'absent'}")
+EOF
+}
+export DRY PY OUT SWEEP_RUNS SWEEP_JOBS SWEEP_STEPS SWEEP_TRAINER
+export -f env_report
+want env && { phase env "$LIMIT_ENV" bash -c env_report; cat "$OUT/env.log"; }
 
-want tests && part tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py -s
-want tests && tail -3 "$OUT/tests.log"
+if want small; then
+  phase small "$LIMIT_SMALL" "$PY" benchmarks/throughput.py "${DEVICE[@]}" --precision "$SMALL_PREC" \
+    --models "$SMALL_MODEL" --lengths fixed,variable --batch-size "$SMALL_BATCH" --losses dpo,simpo,dpo+cache \
+    --impls trl,trl-best "${SMALL_STEPS[@]}" --memory-from-timed --json "$OUT/small.json"
+  sed -n '/^model /,$p' "$OUT/small.log"
+fi
 
-want bench && part bench "${BENCH_LIMIT:-240}" "$PY" benchmarks/throughput.py --device cuda --precision bf16-mixed \
-  --models smollm2-shape --lengths variable,fixed --batch-size 16 --pack off \
-  --losses dpo,dpo+pack,simpo,simpo+pack,dpo+cache+pack --impls trl,trl-tuned --rounds 4 --steps 5 \
-  --json "$OUT/bench.json"
-want bench && sed -n '/^model /,$p' "$OUT/bench.log"
+if want big; then
+  phase big "$LIMIT_BIG" "$PY" benchmarks/throughput.py "${DEVICE[@]}" --precision "$BIG_PREC" \
+    --models "$BIG_MODEL" --lengths fixed --fixed "$BIG_FIXED" --batch-size 2 --losses dpo+cache,simpo \
+    --impls trl-best --sequential --memory-from-timed "${BIG_STEPS[@]}" --memory-steps 1 --json "$OUT/big.json"
+  sed -n '/^model /,$p' "$OUT/big.log"
+fi
 
-profiles() {  # PROFILE_DEVICE / PROFILE_MODEL: for a dry run on a CPU
-  set -o pipefail
-  for spec in "ours dpo+pack" "trl dpo" "ours dpo+pack --no-cudnn-attention"; do
-    read -r impl loss flag <<< "$spec"
-    echo "==== $impl $loss ${flag:-} variable lengths, batch 16"
-    "$PY" benchmarks/step_profile.py --device "${PROFILE_DEVICE:-cuda}" --model "${PROFILE_MODEL:-smollm2-shape}" \
-      --impl "$impl" --loss "$loss" --lengths variable --batch-size 16 --rows 30 ${flag:-} 2>&1 \
-      | grep -v "^USDT" | sed -n '/Self CPU %/,$p' || return 1
+sweep() {  # 16 sort runs at each K jobs; the task's SFT policy and pairs are built once first (not timed)
+  local data=(data=sort data.source.n_sft=3000 data.source.sft_steps=150 data.source.n_pair_prompts=300
+              data.source.n_eval_prompts=48)
+  local trainer; read -r -a trainer <<< "$SWEEP_TRAINER"
+  local run=(model=tiny "${trainer[@]}" "${data[@]}" loss=dpo trainer.max_steps="$SWEEP_STEPS"
+             checkpoint.enabled=false logger=none)
+  "$PY" src/run.py "${run[@]}" seed=0 trainer.max_steps=2 hydra.run.dir="$OUT/sweep/warm" || return 1
+  local base=""
+  for k in $SWEEP_JOBS; do
+    local start end wall
+    start=$(date +%s.%N)
+    "$PY" src/run.py -m "${run[@]}" "seed=range(0,$SWEEP_RUNS)" hydra/launcher=joblib \
+      hydra.launcher.n_jobs="$k" hydra.sweep.dir="$OUT/sweep/jobs$k" > "$OUT/sweep/jobs$k.log" 2>&1 || {
+        tail -20 "$OUT/sweep/jobs$k.log"; return 1; }
+    end=$(date +%s.%N)
+    wall=$("$PY" -c "print(f'{$end - $start:.2f}')")
+    [ -z "$base" ] && base=$wall
+    "$PY" -c "print(f'jobs $k: $SWEEP_RUNS runs in {$wall:.1f} s ({60 * $SWEEP_RUNS / $wall:.2f} runs/min), '
+               f'{$base / $wall:.2f}x the study speed of jobs ${SWEEP_JOBS%% *}')" | tee -a "$OUT/sweep.txt"
   done
 }
-export -f profiles
-export PY
-want profile && part profile 150 bash -c profiles
-want gpu_check || exit "$failed"
+if want sweep; then
+  : > "$OUT/sweep.txt"; mkdir -p "$OUT/sweep"
+  export -f sweep
+  phase sweep "$LIMIT_SWEEP" bash -c sweep
+  cat "$OUT/sweep.txt"
+fi
 
-"$PY" scripts/smollm2_shape.py build "$SMOLLM2" /tmp/smollm2_shape > /dev/null 2>&1 || failed=1
-part gpu_check "${CHECK_LIMIT:-200}" env PY="$PY" OUT=/tmp/gpu_check STEPS="${STEPS:-100}" \
-  LOSSES="${LOSSES:-dpo simpo rmipo}" RUN_ARGS="model.path=/tmp/smollm2_shape" bash scripts/gpu_check.sh
-cat "$OUT/gpu_check.log"
-for log in /tmp/gpu_check/*.log; do echo "== $log"; grep -v "^\s*$" "$log" | tail -25; done > "$OUT/gpu_check_runs.log" 2>&1
+# ---- optional parts (not in the default PARTS: they do not fit the 8 minutes with the above)
+if want tests; then
+  if [ "$DRY" = 1 ]; then cuda_only "tests/test_cuda.py"
+  else phase tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py; tail -3 "$OUT/tests.log"; fi
+fi
+if want profile; then
+  phase profile 150 "$PY" benchmarks/step_profile.py "${DEVICE[@]}" --model "$SMALL_MODEL" --impl ours \
+    --loss dpo+pack --lengths variable --batch-size 16 --rows 30
+fi
+note "done in ${SECONDS}s of ${BUDGET}s; $([ "$failed" = 0 ] && echo 'every phase passed' || echo 'some phase failed or was cut off')"
 exit "$failed"
