@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs six short sort configurations (DPO, RMiPO with each marginal, SimPO, IPO with a live reference,
-# DPO+LoRA) from a checkout, so a refactor can be checked to leave every metric unchanged:
+# Runs seven short sort configurations (DPO, RMiPO with each marginal, SimPO, IPO with a live reference,
+# DPO+LoRA, DPO packed) from a checkout, so a refactor can be checked to leave every metric unchanged:
 #   scripts/same_numbers.sh <old checkout> /tmp/old && scripts/same_numbers.sh . /tmp/new
 #   .venv/bin/python scripts/compare_runs.py /tmp/old /tmp/new      # exit 1 if any metric differs
 # Both checkouts run with this checkout's .venv and share one artifact cache (PREFOPT_CACHE).
@@ -15,3 +15,4 @@ run rmipo_ref loss=rmipo loss.beta=2.0 loss.marginal=reference optim.lr=1e-4 tra
 run simpo loss=simpo loss.beta=2.0 optim.lr=1e-4 trainer.max_steps=60
 run ipo_live loss=ipo loss.beta=1.0 optim.lr=1e-4 trainer.max_steps=60 logp_cache=false
 run dpo_lora loss=dpo loss.beta=1.0 optim.lr=1e-4 trainer.max_steps=30 model.lora.r=8
+run packed loss=dpo loss.beta=1.0 optim.lr=1e-4 trainer.max_steps=60 data.pack=true

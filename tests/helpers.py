@@ -15,6 +15,15 @@ def tiny_model(seed: int = 0, layers: int = 1):
                       intermediate_size=64, max_position_embeddings=64, seed=seed)
 
 
+def optim(**settings):
+    """PreferenceModule's `optimizer` and `scheduler` keywords: conf/train.yaml's AdamW and warmup + cosine with
+    `settings` (lr, warmup_ratio, ...) changed, e.g. `PreferenceModule(model, loss, **optim(lr=1e-2))`."""
+    from prefopt.train.optim import default_factories
+
+    optimizer, scheduler = default_factories(**settings)
+    return {"optimizer": optimizer, "scheduler": scheduler}
+
+
 def pair_batch(pairs):
     """Collate [(prompt, chosen, rejected), ...] token lists by hand into the module's batch layout."""
     rows = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]

@@ -22,11 +22,17 @@ from prefopt.store import cache
 from prefopt.store.cache import DONE_MARKER, artifact_counts, artifact_problem, cached_dir
 from prefopt.data.errors import DataError
 from prefopt.data.formats import load_rows
+from prefopt.models.choose import choose_start
 from prefopt.errors import CacheError
 from prefopt.tasks.base import load_pairs_split
 
 ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = {"weights.bin": bytes(range(256)) * 64, "meta.json": b'{"n_pairs": 3}'}
+
+
+def build_for(task, model_cfg, cache_root):
+    """`task.build` with the start a run would choose for `model_cfg` (prefopt.config.plan chooses it once)."""
+    return task.build(choose_start(model_cfg, task), model_cfg, cache_root)
 
 
 def builder(calls):
@@ -194,7 +200,7 @@ def small_sort():
 
 @pytest.mark.parametrize("target,how", [("sort_sft/model.safetensors", "garbage"), ("sort_pairs/pairs.jsonl", "cut")])
 def test_sort_task_rebuilds_damaged_weights_and_pairs(tmp_path, capsys, target, how):
-    first = small_sort().build(TINY, tmp_path)
+    first = build_for(small_sort(), TINY, tmp_path)
     kind, name = target.split("/")
     path = next((tmp_path / kind).glob(f"*/{name}"))
     if how == "cut":  # at a line boundary: still valid JSON lines, half the pairs
@@ -203,7 +209,7 @@ def test_sort_task_rebuilds_damaged_weights_and_pairs(tmp_path, capsys, target, 
     else:
         damage(path, how)
     cache._verified.clear()
-    again = small_sort().build(TINY, tmp_path)
+    again = build_for(small_sort(), TINY, tmp_path)
     assert f"{path}" in capsys.readouterr().err
     assert again.train_rows == first.train_rows and again.eval_rows == first.eval_rows
     assert artifact_problem(path.parent) is None

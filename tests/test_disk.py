@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import PAIRS, collated, tiny_model
+from helpers import PAIRS, collated, tiny_model, optim
 from prefopt.store import disk
 from prefopt.train.checkpointing import TRIMMED, checkpoints_at_once
 from prefopt.losses import DPOLoss
@@ -127,7 +127,7 @@ def test_resume_counts_only_what_is_new(tmp_path, monkeypatch, capsys):
 
 def lora_module(seed: int) -> PreferenceModule:
     torch.manual_seed(seed)  # a different adapter initialisation per seed
-    return PreferenceModule(apply_lora(tiny_model(), LORA), DPOLoss(beta=0.1), lr=1e-3)
+    return PreferenceModule(apply_lora(tiny_model(), LORA), DPOLoss(beta=0.1), **optim(lr=1e-3))
 
 
 def test_lora_checkpoint_holds_adapters_and_loads_strictly():
@@ -153,7 +153,7 @@ def test_lora_checkpoint_holds_adapters_and_loads_strictly():
 
 
 def test_full_checkpoint_is_untouched():
-    module = PreferenceModule(tiny_model(), DPOLoss(beta=0.1), lr=1e-3)
+    module = PreferenceModule(tiny_model(), DPOLoss(beta=0.1), **optim(lr=1e-3))
     checkpoint = {"state_dict": module.state_dict()}
     policy_keys = {k for k in checkpoint["state_dict"] if k.startswith("policy.")}
     module.on_save_checkpoint(checkpoint)  # drops the reference copy, keeps every policy weight

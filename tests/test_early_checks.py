@@ -1,4 +1,4 @@
-"""Config mistakes first (prefopt.run.steps.starting_choice): a model.path that is neither a local folder nor
+"""Config mistakes first (prefopt.config.run_plan.starting_choice): a model.path that is neither a local folder nor
 a cached or reachable hub id stops the run in one line before the task builds any data."""
 
 import pytest

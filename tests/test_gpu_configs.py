@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from helpers import PAIRS, collated, tiny_model
+from helpers import PAIRS, collated, optim, tiny_model
 from prefopt.train.clipping import GradientClipper, clip_gradients
 from prefopt.errors import ConfigError
 from prefopt.losses import SimPOLoss
@@ -49,7 +49,7 @@ class NormProbe(Callback):
 def train_three_steps(cfg, tmp_path, fused: bool = True, batch=None):
     """Three optimizer steps of SimPO on the tiny model with `cfg.trainer` (on `batch`, default the
     padded rows of PAIRS); returns the pieces to check."""
-    module = PreferenceModule(tiny_model(), SimPOLoss(beta=10.0), lr=1e-3, warmup_ratio=0.0)
+    module = PreferenceModule(tiny_model(), SimPOLoss(beta=10.0), **optim(lr=1e-3, warmup_ratio=0.0))
     if not fused:  # DeepSpeed's optimizer is the per-tensor AdamW
         module._fused_adam = lambda params: False
     start = {k: v.clone() for k, v in module.policy.state_dict().items()}

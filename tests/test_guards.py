@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from helpers import PAIRS, pair_batch, tiny_model
+from helpers import PAIRS, optim, pair_batch, tiny_model
 from prefopt.errors import TrainingDiverged
 from prefopt.train.guards import FiniteGuard
 from prefopt.losses import SimPOLoss
@@ -33,7 +33,7 @@ class InjectNaN(L.Callback):
 
 @pytest.mark.slow
 def test_nan_loss_stops_at_its_step_and_saves_last_good(tmp_path):
-    module = PreferenceModule(tiny_model(), SimPOLoss(), lr=1e-3)
+    module = PreferenceModule(tiny_model(), SimPOLoss(), **optim(lr=1e-3))
     trainer = L.Trainer(max_steps=6, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, callbacks=[InjectNaN(3), FiniteGuard(tmp_path)])
     with pytest.raises(TrainingDiverged, match=r"non-finite loss \(nan\) at step 4.*last-good.ckpt"):
@@ -45,7 +45,7 @@ def test_nan_loss_stops_at_its_step_and_saves_last_good(tmp_path):
 
 @pytest.mark.slow
 def test_nan_gradient_is_caught():
-    module = PreferenceModule(tiny_model(), SimPOLoss(), lr=1e-3)
+    module = PreferenceModule(tiny_model(), SimPOLoss(), **optim(lr=1e-3))
 
     class PoisonGrad(L.Callback):
         def on_after_backward(self, trainer, pl_module):
@@ -126,7 +126,7 @@ def test_resume_from_last_good_with_half_the_lr_follows_the_new_schedule(tmp_pat
     run_dir = tmp_path / "it's a run"  # the command must paste as it is
     schedule = dict(warmup_ratio=0.0, min_lr_ratio=0.0)  # lr(s) = peak · ½(1 + cos(π s / 8)), 8 steps
     with pytest.raises(TrainingDiverged) as stop:
-        fit(NaNLossAt(tiny_model(), SimPOLoss(), lr=1e-3, **schedule),
+        fit(NaNLossAt(tiny_model(), SimPOLoss(), **optim(lr=1e-3, **schedule)),
             [FiniteGuard(run_dir / "checkpoints", overrides=["loss=simpo", "optim.lr=1e-3"])])
     ckpt = run_dir / "checkpoints" / "last-good.ckpt"
     message = str(stop.value)
@@ -137,7 +137,7 @@ def test_resume_from_last_good_with_half_the_lr_follows_the_new_schedule(tmp_pat
                     f"ckpt_path='{ckpt.parent}/last-good.ckpt'".replace("it's", "it\\'s"), "optim.lr=0.0005"]
 
     rates = LearningRates()
-    trainer = fit(PreferenceModule(tiny_model(), SimPOLoss(), lr=5e-4, **schedule), [rates], ckpt_path=str(ckpt))
+    trainer = fit(PreferenceModule(tiny_model(), SimPOLoss(), **optim(lr=5e-4, **schedule)), [rates], ckpt_path=str(ckpt))
     assert trainer.global_step == 8 and min(rates.used) == 3  # steps 4-8 (0-based 3-7) were trained again
     # step 3 runs at 5e-4 · ½(1 + cos(3π/8)) = 5e-4 · 0.691342 = 3.45671e-4 (the old peak would give twice that)
     assert rates.used[3] == pytest.approx([3.45671e-4] * 2, rel=1e-5)

@@ -308,7 +308,7 @@ def test_the_judge_group_composes_and_checks_its_keys(rm_dir):
 
     from prefopt.config.components import ConfigError
     from prefopt.config.validate import config_problems
-    from prefopt.run.steps import eval_judge
+    from prefopt.config.run_plan import eval_judge
 
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
         default = compose(config_name="train", overrides=["data=sort"])

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from helpers import PAIRS, pair_batch, tiny_model
+from helpers import PAIRS, optim, pair_batch, tiny_model
 from prefopt.train.logp_cache import weights_fingerprint
 from prefopt.train.logps import response_logps
 from prefopt.losses import DPOLoss, RMiPOLoss
@@ -30,7 +30,7 @@ def logits(model, batch):
 
 def test_lora_trains_only_adapters_and_the_disabled_pass_is_the_base_model():
     base = tiny_model()
-    module = PreferenceModule(lora_model(), DPOLoss(beta=0.5), lr=1e-2, warmup_ratio=0.0)
+    module = PreferenceModule(lora_model(), DPOLoss(beta=0.5), **optim(lr=1e-2, warmup_ratio=0.0))
     assert is_lora(module.policy) and module.reference is None and module.frozen.adapters
     before = {k: v.clone() for k, v in module.policy.state_dict().items()}
     batch = pair_batch(PAIRS)

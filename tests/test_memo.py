@@ -15,7 +15,7 @@ class CountingSource:
     def __init__(self, fail=False):
         self.builds, self.fail = 0, fail
 
-    def build(self, model_cfg, cache_root):
+    def build(self, start, model_cfg, cache_root):
         self.builds += 1
         if self.fail:
             raise RuntimeError("broken task")
@@ -32,13 +32,13 @@ def fresh():
 
 def test_artifacts_built_once_and_each_run_gets_its_own_copy(tmp_path):
     source, cfg, model = CountingSource(), OmegaConf.create({"n": 1}), OmegaConf.create({"name": "tiny"})
-    first = memo.task_artifacts(source, cfg, model, tmp_path)
+    first = memo.task_artifacts(source, cfg, None, model, tmp_path)
     first.train_rows.append({"prompt": "x"})  # a run that mutates what it got
     first.info["task/n"]["pairs"] = 99
-    second = memo.task_artifacts(source, cfg, model, tmp_path)
+    second = memo.task_artifacts(source, cfg, None, model, tmp_path)
     assert source.builds == 1 and memo.stats["artifacts_hits"] == 1
     assert len(second.train_rows) == 1 and second.info == {"task/n": {"pairs": 1}}
-    memo.task_artifacts(source, OmegaConf.create({"n": 2}), model, tmp_path)  # other settings: built again
+    memo.task_artifacts(source, OmegaConf.create({"n": 2}), None, model, tmp_path)  # other settings: built again
     assert source.builds == 2
 
 
@@ -46,7 +46,7 @@ def test_a_failed_build_is_not_kept(tmp_path):
     source = CountingSource(fail=True)
     for _ in range(2):
         with pytest.raises(RuntimeError, match="broken task"):
-            memo.task_artifacts(source, {"n": 1}, {}, tmp_path)
+            memo.task_artifacts(source, {"n": 1}, None, {}, tmp_path)
     assert source.builds == 2
 
 
@@ -54,10 +54,10 @@ def test_an_edited_data_file_is_read_again(tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("{}\n")
     source, cfg = CountingSource(), {"path": str(data)}
-    memo.task_artifacts(source, cfg, {}, tmp_path)
+    memo.task_artifacts(source, cfg, None, {}, tmp_path)
     data.write_text("{}\n{}\n")
     os.utime(data, ns=(1, 10**18))
-    memo.task_artifacts(source, cfg, {}, tmp_path)
+    memo.task_artifacts(source, cfg, None, {}, tmp_path)
     assert source.builds == 2
 
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from helpers import PAIRS, collated, pair_batch, tiny_model
+from helpers import PAIRS, collated, pair_batch, tiny_model, optim
 from prefopt.losses import DPOLoss, IPOLoss, RMiPOLoss, SimPOLoss
-from prefopt.train.module import PreferenceModule, warmup_cosine
+from prefopt.train.module import PreferenceModule
+from prefopt.train.optim import warmup_cosine
 
 LOSSES = {
     "dpo": lambda: DPOLoss(beta=0.1),
@@ -22,7 +23,7 @@ LOSSES = {
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_training_changes_policy_not_reference(name):
     torch.manual_seed(0)
-    module = PreferenceModule(tiny_model(), LOSSES[name](), lr=1e-2, warmup_ratio=0.0)
+    module = PreferenceModule(tiny_model(), LOSSES[name](), **optim(lr=1e-2, warmup_ratio=0.0))
     before = {k: v.clone() for k, v in module.policy.state_dict().items()}
     ref_before = None if module.reference is None else {k: v.clone() for k, v in module.reference.state_dict().items()}
     batches = [pair_batch(PAIRS)] * 4
@@ -181,7 +182,7 @@ def test_shared_prompt_training_matches_full_rows():
     """Four DPO steps with each prompt run once end at the weights of four steps on full rows."""
     weights = []
     for share in (True, False):
-        module = PreferenceModule(tiny_model(), DPOLoss(), lr=1e-2, warmup_ratio=0.0, share_prompt=share)
+        module = PreferenceModule(tiny_model(), DPOLoss(), **optim(lr=1e-2, warmup_ratio=0.0), share_prompt=share)
         assert module.frozen.shares_prompt() is share
         batch = collated(PAIRS)
         trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -206,11 +207,11 @@ def test_no_shared_prompt_under_activation_checkpointing_or_a_sharded_strategy()
 
 def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():
     """The fused kernel on CPU; one step moves the weights as the default implementation does."""
-    module = PreferenceModule(tiny_model(), SimPOLoss(), lr=1e-2, warmup_ratio=0.0)
+    module = PreferenceModule(tiny_model(), SimPOLoss(), **optim(lr=1e-2, warmup_ratio=0.0))
     module._trainer = type("T", (), {"estimated_stepping_batches": 10, "strategy": object()})()
     opt = module.configure_optimizers()["optimizer"]
     assert opt.defaults["fused"] is True
-    loop = PreferenceModule(tiny_model(), SimPOLoss(), lr=1e-2, warmup_ratio=0.0)
+    loop = PreferenceModule(tiny_model(), SimPOLoss(), **optim(lr=1e-2, warmup_ratio=0.0))
     reference = torch.optim.AdamW(loop.policy.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
     for m, o in ((module, opt), (loop, reference)):
         m.loss_fn(m.pair_logps(pair_batch(PAIRS))).losses.mean().backward()
@@ -251,7 +252,7 @@ def test_validation_metrics_are_batch_size_weighted_epoch_means():
     assert EpochMeans().means() == {}
 
     torch.manual_seed(0)
-    module = PreferenceModule(tiny_model(), SimPOLoss(beta=2.0), lr=1e-2, warmup_ratio=0.0)  # DPO starts at log 2 everywhere
+    module = PreferenceModule(tiny_model(), SimPOLoss(beta=2.0), **optim(lr=1e-2, warmup_ratio=0.0))  # DPO starts at log 2 everywhere
     big, small = pair_batch(PAIRS), pair_batch(PAIRS[:1])
     with torch.no_grad():
         per_batch = [module.loss_fn(module.pair_logps(b, "eval")).losses.mean().item() for b in (big, small)]

@@ -10,7 +10,7 @@ import torch
 import transformers
 from torch.utils.data import DataLoader
 
-from helpers import BOS, EOS, FAMILIES, PAD, PAIRS, VARIABLE, VOCAB, assert_same_gradients, family_model, tiny_model
+from helpers import BOS, EOS, FAMILIES, PAD, PAIRS, VARIABLE, VOCAB, assert_same_gradients, family_model, tiny_model, optim
 from prefopt.data.collate import PairCollator, packed_layout, row_length, token_counts
 from prefopt.train import logps as logps_file
 from prefopt.train.logps import pair_batch_logps, packing_problem
@@ -186,7 +186,7 @@ def test_training_steps_on_the_packed_layouts_change_the_policy(layout, monkeypa
     real = getattr(owner, name)
     monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     torch.manual_seed(0)
-    module = PreferenceModule(tiny_model(), DPOLoss(beta=0.1), lr=1e-2, warmup_ratio=0.0)
+    module = PreferenceModule(tiny_model(), DPOLoss(beta=0.1), **optim(lr=1e-2, warmup_ratio=0.0))
     before = {k: v.clone() for k, v in module.policy.state_dict().items()}
     trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu")

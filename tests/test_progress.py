@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from helpers import PAIRS, collated, tiny_model
+from helpers import PAIRS, collated, tiny_model, optim
 from prefopt.errors import ConfigError
 from prefopt.losses.controls import SimPOAnnealedLoss
 from prefopt.train.module import PreferenceModule
@@ -25,7 +25,7 @@ class RecordingAnneal(SimPOAnnealedLoss):
 def fit(batches: int, **trainer_args) -> tuple[PreferenceModule, L.Trainer]:
     loss = RecordingAnneal(beta=2.0, gamma_beta_ratio=1.6, gamma_beta_ratio_end=0.3)
     loss.seen = []
-    module = PreferenceModule(tiny_model(), loss, lr=1e-3)
+    module = PreferenceModule(tiny_model(), loss, **optim(lr=1e-3))
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, **trainer_args)
     trainer.fit(module, train_dataloaders=DataLoader([collated(PAIRS)] * batches, batch_size=None))

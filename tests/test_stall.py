@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from helpers import PAIRS, pair_batch, tiny_model
+from helpers import PAIRS, optim, pair_batch, tiny_model
 from prefopt.losses import DPOLoss, IPOLoss, SimPOLoss
 from prefopt.train.module import PreferenceModule
 from prefopt.train.stall import LossStallWarning, stall_message
@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 
 def train(loss, lr, max_steps, accumulate=1, **watch):
-    module = PreferenceModule(tiny_model(), loss, lr=lr, warmup_ratio=0.0)
+    module = PreferenceModule(tiny_model(), loss, **optim(lr=lr, warmup_ratio=0.0))
     trainer = L.Trainer(max_steps=max_steps, accumulate_grad_batches=accumulate, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                         callbacks=[LossStallWarning(**watch)])

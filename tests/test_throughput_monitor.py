@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 from torch.utils.data import DataLoader
 
-from helpers import PAIRS, collated, tiny_model
+from helpers import PAIRS, collated, optim, tiny_model
 from prefopt.losses import SimPOLoss
 from prefopt.train.module import PreferenceModule
 from prefopt.train.perf import ThroughputMonitor
@@ -21,7 +21,7 @@ class SlowValidation(PreferenceModule):
 
 
 def test_the_clock_leaves_out_warm_up_and_validation():
-    module = SlowValidation(tiny_model(), SimPOLoss(beta=2.0), lr=1e-3, warmup_ratio=0.0)
+    module = SlowValidation(tiny_model(), SimPOLoss(beta=2.0), **optim(lr=1e-3, warmup_ratio=0.0))
     monitor = ThroughputMonitor(warmup=2)
     batch = collated(PAIRS)
     trainer = L.Trainer(accelerator="cpu", max_steps=8, val_check_interval=4, logger=False,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from helpers import BOS, EOS, FAMILIES, PAD, VARIABLE, assert_same_gradients, family_model, tiny_model
+from helpers import BOS, EOS, FAMILIES, PAD, VARIABLE, assert_same_gradients, family_model, tiny_model, optim
 from prefopt.data.collate import PairCollator, token_counts, tree_layout
 from prefopt.train import tree as tree_file
 from prefopt.train.logps import pair_batch_logps
@@ -161,7 +161,7 @@ def test_the_gpu_trainer_config_trains_on_the_tree_rows(tmp_path, monkeypatch):
     real = tree_file.tree_logps
     monkeypatch.setattr(tree_file, "tree_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
     torch.manual_seed(0)
-    module = PreferenceModule(tiny_model(), SimPOLoss(beta=10.0), lr=1e-3, warmup_ratio=0.0)
+    module = PreferenceModule(tiny_model(), SimPOLoss(beta=10.0), **optim(lr=1e-3, warmup_ratio=0.0))
     start = {k: v.clone() for k, v in module.policy.state_dict().items()}
     trainer = build_trainer(cfg, tmp_path, [], "test", model=module.policy)
     trainer.fit(module, train_dataloaders=DataLoader([collate(VARIABLE)] * 3, batch_size=None))

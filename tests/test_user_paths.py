@@ -15,7 +15,8 @@ from hydra import compose, initialize_config_dir
 
 from prefopt.errors import ConfigError
 from prefopt.models.load import ModelLoadError, load_pretrained, looks_like_hub_id
-from prefopt.config.validate import check_required
+from prefopt.config.components import raise_problems
+from prefopt.config.validate import missing_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,10 +25,10 @@ def test_unset_mandatory_value_is_named():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["data=jsonl"])
     with pytest.raises(ConfigError) as err:
-        check_required(cfg)  # data.source.path interpolates it: OmegaConf would fail there, with a traceback
+        raise_problems(missing_problems(cfg))  # data.source.path interpolates it: OmegaConf would fail there, with a traceback
     assert str(err.value) == "data.path is required and has no value: add data.path=... to the command"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        check_required(compose(config_name="train", overrides=["data=jsonl", "data.path=pairs.jsonl"]))
+        assert missing_problems(compose(config_name="train", overrides=["data=jsonl", "data.path=pairs.jsonl"])) == []
 
 
 @pytest.mark.slow

@@ -112,7 +112,7 @@ def test_once_the_rest_composes_the_loss_and_trainer_values_join_the_message():
     from test_config import CONF
 
     found = precheck_problems(["loss=dpoo", "+optim.foo=1", "loss.beta=-1", "trainer.max_steps=0"], CONF)
-    assert found[0].startswith("loss=dpoo is not a config of the `loss` group; available: dpo, ipo, rmipo")
+    assert found[0].startswith("loss=dpoo is not a config of the `loss` group; available: betadpo, cpo, dpo, ipo, orpo")
     assert found[1].startswith("optim.foo is not a setting of the `optim` group")
     assert "trainer.max_steps=0 is not allowed" in found[2] and "beta=-1 is not allowed" in found[3]
     assert len(found) == 4

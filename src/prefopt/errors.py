@@ -18,6 +18,10 @@ class CacheError(RuntimeError):
     the message names the file or folder and what to do."""
 
 
+class ModelLoadError(RuntimeError):
+    """A policy could not be loaded; the message says what to set instead (raised by prefopt.models)."""
+
+
 class ResumeMismatch(ConfigError):
     """`ckpt_path` names a checkpoint saved by a different run (config, data or tokenizer), or none
     exists: the message names what differs."""

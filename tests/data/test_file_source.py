@@ -20,9 +20,9 @@ def test_holds_out_a_seeded_fraction(tmp_path):
     f = write(tmp_path, 40, extra=[{"prompt": "x", "chosen": "same", "rejected": "same"}])
     src = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=3)
     assert isinstance(src, Task)
-    art = src.build(None, tmp_path / "cache")
-    again = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=3).build(None, tmp_path)
-    other = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=4).build(None, tmp_path)
+    art = src.build(None, None, tmp_path / "cache")
+    again = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=3).build(None, None, tmp_path)
+    other = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=4).build(None, None, tmp_path)
     assert len(art.train_rows) == 36 and len(art.eval_rows) == 4
     assert art.eval_rows == again.eval_rows and art.eval_rows != other.eval_rows
     prompts = sorted(r["prompt"] for r in art.train_rows + art.eval_rows)
@@ -57,7 +57,7 @@ def test_eval_split_and_corpus(tmp_path):
     datasets.DatasetDict({"train_prefs": split(0, 5), "test_prefs": split(10, 13)}).save_to_disk(str(tmp_path / "uf"))
     src = PreferenceFileSource(path=str(tmp_path / "uf"), split="train_prefs", eval_split="test_prefs", max_rows=4,
                                max_eval_rows=2)
-    art = src.build(None, tmp_path)
+    art = src.build(None, None, tmp_path)
     assert len(art.train_rows) == 4 and len(art.eval_rows) == 2
     assert art.eval_rows[0]["prompt"] == [{"role": "user", "content": "q10"}]
     texts = list(art.corpus())
@@ -69,12 +69,12 @@ def test_eval_split_and_corpus(tmp_path):
 
 def test_pin_reads_the_same_rows_and_split_after_rows_are_appended(tmp_path):
     f = write(tmp_path, 40)
-    art = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=3).build(None, tmp_path)
+    art = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=3).build(None, None, tmp_path)
     with f.open("a") as fh:
         fh.write("".join(json.dumps({"prompt": f"new{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(9)))
-    grown = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=3).build(None, tmp_path)
+    grown = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=3).build(None, None, tmp_path)
     assert len(grown.train_rows) + len(grown.eval_rows) == 49 and grown.eval_rows != art.eval_rows
-    pinned = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=3, **art.info["pin"]).build(None, tmp_path)
+    pinned = PreferenceFileSource(path=str(f), eval_fraction=0.1, seed=3, **art.info["pin"]).build(None, None, tmp_path)
     assert (pinned.train_rows, pinned.eval_rows) == (art.train_rows, art.eval_rows)
     assert pinned.info["pin"] == {"max_rows": 40}
     assert list(pinned.corpus()) == list(art.corpus())  # the text a tiny model's tokenizer is trained on

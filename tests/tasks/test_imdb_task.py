@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
 import prefopt.tasks.imdb as imdb_module
+from prefopt.models.choose import choose_start
 from prefopt.errors import ConfigError
 from prefopt.models.load import build_tiny
 from prefopt.tasks.imdb import ImdbTask
@@ -22,6 +23,11 @@ SMALL = dict(n_classifier=600, n_classifier_test=200, classifier_windows=2, n_sf
                                                                  "intermediate_size": 32})
 
 
+def build_for(task, model_cfg, cache_root):
+    """`task.build` with the start a run would choose for `model_cfg` (prefopt.config.plan chooses it once)."""
+    return task.build(choose_start(model_cfg, task), model_cfg, cache_root)
+
+
 def no_rebuild(monkeypatch, *names):
     def fail(*args, **kwargs):
         raise AssertionError("rebuilt a cached artifact")
@@ -33,7 +39,7 @@ def no_rebuild(monkeypatch, *names):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("imdb-cache")
-    return root, ImdbTask(**SMALL).build(TINY, root)
+    return root, build_for(ImdbTask(**SMALL), TINY, root)
 
 
 def test_build_returns_pairs_prompts_and_oracle(built):
@@ -71,14 +77,14 @@ def test_eval_prompts_come_from_held_out_reviews(built):
 def test_cache_hit_rebuilds_nothing(built, monkeypatch):
     root, art = built
     no_rebuild(monkeypatch, "train_classifier", "build_bpe_tokenizer", "train_causal_lm", "sample")
-    again = ImdbTask(**SMALL).build(TINY, root)
+    again = build_for(ImdbTask(**SMALL), TINY, root)
     assert again.train_rows == art.train_rows and again.policy == art.policy
 
 
 def test_changing_pair_settings_keeps_reward_tokenizer_and_policy(built, monkeypatch):
     root, art = built
     no_rebuild(monkeypatch, "train_classifier", "build_bpe_tokenizer", "train_causal_lm")
-    other = ImdbTask(**{**SMALL, "samples_per_prompt": 2}).build(TINY, root)
+    other = build_for(ImdbTask(**{**SMALL, "samples_per_prompt": 2}), TINY, root)
     assert other.policy == art.policy and other.info["imdb/pairs_key"] != art.info["imdb/pairs_key"]
     assert other.info["imdb/n_pairs"] <= 40
 
@@ -86,7 +92,7 @@ def test_changing_pair_settings_keeps_reward_tokenizer_and_policy(built, monkeyp
 def test_changing_sft_steps_keeps_reward_and_tokenizer(built, monkeypatch):
     root, art = built
     no_rebuild(monkeypatch, "train_classifier", "build_bpe_tokenizer")
-    other = ImdbTask(**{**SMALL, "sft_steps": 10}).build(TINY, root)
+    other = build_for(ImdbTask(**{**SMALL, "sft_steps": 10}), TINY, root)
     assert other.policy != art.policy and other.info["imdb/reward_key"] == art.info["imdb/reward_key"]
 
 
@@ -105,7 +111,7 @@ def test_pretrained_model_route_samples_pairs_without_sft(built, monkeypatch, tm
     monkeypatch.setattr(imdb_module, "load_start", fake_load_start)
     no_rebuild(monkeypatch, "train_classifier", "build_bpe_tokenizer", "train_causal_lm")
     cfg = OmegaConf.create({"name": "smollm2_135m", "path": None, "gguf": {"package": "p", "file": "f.gguf"}})
-    other = ImdbTask(**SMALL).build(cfg, root)
+    other = build_for(ImdbTask(**SMALL), cfg, root)
     assert calls == [("gguf", "smollm2_135m", None)] and other.policy is None and other.train_rows
     assert "imdb/sft_key" not in other.info
 
@@ -114,7 +120,7 @@ def test_bad_settings_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"data.source.n_pair_prompts=100000 asks for more reviews"):
         ImdbTask(n_pair_prompts=100_000).pair_prompts()
     with pytest.raises(ConfigError, match=r"max_position_embeddings=16 is shorter than data.source.sft_seq_len=32"):
-        ImdbTask(**{**SMALL, "architecture": {"max_position_embeddings": 16}}).build(TINY, tmp_path)  # builds nothing
+        build_for(ImdbTask(**{**SMALL, "architecture": {"max_position_embeddings": 16}}), TINY, tmp_path)  # builds nothing
     with pytest.raises(ValueError, match="samples_per_prompt must be at least 2"):
         ImdbTask(samples_per_prompt=1)
     with pytest.raises(ValueError, match="prompt_min_words"):

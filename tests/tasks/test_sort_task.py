@@ -18,6 +18,11 @@ TINY = {"name": "tiny", "tiny": {"hidden_size": 16, "num_hidden_layers": 1, "num
                                  "intermediate_size": 32, "max_position_embeddings": 64}}
 
 
+def build_for(task, model_cfg, cache_root):
+    """`task.build` with the start a run would choose for `model_cfg` (prefopt.config.plan chooses it once)."""
+    return task.build(choose_start(model_cfg, task), model_cfg, cache_root)
+
+
 def test_tokenizer_round_trip(tmp_path):
     tok = build_sort_tokenizer()
     assert len(tok) == 15
@@ -69,7 +74,7 @@ def test_model_config_must_be_tiny():
 def test_build_small_then_cache_hit(tmp_path, monkeypatch):
     task = SortTask(n_sft=300, sft_steps=30, sft_batch_size=32, n_pair_prompts=40, samples_per_prompt=3,
                     n_eval_prompts=8, eval_fraction=0.25, max_new_tokens=14, seed=1)
-    art = task.build(TINY, tmp_path)
+    art = build_for(task, TINY, tmp_path)
     rows = art.train_rows + art.eval_rows
     assert rows and art.eval_rows and art.train_rows
     for row in rows:
@@ -90,6 +95,6 @@ def test_build_small_then_cache_hit(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sort_module, "train_causal_lm", fail)
     monkeypatch.setattr(sort_module, "sample", fail)
-    again = SortTask(n_sft=300, sft_steps=30, sft_batch_size=32, n_pair_prompts=40, samples_per_prompt=3,
-                     n_eval_prompts=8, eval_fraction=0.25, max_new_tokens=14, seed=1).build(TINY, tmp_path)
+    again = build_for(SortTask(n_sft=300, sft_steps=30, sft_batch_size=32, n_pair_prompts=40, samples_per_prompt=3,
+                     n_eval_prompts=8, eval_fraction=0.25, max_new_tokens=14, seed=1), TINY, tmp_path)
     assert again.train_rows == art.train_rows and again.policy == art.policy

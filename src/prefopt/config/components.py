@@ -3,8 +3,8 @@
 `build_component(cfg.loss, "loss")` imports the `_target_` class, checks every key against the
 constructor's arguments (each unknown key names the valid ones), then constructs it, turning a
 constructor's ValueError into a `ConfigError` that names the config key; the constructor is the
-component's schema. `precheck_group_overrides` checks `loss.<key>=` command-line overrides before Hydra
-composes. `raise_problems` turns a list of problems into one ConfigError, one line each. Used by
+component's schema. `group_override_problems` checks `loss.<key>=` command-line overrides before Hydra
+composes (through `prefopt.config.validate.precheck_problems`). `raise_problems` turns a list of problems into one ConfigError, one line each. Used by
 `src/run.py`, `prefopt.config.validate` and `prefopt.run.steps`; exercised by `pytest tests/test_config.py`.
 """
 
@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from prefopt.errors import ConfigError
 
 __all__ = ["ConfigError", "build_component", "check_keys", "component_problems", "constructor_keys", "default_option",
-           "group_override_problems", "precheck_group_overrides", "raise_problems"]
+           "group_override_problems", "raise_problems"]
 
 
 def raise_problems(problems: list[str]) -> None:
@@ -77,12 +77,15 @@ def build_component(node: DictConfig, group: str, **overrides: Any) -> Any:
         raise ConfigError(f"{group}: {err}") from None
 
 
-def component_problems(node: DictConfig, group: str) -> list[str]:
-    """What `build_component` would refuse, as lines: every unknown key, else the constructor's complaint."""
+def component_problems(node: DictConfig, group: str, built: dict[str, Any] | None = None) -> list[str]:
+    """What `build_component` would refuse, as lines: every unknown key, else the constructor's complaint.
+    The component, when it builds, goes into `built[group]` (so a run constructs it once: prefopt.config.plan)."""
     try:
         problems = unknown_keys(node, group)
         if not problems:
-            build_component(node, group)
+            component = build_component(node, group)
+            if built is not None:
+                built[group] = component
     except ConfigError as err:  # no `_target_`, one that cannot be imported, or a value the constructor refuses
         return [str(err)]
     return problems
@@ -141,7 +144,3 @@ def group_override_problems(argv: list[str], conf_dir: str | Path, group: str, d
                 problems.setdefault(key, f"{key} is not a setting of {group}={option}; {keys}")
     return list(problems.values())
 
-
-def precheck_group_overrides(argv: list[str], conf_dir: str | Path, group: str, default: str | None = None) -> None:
-    """Raise one ConfigError listing `group_override_problems`."""
-    raise_problems(group_override_problems(argv, conf_dir, group, default))

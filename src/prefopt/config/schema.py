@@ -1,7 +1,7 @@
 """The schema of every plain config group: which keys exist, their types and their allowed ranges.
 
-One dataclass per group (top level, data, model, optim, eval, checkpoint, logger, paths), registered in
-Hydra's ConfigStore as `schema/<group>`. A field's annotation is its type (`Optional[...]`: null is
+One dataclass per group (top level, data, model, optim, eval, checkpoint, logger, paths), listed in
+`GROUPS`. A field's annotation is its type (`Optional[...]`: null is
 allowed); `setting(...)` adds its range (`gt`/`ge`/`lt`/`le`), its `choices`, a list's `length`, or an
 odd `check`; the sentence a user reads ("an integer > 0") is derived from them by `describe`. `advised`
 is softer: the usual (low, high) of a value, outside which the run starts with a warning
@@ -145,15 +145,6 @@ class RunSchema:
 GROUPS: dict[str, type] = {"": RunSchema, "data": DataSchema, "model": ModelSchema, "optim": OptimSchema,
                            "eval": EvalSchema, "checkpoint": CheckpointSchema, "logger": LoggerSchema,
                            "paths": PathsSchema}
-
-
-def register() -> None:
-    """Store each group's schema in Hydra's ConfigStore as `schema/<group>` (`schema/run` for the top level)."""
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    for group, schema in GROUPS.items():
-        store.store(group="schema", name=group or "run", node=schema)
 
 
 # ------------------------------------------------------------------------------- reading a field's spec

@@ -11,7 +11,6 @@ preflight). On the command line, before Hydra composes, `precheck_problems` (cal
 collects every problem at once: overrides of keys no plain group or the chosen loss has and group
 options that do not exist (which would stop Hydra at the first), values the schema refuses
 (`override_problems`), and, when the rest of the command composes, the composed config's own problems.
-`check_required` (unset values only) is the same check of `???` values on its own.
 Exercised by `pytest tests/test_validate.py tests/test_schema.py`.
 """
 
@@ -98,30 +97,34 @@ def _length_problems(data: dict[str, Any]) -> list[str]:
     return []
 
 
-def _optim_problems(cfg: DictConfig) -> list[str]:
+def _optim_problems(cfg: DictConfig, built: dict[str, Any] | None = None) -> list[str]:
     from prefopt.train.optim import optim_factories
 
     try:
-        optim_factories(cfg.optim)
+        factories = optim_factories(cfg.optim)
     except ConfigError as err:
         return [str(err)]
+    if built is not None:
+        built["optim"] = factories
     return []
 
 
-def _components(cfg: DictConfig, tree: dict[str, Any]) -> list[str]:
-    """The `_target_` components, each against its constructor (skipped while a value is unresolved)."""
+def _components(cfg: DictConfig, tree: dict[str, Any], built: dict[str, Any] | None = None) -> list[str]:
+    """The `_target_` components, each against its constructor (skipped while a value is unresolved); what
+    builds goes into `built` ("loss", "data.source", "optim": the (optimizer, scheduler) factories)."""
     problems, data = [], cfg.get("data") or {}
     for group, node, values in (("loss", cfg.get("loss"), tree.get("loss")),
                                 ("data.source", data.get("source"), (tree.get("data") or {}).get("source"))):
         if isinstance(node, DictConfig) and _resolved(values):
-            problems += component_problems(node, group)
+            problems += component_problems(node, group, built)
     if isinstance(cfg.get("optim"), DictConfig) and _resolved(tree.get("optim")):
-        problems += _optim_problems(cfg)
+        problems += _optim_problems(cfg, built)
     return problems
 
 
-def config_problems(cfg: DictConfig) -> list[str]:
-    """Every problem of the config, one line each: unset values, then the groups in the config's order."""
+def config_problems(cfg: DictConfig, built: dict[str, Any] | None = None) -> list[str]:
+    """Every problem of the config, one line each: unset values, then the groups in the config's order.
+    The components constructed to check them go into `built` (see `_components`)."""
     problems = missing_problems(cfg)
     tree = {key: _plain(cfg, key) for key in cfg.keys()}
     problems += schema_problems(tree, RunSchema)
@@ -129,16 +132,19 @@ def config_problems(cfg: DictConfig) -> list[str]:
         problems += trainer_problems(tree["trainer"])
     if isinstance(tree.get("data"), dict):
         problems += _length_problems(tree["data"])
-    return problems + _components(cfg, tree)
+    return problems + _components(cfg, tree, built)
 
 
-def validate_config(cfg: DictConfig) -> None:
+def validate_config(cfg: DictConfig) -> dict[str, Any]:
     """Raise one ConfigError listing every unset mandatory value, unknown key, wrong type and out-of-range
     value of the config (plain groups, trainer and `_target_` components); then warn, one line each, of
-    the values outside their usual range (`advice`)."""
-    raise_problems(config_problems(cfg))
+    the values outside their usual range (`advice`). Returns the components it constructed to check them
+    ("loss", "data.source", "optim"), which `prefopt.config.plan` keeps."""
+    built: dict[str, Any] = {}
+    raise_problems(config_problems(cfg, built))
     for line in advice(cfg):
         log.warning(line)
+    return built
 
 
 def _outside(key: str, value: Any, span: tuple[float, float], whose: str) -> list[str]:
@@ -193,12 +199,6 @@ def missing_problems(cfg: DictConfig) -> list[str]:
     """One line per mandatory value (`???` in its yaml, e.g. data.path of data=jsonl) left unset."""
     missing = sorted(_missing(OmegaConf.to_container(cfg, resolve=False)))
     return [f"{key} is required and has no value: add {key}=... to the command" for key in missing]
-
-
-def check_required(cfg: DictConfig) -> None:
-    """Unset mandatory values named, one line each, before anything resolves the config (which would fail
-    with OmegaConf's traceback)."""
-    raise_problems(missing_problems(cfg))
 
 
 def _groups(conf_dir: Path) -> dict[str, Path]:

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 
 from prefopt.data.errors import DataError
 from prefopt.data.formats import load_preference_rows
-from prefopt.tasks.base import Task, TaskArtifacts
+from prefopt.contracts.task import Task, TaskArtifacts
 
 
 def row_texts(rows: list[dict]) -> Iterator[str]:
@@ -64,7 +64,7 @@ class PreferenceFileSource(Task):
         self.eval_fraction, self.max_rows, self.max_eval_rows, self.seed = eval_fraction, max_rows, max_eval_rows, seed
         self.strict = strict
 
-    def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
+    def build(self, start: Any, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
         rows, drops = load_preference_rows(self.path, self.split, self.max_rows, self.strict)
         drops = {"train": drops}
         pin = {"max_rows": len(rows) + sum(drops["train"].values())}  # raw rows read: the first ones

@@ -23,7 +23,7 @@ from prefopt.store.cache import cached_dir, fingerprint
 from prefopt.errors import CacheError
 from prefopt.eval.evaluate import start_side
 from prefopt.log import get_logger
-from prefopt.train.logp_cache import weights_fingerprint
+from prefopt.contracts.fingerprints import weights_fingerprint
 
 log = get_logger()
 FORMAT_VERSION = 1

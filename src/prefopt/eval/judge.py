@@ -1,7 +1,7 @@
 """The judge of a run's answers: one interface for whatever scores (prompt, response) pairs at evaluation.
 
 `conf/judge/` picks one (`judge=oracle|reward_model|none`), a `_target_` component built by
-`prefopt.run.steps.eval_judge`:
+`prefopt.config.run_plan.eval_judge`:
 - `OracleJudge` (`judge=oracle`, the default): the task's own gold reward (sort: correctness and length;
   imdb: the sentiment classifier). Its metrics keep their names: eval/oracle_reward, eval/win_rate, ...
   On data with no oracle (data=jsonl, ultrafeedback) it scores nothing, as judge=none;

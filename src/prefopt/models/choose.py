@@ -1,39 +1,24 @@
 """Which policy a run starts from: the one place that reads the model config against the task's needs.
 
 The model config says what to load (`model.path`, `model.gguf` or a `model.tiny` architecture); a task
-declares in `Task.needs` (a `prefopt.tasks.base.StartNeeds`) whether it builds its own tokenizer and SFT
+declares in `Task.needs` (a `prefopt.contracts.StartNeeds`) whether it builds its own tokenizer and SFT
 start for a tiny model, whether a pretrained model can start it, and which architecture keys it sets.
-`choose_start` turns the two into a `Start`; a model the task cannot start from is one ConfigError line
-naming model=..., data=... and what would work. The task's build (whether to train its SFT start) and the
+`choose_start` turns the two into a `Start` (prefopt.contracts), once per run (`prefopt.config.plan`); a model the task cannot start from is one ConfigError line
+naming model=..., data=... and what would work. The task's build (which receives the `Start`) and the
 run (`prefopt.run.steps.start_loader`, through `prefopt.models.load.load_start`) both follow it.
 Exercised by `pytest tests/tasks/test_choose.py`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from prefopt.errors import ConfigError
-from prefopt.tasks.base import StartNeeds
+from prefopt.errors import ConfigError, ModelLoadError
+from prefopt.contracts.task import Start, StartNeeds
 
 PRETRAINED = ("path", "gguf")  # in order of precedence when a model config sets both
-
-
-@dataclass(frozen=True)
-class Start:
-    """What the run starts from.
-
-    kind: "task" (the SFT model the task builds, from scratch with `architecture`), "path" (`model.path`:
-        a HF folder or hub id), "gguf" (`model.gguf`, converted once) or "tiny" (a fresh tiny model of
-        `architecture` with a tokenizer trained on the data's text).
-    architecture: `build_tiny` settings for "task" and "tiny" (model.tiny with the task's keys over it).
-    """
-
-    kind: str
-    architecture: Optional[dict[str, Any]] = None
 
 
 def _plain(node: Any) -> dict[str, Any]:
@@ -69,7 +54,5 @@ def choose_start(model_cfg: Any, task: Any = None) -> Start:
     if tiny and not pretrained:
         return Start("task" if needs.builds_start else "tiny", {**_plain(tiny), **needs.architecture})
     if needs.takes_pretrained:  # neither a pretrained model nor a tiny architecture
-        from prefopt.models.load import ModelLoadError
-
         raise ModelLoadError("The model config sets none of model.path, model.gguf or model.tiny.")
     raise ConfigError(_mismatch(model_cfg, task, pretrained))

@@ -26,7 +26,9 @@ from transformers import (
 )
 
 from prefopt.log import get_logger
-from prefopt.models.choose import Start, choose_start
+from prefopt.contracts.task import Start
+from prefopt.errors import ModelLoadError  # noqa: F401 (re-exported: raised here)
+from prefopt.models.choose import choose_start
 from prefopt.store.cache import cached_dir, fingerprint
 
 log = get_logger()
@@ -64,10 +66,6 @@ def build_tiny(
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, as on the Hugging Face hub
-
-
-class ModelLoadError(RuntimeError):
-    """A policy could not be loaded; the message says what to set instead."""
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -15,11 +15,8 @@ from typing import Any
 
 import torch
 
+from prefopt.contracts.predicates import is_lora  # noqa: F401 (re-exported)
 from prefopt.errors import ConfigError
-
-
-def is_lora(model: torch.nn.Module) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
 def apply_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:

@@ -3,8 +3,8 @@
 The file is written atomically (temp file + fsync + rename, prefopt.store.atomic) so a reader never sees
 half of it; a failed write (a full disk) removes the temp file, says so on stderr together with what it
 could not record (the run's own error, stage, traceback and metrics: the real cause is never lost) and
-exits 1 (tests/test_preflight.py, tests/test_late_failures.py). The contract is in DESIGN.md;
-`src/analyze.py` and resumable sweeps read it.
+exits 1 (tests/test_preflight.py, tests/test_late_failures.py). Its keys are a contract users rely on
+(README.md, "What a run writes"); `src/analyze.py` and resumable sweeps read it.
 """
 
 from __future__ import annotations

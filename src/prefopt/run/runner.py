@@ -25,6 +25,7 @@ from prefopt.config.components import ConfigError
 from prefopt.train.loggers import sweep_group
 from prefopt.run.results import ResultsNotWritten, write_results
 from prefopt.run.steps import RunOutcome
+from prefopt.config.run_plan import RunPlan, plan
 from prefopt.config.validate import validate_config
 
 log = get_logger()
@@ -62,19 +63,20 @@ def print_summary(metrics: dict[str, float], output_dir: Path) -> None:
                         f"policy:  {output_dir / 'model'}", ""]), extra=PLAIN)
 
 
-def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, outcome: RunOutcome) -> dict[str, float]:
-    """The run itself, step by step (prefopt/run/steps.py); what it records goes into `outcome` (the stage
-    running, the metrics so far), so the caller can clean up and record also when a step fails."""
-    loss, source, optim = steps.check_and_seed(cfg)
-    start = steps.starting_choice(cfg, source)  # the task's own SFT start, model.path, model.gguf or a tiny model
-    judge = steps.eval_judge(cfg)  # conf/judge/: a judge.path that cannot work stops before the task builds
-    artifacts = steps.task_artifacts(cfg, source, outcome)
-    judges = steps.run_judges(cfg, judge, artifacts, outcome)  # the task's oracle, another judge, both or none
-    load_start = steps.start_loader(cfg, start, artifacts)
+def train_and_evaluate(cfg: DictConfig, plan: RunPlan, output_dir: Path, group: str,
+                       outcome: RunOutcome) -> dict[str, float]:
+    """The run itself, step by step (prefopt/run/steps.py), from its plan (prefopt.config.plan: the loss, the
+    task source, the optimizer factories, the start and the judge, constructed once); what it records goes
+    into `outcome` (the stage running, the metrics so far), so the caller can clean up and record also
+    when a step fails."""
+    steps.seed(cfg)
+    artifacts = steps.task_artifacts(cfg, plan, outcome)
+    judges = steps.run_judges(cfg, plan.judge, artifacts, outcome)  # the task's oracle, another judge, both or none
+    load_start = steps.start_loader(cfg, plan.start, artifacts)
     policy, tokenizer = steps.policy_to_train(cfg, load_start)
     data = steps.preference_data(cfg, artifacts, tokenizer, outcome)
-    module = steps.preference_module(cfg, policy, loss, optim)
-    trainer = steps.trainer_for(cfg, output_dir, group, loss, policy, data, tokenizer, outcome)
+    module = steps.preference_module(cfg, policy, plan)
+    trainer = steps.trainer_for(cfg, output_dir, group, plan.loss, policy, data, tokenizer, outcome)
     outcome.stage = "training"
     metrics = outcome.metrics = steps.fit(cfg, trainer, module, data, output_dir, outcome)  # also train_metrics.json
     outcome.stage = "gather"
@@ -94,7 +96,7 @@ def train_and_evaluate(cfg: DictConfig, output_dir: Path, group: str, outcome: R
                                                   outcome, answers))
     if cfg.eval.get("generate") and artifacts.eval_rows:
         outcome.stage = "generations"
-        steps.export_generations(cfg, artifacts, trained, tokenizer, loss.name, output_dir, outcome)
+        steps.export_generations(cfg, artifacts, trained, tokenizer, plan.loss.name, output_dir, outcome)
     outcome.stage = "export"
     steps.log_and_save(cfg, trainer, metrics, trained, tokenizer, output_dir, outcome)
     return metrics
@@ -224,11 +226,12 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
     outcome = RunOutcome(interrupts=InterruptGuard(bool(cfg.checkpoint.enabled)).install())
     record = dict(config=OmegaConf.to_container(cfg, resolve=False), seed=cfg.seed)
     try:
-        validate_config(cfg)  # every problem of the config in one message, one line each, before anything loads
+        built = validate_config(cfg)  # every problem of the config in one message, one line each, before anything loads
         record["config"] = OmegaConf.to_container(cfg, resolve=True)
         _announce_tuned(cfg, outcome)
         outcome.ckpt_path = preflight(cfg, output_dir)  # the cache, and what ckpt_path resumes
-        metrics = train_and_evaluate(cfg, output_dir, group, outcome)
+        run_plan = plan(cfg, outcome.ckpt_path, built)  # the components validation built, the start, the judge
+        metrics = train_and_evaluate(cfg, run_plan, output_dir, group, outcome)
         if env_rank() == 0:
             _record_completed(output_dir, metrics, outcome, started, record)
         return metrics

@@ -1,9 +1,9 @@
 """The steps of one training run, in the order `prefopt.run.runner.train_and_evaluate` calls them.
 
-Each step is a function that returns what the next one needs: the checked loss, task source and optimizer
-factories, the choice of starting policy (`prefopt.models.choose`), the task's artifacts, the policy, the
-data, the module, the trainer, the fit's metrics, the trained policy, the judges (checked before the task
-builds: `eval_judge`; given the task: `run_judges`), the oracle evaluation, a second judge's evaluation, the
+Each step takes the run's `RunPlan` (`prefopt.config.plan`: the loss, task source, optimizer factories,
+starting choice and judge, each constructed once) or returns what the next one needs: the seeding, the
+task's artifacts (built from `plan.start`), the policy, the data, the module, the trainer, the fit's
+metrics, the trained policy, the judges (given the task: `run_judges`), the oracle evaluation, a second judge's evaluation, the
 generation export and the save. What the run records (info for results.json, sample texts, the loggers to finish, the
 stage running and the metrics so far) collects in a `RunOutcome`, which the caller keeps also when a step
 fails. The fit's metrics are written to `<run dir>/train_metrics.json` as soon as training ends; a resume
@@ -26,8 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefopt.log import PLAIN, get_logger
 from prefopt.store import memo
-from prefopt.config.components import build_component
-from prefopt.train.optim import optim_factories
+from prefopt.config.run_plan import RunPlan
 
 StartLoader = Callable[[], tuple[torch.nn.Module, Any]]
 log = get_logger()
@@ -67,49 +66,31 @@ def print_data_summary(source_drops: dict | None, stats: dict[str, Any]) -> None
              f"dropped: {dropped}")
 
 
-def check_and_seed(cfg: DictConfig) -> tuple[Any, Any, tuple[Any, Any]]:
-    """Build the loss, the task source and the optimizer and scheduler factories from the config the
-    runner has validated (before any model loads: a bad value costs seconds), then seed everything."""
+def seed(cfg: DictConfig) -> None:
+    """Quiet Lightning's banners, set the torch threads, then seed everything (after the plan is built)."""
     import lightning as L
 
     from prefopt.train.progress import quiet_lightning
 
     quiet_lightning()
     torch.set_num_threads(int(cfg.threads))
-    loss = build_component(cfg.loss, "loss")
-    source = build_component(cfg.data.source, "data.source")
-    optim = optim_factories(cfg.optim)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    return loss, source, optim
 
 
-def task_artifacts(cfg: DictConfig, source: Any, outcome: RunOutcome) -> Any:
-    """The task's rows, oracle, prompts and starting-policy source (built once per sweep worker). A resume
-    whose checkpoint records the source's `pin` reads the data as that run did (prefopt.train.resume)."""
-    from prefopt.train.resume import check_pin, recorded_pin
+def task_artifacts(cfg: DictConfig, plan: RunPlan, outcome: RunOutcome) -> Any:
+    """The task's rows, oracle, prompts and starting-policy source, built from the plan's start (once per
+    sweep worker). A resume whose checkpoint records the source's `pin` reads the data as that run did
+    (the plan's source is built with it: prefopt.train.resume)."""
+    from prefopt.train.resume import check_pin
 
-    source_cfg, pin = cfg.data.source, recorded_pin(outcome.ckpt_path)
+    source_cfg, pin = cfg.data.source, plan.pin
     if pin:
-        source = build_component(cfg.data.source, "data.source", **pin)
         source_cfg = {**OmegaConf.to_container(cfg.data.source, resolve=True), **pin}
-    artifacts = memo.task_artifacts(source, source_cfg, cfg.model, Path(cfg.paths.cache_dir))
+    artifacts = memo.task_artifacts(plan.source, source_cfg, plan.start, cfg.model, Path(cfg.paths.cache_dir))
     if pin:
-        check_pin(pin, artifacts.info.get("pin"), outcome.ckpt_path)
+        check_pin(pin, artifacts.info.get("pin"), plan.ckpt_path)
     outcome.info.update(artifacts.info)
     return artifacts
-
-
-def starting_choice(cfg: DictConfig, source: Any) -> Any:
-    """Which policy the run starts from: `prefopt.models.choose.choose_start` reads the model config against
-    the task's `needs`. A model the task cannot start from stops here, in one line naming model= and data=,
-    before anything is built or loaded."""
-    from prefopt.models.choose import choose_start
-    from prefopt.models.load import check_reachable
-
-    start = choose_start(cfg.model, source)
-    if start.kind == "path":  # a model that cannot be loaded stops before the task builds its data
-        check_reachable(str(cfg.model.path))
-    return start
 
 
 def start_loader(cfg: DictConfig, start: Any, artifacts: Any) -> StartLoader:
@@ -174,13 +155,12 @@ def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: Ru
     return data
 
 
-def preference_module(cfg: DictConfig, policy: torch.nn.Module, loss: Any, optim: tuple[Any, Any]) -> Any:
-    """The LightningModule: the policy, the loss and the (optimizer, scheduler) factories of `cfg.optim`."""
+def preference_module(cfg: DictConfig, policy: torch.nn.Module, plan: RunPlan) -> Any:
+    """The LightningModule: the policy, the plan's loss and (optimizer, scheduler) factories."""
     from prefopt.train.module import PreferenceModule
 
-    optimizer, scheduler = optim
-    return PreferenceModule(policy, loss, share_prompt=cfg.get("share_prompt", "auto"), optimizer=optimizer,
-                            scheduler=scheduler)
+    return PreferenceModule(policy, plan.loss, share_prompt=cfg.get("share_prompt", "auto"),
+                            optimizer=plan.optimizer, scheduler=plan.scheduler)
 
 
 def trainer_for(cfg: DictConfig, output_dir: Path, group: str, loss: Any, policy: torch.nn.Module, data: Any,
@@ -280,7 +260,8 @@ def recorded_train_metrics(output_dir: Path, step: int) -> dict[str, float]:
 def trained_policy(cfg: DictConfig, trainer: Any, module: Any, load_start: StartLoader) -> torch.nn.Module | None:
     """The trained policy, whole, on rank 0 (FSDP / ZeRO-3: gathered from every rank and rebuilt);
     None on the other data-parallel ranks, which take part in the gather only."""
-    from prefopt.train.gather import full_policy_state, is_sharded, rebuild_policy
+    from prefopt.contracts.predicates import is_sharded
+    from prefopt.train.gather import full_policy_state, rebuild_policy
     from prefopt.models.setup import prepare_for_training
 
     gathered = full_policy_state(trainer) if is_sharded(trainer.strategy) else None  # every rank takes part
@@ -297,7 +278,7 @@ def starting_policy(trained: torch.nn.Module, module: Any, load_start: StartLoad
     """(model, context) of the untrained policy for the evaluation: a LoRA policy itself with its adapters
     disabled, the frozen reference if the module kept a usable one, else loaded again, so training never
     holds it."""
-    from prefopt.models.setup import is_lora
+    from prefopt.contracts.predicates import is_lora
     from prefopt.train.frozen import frozen_copy
 
     if is_lora(trained):
@@ -305,18 +286,6 @@ def starting_policy(trained: torch.nn.Module, module: Any, load_start: StartLoad
     if module.reference is not None and trained is module.policy:
         return module.reference, None
     return frozen_copy(load_start()[0]), None
-
-
-def eval_judge(cfg: DictConfig) -> Any:
-    """The evaluation's judge (conf/judge/: oracle, reward_model, none), built and checked before the task
-    builds its data: a judge.path that does not exist, is no sequence-classification model, has several
-    outputs without judge.output_index or holds no tokenizer stops here in one line (config.json and the
-    tokenizer are read, not weights). A config without `judge` (older runs) has the oracle."""
-    from prefopt.eval.judge import OracleJudge
-
-    judge = build_component(cfg.judge, "judge") if cfg.get("judge") is not None else OracleJudge()
-    judge.check()
-    return judge
 
 
 def run_judges(cfg: DictConfig, judge: Any, artifacts: Any, outcome: RunOutcome) -> Any:

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from prefopt.contracts.fingerprints import fingerprint  # noqa: F401 (re-exported: the caches' keys)
 from prefopt.errors import CacheError
 from prefopt.log import get_logger
 from prefopt.store.lockfile import holder, open_lock, try_lock, write_holder
@@ -51,14 +52,6 @@ new_hash = _new_hash  # a fresh hash object of HASH_NAME (prefopt.train.ckpt_io 
 def configure(lock_timeout_s: float | None = None) -> None:
     """Process-wide settings (the runner passes `paths.lock_timeout_s`; None or <= 0 waits forever)."""
     _settings["lock_timeout_s"] = float(lock_timeout_s) if lock_timeout_s and lock_timeout_s > 0 else float("inf")
-
-
-def fingerprint(*parts: Any, length: int = 16) -> str:
-    """A stable hex digest of JSON-able parts (dicts are key-sorted; other objects via str)."""
-    digest = hashlib.sha256()  # the JSON text hashed in pieces: a 1 GB corpus is never one string (same digest)
-    for chunk in json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":")).iterencode(parts):
-        digest.update(chunk.encode())
-    return digest.hexdigest()[:length]
 
 
 def file_fingerprint(path: str | os.PathLike, length: int = 16) -> str:

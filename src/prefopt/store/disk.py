@@ -26,7 +26,7 @@ import torch
 from prefopt.train.checkpointing import checkpoints_at_once
 from prefopt.errors import ConfigError
 from prefopt.log import PLAIN, get_logger
-from prefopt.models.setup import is_lora
+from prefopt.contracts.predicates import is_lora, is_sharded
 
 log = get_logger()
 CACHE_BYTES_PER_PAIR = 96  # reference + marginal tables: float32 log-prob and int64 count per response
@@ -129,7 +129,7 @@ def describe(est: DiskEstimate) -> str:
 
 def check(est: DiskEstimate, output_dir: Path, cache_dir: Path) -> str:
     """Raise DiskSpaceError when a folder's filesystem has less free space than the run needs there;
-    returns the one-line summary the runner prints. Two folders on one filesystem add up."""
+    returns the one-line summary `check_disk_space` prints. Two folders on one filesystem add up."""
     out, cache = _existing(output_dir), _existing(cache_dir)
     same = same_filesystem(out, cache)
     needs = [(output_dir, out, est.output_bytes + (est.cache_bytes if same else 0), describe(est))]
@@ -148,10 +148,9 @@ def check(est: DiskEstimate, output_dir: Path, cache_dir: Path) -> str:
 
 def check_disk_space(cfg: Any, trainer: Any, policy: torch.nn.Module, output_dir: Path, cache_dir: Path,
                      train_pairs: int, eval_pairs: int = 0, resuming: bool = False) -> None:
-    """The runner's call: estimate from the trainer and policy, check, print the summary on rank 0. A
+    """`prefopt.run.steps.fit`'s call, just before fit: estimate from the trainer and policy, check, print the summary on rank 0. A
     resume (`resuming`) subtracts the checkpoints already in `output_dir/checkpoints`; a fresh start does
     not (it neither restores their rotation nor removes them)."""
-    from prefopt.train.gather import is_sharded
 
     zero3 = is_sharded(trainer.strategy) and "DeepSpeed" in type(trainer.strategy).__name__
     steps = total_steps(trainer, train_pairs, int(cfg.data.batch_size))

@@ -67,12 +67,13 @@ def _copy_artifacts(artifacts: Any) -> Any:
     )
 
 
-def task_artifacts(source: Any, source_cfg: Any, model_cfg: Any, cache_root: Path) -> Any:
-    """`source.build(model_cfg, cache_root)`, once per process for the same settings."""
+def task_artifacts(source: Any, source_cfg: Any, start: Any, model_cfg: Any, cache_root: Path) -> Any:
+    """`source.build(start, model_cfg, cache_root)`, once per process for the same settings (`start` follows
+    from the model config and the source: prefopt.models.choose.choose_start)."""
     plain = _plain(source_cfg)
     key = fingerprint("artifacts", plain, _plain(model_cfg), str(cache_root), _file_state(plain))
     if key not in _artifacts:
-        _remember(_artifacts, key, source.build(model_cfg, cache_root))
+        _remember(_artifacts, key, source.build(start, model_cfg, cache_root))
     else:
         stats["artifacts_hits"] += 1
         _artifacts.move_to_end(key)

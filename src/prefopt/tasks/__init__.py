@@ -3,6 +3,6 @@
 Every source is a `Task` (see base.py) named by `data.source._target_` in conf/data/*.yaml.
 """
 
-from prefopt.tasks.base import StartNeeds, Task, TaskArtifacts
+from prefopt.contracts.task import StartNeeds, Task, TaskArtifacts
 
 __all__ = ["StartNeeds", "Task", "TaskArtifacts"]

@@ -36,12 +36,10 @@ from prefopt.data.tokenizer_builder import build_bpe_tokenizer
 from prefopt.errors import ConfigError
 from prefopt.eval.generation import sample
 from prefopt.log import get_logger
-from prefopt.models.choose import Start, choose_start
+from prefopt.contracts.task import Start, StartNeeds, Task, TaskArtifacts
 from prefopt.models.load import build_tiny, load_start
 from prefopt.tasks.sft import train_causal_lm
-from prefopt.tasks.base import (
-    Built, StartNeeds, Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean,
-)
+from prefopt.tasks.base import Built, check_pair_sampling, load_pairs_split, mean
 from prefopt.tasks.imdb_data import csv_path, load_reviews, prompts_from, split_reviews, take
 from prefopt.tasks.imdb_reward import (
     CHECK_WORDS, CLASSIFIER_FORMAT, SentimentReward, accuracy, check_same_scores, first_words, load_classifier,
@@ -402,8 +400,8 @@ class ImdbTask(Task):
                  f"{pairs_build.origin(pmeta['pairs_seconds'], pairs_dir)}")
         return pairs_dir, pmeta
 
-    def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
-        start = choose_start(model_cfg, self)  # the task's own SFT start (model=tiny) or a pretrained model
+    def build(self, start: Start, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
+        """`start` (as the run chose it: the task's own SFT start for model=tiny, or a pretrained model)."""
         arch = self.sft_architecture(start)
         reward_key = self.reward_key()
         log.info(f"gold reward {reward_key}: sentiment classifier on {self.n_classifier} reviews")

@@ -23,12 +23,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from prefopt.store.cache import cached_dir, fingerprint
 from prefopt.eval.generation import sample
 from prefopt.log import get_logger
-from prefopt.models.choose import choose_start
+from prefopt.contracts.task import StartNeeds, Task, TaskArtifacts
 from prefopt.models.load import build_tiny
 from prefopt.tasks.sft import train_causal_lm
-from prefopt.tasks.base import (
-    Built, StartNeeds, Task, TaskArtifacts, check_pair_sampling, load_pairs_split, mean,
-)
+from prefopt.tasks.base import Built, check_pair_sampling, load_pairs_split, mean
 from prefopt.tasks.sort_oracle import (
     DIGITS, SEPARATOR, SortOracle, demonstration, judge_pair, make_prompts, oracle_reward,
     prompt_string,
@@ -254,8 +252,8 @@ class SortTask(Task):
         )
         return pairs_dir, pairs_key, meta
 
-    def build(self, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
-        arch = choose_start(model_cfg, self).architecture  # model=tiny only (`needs`)
+    def build(self, start: Any, model_cfg: Any, cache_root: Path) -> TaskArtifacts:
+        arch = start.architecture  # the task's own start (model=tiny only: `needs`), as the run chose it
         policy, sft_key, sft_meta = self._sft_policy(arch, cache_root)
         pairs_dir, pairs_key, meta = self._pairs(policy, sft_key, cache_root)
         train_rows, eval_rows = load_pairs_split(pairs_dir / "pairs.jsonl", self.eval_fraction, meta["n_pairs"])

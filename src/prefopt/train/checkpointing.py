@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from prefopt.models.setup import is_lora
+from prefopt.contracts.predicates import is_lora
 
 TRIMMED = "prefopt_trainable_only"  # marks a checkpoint whose state_dict holds the trainable weights only
 

@@ -34,8 +34,7 @@ from typing import Any, ContextManager, Iterator
 import torch
 from torch import Tensor
 
-from prefopt.models.setup import is_lora
-from prefopt.train.gather import is_sharded
+from prefopt.contracts.predicates import is_lora, is_sharded
 from prefopt.train.logps import pair_batch_logps, response_logps, settle_sharing
 
 KINDS = ("reference", "marginal")

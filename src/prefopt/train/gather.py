@@ -5,7 +5,7 @@ generate with it nor save it. `full_policy_state(trainer)` is a collective (ever
 gathers the policy's full state dict onto rank 0's CPU (torch's `get_model_state_dict` with a full,
 CPU-offloaded state dict for FSDP; `deepspeed.zero.GatheredParameters` for ZeRO-3); `rebuild_policy`
 loads it into a freshly loaded starting policy (LoRA applied the same way), which the evaluation,
-the generation export and `save_policy` then use. Called by `prefopt.run.runner` after `trainer.fit`.
+the generation export and `save_policy` then use. Called by `prefopt.run.steps.trained_policy` after the fit.
 Tested on CPU: which strategies count as sharded and the rebuild; the gathering itself needs GPUs
 (Lightning's FSDP refuses a CPU, and torch's FSDP crashes on CPU/gloo here).
 """
@@ -17,15 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prefopt.contracts.predicates import is_sharded  # noqa: F401 (re-exported)
+
 PREFIX = "policy."
-
-
-def is_sharded(strategy: Any) -> bool:
-    """Whether the policy's parameters are split across ranks after fit (FSDP, DeepSpeed stage 3)."""
-    name = type(strategy).__name__
-    if name.startswith("FSDP"):
-        return True
-    return name.startswith("DeepSpeed") and bool(getattr(strategy, "zero_stage_3", False))
 
 
 def policy_entries(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -41,34 +41,11 @@ from prefopt.store.cache import artifact_problem, cached_dir, fingerprint
 from prefopt.errors import CacheError
 from prefopt.log import get_logger
 from prefopt.train.logps import pair_batch_logps, response_logps, settle_sharing
-from prefopt.models.setup import is_lora
+from prefopt.contracts.fingerprints import weights_fingerprint  # noqa: F401 (re-exported)
 
 log = get_logger()
 FORMAT_VERSION = 1  # bump when what a table holds (or how it is computed) changes
 SPLITS = ("train", "eval")
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """Digest of a model's config (without its path and version) and every tensor in its state dict.
-
-    Of a LoRA (peft) model, the base model's: adapter tensors are left out and names are the plain
-    model's, so a LoRA run and a full fine-tune of the same starting policy share tables.
-    """
-    digest = hashlib.sha256()
-    if is_lora(model):
-        model = model.get_base_model()
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        conf = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
-        digest.update(fingerprint(type(model).__name__, conf).encode())
-    for name, tensor in model.state_dict().items():
-        if "lora_" in name:
-            continue
-        name = name.replace(".base_layer.", ".")
-        t = tensor.detach()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        digest.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)  # no copy
-    return digest.hexdigest()[:16]
 
 
 def pairs_fingerprint(items: Iterable[dict[str, Any]]) -> str:

@@ -28,11 +28,10 @@ from prefopt.errors import ConfigError
 from prefopt.train.logps import pair_batch_logps
 from prefopt.train.checkpointing import fill_frozen, trainable_only
 from prefopt.train.frozen import FrozenScorers
-from prefopt.train.gather import is_sharded
+from prefopt.contracts.predicates import is_sharded
 from prefopt.losses import PairLogps, PreferenceLoss
 from prefopt.log import get_logger
-from prefopt.train.optim import (  # noqa: F401 (warmup_cosine: re-exported)
-    Factory, default_factories, follow_configured_lr, takes, warmup_cosine)
+from prefopt.train.optim import Factory, default_factories, follow_configured_lr, takes
 
 log = get_logger()
 
@@ -65,22 +64,18 @@ class PreferenceModule(L.LightningModule):
         self,
         policy: torch.nn.Module,
         loss: PreferenceLoss,
-        lr: float = 5e-4,
-        weight_decay: float = 0.0,
-        adam_betas: tuple[float, float] = (0.9, 0.95),
-        warmup_ratio: float = 0.1,
-        min_lr_ratio: float = 0.0,
         reference: torch.nn.Module | None = None,
         share_prompt: bool | str = "auto",
         optimizer: Factory | None = None,
         scheduler: Factory | None = None,
     ) -> None:
         """`optimizer(param_groups)` and `scheduler(optimizer, total_steps=...)` come from `cfg.optim`
-        (prefopt.train.optim); without them, AdamW and warmup + cosine from `lr` ... `min_lr_ratio`."""
+        (prefopt.train.optim: `optim_factories`, or `default_factories(lr=...)` for code that builds a module
+        directly); without them, conf/train.yaml's defaults (AdamW, warmup + cosine, lr 5e-4)."""
         super().__init__()
         self.policy = policy
         self.loss_fn = loss
-        defaults = default_factories(lr, weight_decay, adam_betas, warmup_ratio, min_lr_ratio)
+        defaults = default_factories()
         self.make_optimizer, self.make_scheduler = optimizer or defaults[0], scheduler or defaults[1]
         # the reference copy (when the loss needs one) becomes this module's child `reference`
         self.frozen = FrozenScorers(self, policy, loss, share_prompt, reference)

@@ -43,9 +43,10 @@ def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, w
     )
 
 
-def default_factories(lr: float, weight_decay: float, adam_betas: tuple[float, float], warmup_ratio: float,
-                      min_lr_ratio: float) -> tuple[Factory, Factory]:
-    """(optimizer, scheduler) factories of conf/train.yaml's defaults, for code that builds a module directly."""
+def default_factories(lr: float = 5e-4, weight_decay: float = 0.0, adam_betas: tuple[float, float] = (0.9, 0.95),
+                      warmup_ratio: float = 0.1, min_lr_ratio: float = 0.0) -> tuple[Factory, Factory]:
+    """(optimizer, scheduler) factories of conf/train.yaml's defaults (AdamW, warmup + cosine), for code that
+    builds a PreferenceModule directly (tests, benchmarks/throughput.py); a run's come from `optim_factories`."""
     optimizer = functools.partial(torch.optim.AdamW, lr=lr, betas=tuple(adam_betas), weight_decay=weight_decay)
     scheduler = functools.partial(warmup_cosine_schedule, warmup_ratio=warmup_ratio, min_lr_ratio=min_lr_ratio)
     return optimizer, scheduler

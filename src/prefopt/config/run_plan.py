@@ -1,0 +1,90 @@
+"""The run plan: what a run is made of, decided and constructed once, before anything heavy loads.
+
+`plan(cfg)` validates the composed config by constructing its components (`prefopt.config.validate`:
+the loss, the task source, the optimizer and scheduler factories), chooses the starting policy
+(`prefopt.models.choose.choose_start`, a `model.path` checked reachable), builds and checks the judge
+(`prefopt.eval.judge`), reads the resume checkpoint's data pin, and returns them in a frozen `RunPlan`.
+The steps of `prefopt.run.steps` take the plan and construct none of these again; the task's `build`
+receives `plan.start`. `prefopt.run.runner.run` validates first (`validate_config`, whose constructed
+components it hands over as `built`), then resolves the checkpoint (`preflight`), then calls `plan`.
+A resume whose checkpoint pins the file source's rows constructs the source once more, with the pin.
+Exercised by `pytest tests/test_plan.py tests/tasks/test_choose.py tests/test_judge.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from omegaconf import DictConfig
+
+from prefopt.config.components import build_component
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run's components, each constructed once (see the module docstring).
+
+    loss: the `PreferenceLoss` of `cfg.loss`. source: the `Task` of `cfg.data.source` (with the resume
+    checkpoint's `pin`, when it records one). optimizer, scheduler: the factories of `cfg.optim`.
+    start: the chosen `Start`. judge: the evaluation's judge (conf/judge/; the oracle for older configs).
+    ckpt_path: the checkpoint the fit resumes (None: a fresh start). pin: its recorded data settings.
+    """
+
+    loss: Any
+    source: Any
+    optimizer: Callable
+    scheduler: Callable
+    start: Any
+    judge: Any
+    ckpt_path: Optional[str] = None
+    pin: Optional[dict[str, Any]] = None
+
+    @property
+    def optim(self) -> tuple[Callable, Callable]:
+        return self.optimizer, self.scheduler
+
+
+def starting_choice(cfg: DictConfig, source: Any) -> Any:
+    """Which policy the run starts from: `prefopt.models.choose.choose_start` reads the model config against
+    the task's `needs`. A model the task cannot start from stops here, in one line naming model= and data=,
+    before anything is built or loaded."""
+    from prefopt.models.choose import choose_start
+    from prefopt.models.load import check_reachable
+
+    start = choose_start(cfg.model, source)
+    if start.kind == "path":  # a model that cannot be loaded stops before the task builds its data
+        check_reachable(str(cfg.model.path))
+    return start
+
+
+def eval_judge(cfg: DictConfig) -> Any:
+    """The evaluation's judge (conf/judge/: oracle, reward_model, none), built and checked before the task
+    builds its data: a judge.path that does not exist, is no sequence-classification model, has several
+    outputs without judge.output_index or holds no tokenizer stops here in one line (config.json and the
+    tokenizer are read, not weights). A config without `judge` (older runs) has the oracle."""
+    from prefopt.eval.judge import OracleJudge
+
+    judge = build_component(cfg.judge, "judge") if cfg.get("judge") is not None else OracleJudge()
+    judge.check()
+    return judge
+
+
+def plan(cfg: DictConfig, ckpt_path: Optional[str] = None, built: Optional[dict[str, Any]] = None) -> RunPlan:
+    """The `RunPlan` of `cfg`: validated (`validate_config`, unless its constructed components are handed
+    over as `built`), the start chosen, the judge checked, the checkpoint's pin read (its source rebuilt)."""
+    from prefopt.config.validate import validate_config
+    from prefopt.train.optim import optim_factories
+    from prefopt.train.resume import recorded_pin
+
+    built = validate_config(cfg) if built is None else built
+    loss = built["loss"] if "loss" in built else build_component(cfg.loss, "loss")
+    source = built["data.source"] if "data.source" in built else build_component(cfg.data.source, "data.source")
+    optimizer, scheduler = built["optim"] if "optim" in built else optim_factories(cfg.optim)
+    start = starting_choice(cfg, source)  # the task's own SFT start, model.path, model.gguf or a tiny model
+    judge = eval_judge(cfg)  # conf/judge/: a judge.path that cannot work stops before the task builds
+    pin = recorded_pin(ckpt_path)
+    if pin:
+        source = build_component(cfg.data.source, "data.source", **pin)
+    return RunPlan(loss=loss, source=source, optimizer=optimizer, scheduler=scheduler, start=start, judge=judge,
+                   ckpt_path=ckpt_path, pin=pin)
