@@ -4,6 +4,7 @@ get the curves; an unchanged policy gives win rate 0.5 and its start's reward ex
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from prefopt.models.load import build_tiny
@@ -63,3 +64,25 @@ def test_off_by_default_and_on_several_devices():
         trainer.global_step = 2
         cb.on_train_batch_end(trainer, SimpleNamespace(policy=model), None, None, 1)
         assert logger.rows == [] and cb.start is None
+
+
+@pytest.mark.slow
+def test_a_run_logs_the_curves_to_the_csv_and_the_offline_wandb_run(cache_root, tmp_path):
+    import csv
+
+    from test_run import SMALL_SORT, run_cli
+    from wandb_records import offline_runs
+
+    run_dir = tmp_path / "run"
+    proc = run_cli([*SMALL_SORT, "loss=dpo", "trainer.max_steps=12", "eval.every_n_steps=4",
+                    "eval.during_training_prompts=16", "logger=wandb", f"hydra.run.dir={run_dir}"],
+                   cache_root, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    assert "eval during training at step 8: win rate" in out and "of the training wall time" in out
+    with open(run_dir / "csv" / "metrics.csv", newline="") as fh:
+        steps = [int(r["step"]) for r in csv.DictReader(fh) if r.get("eval/during_win_rate")]
+    assert steps == [4, 8, 12]
+    [run] = offline_runs(run_dir / "wandb")
+    logged = [row for row in run.history if "eval/during_win_rate" in row]
+    assert len(logged) == 3 and all(0.0 <= row["eval/during_win_rate"] <= 1.0 for row in logged)

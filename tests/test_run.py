@@ -119,8 +119,10 @@ def test_multirun_with_wandb_offline(cache_root, tmp_path, default_run):
 def test_finished_run_is_never_overwritten(default_run, cache_root, tmp_path):
     run_dir, _ = default_run
     before = (run_dir / "results.json").read_bytes()
-    proc = run_cli([*SMALL_SORT, "loss=dpo", f"hydra.run.dir={run_dir}"], cache_root, tmp_path)
-    assert proc.returncode == 0 and "already completed: skipping" in proc.stdout
+    proc = run_cli([*SMALL_SORT, f"hydra.run.dir={run_dir}"], cache_root, tmp_path)  # the same config: skipped
+    assert proc.returncode == 0 and "already completed with this config: skipping" in proc.stdout
+    proc = run_cli([*SMALL_SORT, "loss=dpo", f"hydra.run.dir={run_dir}"], cache_root, tmp_path)  # another: refused
+    assert proc.returncode == 1 and "holds a completed run of another config" in proc.stderr
     assert (run_dir / "results.json").read_bytes() == before
 
 

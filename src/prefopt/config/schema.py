@@ -96,6 +96,8 @@ class EvalSchema:
     generate_max_prompts: int = setting(gt=0)
     generate_max_new_tokens: int = setting(gt=0)
     generate_temperature: float = setting(ge=0)
+    every_n_steps: int = setting(ge=0)
+    during_training_prompts: int = setting(gt=0)
 
 
 @dataclass

@@ -76,7 +76,8 @@ def train_and_evaluate(cfg: DictConfig, plan: RunPlan, output_dir: Path, group: 
     policy, tokenizer = steps.policy_to_train(cfg, load_start)
     data = steps.preference_data(cfg, artifacts, tokenizer, outcome)
     module = steps.preference_module(cfg, policy, plan)
-    trainer = steps.trainer_for(cfg, output_dir, group, plan.loss, policy, data, tokenizer, outcome)
+    during = steps.during_training_eval(cfg, artifacts, judges, tokenizer, load_start)  # eval.every_n_steps
+    trainer = steps.trainer_for(cfg, output_dir, group, plan.loss, policy, data, tokenizer, outcome, during)
     outcome.stage = "training"
     metrics = outcome.metrics = steps.fit(cfg, trainer, module, data, output_dir, outcome)  # also train_metrics.json
     outcome.stage = "gather"

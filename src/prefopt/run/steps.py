@@ -163,9 +163,32 @@ def preference_module(cfg: DictConfig, policy: torch.nn.Module, plan: RunPlan) -
                             optimizer=plan.optimizer, scheduler=plan.scheduler)
 
 
+def during_training_eval(cfg: DictConfig, artifacts: Any, judges: Any, tokenizer: Any,
+                         load_start: StartLoader) -> list[Any]:
+    """`eval.every_n_steps=N`: the callback that judges a fixed prompt subset every N steps (its curves,
+    prefopt.train.eval_during); none when it is off or nothing scores this data's answers."""
+    every = int(cfg.eval.get("every_n_steps") or 0)
+    judge = judges.extra or judges.oracle
+    if every <= 0:
+        return []
+    if judge is None:
+        log.warning(f"warning: eval.every_n_steps={every}: nothing scores the answers on data={cfg.data.name} "
+                    "(no oracle, judge=none): no curves during training; judge=reward_model judge.path=... scores them")
+        return []
+    from prefopt.eval.judged import eval_prompts
+    from prefopt.train.eval_during import DuringTrainingEval
+    from prefopt.train.frozen import frozen_copy
+
+    n = int(cfg.eval.get("during_training_prompts") or 64)
+    prompts, prompt_ids = eval_prompts(artifacts, tokenizer, n, cfg.data.max_prompt_length)
+    return [DuringTrainingEval(every, prompts[:n], prompt_ids[:n], tokenizer, judge.rewards, eval_sampling(cfg, artifacts),
+                               start_fn=lambda: (frozen_copy(load_start()[0]), None))]
+
+
 def trainer_for(cfg: DictConfig, output_dir: Path, group: str, loss: Any, policy: torch.nn.Module, data: Any,
-                tokenizer: Any, outcome: RunOutcome) -> Any:
-    """Loggers, the resume check and the callbacks (log-prob caches, run record, interrupts), then the trainer."""
+                tokenizer: Any, outcome: RunOutcome, extra_callbacks: list[Any] = ()) -> Any:
+    """Loggers, the resume check and the callbacks (log-prob caches, run record, interrupts, `extra_callbacks`),
+    then the trainer."""
     from prefopt.train.loggers import make_loggers, run_identity, wandb_identity
     from prefopt.train.logp_cache import LogpCaches
     from prefopt.train.resume import RunRecord
@@ -179,7 +202,7 @@ def trainer_for(cfg: DictConfig, output_dir: Path, group: str, loss: Any, policy
     run_record.check(outcome.ckpt_path)  # before any table is built: a mismatch costs seconds
     caches = LogpCaches(cfg, data, Path(cfg.paths.cache_dir), outcome.info.update)  # at fit start, split over ranks
     return build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy,
-                         extra_callbacks=[caches, run_record, outcome.interrupts])
+                         extra_callbacks=[caches, run_record, outcome.interrupts, *extra_callbacks])
 
 
 def fit(cfg: DictConfig, trainer: Any, module: Any, data: Any, output_dir: Path, outcome: RunOutcome) -> dict:
