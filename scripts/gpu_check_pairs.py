@@ -19,11 +19,13 @@ def main(dest: str, overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
     from prefopt.config.components import build_component
+    from prefopt.models.choose import choose_start
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["data=sort", "model=tiny", *overrides])
     root = Path(os.environ.get("PREFOPT_CACHE", ROOT / ".cache" / "prefopt")).resolve()
-    artifacts = build_component(cfg.data.source, "data.source").build(cfg.model, root)
+    source = build_component(cfg.data.source, "data.source")
+    artifacts = source.build(choose_start(cfg.model, source), cfg.model, root)
     pairs = root / "sort_pairs" / artifacts.info["sort/pairs_key"] / "pairs.jsonl"
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(pairs, dest)

@@ -144,7 +144,7 @@ def test_slurm_requeue_resumes_from_the_newest_checkpoint(uninterrupted, cache_r
     assert metrics(run_dir) == uninterrupted
     resumed = json.loads((run_dir / "results.json").read_text())["info"]["resumed_from"]
     assert resumed == {"checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), "step": stopped["step"]}
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt", "last.ckpt.sum"]
 
 
 def test_slurm_runs_get_lightning_requeue(monkeypatch):

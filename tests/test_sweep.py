@@ -30,7 +30,8 @@ def smoke(cache_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
     args = ["-m", "sweep=smoke", "loss.label_smoothing=0.0,0.7", *TINY, f"hydra.sweep.dir={tmp / 'sweep'}"]
     proc = run_cli(args, cache_root, tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the 4 failed jobs: the multirun says so after all ran
+    assert "multirun: 4 of 8 jobs completed, 4 did not" in proc.stdout + proc.stderr
     return tmp / "sweep", args, tmp
 
 
@@ -76,10 +77,12 @@ def test_rerun_into_the_same_folder_skips_completed_jobs_and_retries_failed_ones
     completed = {p: p.read_text() for p in sweep_dir.glob("*/*label_smoothing=0.0,*/results.json")}
     failed = list(sweep_dir.glob("*/*label_smoothing=0.7,*/results.json"))
     proc = run_cli(args, cache_root, tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("already completed: skipping") == 4
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stdout.count("already completed with this config: skipping") == 4
     assert {p: p.read_text() for p in completed} == completed  # untouched
-    assert proc.stderr.count("label_smoothing=0.7 is not allowed") == 4  # the failed jobs ran again
+    assert proc.stderr.count("error: loss: DPOLoss: label_smoothing=0.7 is not allowed") == 2  # the failed jobs
+    assert proc.stderr.count("error: loss: RMiPOLoss: label_smoothing=0.7 is not allowed") == 2  # ran again
+    assert "multirun: 4 of 8 jobs completed, 4 did not" in proc.stdout + proc.stderr
     assert len(failed) == 4 and all(json.loads(p.read_text())["status"] == "failed" for p in failed)
 
 

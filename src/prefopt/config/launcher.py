@@ -43,7 +43,7 @@ def gpus_per_node(devices: Any, accelerator: Any = "gpu") -> int | None:
     return None if str(accelerator).lower() == "cpu" else count
 
 
-NAME_LIMIT = 120  # characters of a job folder's name before it is cut and hashed (filesystems allow 255 bytes)
+NAME_LIMIT = 200  # bytes of a job folder's name before it is cut and hashed (filesystems allow 255)
 
 
 def job_dirname(overrides: str, limit: int = NAME_LIMIT) -> str:
