@@ -38,10 +38,10 @@ def model(tok, seed=0):
                       max_position_embeddings=64, seed=seed)
 
 
-def data(tok, train=None, max_length=24, batch_size=4):
+def data(tok, train=None, max_length=24, batch_size=4, marginal_context="start_token"):
     dm = PreferenceDataModule(train or sort_rows(10), sort_rows(5, seed=1), tok, max_length=max_length,
                               max_prompt_length=12, batch_size=batch_size, eval_batch_size=3, seed=0,
-                              marginal_prefix=">")
+                              marginal_prefix=">", marginal_context=marginal_context)
     dm.setup()
     return dm
 
@@ -63,11 +63,15 @@ def live_frozen_logps(module, dm, split, kind):
     return out, toks
 
 
-@pytest.mark.parametrize(
-    "kind,make_loss", [("reference", DPOLoss), ("marginal", lambda: RMiPOLoss(marginal="reference"))]
-)
-def test_cached_equals_live_and_the_second_run_hits(tok, tmp_path, kind, make_loss):
-    dm = data(tok)
+@pytest.mark.parametrize("kind,make_loss,context", [
+    ("reference", DPOLoss, "start_token"),
+    ("marginal", lambda: RMiPOLoss(marginal="reference", marginal_context="start_token"), "start_token"),
+    ("marginal", lambda: RMiPOLoss(marginal="reference", marginal_context="none"), "none"),
+])
+def test_cached_equals_live_and_the_second_run_hits(tok, tmp_path, kind, make_loss, context):
+    """For the marginal, with each context of its rows (marginal_context: start token + '>' and all n
+    tokens, or the response alone and n-1 tokens): the table holds what the live frozen pass gives."""
+    dm = data(tok, marginal_context=context)
     live = PreferenceModule(model(tok), make_loss())
     first = PreferenceModule(model(tok), make_loss())
     info = attach_caches(CFG, first.frozen, dm, tmp_path)["logp_cache"]
@@ -83,6 +87,21 @@ def test_cached_equals_live_and_the_second_run_hits(tok, tmp_path, kind, make_lo
     assert second.reference is None
     batch = next(iter(dm.loader("train", shuffle=True)))
     torch.testing.assert_close(second.pair_logps(batch).chosen, live.pair_logps(batch).chosen)  # same policy
+
+
+def test_the_marginal_contexts_have_their_own_tables(tok, tmp_path):
+    """marginal_context=none and start_token score other tokens: other keys, other tables (n-1 counts
+    against n), and each run's live pass agrees with its own table."""
+    infos, tables = {}, {}
+    for context in ("start_token", "none"):
+        module = PreferenceModule(model(tok), RMiPOLoss(marginal="reference", marginal_context=context))
+        infos[context] = attach_caches(CFG, module.frozen, data(tok, marginal_context=context), tmp_path)["logp_cache"]
+        tables[context] = module._table_marginal_train_tokens
+    assert [i["tables"]["marginal"]["status"] for i in infos.values()] == ["built", "built"]
+    assert infos["none"]["tables"]["marginal"]["key"] != infos["start_token"]["tables"]["marginal"]["key"]
+    assert torch.equal(tables["none"], tables["start_token"] - 1)
+    lengths = torch.tensor([[len(it["chosen_ids"]), len(it["rejected_ids"])] for it in data(tok).train_dataset.items])
+    assert torch.equal(tables["start_token"], lengths)
 
 
 def test_dpo_and_ipo_share_the_reference_table(tok, tmp_path):

@@ -60,3 +60,42 @@ def test_token_counts_real_and_processed_per_layout():
     assert token_counts(b, shared=False) == (17, 20)
     # shared: prompts (2 x 2) + responses (4 x 4) = 20 processed; real prompts 2 + 1, responses 3 + 2 + 2 + 4
     assert token_counts(b, shared=True) == (14, 20)
+
+
+def test_marginal_rows_without_a_start_token_score_all_but_the_first_response_token():
+    """marginal_context=none (the reference RMiPO code's): the response alone, no start token nor marker,
+    its first token the context (mask 0) and the n-1 after it scored; rows padded to the longest response.
+    Chosen [7, 8, 2] -> mask [0, 1, 1] (2 scored); rejected [9, 2] -> [0, 1]; [7, 2] -> [0, 1];
+    [9, 9, 9, 2] -> [0, 1, 1, 1] (3 scored)."""
+    b = PairCollator(pad_id=PAD, start_ids=[START, 14], marginal_context="none")(ITEMS)
+    assert b["marginal_input_ids"].tolist() == [[7, 8, 2, 0], [7, 2, 0, 0], [9, 2, 0, 0], [9, 9, 9, 2]]
+    assert b["marginal_attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    assert b["marginal_score_mask"].tolist() == [[0, 1, 1, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 1, 1, 1]]
+    assert b["input_ids"].tolist() == PairCollator(pad_id=PAD, start_ids=[START])(ITEMS)["input_ids"].tolist()
+    assert PairCollator(pad_id=PAD, start_ids=[START, 14], marginal_context="none").start_ids == []
+
+
+def test_marginal_counts_per_context_when_scored():
+    """response_logps counts n tokens after a start token (start_token) and n-1 with none; a one-token
+    response scores 0 with none."""
+    from prefopt.data.tokenizer_builder import build_bpe_tokenizer
+    from prefopt.models.load import build_tiny
+    from prefopt.train.logps import response_logps
+
+    model = build_tiny(build_bpe_tokenizer(["a b c"], vocab_size=300), hidden_size=16, intermediate_size=32)
+    items = ITEMS + [{"prompt_ids": [5], "chosen_ids": [2], "rejected_ids": [9, 2], "index": 1}]
+    counts = {}
+    for context in ("start_token", "none"):
+        b = PairCollator(pad_id=PAD, start_ids=[START], marginal_context=context)(items)
+        with torch.no_grad():
+            counts[context] = response_logps(model, b["marginal_input_ids"], b["marginal_attention_mask"],
+                                             b["marginal_score_mask"])[1].tolist()
+    assert counts["start_token"] == [3, 2, 1, 2, 4, 2]
+    assert counts["none"] == [2, 1, 0, 1, 3, 1]
+
+
+def test_marginal_context_must_be_known():
+    import pytest
+
+    with pytest.raises(ValueError, match="marginal_context='bos'"):
+        PairCollator(pad_id=PAD, start_ids=[START], marginal_context="bos")

@@ -107,3 +107,9 @@ def test_control_configs_build_the_control(name, cls, settings):
     assert type(loss) is cls and loss.beta == 2.0
     for key, value in settings.items():
         assert getattr(loss, key) == pytest.approx(value), key
+
+
+def test_the_shuffled_control_takes_rmipos_marginal_context():
+    """The control builds the same marginal rows as RMiPO (the data side reads `marginal_context`)."""
+    assert RMiPOShuffledLoss().marginal_context == "none"
+    assert RMiPOShuffledLoss(marginal_context="start_token").marginal_context == "start_token"

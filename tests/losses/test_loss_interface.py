@@ -22,13 +22,15 @@ def test_valid_keys_are_the_constructor_arguments():
     assert DPOLoss.valid_keys() == ["beta", "label_smoothing"]
     assert IPOLoss.valid_keys() == ["beta"]
     assert SimPOLoss.valid_keys() == ["beta", "gamma_beta_ratio", "label_smoothing", "sft_weight"]
-    assert RMiPOLoss.valid_keys() == ["beta", "gamma_min", "gamma_max", "label_smoothing", "marginal"]
+    assert RMiPOLoss.valid_keys() == ["beta", "gamma_min", "gamma_max", "label_smoothing", "marginal",
+                                      "marginal_context"]
 
 
 def test_hparams_fill_defaults_and_repr_shows_them():
     loss = RMiPOLoss(beta=1.5, marginal="reference")
     assert loss.hparams() == {
-        "beta": 1.5, "gamma_min": 0.3, "gamma_max": 1.6, "label_smoothing": 0.0, "marginal": "reference"
+        "beta": 1.5, "gamma_min": 0.3, "gamma_max": 1.6, "label_smoothing": 0.0, "marginal": "reference",
+        "marginal_context": "none",
     }
     assert SimPOLoss(2.5).hparams()["beta"] == 2.5  # positional arguments are recorded too
     assert repr(DPOLoss(beta=0.2)) == "DPOLoss(beta=0.2, label_smoothing=0.0)"

@@ -114,3 +114,37 @@ def test_marginal_token_counts_default_to_the_response_counts():
     short.marginal_chosen_tokens = short.marginal_rejected_tokens = None
     loss = RMiPOLoss()
     assert loss(short).losses.item() == pytest.approx(loss(full).losses.item())
+
+
+def test_marginal_context_defaults_to_the_reference_codes_and_is_checked():
+    from prefopt.errors import ConfigError
+
+    assert RMiPOLoss().marginal_context == "none"
+    assert RMiPOLoss(marginal_context="start_token").marginal_context == "start_token"
+    with pytest.raises(ConfigError, match=r"marginal_context='bos' is not allowed; .*\['none', 'start_token'\]"):
+        RMiPOLoss(marginal_context="bos")
+
+
+def test_a_one_token_response_under_marginal_context_none_has_pmi_zero():
+    """marginal_context=none scores n-1 marginal tokens: a one-token response scores none. Its m̄ is its
+    conditional average, so PMI = 0 (no evidence), never 0/0.
+    Pair 0: chosen one token (s̄_w = -0.4, 0 marginal tokens -> PMI_w = 0); rejected s̄_l = -3/2 = -1.5,
+    m̄_l = -2.5/1 -> PMI_l = 1.0; δ = -1 -> margin g_max = 1.6; z = 2·(-0.4 + 1.5 - 1.6) = -1.
+    Pair 1: both sides one token -> δ = 0, g_max; z = 2·(-1.0 + 2.0 - 1.6) = -1.2."""
+    logps = PairLogps(
+        chosen=torch.tensor([-0.4, -1.0], requires_grad=True),
+        rejected=torch.tensor([-3.0, -2.0], requires_grad=True),
+        chosen_tokens=torch.tensor([1, 1]), rejected_tokens=torch.tensor([2, 1]),
+        marginal_chosen=torch.tensor([0.0, 0.0]), marginal_rejected=torch.tensor([-2.5, 0.0]),
+        marginal_chosen_tokens=torch.tensor([0, 0]), marginal_rejected_tokens=torch.tensor([1, 0]),
+    )
+    out = RMiPOLoss(beta=2.0)(logps)
+    out.losses.sum().backward()
+    assert torch.isfinite(out.losses).all() and all(torch.isfinite(v) for v in out.metrics.values())
+    assert torch.isfinite(logps.chosen.grad).all() and torch.isfinite(logps.rejected.grad).all()
+    assert out.losses.tolist() == pytest.approx([softplus(1.0), softplus(1.2)], rel=1e-5)
+    assert out.metrics["pmi/chosen"].item() == pytest.approx(0.0, abs=1e-7)
+    assert out.metrics["pmi/rejected"].item() == pytest.approx(0.5, rel=1e-6)  # (1.0 + 0) / 2
+    assert out.metrics["pmi/delta"].item() == pytest.approx(-0.5, rel=1e-6)
+    # the guard carries no gradient into the margin: d/ds_w = -(β/n_w)(1 - σ(z)) as for any pair
+    assert logps.chosen.grad[0].item() == pytest.approx(-2.0 * (1 - sigmoid(-1.0)), rel=1e-5)

@@ -3,10 +3,13 @@
 For B pairs, rows 0..B-1 are prompt+chosen and rows B..2B-1 prompt+rejected:
 - input_ids, attention_mask, score_mask (2B, L): right-padded; score_mask is 1 exactly at the
   response tokens;
-- marginal_input_ids, marginal_attention_mask, marginal_score_mask (2B, S+R): start_ids + response,
-  no prompt, right-padded to the longest response; start_ids is the model's start token (BOS, else EOS)
-  plus the task's "no prompt" marker if it has one (S tokens); the score mask is 1 exactly at the
-  response tokens, so every response token is scored, the first included;
+- marginal_input_ids, marginal_attention_mask, marginal_score_mask: the responses with no prompt, for
+  RMiPO's marginal pass, as the loss's `marginal_context` asks (the step passes it):
+  "start_token", (2B, S+R): start_ids + response, right-padded to the longest response; start_ids is
+  the model's start token (BOS, else EOS) plus the task's "no prompt" marker if it has one (S tokens);
+  the score mask is 1 exactly at the response tokens, so every response token is scored, the first
+  included. "none" (the reference RMiPO code's), (2B, R): the response alone, its first token the
+  context and the score mask 1 at the n-1 tokens after it (a one-token response scores none);
 - prompt_ids, prompt_attention_mask (B, P) and response_ids, response_attention_mask (2B, R): the
   same pairs with each prompt once (right-padded) and the responses apart (rows as above), for the
   shared-prompt pass (prefopt.train.logps.shared_prompt_logps); left out when a prompt is empty;
@@ -53,11 +56,20 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_value: int, length: int | None 
 class PairCollator:
     """Callable collate_fn: list of {prompt_ids, chosen_ids, rejected_ids, index} -> batch dict."""
 
-    def __init__(self, pad_id: int, start_ids: Sequence[int], pack: bool = False):
+    MARGINAL_CONTEXTS = ("start_token", "none")
+
+    def __init__(self, pad_id: int, start_ids: Sequence[int], pack: bool = False,
+                 marginal_context: str = "start_token"):
+        """`start_ids`: the start token (+ marker) that "start_token" marginal rows begin with;
+        `self.start_ids` is what the marginal rows do begin with ([] under "none"; the marginal cache's
+        key, prefopt.train.logp_cache.cache_key)."""
+        if marginal_context not in self.MARGINAL_CONTEXTS:
+            raise ValueError(f"marginal_context={marginal_context!r}; one of {list(self.MARGINAL_CONTEXTS)}")
         self.pad_id = int(pad_id)
-        self.start_ids = [int(t) for t in start_ids]
+        self.marginal_context = marginal_context
+        self.start_ids = [int(t) for t in start_ids] if marginal_context == "start_token" else []
         self.pack = bool(pack)
-        if not self.start_ids:
+        if marginal_context == "start_token" and not self.start_ids:
             raise ValueError("the marginal pass needs at least one start token")
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
@@ -71,7 +83,7 @@ class PairCollator:
             "score_mask": pad_right([[0] * len(p) + [1] * len(r) for p, r in zip(prompts, responses)], 0),
             "marginal_input_ids": pad_right([start + list(r) for r in responses], self.pad_id),
             "marginal_attention_mask": pad_right([[1] * (len(start) + len(r)) for r in responses], 0),
-            "marginal_score_mask": pad_right([[0] * len(start) + [1] * len(r) for r in responses], 0),
+            "marginal_score_mask": pad_right([marginal_scored(start, len(r)) for r in responses], 0),
             "index": torch.tensor([int(it["index"]) for it in items], dtype=torch.long),
         }
         once = prompts[: len(items)]
@@ -85,6 +97,15 @@ class PairCollator:
             if "prompt_ids" in batch:
                 batch.update(tree_layout(once, responses[: len(items)], responses[len(items):], self.pad_id))
         return batch
+
+
+def marginal_scored(start: Sequence[int], n: int) -> list[int]:
+    """The score mask of a marginal row start + response (n tokens): 0 at the start tokens, 1 at every
+    response token; with no start token (marginal_context=none) the first response token is the context,
+    0, and the n-1 after it are scored."""
+    if start:
+        return [0] * len(start) + [1] * n
+    return [0] * min(n, 1) + [1] * max(n - 1, 0)
 
 
 # Most padding a packed batch may hold: its rows grow until their tails are at most this share (at 5%

@@ -6,8 +6,9 @@ leaves empty and chat rows whose role headers alone exceed max_prompt_length, an
 tokenized dataset, which the collated batch passes on as keys for cached log-probs. The train loader
 shuffles with a generator seeded by `seed` (same seed, same order), optionally grouping pairs of like
 lengths (`group_by_length`) under a padded-token budget per batch (`max_tokens_per_batch`), see
-sampler.py; the eval loader keeps order. With `pack` every batch also carries the packed layout
-(collate.py), which the log-prob passes score without padding. A validation split of fewer than
+sampler.py; the eval loader keeps order. `marginal_context` ("start_token" or "none") is the marginal
+rows' context as the loss declares it (the run passes `loss.marginal_context`; collate.py). With `pack`
+every batch also carries the packed layout (collate.py), which the log-prob passes score without padding. A validation split of fewer than
 `MIN_EVAL_PAIRS` pairs is a warning naming the key that sizes it (its val/* metrics would be noise).
 Exercised by `pytest tests/data/test_datamodule.py` and every `python src/run.py`.
 """
@@ -129,6 +130,7 @@ class PreferenceDataModule(L.LightningDataModule):
         seed: int,
         num_workers: int = 0,
         marginal_prefix: str = "",
+        marginal_context: str = "start_token",
         strict: bool = False,
         append_eos: bool = True,
         group_by_length: bool = False,
@@ -148,8 +150,11 @@ class PreferenceDataModule(L.LightningDataModule):
         self.seed, self.num_workers, self.strict, self.append_eos = seed, num_workers, strict, append_eos
         self.group_by_length, self.max_tokens_per_batch = group_by_length, max_tokens_per_batch
         start, pad = start_and_pad_ids(tokenizer)
-        marker = tokenizer(marginal_prefix, add_special_tokens=False)["input_ids"] if marginal_prefix else []
-        self.collator = PairCollator(pad_id=pad, start_ids=[start, *marker], pack=pack)
+        # the marginal rows the loss asks for (its `marginal_context`); the marker only follows a start token
+        with_start = marginal_context == "start_token" and marginal_prefix
+        marker = tokenizer(marginal_prefix, add_special_tokens=False)["input_ids"] if with_start else []
+        self.collator = PairCollator(pad_id=pad, start_ids=[start, *marker], pack=pack,
+                                     marginal_context=marginal_context)
         self.train_dataset: Optional[PairDataset] = None
         self.eval_dataset: Optional[PairDataset] = None
         self.stats: dict[str, Any] = {}

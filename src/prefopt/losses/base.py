@@ -84,6 +84,10 @@ class PreferenceLoss(ABC):
 
     `marginal_source` says which model the marginal log-probs come from: "policy" (the live policy)
     or "reference" (the frozen starting policy, cacheable). Only meaningful when `needs_marginal`.
+    `marginal_context`: what the marginal rows put before the response (the data side builds them from
+    it, prefopt.data.collate.PairCollator): "none" (the response alone, its first token as context, the
+    other n-1 scored) or "start_token" (the start token and the task's marker, all n scored). Only
+    meaningful when `needs_marginal`.
     `needs_progress`: the loss follows a schedule over training (a run of unknown length refuses it).
     `beta_range`: (low, high), the β values this loss is usually trained with; a `loss.beta` outside them
     is a warning when the run starts (prefopt.config.validate), not an error. None: no advice.
@@ -96,6 +100,7 @@ class PreferenceLoss(ABC):
     needs_reference: bool = False
     needs_marginal: bool = False
     marginal_source: str = "policy"
+    marginal_context: str = "none"
     needs_progress: bool = False  # its settings follow `progress`: the run must know its length in steps
     beta_range: tuple[float, float] | None = None
     stall_loss: float | None = None

@@ -74,7 +74,7 @@ def train_and_evaluate(cfg: DictConfig, plan: RunPlan, output_dir: Path, group: 
     judges = steps.run_judges(cfg, plan.judge, artifacts, outcome)  # the task's oracle, another judge, both or none
     load_start = steps.start_loader(cfg, plan.start, artifacts)
     policy, tokenizer = steps.policy_to_train(cfg, load_start)
-    data = steps.preference_data(cfg, artifacts, tokenizer, outcome)
+    data = steps.preference_data(cfg, artifacts, tokenizer, outcome, plan.loss)
     module = steps.preference_module(cfg, policy, plan)
     during = steps.during_training_eval(cfg, artifacts, judges, tokenizer, load_start)  # eval.every_n_steps
     trainer = steps.trainer_for(cfg, output_dir, group, plan.loss, policy, data, tokenizer, outcome, during)

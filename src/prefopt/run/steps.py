@@ -132,8 +132,9 @@ def packs_pairs(cfg: DictConfig) -> bool:
     return packs
 
 
-def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: RunOutcome) -> Any:
-    """The tokenized data module: bad rows fail here, before the trainer starts; drops are reported."""
+def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: RunOutcome, loss: Any) -> Any:
+    """The tokenized data module: bad rows fail here, before the trainer starts; drops are reported.
+    Its marginal rows are the ones `loss` declares (`marginal_context`)."""
     from prefopt.data.datamodule import PreferenceDataModule
     from prefopt.data.layout import detect_layout
 
@@ -142,7 +143,8 @@ def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: Ru
         artifacts.train_rows, artifacts.eval_rows, tokenizer,
         max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length,
         batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size, seed=cfg.seed,
-        marginal_prefix=artifacts.marginal_prefix, strict=cfg.data.get("strict", False),
+        marginal_prefix=artifacts.marginal_prefix, marginal_context=loss.marginal_context,
+        strict=cfg.data.get("strict", False),
         append_eos=artifacts.responses_end_with_eos, group_by_length=cfg.data.get("group_by_length", False),
         max_tokens_per_batch=cfg.data.get("max_tokens_per_batch"), pack=pack,
     )

@@ -179,7 +179,9 @@ class FrozenScorers:
             )
         logps = torch.cat([table[index, 0], table[index, 1]])
         cached_tokens = torch.cat([counts[index, 0], counts[index, 1]])
-        if first_use:  # the table belongs to these pairs: same token counts
+        if first_use:  # the table belongs to these pairs: same token counts as this batch's rows
+            if kind == "marginal" and "marginal_score_mask" in batch:  # n-1 with marginal_context=none
+                tokens = batch["marginal_score_mask"][:, 1:].sum(dim=1)
             if not torch.equal(cached_tokens, tokens.to(cached_tokens.device)):
                 raise RuntimeError(
                     f"the cached {kind} log-probs of the {split} split were summed over other token counts than "

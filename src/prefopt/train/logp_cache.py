@@ -7,8 +7,9 @@ once). The cache lives in `<cache_dir>/logps/<kind>-<key>/{train,eval}.safetenso
 `tokens`: (N, 2) for [chosen, rejected] of pair index 0..N-1; checksummed and verified on use by
 prefopt.store.cache, and checked to hold one row per pair); the key is a fingerprint of the
 starting policy's tensors and config, the tokenized pairs (ids, in order), the truncation settings,
-the marginal pass's start tokens and the numeric precision. A run that finds the tables (or has just
-built them) serves the loss from them and drops the frozen reference model before training.
+the marginal rows' context (their start tokens, or none) and the numeric precision. A run that finds
+the tables (or has just built them) serves the loss from them and drops the frozen reference model
+before training.
 
 The runner adds the `LogpCaches` callback, which calls `attach_caches` when fit starts: the tables
 are built with, and handed to, the module's prefopt.train.frozen.FrozenScorers (which kinds, which
@@ -87,8 +88,10 @@ def cache_key(kind: str, weights: str, data: Any, precision: str) -> str:
         max_prompt_length=data.max_prompt_length,
         precision=str(precision),
     )
-    if kind == "marginal":
+    if kind == "marginal":  # what the marginal rows put before the response ([] with marginal_context=none)
         parts["start_ids"] = list(data.collator.start_ids)
+        if data.collator.marginal_context != "start_token":  # (start_token tables keep their earlier keys)
+            parts["marginal_context"] = data.collator.marginal_context
     return fingerprint(parts)
 
 
