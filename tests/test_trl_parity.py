@@ -39,17 +39,23 @@ def rows():
     return out
 
 
-@pytest.fixture(scope="module")
-def setup():
-    """(tokenizer, starting policy, trained-looking policy, our batch of the rows)."""
+def moved_policy():
+    """(sort tokenizer, a tiny starting policy, a copy moved away from it), so losses are not at their start."""
     tok = build_sort_tokenizer()
     start = build_tiny(tok, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                        max_position_embeddings=64, seed=0)
     policy = copy.deepcopy(start)
-    with torch.no_grad():  # move the policy away from the reference so the losses are not at their start
+    with torch.no_grad():
         gen = torch.Generator().manual_seed(1)
         for p in policy.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return tok, start, policy
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """(tokenizer, starting policy, trained-looking policy, our batch of the rows)."""
+    tok, start, policy = moved_policy()
     dm = PreferenceDataModule(rows(), [], tok, max_length=64, max_prompt_length=32, batch_size=N,
                               eval_batch_size=N, seed=0)
     return tok, start, policy, next(iter(dm.loader("train")))

@@ -45,8 +45,6 @@ from prefopt.losses import (  # noqa: E402
     SimPERLoss,
     SimPOLoss,
 )
-from prefopt.models.load import build_tiny  # noqa: E402
-from prefopt.tasks.sort import build_sort_tokenizer  # noqa: E402
 from prefopt.train.module import PreferenceModule  # noqa: E402
 
 N = 4
@@ -86,15 +84,9 @@ def random_logps(seed, n=64, dtype=torch.float32, with_ref=False):
 
 @pytest.fixture(scope="module")
 def models():
-    tok = build_sort_tokenizer()
-    start = build_tiny(tok, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                       max_position_embeddings=64, seed=0)
-    policy = copy.deepcopy(start)
-    with torch.no_grad():  # move the policy away from the reference so the losses are not at their start
-        gen = torch.Generator().manual_seed(1)
-        for p in policy.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return tok, start, policy
+    from test_trl_parity import moved_policy
+
+    return moved_policy()
 
 
 def our_batch(tok, data):

@@ -4,11 +4,7 @@ the reference kept constant, bad values, its config, and a short run.
 Run: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_rdpo.py -q`.
 """
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,18 +12,11 @@ import torch
 from omegaconf import OmegaConf
 
 from prefopt.config.components import build_component
+from loss_math import softplus, sigmoid
 from prefopt.losses import ConfigError, DPOLoss, PairLogps, RDPOLoss
 
 torch.set_num_threads(1)
 CONF = Path(__file__).resolve().parents[2] / "conf" / "loss"
-
-
-def softplus(x):  # -log σ(z) = softplus(-z)
-    return math.log1p(math.exp(x))
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + math.exp(-x))
 
 
 def make_pair(requires_grad=False):
@@ -100,24 +89,3 @@ def test_config_builds_with_its_defaults_and_comments_every_key():
     assert sorted(k for k in node if k != "_target_") == sorted(RDPOLoss.valid_keys())
     lines = [ln for ln in (CONF / "rdpo.yaml").read_text().splitlines() if ln and not ln.startswith((" ", "#"))]
     assert all("#" in ln for ln in lines if not ln.startswith("_target_")), lines
-
-
-SMALL_SORT = ["data=sort", "~tuned", "data.source.n_sft=3000", "data.source.sft_steps=150",
-              "data.source.n_pair_prompts=300", "data.source.n_eval_prompts=48"]
-
-
-@pytest.mark.slow
-def test_a_short_sort_run_completes_with_finite_metrics(cache_root, tmp_path):
-    """`python src/run.py data=sort loss=rdpo trainer.max_steps=5 checkpoint.enabled=false logger=none`."""
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PREFOPT_CACHE": str(cache_root)}
-    args = [*SMALL_SORT, "loss=rdpo", "trainer.max_steps=5", "checkpoint.enabled=false", "logger=none",
-            f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.run([sys.executable, str(root / "src" / "run.py"), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["status"] == "completed"
-    train = {k: v for k, v in results["metrics"].items() if k.startswith("train/")}
-    assert {"train/loss", "train/rewards/margins", "train/rewards/accuracies"} <= set(train)
-    assert all(math.isfinite(v) for v in train.values() if isinstance(v, (int, float))), train

@@ -30,6 +30,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from prefopt.errors import ResumeMismatch
+from prefopt.store.atomic import fsync_path
 from prefopt.store.cache import HASH_NAME, file_digest, new_hash
 
 SUM_SUFFIX = ".sum"
@@ -55,14 +56,6 @@ class _HashingWriter:
         self.fh.flush()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_temp(path: Path, write: Callable[[Any], Any]) -> tuple[Path, Any]:
     """Call `write(fh)` on a temporary file beside `path` and fsync it: (the temporary path, what `write`
     returned). A failure removes the temporary file."""
@@ -83,7 +76,7 @@ def atomic_write(path: Path, write: Callable[[Any], Any]) -> Any:
     """Write `path` whole or not at all (temporary file beside it, fsync, rename); returns what `write` returned."""
     tmp, result = _write_temp(path, write)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
     return result
 
 
@@ -100,7 +93,7 @@ def save_verified(checkpoint: dict[str, Any], path: Path) -> None:
     tmp, writer = _write_temp(path, write)
     sum_path(path).unlink(missing_ok=True)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
     record = {"hash": HASH_NAME, "digest": writer.digest.hexdigest(), "bytes": writer.size}
     atomic_write(sum_path(path), lambda fh: fh.write(json.dumps(record).encode()))
 
