@@ -27,3 +27,21 @@ def test_an_unloadable_model_stops_before_the_task_builds(cache_root, tmp_path):
     assert proc.returncode == 1
     assert "Cannot load model.path=HuggingFaceH4/mistral-7b-sft-beta" in out
     assert "[imdb]" not in out and "Traceback" not in out  # no IMDb artifact was built first
+
+
+def test_a_users_file_on_model_tiny_warns_of_random_weights(caplog):
+    from hydra import compose, initialize_config_dir
+
+    from prefopt.config.components import build_component
+    from prefopt.config.run_plan import starting_choice
+    from test_config import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["data=jsonl", "data.path=/x.jsonl", "model=tiny"])
+    assert starting_choice(cfg, build_component(cfg.data.source, "data.source")).kind == "tiny"
+    assert "model=tiny on data=jsonl starts from random weights" in caplog.text
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["data=sort", "model=tiny"])
+    caplog.clear()
+    assert starting_choice(cfg, build_component(cfg.data.source, "data.source")).kind == "task"  # its own SFT
+    assert "random weights" not in caplog.text

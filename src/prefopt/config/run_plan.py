@@ -55,6 +55,13 @@ def starting_choice(cfg: DictConfig, source: Any) -> Any:
     start = choose_start(cfg.model, source)
     if start.kind == "path":  # a model that cannot be loaded stops before the task builds its data
         check_reachable(str(cfg.model.path))
+    if start.kind == "tiny":  # a user's data on model=tiny: nothing pretrained, said before it trains
+        from prefopt.log import get_logger
+
+        get_logger().warning(f"warning: model={cfg.model.get('name', 'tiny')} on data={cfg.data.name} starts from "
+                             "random weights (a fresh tiny model and a tokenizer trained on the data's text, no "
+                             "pretraining or SFT); for a pretrained start use model=smollm2_135m or "
+                             "model.path=<a Hugging Face folder>")
     return start
 
 
