@@ -9,7 +9,8 @@ import torch
 
 from prefopt.models.load import build_tiny
 from prefopt.tasks.sort import build_sort_tokenizer
-from prefopt.train.eval_during import DuringTrainingEval, win_rate
+from prefopt.eval.evaluate import win_rate
+from prefopt.train.eval_during import DuringTrainingEval
 
 PROMPTS = ["3 1 2 =", "9 8 7 6 =", "5 5 1 ="]
 

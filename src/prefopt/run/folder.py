@@ -58,12 +58,10 @@ def release(fh: IO[str] | None) -> None:
 
 def config_differences(recorded: dict[str, Any], requested: dict[str, Any], limit: int = 4) -> list[str]:
     """What differs between two resolved configs, less UNSCORED_KEYS ("key old -> new")."""
-    from prefopt.train.resume import flat_config
+    from prefopt.train.resume import at_most, changed_keys, flat_config
 
     old, new = flat_config(recorded, ignore=UNSCORED_KEYS), flat_config(requested, ignore=UNSCORED_KEYS)
-    found = [f"{key} {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}"
-             for key in sorted(set(old) | set(new)) if old.get(key, "<unset>") != new.get(key, "<unset>")]
-    return found if len(found) <= limit else [*found[:limit], f"{len(found) - limit} more"]
+    return at_most(changed_keys(old, new, ()), limit)
 
 
 def _requested(cfg: DictConfig) -> dict[str, Any] | None:

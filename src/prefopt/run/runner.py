@@ -117,10 +117,8 @@ def _claim_folder(cfg: DictConfig, output_dir: Path, multirun: bool) -> tuple[bo
         stop_if_unwritable(output_dir)  # before anything writes there: one line, exit 1
         return False, None, (folder.hold(output_dir) if env_rank() == 0 else None)
     except folder.FolderTaken as err:
-        log.error(f"\nerror: {err}\n", extra=PLAIN)
         _note_job(output_dir, multirun, "failed", str(err), cfg)
-        if not multirun:
-            raise SystemExit(1) from None
+        _goes_on(err, str(err), multirun)  # one line; a single run exits 1 there
         return True, None, None
 
 

@@ -30,7 +30,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from prefopt.errors import ResumeMismatch
-from prefopt.store.atomic import fsync_path
+from prefopt.store.atomic import fsync_path, write_text_atomic
 from prefopt.store.cache import HASH_NAME, file_digest, new_hash
 
 SUM_SUFFIX = ".sum"
@@ -72,14 +72,6 @@ def _write_temp(path: Path, write: Callable[[Any], Any]) -> tuple[Path, Any]:
     return tmp, result
 
 
-def atomic_write(path: Path, write: Callable[[Any], Any]) -> Any:
-    """Write `path` whole or not at all (temporary file beside it, fsync, rename); returns what `write` returned."""
-    tmp, result = _write_temp(path, write)
-    os.replace(tmp, path)
-    fsync_path(path.parent)
-    return result
-
-
 def save_verified(checkpoint: dict[str, Any], path: Path) -> None:
     """Write `checkpoint` to `path` atomically, then its `.sum`. A failed write leaves the old pair as it
     was; the old `.sum` is removed just before the rename, so a kill between the rename and the new `.sum`
@@ -95,7 +87,7 @@ def save_verified(checkpoint: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
     fsync_path(path.parent)
     record = {"hash": HASH_NAME, "digest": writer.digest.hexdigest(), "bytes": writer.size}
-    atomic_write(sum_path(path), lambda fh: fh.write(json.dumps(record).encode()))
+    write_text_atomic(sum_path(path), json.dumps(record))
 
 
 @functools.lru_cache(maxsize=8)

@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from prefopt.eval.evaluate import win_rate
 from prefopt.log import get_logger
 
 log = get_logger()
 StartFn = Callable[[], tuple[torch.nn.Module, Any]]  # (starting model, context entered around its use)
-
-
-def win_rate(rewards: Sequence[float], start: Sequence[float]) -> float:
-    """Share of prompts where the policy's answer scores above the start's; a tie counts half."""
-    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards, start)) / len(rewards)
 
 
 class DuringTrainingEval(Callback):

@@ -92,12 +92,21 @@ def differences(saved: dict[str, Any], now: dict[str, Any], limit: int = 4) -> l
     for split in ("train", "eval"):
         if saved.get(f"{split}_pairs") != now[f"{split}_pairs"]:
             found.append(f"the {split} pairs (rows, order, split or tokenization)")
-    old, new = saved.get("config", {}), now["config"]
-    for key in sorted(set(old) | set(new)):
-        if any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_KEYS):
-            continue
-        if old.get(key, "<unset>") != new.get(key, "<unset>"):
-            found.append(f"{key} {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
+    found += changed_keys(saved.get("config", {}), now["config"], RESUMABLE_KEYS)
+    return at_most(found, limit)
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:
+    """"key old -> new" for each dotted key of two flat configs whose values differ, leaving out `ignore`
+    and the keys under them (a resume's check; prefopt.run.folder's for a completed folder)."""
+    return [f"{key} {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}"
+            for key in sorted(set(old) | set(new))
+            if not any(key == k or key.startswith(f"{k}.") for k in ignore)
+            and old.get(key, "<unset>") != new.get(key, "<unset>")]
+
+
+def at_most(found: list[str], limit: int) -> list[str]:
+    """The first `limit` findings, then how many more."""
     return found if len(found) <= limit else [*found[:limit], f"{len(found) - limit} more"]
 
 
