@@ -11,7 +11,7 @@ are trained together, as in HFTA (Wang et al., MLSys 2021) and torch.func model 
   cosine of prefopt.train.optim), per-run gradient-norm clipping, weight decay on matrices only;
 - `dpo_losses`: −logσ(β((s_w − ref_w) − (s_l − ref_l))) with a per-run β, references computed once.
 The baseline is R separate runs, each a plain PyTorch loop (not Lightning) of the HF model,
-prefopt.train.logps.response_logps, torch.optim.AdamW, clip_grad_norm_ and the project's schedule, on the
+prefopt.scoring.logps.response_logps, torch.optim.AdamW, clip_grad_norm_ and the project's schedule, on the
 same pre-collated batches (reference log-probs precomputed for both sides; data loading excluded).
 Rounds interleave batched and separate (A B A B) on one thread; ratios are per round. Also measured: the
 largest weight difference of each of 15 batched runs from the same run alone after 20 steps; the matmul and
@@ -183,7 +183,7 @@ class BatchedLlama:
         return torch.bmm(x, embed.transpose(1, 2)).view(self.runs, n, length, -1)
 
     def response_logps(self, input_ids: Tensor, score_mask: Tensor) -> Tensor:
-        """(R, N) summed log-probs of the tokens marked in score_mask, as prefopt.train.logps does."""
+        """(R, N) summed log-probs of the tokens marked in score_mask, as prefopt.scoring.logps does."""
         logp = self.logits(input_ids)[:, :, :-1].log_softmax(-1)
         targets = input_ids[None, :, 1:, None].expand(self.runs, -1, -1, 1)
         return (logp.gather(-1, targets).squeeze(-1) * score_mask[None, :, 1:]).sum(-1)
@@ -262,7 +262,7 @@ def batched_trainer(start_state: dict, config, betas: list[float], lrs: list[flo
 def separate_trainer(start_model, beta: float, lr: float, total_steps: int, clip: float = 1.0,
                      weight_decay: float = 0.0):
     """(model, step function) of one plain-PyTorch run: HF model, torch AdamW, clip_grad_norm_, LambdaLR."""
-    from prefopt.train.logps import response_logps
+    from prefopt.scoring.logps import response_logps
     from prefopt.train.optim import warmup_cosine_schedule
 
     model = copy.deepcopy(start_model).train()
@@ -294,6 +294,7 @@ def sort_batches(n_batches: int, seed: int = 0, batch_size: int = 16, max_length
     """The sort task's real pair batches (conf/data/sort.yaml shapes, padded layout as on CPUs), shuffled
     with `seed`, and the SFT policy folder; from the cache of `python src/run.py data=sort` (run it once)."""
     from prefopt.data.collate import PairCollator
+    from prefopt.scoring.marginal import MarginalRows
     from prefopt.data.datamodule import start_and_pad_ids, tokenize_rows
     from prefopt.tasks.base import load_pairs_split
     from transformers import AutoTokenizer
@@ -308,7 +309,7 @@ def sort_batches(n_batches: int, seed: int = 0, batch_size: int = 16, max_length
     train_rows, _ = load_pairs_split(pairs[0], 0.05)
     items, _ = tokenize_rows(train_rows, tok, max_length, max_prompt_length, "train")
     start, pad = start_and_pad_ids(tok)
-    collate = PairCollator(pad, [start, *tok(">", add_special_tokens=False)["input_ids"]])
+    collate = PairCollator(pad, marginal=MarginalRows([start, *tok(">", add_special_tokens=False)["input_ids"]]))
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
     return [collate([items[j] for j in order[i * batch_size:(i + 1) * batch_size]]) for i in range(n_batches)], \
         policies[0].parent
@@ -317,7 +318,7 @@ def sort_batches(n_batches: int, seed: int = 0, batch_size: int = 16, max_length
 @torch.no_grad()
 def reference_logps(model, batches: list[dict]) -> list[Tensor]:
     """The frozen start policy's summed response log-probs per batch (computed once, shared by all runs)."""
-    from prefopt.train.logps import response_logps
+    from prefopt.scoring.logps import response_logps
 
     model.eval()
     return [response_logps(model, b["input_ids"], b["attention_mask"], b["score_mask"])[0] for b in batches]

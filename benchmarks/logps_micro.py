@@ -4,7 +4,7 @@ Compares, for K scored positions, hidden size H and vocabulary V (forward + back
 head, as in training, and forward only, as in a reference or marginal pass):
   log_softmax+gather    log_softmax(float(head(h))).gather(target)         (plain autograd)
   gather-logsumexp      float(head(h)).gather(target) - logsumexp(...)     (plain autograd)
-  prefopt               prefopt.train.logps.head_logps (TokenLogProb: chunked float32, logits saved in
+  prefopt               prefopt.scoring.logps.head_logps (TokenLogProb: chunked float32, logits saved in
                         their own dtype; head in chunks without gradients)
 in float32 and bfloat16 (max |err|: against log_softmax+gather on the same logits). Peak memory is what the torch allocator held above the start (CPU: from the
 profiler's allocation events). Run: `python benchmarks/logps_micro.py [--positions 2048] [--json F]`.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from memory import peak_mb  # noqa: E402
-from prefopt.train.logps import head_logps  # noqa: E402
+from prefopt.scoring.logps import head_logps  # noqa: E402
 
 
 def log_softmax_gather(head, states, targets, chunk_size):

@@ -1,6 +1,6 @@
 """Training-pass time of the shared-prompt pass against full prompt+response rows, by prompt length.
 
-Times forward + backward of `prefopt.train.logps.pair_batch_logps` on a 2-layer d=64 Llama (the sort and
+Times forward + backward of `prefopt.scoring.layout.pair_batch_logps` on a 2-layer d=64 Llama (the sort and
 benchmark `tiny` shape) with share_prompt true and false, interleaved, one thread, median of 25 after
 5 warm-ups; prints the ratio shared/rows. Behind `SHARE_MIN_PROMPT_TOKENS` (the "auto" threshold).
 
@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from prefopt.data.collate import PairCollator  # noqa: E402
-from prefopt.train.logps import pair_batch_logps  # noqa: E402
+from prefopt.scoring.marginal import MarginalRows
+from prefopt.scoring.layout import pair_batch_logps  # noqa: E402
 from prefopt.models.load import build_tiny  # noqa: E402
 
 ARCH = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
@@ -34,7 +35,7 @@ def batch(vocab: int, prompt: int, response: int, pairs: int, seed: int = 0) -> 
         return [rng.randrange(3, vocab) for _ in range(n)]
     items = [{"prompt_ids": [1] + words(prompt - 1 - rng.randrange(2)), "chosen_ids": words(response - rng.randrange(3)),
               "rejected_ids": words(response - rng.randrange(3)), "index": i} for i in range(pairs)]
-    return PairCollator(pad_id=0, start_ids=[1])(items)
+    return PairCollator(pad_id=0, marginal=MarginalRows([1]))(items)
 
 
 def main() -> None:

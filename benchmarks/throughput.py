@@ -6,12 +6,12 @@ checkpointing, metrics every 10 steps) and number of steps. `--lengths fixed`: p
 64 tokens, no padding, both sides in file order. `--lengths variable`: UltraFeedback-like long-tailed
 lengths (benchmarks/synthetic.py: log-normal, capped at 128 prompt / 256 total tokens).
   ours          prefopt.train.module.PreferenceModule under Lightning: dpo, ipo, simpo, rmipo (live marginal),
-                dpo+cache / rmipo_ref+cache (cached reference table, prefopt.train.logp_cache), dpo-rows /
+                dpo+cache / rmipo_ref+cache (cached reference table, prefopt.scoring.logp_cache), dpo-rows /
                 simpo-rows (full prompt+response rows instead of each prompt once); with variable
                 lengths our default loader for such data: `group_by_length` (data/sampler.py), and
                 dpo+pack / simpo+pack: the packed layout (`data.pack`; `--pack on` for every row):
                 each pair's prompt, chosen and rejected end to end, several pairs to a row (rows
-                at most 10% padding, prompts once; prefopt.train.tree), which takes precedence over
+                at most 10% padding, prompts once; prefopt.scoring.tree), which takes precedence over
                 sharing prompts (so dpo-rows runs as dpo+pack under `--pack on`). With `--device cuda`
                 every row of ours packs by default, as `data.pack=auto` does there (`--pack off`: not).
   trl           TRL as shipped: DPOTrainer (sigmoid -> dpo, ipo) and, for simpo, TRL's experimental
@@ -189,8 +189,8 @@ LAYOUT_NAMES = {"tree": "prompt-once packed", "packed": "packed", "shared": "sha
 
 
 def padding(batches, layouts: list[str]) -> float:
-    """Padded share of the tokens over `batches`, each run on its layout (prefopt.train.logps.batch_layout)."""
-    from prefopt.data.collate import token_counts
+    """Padded share of the tokens over `batches`, each run on its layout (prefopt.scoring.layout.batch_layout)."""
+    from prefopt.scoring.layout import token_counts
 
     counts = [token_counts(b, shared=layout == "shared", packed=layout == "packed", tree=layout == "tree")
               for b, layout in zip(batches, layouts)]
@@ -214,8 +214,8 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
     from omegaconf import OmegaConf
 
     from prefopt.data.datamodule import PreferenceDataModule
-    from prefopt.train.logp_cache import attach_caches
-    from prefopt.train.logps import batch_layout
+    from prefopt.scoring.logp_cache import attach_caches
+    from prefopt.scoring.layout import LayoutChoice, batch_layout
     from prefopt.train.module import PreferenceModule
     from prefopt.train.optim import default_factories
     from prefopt.train.trainer_factory import take_clipping
@@ -228,9 +228,9 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
     data = (PreferenceDataModule if variable else InOrder)(
         rows, [], tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
         batch_size=args.batch_size, eval_batch_size=args.batch_size, seed=0, group_by_length=variable,
-        pack=packing(args, loss_name))
+        layout=LayoutChoice(pack=packing(args, loss_name), share_prompt=not loss_name.endswith("-rows")))
     data.setup()
-    share_prompt = not loss_name.endswith("-rows")
+    share_prompt = data.collator.layout.share_prompt
     optimizer, scheduler = default_factories(lr=args.lr, weight_decay=0.0, adam_betas=(0.9, 0.95), warmup_ratio=0.0,
                                              min_lr_ratio=1.0)  # constant learning rate
     module = PreferenceModule(model, our_loss(loss_name), share_prompt=share_prompt, optimizer=optimizer,

@@ -55,9 +55,10 @@ PAIRS = [
 def collated(pairs):
     """[(prompt, chosen, rejected), ...] through the real PairCollator (pad 0, start [BOS])."""
     from prefopt.data.collate import PairCollator
+    from prefopt.scoring.marginal import MarginalRows
 
     items = [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r, "index": i} for i, (p, c, r) in enumerate(pairs)]
-    return PairCollator(pad_id=PAD, start_ids=[BOS])(items)
+    return PairCollator(pad_id=PAD, marginal=MarginalRows([BOS]))(items)
 
 
 def assert_same_gradients(model, expected, actual, rtol: float = 1e-4, atol: float = 1e-5) -> None:

@@ -10,7 +10,10 @@ import transformers
 from omegaconf import OmegaConf
 
 from helpers import BOS, EOS, PAD, PAIRS, VOCAB, assert_same_gradients, collated
-from prefopt.train.logps import attention_window, check_shared_prompt, pair_batch_logps, response_logps, shared_prompt_logps
+from prefopt.scoring.logps import attention_window, response_logps
+from prefopt.scoring.sharing import check_shared_prompt
+from prefopt.scoring.layout import pair_batch_logps
+from prefopt.scoring.shared import shared_prompt_logps
 from prefopt.models.setup import prepare_for_training
 
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -78,7 +81,7 @@ def test_a_sliding_window_shorter_than_the_batch_scores_full_rows(name):
 
 def test_the_self_check_compares_tokens_not_sums():
     """One token 0.01 nats off is a mismatch even where the row sums would pass a loose tolerance."""
-    import prefopt.train.logps as logps_file
+    import prefopt.scoring.shared as logps_file
 
     model = family_model("mistral").eval()
     b = collated(PAIRS)

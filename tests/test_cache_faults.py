@@ -218,7 +218,7 @@ def test_sort_task_rebuilds_damaged_weights_and_pairs(tmp_path, capsys, target, 
 def test_zeroed_reference_table_is_rebuilt(tmp_path, capsys):
     from omegaconf import OmegaConf
 
-    from prefopt.train.logp_cache import attach_caches
+    from prefopt.scoring.logp_cache import attach_caches
     from prefopt.losses import DPOLoss
     from prefopt.train.module import PreferenceModule
     from test_logp_cache import CFG, data, model

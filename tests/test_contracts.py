@@ -30,7 +30,7 @@ def test_old_import_paths_give_the_contracts():
     from prefopt.store.cache import fingerprint
     from prefopt.tasks.base import StartNeeds, Task, TaskArtifacts
     from prefopt.train.gather import is_sharded
-    from prefopt.train.logp_cache import weights_fingerprint
+    from prefopt.scoring.logp_cache import weights_fingerprint
 
     assert (Start, StartNeeds, Task, TaskArtifacts) == (contracts.Start, contracts.StartNeeds, contracts.Task,
                                                         contracts.TaskArtifacts)

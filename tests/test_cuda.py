@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from helpers import PAIRS, VARIABLE, assert_same_gradients, collated, family_model
-from prefopt.train.logps import packing_problem, pair_batch_logps
-from prefopt.train.tree import tree_problem, trees_batch
+from prefopt.scoring.packed import packing_problem
+from prefopt.scoring.layout import pair_batch_logps
+from prefopt.scoring.tree import tree_problem, trees_batch
 from test_gpu_configs import check_trained, composed, train_three_steps
 from test_tree_logps import collate, packed_only, padded
 

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import PAIRS, collated, tiny_model, optim
-from prefopt.store import disk
+from prefopt.train import disk
 from prefopt.train.checkpointing import TRIMMED, checkpoints_at_once
 from prefopt.losses import DPOLoss
 from prefopt.models.setup import apply_lora

@@ -1,4 +1,4 @@
-"""FrozenScorers (prefopt.train.frozen): which source serves each frozen log-prob for each loss and
+"""FrozenScorers (prefopt.scoring.frozen): which source serves each frozen log-prob for each loss and
 setting, table lookups by pair index (hand-made numbers), where its tensors live (the host's child
 `reference` and non-persistent buffers: the module's state_dict keys stay `policy.*`, `reference.*`),
 and the one decision of whether prompts are shared."""
@@ -8,7 +8,7 @@ import torch
 
 from helpers import PAIRS, collated, pair_batch, tiny_model
 from prefopt.losses import DPOLoss, IPOLoss, RMiPOLoss, SimPOLoss
-from prefopt.train.frozen import FrozenScorers
+from prefopt.scoring.frozen import FrozenScorers
 from prefopt.train.module import PreferenceModule
 
 # loss -> (source of "reference", source of "marginal") on a full (not LoRA) policy, before any table

@@ -75,7 +75,10 @@ def check_trained(trainer, module, before, after, moved, precision: str, fused: 
 @pytest.mark.parametrize(("name", "packs"), [("cpu", False), ("gpu", True), ("ddp", True), ("fsdp", False),
                                            ("deepspeed", False)])
 def test_data_pack_auto_packs_on_gpus_unless_parameters_are_sharded(name, packs):
-    from prefopt.run.steps import packs_pairs
+    from prefopt.scoring.layout import choose_layout
+
+    def packs_pairs(cfg):
+        return choose_layout(cfg.data.pack, cfg.share_prompt, cfg.trainer).pack
 
     assert composed(name).data.pack == "auto" and packs_pairs(composed(name)) is packs
     assert packs_pairs(composed(name, "data.pack=false")) is False
@@ -100,7 +103,7 @@ def test_ddp_config_trains_with_its_precision_clipping_and_optimizer(pack, tmp_p
     on padded rows and on the prompt-once packed rows that `data.pack=auto` gives a DDP run on GPUs."""
     import torch.distributed as dist
 
-    from prefopt.train import tree as tree_file
+    from prefopt.scoring import tree as tree_file
     from test_tree_logps import collate
 
     calls = []

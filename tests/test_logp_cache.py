@@ -1,4 +1,4 @@
-"""Cached frozen log-probs (prefopt.train.logp_cache): cached equals live, a second run hits the cache and
+"""Cached frozen log-probs (prefopt.scoring.logp_cache): cached equals live, a second run hits the cache and
 holds no reference model, and a changed dataset, model or truncation setting misses it."""
 
 import json
@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from prefopt.data.datamodule import PreferenceDataModule
-from prefopt.train.logp_cache import attach_caches, weights_fingerprint
+from prefopt.scoring.logp_cache import attach_caches, weights_fingerprint
 from prefopt.losses import DPOLoss, IPOLoss, RMiPOLoss, SimPOLoss
 from prefopt.models.load import build_tiny
 from prefopt.train.module import PreferenceModule
@@ -41,7 +41,7 @@ def model(tok, seed=0):
 def data(tok, train=None, max_length=24, batch_size=4, marginal_context="start_token"):
     dm = PreferenceDataModule(train or sort_rows(10), sort_rows(5, seed=1), tok, max_length=max_length,
                               max_prompt_length=12, batch_size=batch_size, eval_batch_size=3, seed=0,
-                              marginal_prefix=">", marginal_context=marginal_context)
+                              no_prompt_marker=">", marginal_context=marginal_context)
     dm.setup()
     return dm
 
@@ -174,7 +174,7 @@ def test_off_or_not_needed_keeps_the_live_path(tok, tmp_path):
 def test_the_callback_reports_what_it_did_once_per_fit(tok, tmp_path):
     """LogpCaches keeps attach_caches's facts in `report` and hands them to `on_report`; it holds no
     run dict of its own, and a second setup (or another stage) changes nothing."""
-    from prefopt.train.logp_cache import LogpCaches
+    from prefopt.train.logp_caches import LogpCaches
 
     got = []
     callback = LogpCaches(CFG, data(tok), tmp_path, on_report=got.append)
@@ -207,9 +207,9 @@ def test_a_sweep_computes_the_reference_once(cache_root, tmp_path):
 
 def test_table_build_checks_the_shared_pass_and_falls_back(monkeypatch, capsys):
     """With share_prompt=auto a table is built with shared prompts only after the first batch's check."""
-    import prefopt.train.logps as logps_file
+    import prefopt.scoring.shared as logps_file
     from helpers import collated, tiny_model
-    from prefopt.train.logp_cache import compute_table
+    from prefopt.scoring.logp_cache import compute_table
 
     pairs = [([1] + [5 + (i + j) % 9 for j in range(18)], [8, 9, 2], [10 + i % 3, 2]) for i in range(6)]
     batch = collated(pairs)

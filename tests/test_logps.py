@@ -3,7 +3,7 @@
 import torch
 
 from helpers import BOS, PAIRS, collated, pair_batch, tiny_model
-from prefopt.train.logps import response_logps
+from prefopt.scoring.logps import response_logps
 
 
 def naive_logps(model, input_ids, attention_mask, score_mask):
@@ -58,7 +58,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from prefopt.train.logps import head_logps, token_logps  # noqa: E402
+from prefopt.scoring.logps import head_logps, token_logps  # noqa: E402
 
 
 def plain_token_logps(logits, targets):
@@ -132,7 +132,7 @@ def test_no_grad_pass_holds_one_chunk_of_logits():
 
 def test_shared_prompt_pass_equals_full_rows_values_and_gradients():
     """Prompts of 2, 4 and 7 tokens (right-padded) run once; the responses attend to their keys."""
-    from prefopt.train.logps import shared_prompt_logps
+    from prefopt.scoring.shared import shared_prompt_logps
 
     model = tiny_model(layers=2)
     b = collated(PAIRS)
@@ -151,7 +151,7 @@ def test_shared_prompt_pass_equals_full_rows_values_and_gradients():
 
 
 def test_pair_batch_logps_falls_back_to_full_rows_without_the_shared_layout():
-    from prefopt.train.logps import pair_batch_logps
+    from prefopt.scoring.layout import pair_batch_logps
 
     model = tiny_model()
     b = collated(PAIRS)
@@ -166,7 +166,7 @@ def test_pair_batch_logps_falls_back_to_full_rows_without_the_shared_layout():
 
 
 def test_auto_shares_only_long_enough_prompts():
-    from prefopt.train.logps import SHARE_MIN_PROMPT_TOKENS, shares_batch_prompt
+    from prefopt.scoring.shared import SHARE_MIN_PROMPT_TOKENS, shares_batch_prompt
 
     short = collated(PAIRS)  # prompts padded to 7 tokens
     long = collated([([BOS] + [5] * (SHARE_MIN_PROMPT_TOKENS - 1), [8, 9], [10])])

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from helpers import PAIRS, optim, pair_batch, tiny_model
-from prefopt.train.logp_cache import weights_fingerprint
-from prefopt.train.logps import response_logps
+from prefopt.scoring.logp_cache import weights_fingerprint
+from prefopt.scoring.logps import response_logps
 from prefopt.losses import DPOLoss, RMiPOLoss
 from prefopt.models.setup import apply_lora, is_lora, prepare_for_training, save_policy
 from prefopt.train.module import PreferenceModule
@@ -101,7 +101,8 @@ def test_save_merges_adapters_into_a_plain_model(tmp_path):
 
 def test_shared_prompt_pass_of_a_lora_policy_equals_full_rows():
     from helpers import collated
-    from prefopt.train.logps import check_shared_prompt, pair_batch_logps
+    from prefopt.scoring.sharing import check_shared_prompt
+    from prefopt.scoring.layout import pair_batch_logps
 
     model = lora_model()
     with torch.no_grad():

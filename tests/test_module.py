@@ -96,7 +96,7 @@ def test_tables_replace_the_frozen_pass_and_release_the_reference(kind, loss, mo
     module.frozen.use_table(kind, "eval", table[:0], tokens[:0])
     assert module.frozen.release_reference() and module.reference is None
     calls = []
-    import prefopt.train.frozen as frozen_file
+    import prefopt.scoring.frozen as frozen_file
     import prefopt.train.module as module_file
 
     for file, name in ((module_file, "pair_batch_logps"), (frozen_file, "response_logps"),
@@ -163,12 +163,13 @@ def test_marginal_rows_are_start_plus_response_padded_to_the_longest_response():
     """The collator's marginal rows hold no prompt token: [start..., response], right-padded to the
     longest response of the batch, so the marginal pass costs S + max response length per row."""
     from prefopt.data.collate import PairCollator
+    from prefopt.scoring.marginal import MarginalRows
 
     items = [
         {"prompt_ids": [1, 5, 6, 7, 8, 9], "chosen_ids": [10, 11, 2], "rejected_ids": [12, 2], "index": 0},
         {"prompt_ids": [1, 5], "chosen_ids": [13, 14, 15, 16, 2], "rejected_ids": [17, 2], "index": 1},
     ]
-    b = PairCollator(pad_id=0, start_ids=[1, 20])(items)
+    b = PairCollator(pad_id=0, marginal=MarginalRows([1, 20]))(items)
     assert b["marginal_input_ids"].shape == (4, 2 + 5)  # start (2) + longest response (5)
     assert b["marginal_input_ids"][1].tolist() == [1, 20, 13, 14, 15, 16, 2]
     assert b["marginal_input_ids"][2].tolist() == [1, 20, 12, 2, 0, 0, 0]
@@ -221,7 +222,7 @@ def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():
 
 
 def test_auto_checks_the_shared_pass_once_and_falls_back_when_it_does_not_fit(monkeypatch, capsys):
-    import prefopt.train.logps as logps_file
+    import prefopt.scoring.shared as logps_file
 
     long_pairs = [([1] + [5 + i % 7 for i in range(20)], [8, 9, 2], [10, 2]), ([1] + [4] * 17, [12, 2], [13, 14, 2])]
     batch = collated(long_pairs)

@@ -1,5 +1,5 @@
 """Padding-free packing (`data.pack`): the collator's packed layout on a hand-made batch, its padded
-share, and the packed pass (prefopt.train.logps.packed_logps) against padded rows on variable-length
+share, and the packed pass (prefopt.scoring.packed.packed_logps) against padded rows on variable-length
 pairs of tiny Llama, Mistral (a sliding window shorter than the sequences included), Qwen2, Gemma 2,
 Phi-3 and GPT-2 models: equal summed log-probs, token counts, per-token order and gradients; models
 that cannot pack fall back to padded rows with one warning; training with the packed layout runs on it."""
@@ -11,15 +11,20 @@ import transformers
 from torch.utils.data import DataLoader
 
 from helpers import BOS, EOS, FAMILIES, PAD, PAIRS, VARIABLE, VOCAB, assert_same_gradients, family_model, tiny_model, optim
-from prefopt.data.collate import PairCollator, packed_layout, row_length, token_counts
-from prefopt.train import logps as logps_file
-from prefopt.train.logps import pair_batch_logps, packing_problem
+from prefopt.data.collate import PairCollator
+from prefopt.scoring.layout import LayoutChoice
+from prefopt.scoring.marginal import MarginalRows
+from prefopt.scoring.packed import packed_layout, row_length
+from prefopt.scoring.layout import token_counts
+from prefopt.scoring import packed as logps_file
+from prefopt.scoring.layout import pair_batch_logps
+from prefopt.scoring.packed import packing_problem
 
 def collate(pairs, pack=True, tree=False):
     """The collated batch; with `pack`, its packed layout (the prompt-once tree rows only with `tree`:
     tests/test_tree_logps.py tests those)."""
     items = [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r, "index": i} for i, (p, c, r) in enumerate(pairs)]
-    batch = PairCollator(pad_id=PAD, start_ids=[BOS], pack=pack)(items)
+    batch = PairCollator(pad_id=PAD, layout=LayoutChoice(pack=pack), marginal=MarginalRows([BOS]))(items)
     return batch if tree else {k: v for k, v in batch.items() if not k.startswith("tree_")}
 
 
@@ -37,7 +42,7 @@ PACKABLE = [  # full rows of 3 (chosen 0), 6 (chosen 1), 5 (rejected 0) and 3 to
 
 
 def test_packed_layout_by_hand():
-    b = PairCollator(pad_id=PAD, start_ids=[BOS], pack=True)(PACKABLE)
+    b = PairCollator(pad_id=PAD, layout=LayoutChoice(pack=True), marginal=MarginalRows([BOS]))(PACKABLE)
     # rows of 6 (the longest sequence: 1/18 padding is within 10%), longest first, each sequence into
     # the first row it fits: [chosen 1], [rejected 0 + 1 padding], [chosen 0, rejected 1]
     assert b["packed_input_ids"].tolist() == [[5, 6, 7, 8, 9, 2], [5, 9, 9, 9, 2, PAD], [5, 7, 2, 5, 6, 2]]
@@ -45,7 +50,7 @@ def test_packed_layout_by_hand():
     assert b["packed_segment"].tolist() == [[1, 1, 1, 1, 1, 1], [2, 2, 2, 2, 2, -1], [0, 0, 0, 3, 3, 3]]
     assert b["packed_score_mask"].tolist() == [[0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0], [0, 1, 1, 0, 0, 1]]
     # the padded layouts are unchanged, and absent the option there is no packed layout
-    plain = PairCollator(pad_id=PAD, start_ids=[BOS])(PACKABLE)
+    plain = PairCollator(pad_id=PAD, marginal=MarginalRows([BOS]))(PACKABLE)
     assert plain.keys() == padded(b).keys() and all(torch.equal(plain[k], b[k]) for k in plain)
     assert not any(k.startswith("packed_") for k in plain)
 
@@ -64,7 +69,7 @@ def test_one_row_when_the_capacity_holds_every_sequence():
 
 
 def test_padded_share_of_the_packed_layout_by_hand():
-    b = PairCollator(pad_id=PAD, start_ids=[BOS], pack=True)(PACKABLE)
+    b = PairCollator(pad_id=PAD, layout=LayoutChoice(pack=True), marginal=MarginalRows([BOS]))(PACKABLE)
     # full rows: 4 x 6 = 24 processed for 3 + 6 + 5 + 3 = 17 real, 7/24 = 29% padding
     assert token_counts(b, shared=False) == (17, 24)
     # shared prompt: prompts 2 x 2 + responses 4 x 4 = 20 processed for 3 + 11 real, 30%
@@ -178,7 +183,7 @@ def test_a_body_without_position_ids_cannot_pack():
 def test_training_steps_on_the_packed_layouts_change_the_policy(layout, monkeypatch):
     """Three DPO steps on each packed layout: sequences apart (packed_logps) and prompt-once (tree_logps)."""
     from prefopt.losses import DPOLoss
-    from prefopt.train import tree as tree_file
+    from prefopt.scoring import tree as tree_file
     from prefopt.train.module import PreferenceModule
 
     owner, name = (logps_file, "packed_logps") if layout == "packed" else (tree_file, "tree_logps")
@@ -204,7 +209,7 @@ def test_the_data_module_wires_the_option():
     tok = build_bpe_tokenizer(["one two three four"] * 20, vocab_size=300)
     rows = [{"prompt": "one two" * (1 + i % 3), "chosen": " three" * (1 + i % 4), "rejected": " four"} for i in range(8)]
     args = dict(max_length=32, max_prompt_length=16, batch_size=4, eval_batch_size=4, seed=0)
-    packed = next(iter(PreferenceDataModule(rows, [], tok, pack=True, **args).train_dataloader()))
+    packed = next(iter(PreferenceDataModule(rows, [], tok, layout=LayoutChoice(pack=True), **args).train_dataloader()))
     plain = next(iter(PreferenceDataModule(rows, [], tok, **args).train_dataloader()))
     assert not any(k.startswith("packed_") for k in plain)
     real, processed = token_counts(packed, shared=False, packed=True)

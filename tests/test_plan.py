@@ -79,3 +79,25 @@ def test_a_run_constructs_each_component_once(cache_root, tmp_path):
     calls = json.loads(out.read_text())
     assert calls == {"loss": 1, "source": 1, "build": 1, "optim": 1, "choose_start": 1}, calls
     assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "completed"
+
+
+def test_the_plan_chooses_the_layouts_once():
+    from prefopt.scoring.layout import LayoutChoice
+    from prefopt.scoring.packed import PACKED
+    from prefopt.scoring.rows import ROWS
+    from prefopt.scoring.shared import SHARED
+    from prefopt.scoring.tree import TREE
+
+    assert plan(compose_sort()).layout == LayoutChoice(pack=False, share_prompt="auto")  # trainer=cpu: no packing
+    packed = plan(compose_sort("data.pack=true", "share_prompt=false")).layout
+    assert packed == LayoutChoice(pack=True, share_prompt=False) and packed.layouts == (TREE, PACKED, ROWS)
+    assert plan(compose_sort()).layout.layouts == (SHARED, ROWS)
+
+
+def test_the_plan_decides_the_resume(tmp_path):
+    from prefopt.errors import ResumeMismatch
+
+    with pytest.raises(ResumeMismatch, match=r"ckpt_path=last: .*has no readable checkpoint"):
+        plan(compose_sort("ckpt_path=last"), tmp_path)
+    fresh = plan(compose_sort("ckpt_path=last_or_fresh"), tmp_path)
+    assert fresh.ckpt_path is None and fresh.pin is None

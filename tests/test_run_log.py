@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from test_run import SMALL_SORT, run_cli
 
-from prefopt.data import layout
+from prefopt.data import row_format as layout
 from prefopt.train.progress import ConsoleLog, StepProgressBar
 from prefopt.tasks.base import Built
 from prefopt.train.trainer_factory import validation_steps

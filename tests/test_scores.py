@@ -1,5 +1,5 @@
 """Scores judged elsewhere (`python src/analyze.py STUDY --scores FILE`): each run's leaderboard name
-(prefopt.models.export.generator_name, runs.csv `generator`), AlpacaEval's leaderboard.csv and run,metric,value
+(prefopt.eval.export.generator_name, runs.csv `generator`), AlpacaEval's leaderboard.csv and run,metric,value
 tables attached as metric columns (prefopt.analysis.scores), the study re-ranked by one of them, and the
 one-line errors for rows that match no run, several, or a run twice. No network: a hand-made study and
 hand-made leaderboards whose rankings are worked out by hand.
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from prefopt.analysis import analyze, attach_scores, load_runs, load_study, read_scores, swept_keys
-from prefopt.models.export import generator_name
+from prefopt.eval.export import generator_name
 
 matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parents[1]

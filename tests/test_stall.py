@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from helpers import PAIRS, optim, pair_batch, tiny_model
 from prefopt.losses import DPOLoss, IPOLoss, SimPOLoss
 from prefopt.train.module import PreferenceModule
+from prefopt.config.schema import OptimSchema, advised_range
 from prefopt.train.stall import LossStallWarning, stall_message
 
 torch.set_num_threads(1)
@@ -21,7 +22,7 @@ def train(loss, lr, max_steps, accumulate=1, **watch):
     module = PreferenceModule(tiny_model(), loss, **optim(lr=lr, warmup_ratio=0.0))
     trainer = L.Trainer(max_steps=max_steps, accumulate_grad_batches=accumulate, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        callbacks=[LossStallWarning(**watch)])
+                        callbacks=[LossStallWarning(lr_range=advised_range(OptimSchema, "lr"), **watch)])
     batches = [pair_batch(PAIRS)] * (max_steps * accumulate)
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
 
@@ -31,7 +32,7 @@ def warnings(err):
 
 
 def test_the_message_names_the_value_the_steps_and_what_to_raise():
-    line = stall_message(math.log(2), 1e-3, 0, 50, DPOLoss(beta=1e-9), 5e-4)
+    line = stall_message(math.log(2), 1e-3, 0, 50, DPOLoss(beta=1e-9), 5e-4, advised_range(OptimSchema, "lr"))
     assert line == ("warning: the training loss has not moved from 0.6931 = log 2 (within 0.001) in steps 1-50: "
                     "the policy is not learning from the pairs; loss.beta=1e-09 (usual 0.01 to 1) or "
                     "optim.lr=0.0005 (usual 1e-08 to 0.01) is probably too small, try raising it")

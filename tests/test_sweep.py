@@ -99,9 +99,21 @@ def test_failing_jobs_are_recorded_and_the_others_go_on(smoke):
 STUDIES = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
 
 
+def _study(study: str):
+    """A study preset with the shared files its defaults list names (conf/sweep/base/) merged under it,
+    their defaults lists joined; and the text of all of them (where extension commands are written)."""
+    cfg = OmegaConf.load(SWEEPS / f"{study}.yaml")
+    names = [d for d in cfg.get("defaults", []) if isinstance(d, str) and d.startswith("base/")]
+    bases = [OmegaConf.load(SWEEPS / f"{name}.yaml") for name in names]
+    merged = OmegaConf.merge(*bases, cfg)
+    merged.defaults = [d for b in bases for d in b.get("defaults", [])] + list(cfg.get("defaults", []))
+    text = "\n".join((SWEEPS / f"{name}.yaml").read_text() for name in [study, *names])
+    return merged, text
+
+
 @pytest.mark.parametrize("study", STUDIES)
 def test_study_configs_list_existing_points_and_losses(study):
-    cfg = OmegaConf.load(SWEEPS / f"{study}.yaml")
+    cfg, _ = _study(study)
     params = cfg.hydra.sweeper.params
     points = [p.strip() for p in str(params.get("+sweep/point", "")).split(",") if p.strip()]
     knobs = [p.strip() for p in str(params.get("+sweep/knob", "")).split(",") if p.strip()]
@@ -119,33 +131,43 @@ def test_study_configs_list_existing_points_and_losses(study):
         assert (ROOT / "conf" / "loss" / f"{loss}.yaml").exists(), loss
         if "grid" in cfg.sweep:
             assert loss in cfg.sweep.grid, f"{study}: no grid for {loss}"
-    assert cfg.sweep.name == study and cfg.sweep.score.startswith("eval/")
+    assert study.startswith(cfg.sweep.name) and cfg.sweep.score.startswith("eval/")
     assert {"override /tuned": None} in cfg.defaults  # studies measure their own settings
 
 
 def _grid(study: str) -> dict[str, dict[str, list[float]]]:
-    cfg = OmegaConf.load(SWEEPS / f"{study}.yaml")
+    cfg, _ = _study(study)
     return {loss: {axis: list(values.values()) for axis, values in axes.items()}
             for loss, axes in OmegaConf.to_container(cfg.sweep.grid).items()}
 
 
-@pytest.mark.parametrize("study", ["beta_sensitivity", "imdb_sensitivity"])
+GRID_STUDIES = ["beta_sensitivity", "beta_sensitivity_lr", "imdb_sensitivity"]
+
+
+@pytest.mark.parametrize("study", GRID_STUDIES)
 def test_grids_step_by_half_a_decade_with_5_seeds_and_the_default_point(study):
-    cfg = OmegaConf.load(SWEEPS / f"{study}.yaml")
-    text = (SWEEPS / f"{study}.yaml").read_text()
+    """Every loss's grid steps by half a decade on each axis and holds the loss's default β (if it has
+    one) at the study's default lr; a position no preset's sweep covers is run by a documented command."""
+    cfg, text = _study(study)
     params = cfg.hydra.sweeper.params
     assert len(str(params["seed"]).split(",")) >= 5
-    positions = {axis: str(params[f"sweep.{axis}_step"]).split(",") for axis in ("beta", "lr")}
-    defaults = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "rmipo": 2.0}  # the loss classes' default β
+    positions = {axis: str(params.get(f"sweep.{axis}_step", "")).split(",") for axis in ("beta", "lr")}
+    swept = [p.strip() for p in str(params["loss"]).split(",")]
+    lists_all = "sweep.beta_step" in params  # a β preset's header lists every run of the study
     for loss, axes in _grid(study).items():
+        default_beta = OmegaConf.load(ROOT / "conf" / "loss" / f"{loss}.yaml").get("beta")
+        assert ("beta" in axes) == (default_beta is not None), f"{study}/{loss}: a β axis iff the loss has β"
         for axis, values in axes.items():
             keys = list(OmegaConf.to_container(cfg.sweep.grid[loss][axis]))
-            assert set(positions[axis]) <= set(keys), f"{study}/{loss}/{axis}: a swept position is missing"
-            for extra in set(keys) - set(positions[axis]):  # a grid extension: run by a documented command
-                assert f"sweep.{axis}_step={extra}" in text or f",{extra}" in text, f"{study}/{loss}/{axis}={extra}"
+            if loss in swept:
+                assert set(positions[axis]) <= set(keys), f"{study}/{loss}/{axis}: a swept position is missing"
+            extras = set(keys) - set(positions[axis]) if loss in swept or lists_all else set()
+            for extra in extras:  # a grid extension: run by a documented command
+                assert f"{axis}_step={extra}" in text or f",{extra}" in text, f"{study}/{loss}/{axis}={extra}"
             steps = np.diff(np.log10(values))
             assert np.all(np.abs(steps - 0.5) <= 0.06), f"{study}/{loss}/{axis}: {values}"
-        assert defaults[loss] in axes["beta"] and cfg.sweep.defaults.optim.lr in axes["lr"], loss
+        assert default_beta is None or default_beta in axes["beta"], loss
+        assert cfg.sweep.defaults.optim.lr in axes["lr"], loss
 
 
 # study -> (method, axis) whose best may sit on the grid's edge, as its report states: IMDb's SimPO β

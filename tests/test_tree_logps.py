@@ -1,4 +1,4 @@
-"""Prompt-once packed rows (`data.pack`, prefopt.train.tree): the collator's tree layout by hand, its
+"""Prompt-once packed rows (`data.pack`, prefopt.scoring.tree): the collator's tree layout by hand, its
 attention mask by hand, and the tree pass against padded rows on variable-length pairs of tiny Llama,
 Mistral, Qwen2, Gemma 2, Phi-3 and GPT-2 models (equal summed log-probs, token counts, per-token order
 and gradients); a sliding window shorter than a branch, and attention that takes no custom mask, fall
@@ -9,15 +9,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from helpers import BOS, EOS, FAMILIES, PAD, VARIABLE, assert_same_gradients, family_model, tiny_model, optim
-from prefopt.data.collate import PairCollator, token_counts, tree_layout
-from prefopt.train import tree as tree_file
-from prefopt.train.logps import pair_batch_logps
-from prefopt.train.tree import model_mask, tree_mask, tree_problem, trees_batch
+from prefopt.data.collate import PairCollator
+from prefopt.scoring.layout import LayoutChoice
+from prefopt.scoring.marginal import MarginalRows
+from prefopt.scoring.layout import token_counts
+from prefopt.scoring.tree import tree_layout
+from prefopt.scoring import tree as tree_file
+from prefopt.scoring.layout import pair_batch_logps
+from prefopt.scoring.tree import model_mask, tree_mask, tree_problem, trees_batch
 
 
 def collate(pairs):
     items = [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r, "index": i} for i, (p, c, r) in enumerate(pairs)]
-    return PairCollator(pad_id=PAD, start_ids=[BOS], pack=True)(items)
+    return PairCollator(pad_id=PAD, layout=LayoutChoice(pack=True), marginal=MarginalRows([BOS]))(items)
 
 
 def padded(batch):

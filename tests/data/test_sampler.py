@@ -124,7 +124,7 @@ def test_grouping_without_lengths_is_an_error():
 
 
 def test_datamodule_groups_by_length_and_keeps_a_token_budget():
-    from prefopt.data.collate import token_counts
+    from prefopt.scoring.layout import token_counts
     from prefopt.data.datamodule import PreferenceDataModule
     from prefopt.data.tokenizer_builder import build_bpe_tokenizer
 

@@ -25,12 +25,11 @@ from prefopt.analysis.runs import CURVE_METRICS, StudySettings, completed, learn
 from prefopt.analysis.stats import (
     CALIBRATED_SEEDS, format_value, grid_table, method_summary, pairwise_differences, seed_noise, tuning_curves,
 )
+from prefopt.analysis.statistics import BEST, BY_NAME, STATISTICS, label
 from prefopt.log import PLAIN, get_logger
 
 log = get_logger()
 
-STAT_NAMES = {"best": "best", "mean_regret": "mean regret in the window", "regret_default": "regret at default",
-              "tuning_cost": "expected best after k random trials"}
 
 
 def analyze(
@@ -180,7 +179,7 @@ def headline(summary: pd.DataFrame, pairs: pd.DataFrame, settings: StudySettings
     lines = [f"{settings.name}: best {settings.score} per method (95% t-interval over seeds)"]
     for _, r in summary.iterrows():
         lr = "" if "lr=" in str(r["best_point"]) else f", lr {r['lr']}"  # a swept lr is in the best point
-        lines.append(f"  {r['method']:<{width}}  {_ci(r, 'best')}  at {r['best_point']}{lr} "
+        lines.append(f"  {r['method']:<{width}}  {_ci(r, BEST.name)}  at {r['best_point']}{lr} "
                      f"({r['seeds_per_point']} seed{'s' if r['seeds_per_point'] != 1 else ''} a point)")
     if pairs.empty or not pairs["verdict"].notna().any():
         return lines + ["verdicts: none tested" + (" (one method)" if pairs.empty else " (see the report)")]
@@ -270,7 +269,7 @@ def markdown_report(
     parts += ["", "## Differences between methods", "", _family(pairs, settings)]
     if not pairs.empty:
         parts += ["", _table(["A", "B", "statistic", "A − B", "95% interval", "seeds", "p (Holm)", "verdict"], [
-            [r.a, r.b, STAT_NAMES.get(r.stat, r.stat), _num(r.diff), f"[{_num(r.lo)}, {_num(r.hi)}]",
+            [r.a, r.b, label(r.stat), _num(r.diff), f"[{_num(r.lo)}, {_num(r.hi)}]",
              str(r.n_seeds), _num(r.p_holm), _verdict(r.verdict, r.note, _warning(r))] for r in pairs.itertuples()])]
         for text in (_seed_paragraph(pairs), _verdicts(pairs)):
             parts += ["", text] if text else []
@@ -325,15 +324,23 @@ def _noise_line(runs: pd.DataFrame, settings: StudySettings) -> str:
             "the same seeds are paired, so the shared part cancels.")
 
 
+def _stat_cell(r: Any, stat: Any) -> str:
+    """A summary row's cell of `stat`: its value and interval, with what qualifies it (a truncated window,
+    the k of a tuning cost)."""
+    cell = _ci(r, stat.name)
+    if stat.needs_windows and not r["window_complete"]:
+        cell += " (window truncated)"
+    return cell + (f" (k={r['tuning_k']})" if stat.at_k_trials else "")
+
+
 def _summary_table(summary: pd.DataFrame, settings: StudySettings) -> str:
     rows = []
     for _, r in summary.iterrows():
-        window = _ci(r, "mean_regret") + ("" if r["window_complete"] else " (window truncated)")
-        rows.append([f"**{r['method']}**", _ci(r, "best"), window, _ci(r, "regret_default"),
-                     f"{_ci(r, 'tuning_cost')} (k={r['tuning_k']})", f"{r['k_within_tolerance']} of {r['points']}",
+        rows.append([f"**{r['method']}**", *(_stat_cell(r, stat) for stat in STATISTICS),
+                     f"{r['k_within_tolerance']} of {r['points']}",
                      _num(r["share_within_tol"]), _num(r["seed_sd"]), f"{r['points']}×{r['seeds_per_point']}",
                      r["best_point"], r["default_point"] or "–", str(r.get("lr", "–"))])
-    return _table(["method", "best", "mean regret in window", "regret at default", "expected best after k trials",
+    return _table(["method", *(stat.column for stat in STATISTICS),
                    f"k within {settings.tolerance:g}", f"share within {settings.tolerance:g}", "seed sd",
                    "points×seeds", "best point", "default point", "lr (optim.lr)"], rows)
 
@@ -354,7 +361,7 @@ def _family(pairs: pd.DataFrame, settings: StudySettings) -> str:
         return "(one method only: nothing to compare)"
     tested = int(pairs["p"].notna().sum())
     who = f"{settings.focus} against each other method" if settings.focus else "every pair of methods"
-    stats = ", ".join(STAT_NAMES.get(s, s) for s in settings.compare)
+    stats = ", ".join(label(s) for s in settings.compare)
     return (
         f"A − B: the mean over the seeds both ran of the paired difference, with its 95% t-interval "
         f"(unadjusted). The family is every tested row below: {who} × ({stats}), {tested} comparisons. "
@@ -403,12 +410,9 @@ def _holding(pairs: pd.DataFrame) -> list[str]:
     for r in pairs[pairs["verdict"] == True].itertuples():  # noqa: E712
         higher, lower = (r.a, r.b) if r.diff > 0 else (r.b, r.a)
         size = _num(abs(r.diff))
-        if r.stat == "best":
-            line = f"best: {higher} > {lower} by {size}"
-        elif r.stat == "tuning_cost":
-            line = f"{STAT_NAMES[r.stat]}: {higher} > {lower} by {size} ({higher} is the cheaper to tune)"
-        else:
-            line = f"{STAT_NAMES.get(r.stat, r.stat)}: {lower} < {higher} by {size} ({lower} is the less sensitive)"
+        stat = BY_NAME[r.stat]
+        better, sign, worse = (higher, ">", lower) if stat.higher_is_better else (lower, "<", higher)
+        line = f"{stat.label}: {better} {sign} {worse} by {size}" + (f" ({better} {stat.note})" if stat.note else "")
         warned = f" (⚠ only {r.n_seeds} seeds; calibrated for {CALIBRATED_SEEDS})" if _warning(r) else ""
         lines.append(line + warned)
     return lines

@@ -28,6 +28,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from prefopt.analysis.scores import attach_scores
+from prefopt.analysis.statistics import DEFAULT_COMPARE
 from prefopt.train.loggers import flatten
 from prefopt.run.results import read_results
 
@@ -35,7 +36,6 @@ RESERVED = ("run", "status", "error", "method", "seed", "wall_time_s", "finished
 DEFAULT_SCORE = "eval/oracle_reward"
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_WINDOW = {"loss.beta": 0.5, "optim.lr": 0.5}  # decades either side of a method's best
-DEFAULT_COMPARE = ("best", "mean_regret", "regret_default")
 DEFAULT_PRICE_METRIC = "eval/kl"
 CURVE_METRICS = ("train/margin/mean", "train/pmi/delta")
 

@@ -5,7 +5,7 @@ A FILE is either
 - AlpacaEval's leaderboard.csv: one row per generator, named in its first, unnamed column (or a `name` or
   `generator` column), with `win_rate` and `length_controlled_winrate`, `standard_error`,
   `lc_standard_error`, `discrete_win_rate`, `n_total`, `avg_length` where present. A row is the run whose
-  generations.json carries that `generator` (prefopt.models.export.generator_name; runs.csv column
+  generations.json carries that `generator` (prefopt.eval.export.generator_name; runs.csv column
   `generator`); its columns become `eval/alpaca_*` (ALPACA_METRICS), the win rates and their standard
   errors as fractions (AlpacaEval's 25.3 → 0.253), the scale of `eval/win_rate`, so `sweep.tolerance`
   means the same for them;

@@ -55,9 +55,9 @@ import pandas as pd
 from scipy.special import stdtr, stdtrit  # Student's t CDF and its inverse (ufuncs: fast)
 
 from prefopt.analysis.runs import StudySettings, completed, default_point, learning_rates, swept_keys
+from prefopt.analysis.statistics import BEST, MEAN_REGRET, NAMES, REGRET_DEFAULT, TUNING_COST, WINDOW_STATS
 
-TESTED = ("best", "mean_regret", "regret_default", "tuning_cost")  # per-seed statistics, with intervals and tests
-WINDOW_STATS = ("mean_regret",)  # comparable only when both windows are complete
+TESTED = NAMES  # per-seed statistics, with intervals and tests (prefopt.analysis.statistics)
 EXTRA_METRICS = ("eval/oracle_reward_start", "eval/win_rate", "eval/kl", "eval/length")
 SPAN_SLACK = 0.06  # decades: 1-3-10 grids step by 0.477 and 0.523 decades; both count as half a decade
 PAIR_COLUMNS = ["a", "b", "stat", "diff", "lo", "hi", "n_seeds", "p", "p_holm", "verdict", "note", "warning"]
@@ -206,8 +206,8 @@ def per_seed(grid: MethodGrid, window: dict[str, float], k: int | None = None) -
     default = y[grid.default_index] if grid.default_index is not None else np.full(len(grid.seeds), np.nan)
     k = k or midpoint([grid])
     cost = np.array([_at(expected_max(y[:, s]), k) for s in range(len(grid.seeds))])
-    return {"best": y[best], "mean_regret": y[best] - y[inside].mean(axis=0), "regret_default": y[best] - default,
-            "tuning_cost": cost}
+    return {BEST.name: y[best], MEAN_REGRET.name: y[best] - y[inside].mean(axis=0),
+            REGRET_DEFAULT.name: y[best] - default, TUNING_COST.name: cost}
 
 
 def expected_max(values: np.ndarray) -> np.ndarray:
@@ -354,7 +354,7 @@ def method_summary(runs: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
         for name, values in per_seed(grid, settings.window, k).items():
             mean, lo, hi, _ = t_interval(values)
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = mean, lo, hi
-        row["best"] = float(means[centre])  # the seed-mean, also where some seed misses a run
+        row[BEST.name] = float(means[centre])  # the seed-mean, also where some seed misses a run
         inside = window_indices(grid, centre, settings.window)
         row["share_within_tol"] = float((means[inside] >= means[centre] - settings.tolerance - 1e-12).mean())
         row["tuning_k"] = k

@@ -1,11 +1,11 @@
-"""Checks before any work: the folders a run writes to, its cache and what `ckpt_path` resumes.
+"""Checks before any work: the folders a run writes to and its cache.
 
 `check_output_argv` runs in `src/run.py` before Hydra starts (Hydra's own failure on a read-only
 output folder is a logging traceback); `stop_if_unwritable` and `preflight` run first in each job:
 the run folder must be writable, a read-only cache is announced (then every artifact must be in it: a
 missing one is a one-line `CacheError` when the task or the log-prob tables are built, before training;
-the starting policy's evaluation is computed without the cache), the cache's lock timeout is set, and
-`ckpt_path` is resolved (see prefopt.train.resume). Read-only is judged with `os.access`, so tests running
+the starting policy's evaluation is computed without the cache) and the cache's lock timeout is set.
+What `ckpt_path` resumes is decided once, in the run plan (prefopt.config.plan). Read-only is judged with `os.access`, so tests running
 as root can mock it. Exercised by `pytest tests/test_preflight.py`.
 """
 
@@ -19,7 +19,6 @@ from omegaconf import DictConfig
 
 from prefopt.log import PLAIN, get_logger
 from prefopt.store import cache
-from prefopt.train.resume import resolve_ckpt_path
 
 log = get_logger()
 
@@ -61,16 +60,15 @@ def check_output_argv(argv: Sequence[str], cwd: Path | None = None) -> str | Non
     return output_problem(folder if folder.is_absolute() else cwd / folder, key)
 
 
-def preflight(cfg: DictConfig, output_dir: Path) -> str | None:
-    """Set up and check the cache; returns the checkpoint to resume from (None: fresh). The run folder
-    is checked first, by `stop_if_unwritable`."""
+def preflight(cfg: DictConfig, output_dir: Path) -> None:
+    """Set up and check the cache. The run folder is checked first, by `stop_if_unwritable`; what
+    `ckpt_path` resumes is decided by the run plan (prefopt.train.resume.resume_decision)."""
     paths = cfg.get("paths") or {}
     cache.configure(lock_timeout_s=paths.get("lock_timeout_s", cache.DEFAULT_LOCK_TIMEOUT_S))
     cache_dir = Path(paths.get("cache_dir") or cache.default_cache_root())
     if not writable(cache_dir):
         log.info(f"the cache {cache_dir} is read-only: every artifact this run needs must already be in "
                  "it (a missing one stops the run before training)")
-    return resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
 
 
 def stop_if_unwritable(output_dir: Path) -> None:

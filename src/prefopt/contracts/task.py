@@ -30,8 +30,6 @@ class TaskArtifacts:
     oracle: gold reward of (prompt, response) strings, or None.
     generation: sampling settings for evaluation (max_new_tokens, temperature, ...).
     info: facts recorded in results.json (artifact keys, drop counts, data sizes).
-    marginal_prefix: text that stands for "no prompt" to this task's policy, put after the start token
-        in RMiPO's marginal pass (the sort policy saw prompt-less examples as BOS '>' response).
     responses_end_with_eos: False when string responses are continuations cut at a length (IMDb), so
         no EOS is appended and scored that the sampler never produced.
     """
@@ -44,7 +42,6 @@ class TaskArtifacts:
     oracle: Optional[Oracle] = None
     generation: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
-    marginal_prefix: str = ""
     responses_end_with_eos: bool = True
 
 

@@ -6,9 +6,11 @@ leaves empty and chat rows whose role headers alone exceed max_prompt_length, an
 tokenized dataset, which the collated batch passes on as keys for cached log-probs. The train loader
 shuffles with a generator seeded by `seed` (same seed, same order), optionally grouping pairs of like
 lengths (`group_by_length`) under a padded-token budget per batch (`max_tokens_per_batch`), see
-sampler.py; the eval loader keeps order. `marginal_context` ("start_token" or "none") is the marginal
-rows' context as the loss declares it (the run passes `loss.marginal_context`; collate.py). With `pack`
-every batch also carries the packed layout (collate.py), which the log-prob passes score without padding. A validation split of fewer than
+sampler.py; the eval loader keeps order. `marginal_context` ("start_token", "none", or None for no
+marginal rows) is the marginal rows' context as the loss declares it (the run passes the loss's
+`marginal_context` when it `needs_marginal`, else None; prefopt.scoring.marginal), `no_prompt_marker` what
+follows their start token. `layout` is the run's `LayoutChoice` (prefopt.scoring.layout): the batches
+carry the tensors of its layouts only (collate.py). A validation split of fewer than
 `MIN_EVAL_PAIRS` pairs is a warning naming the key that sizes it (its val/* metrics would be noise).
 Exercised by `pytest tests/data/test_datamodule.py` and every `python src/run.py`.
 """
@@ -28,6 +30,8 @@ from prefopt.data.errors import DataError
 from prefopt.data.sampler import ResumableLoader
 from prefopt.data.tokenize import PreEncoded, PromptTooLong, encode_row, truncate_pair
 from prefopt.log import get_logger
+from prefopt.scoring.layout import LayoutChoice
+from prefopt.scoring.marginal import MarginalRows
 
 PROGRESS_MIN_ROWS = 1000
 MIN_EVAL_PAIRS = 8  # fewer validation pairs than this: val/* metrics are too noisy to read (a warning)
@@ -129,13 +133,13 @@ class PreferenceDataModule(L.LightningDataModule):
         eval_batch_size: int,
         seed: int,
         num_workers: int = 0,
-        marginal_prefix: str = "",
-        marginal_context: str = "start_token",
+        no_prompt_marker: str = "",
+        marginal_context: Optional[str] = "start_token",
         strict: bool = False,
         append_eos: bool = True,
         group_by_length: bool = False,
         max_tokens_per_batch: Optional[int] = None,
-        pack: bool = False,
+        layout: Optional[LayoutChoice] = None,
     ):
         super().__init__()
         if max_length < 2 or (max_prompt_length is not None and max_prompt_length < 1):
@@ -150,11 +154,9 @@ class PreferenceDataModule(L.LightningDataModule):
         self.seed, self.num_workers, self.strict, self.append_eos = seed, num_workers, strict, append_eos
         self.group_by_length, self.max_tokens_per_batch = group_by_length, max_tokens_per_batch
         start, pad = start_and_pad_ids(tokenizer)
-        # the marginal rows the loss asks for (its `marginal_context`); the marker only follows a start token
-        with_start = marginal_context == "start_token" and marginal_prefix
-        marker = tokenizer(marginal_prefix, add_special_tokens=False)["input_ids"] if with_start else []
-        self.collator = PairCollator(pad_id=pad, start_ids=[start, *marker], pack=pack,
-                                     marginal_context=marginal_context)
+        marginal = (None if marginal_context is None else  # the marginal rows the loss asks for, if any
+                    MarginalRows.for_tokenizer(tokenizer, start, marginal_context, no_prompt_marker))
+        self.collator = PairCollator(pad_id=pad, layout=layout, marginal=marginal)
         self.train_dataset: Optional[PairDataset] = None
         self.eval_dataset: Optional[PairDataset] = None
         self.stats: dict[str, Any] = {}

@@ -98,25 +98,35 @@ def normalize_row(row: Any, i: Where, source: str) -> dict[str, Any]:
     rejected = _field(row, "rejected", source, i)
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise DataError(f"{_where(source, i)}: 'chosen' and 'rejected' must both be strings or both message lists")
-    has_prompt = "prompt" in row
     if isinstance(chosen, str):
-        if not has_prompt:
-            raise DataError(
-                f"{_where(source, i)}: missing column 'prompt' (columns present: {sorted(row)}); only "
-                "chat rows (message lists) can leave the prompt implicit"
-            )
-        prompt = _field(row, "prompt", source, i)
-        if isinstance(prompt, str):
-            return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-        if not prompt:
-            raise DataError(f"{_where(source, i)}: 'prompt' is an empty message list")
-        return {
-            "prompt": prompt,
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}],
-        }
+        return _string_responses(row, chosen, rejected, i, source)
+    return _chat_responses(row, chosen, rejected, i, source)
 
-    prompt = _field(row, "prompt", source, i) if has_prompt else None
+
+def _string_responses(row: dict[str, Any], chosen: str, rejected: str, i: Where, source: str) -> dict[str, Any]:
+    """`normalize_row` of a row whose responses are strings: its prompt a string, or messages (the
+    responses then become assistant turns)."""
+    if "prompt" not in row:
+        raise DataError(
+            f"{_where(source, i)}: missing column 'prompt' (columns present: {sorted(row)}); only "
+            "chat rows (message lists) can leave the prompt implicit"
+        )
+    prompt = _field(row, "prompt", source, i)
+    if isinstance(prompt, str):
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if not prompt:
+        raise DataError(f"{_where(source, i)}: 'prompt' is an empty message list")
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
+
+
+def _chat_responses(row: dict[str, Any], chosen: list, rejected: list, i: Where, source: str) -> dict[str, Any]:
+    """`normalize_row` of a row whose responses are message lists: the prompt given (messages or a
+    string, which becomes a user turn) or inferred from the messages both responses start with."""
+    prompt = _field(row, "prompt", source, i) if "prompt" in row else None
     if isinstance(prompt, list):
         if not prompt:
             raise DataError(f"{_where(source, i)}: 'prompt' is an empty message list")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from prefopt.eval.generation import sample
-from prefopt.train.logps import response_logps
+from prefopt.scoring.logps import response_logps
 
 
 def win_rate(policy_rewards: Sequence[float], reference_rewards: Sequence[float]) -> float:
@@ -40,7 +40,7 @@ def kl_estimate(policy_logps: Sequence[float], reference_logps: Sequence[float])
 def sequence_logps(
     model, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, batch_size: int = 64
 ) -> list[float]:
-    """Summed log pi(response | prompt) per row, via prefopt.train.logps.response_logps."""
+    """Summed log pi(response | prompt) per row, via prefopt.scoring.logps.response_logps."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -85,8 +85,8 @@ class PreferenceLoss(ABC):
     `marginal_source` says which model the marginal log-probs come from: "policy" (the live policy)
     or "reference" (the frozen starting policy, cacheable). Only meaningful when `needs_marginal`.
     `marginal_context`: what the marginal rows put before the response (the data side builds them from
-    it, prefopt.data.collate.PairCollator): "none" (the response alone, its first token as context, the
-    other n-1 scored) or "start_token" (the start token and the task's marker, all n scored). Only
+    it, prefopt.scoring.marginal.MarginalRows): "none" (the response alone, its first token as context, the
+    other n-1 scored) or "start_token" (the start token and the source's `no_prompt_marker`, all n scored). Only
     meaningful when `needs_marginal`.
     `needs_progress`: the loss follows a schedule over training (a run of unknown length refuses it).
     `beta_range`: (low, high), the β values this loss is usually trained with; a `loss.beta` outside them

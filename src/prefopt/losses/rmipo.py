@@ -11,7 +11,7 @@ What m̄ conditions on (`marginal_context`, read by the data side to build the m
   scripts/rmipo_trainer.py, `concatenated_forward` / `get_batch_logps` on the response with no
   start token), the one the paper's results come from.
 - "start_token": the model's start token (BOS, else EOS) plus the task's "no prompt" marker
-  (TaskArtifacts.marginal_prefix), then all n response tokens scored. This project's estimator
+  (a data source's `no_prompt_marker`, prefopt.scoring.marginal), then all n response tokens scored. This project's estimator
   before issue 29 (the committed studies and conf/tuned/rmipo_*.yaml were measured with it).
 A response with no scored marginal token (one token under "none") has no evidence for a PMI: its
 m̄ is defined as its conditional average s̄(y|x), so its PMI is 0 (never 0/0 and a NaN batch, as in

@@ -66,7 +66,8 @@ def print_summary(metrics: dict[str, float], output_dir: Path) -> None:
 def train_and_evaluate(cfg: DictConfig, plan: RunPlan, output_dir: Path, group: str,
                        outcome: RunOutcome) -> dict[str, float]:
     """The run itself, step by step (prefopt/run/steps.py), from its plan (prefopt.config.plan: the loss, the
-    task source, the optimizer factories, the start and the judge, constructed once); what it records goes
+    task source, the optimizer factories, the start and the judge, constructed once, the resume and the layouts,
+    decided once); what it records goes
     into `outcome` (the stage running, the metrics so far), so the caller can clean up and record also
     when a step fails."""
     steps.seed(cfg)
@@ -74,12 +75,12 @@ def train_and_evaluate(cfg: DictConfig, plan: RunPlan, output_dir: Path, group: 
     judges = steps.run_judges(cfg, plan.judge, artifacts, outcome)  # the task's oracle, another judge, both or none
     load_start = steps.start_loader(cfg, plan.start, artifacts)
     policy, tokenizer = steps.policy_to_train(cfg, load_start)
-    data = steps.preference_data(cfg, artifacts, tokenizer, outcome, plan.loss)
+    data = steps.preference_data(cfg, artifacts, tokenizer, outcome, plan)
     module = steps.preference_module(cfg, policy, plan)
     during = steps.during_training_eval(cfg, artifacts, judges, tokenizer, load_start)  # eval.every_n_steps
-    trainer = steps.trainer_for(cfg, output_dir, group, plan.loss, policy, data, tokenizer, outcome, during)
+    trainer = steps.trainer_for(cfg, output_dir, group, plan, policy, data, tokenizer, outcome, during)
     outcome.stage = "training"
-    metrics = outcome.metrics = steps.fit(cfg, trainer, module, data, output_dir, outcome)  # also train_metrics.json
+    metrics = outcome.metrics = steps.fit(cfg, trainer, module, data, output_dir, outcome, plan.ckpt_path)  # + train_metrics.json
     outcome.stage = "gather"
     trained = steps.trained_policy(cfg, trainer, module, load_start)
     if trained is None:  # data-parallel workers: rank 0 evaluates, saves and records
@@ -213,7 +214,8 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
     from prefopt.train.loggers import fill_method
     from prefopt.config.preflight import preflight
     from prefopt.train.progress import ConsoleLog
-    from prefopt.train.signals import InterruptGuard, Interrupted, record_interrupt
+    from prefopt.run.interrupted import record_interrupt
+    from prefopt.train.signals import InterruptGuard, Interrupted
 
     started = time.time()
     output_dir, multirun, group = _hydra_context()
@@ -228,8 +230,8 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
         built = validate_config(cfg)  # every problem of the config in one message, one line each, before anything loads
         record["config"] = OmegaConf.to_container(cfg, resolve=True)
         _announce_tuned(cfg, outcome)
-        outcome.ckpt_path = preflight(cfg, output_dir)  # the cache, and what ckpt_path resumes
-        run_plan = plan(cfg, outcome.ckpt_path, built)  # the components validation built, the start, the judge
+        preflight(cfg, output_dir)  # the cache
+        run_plan = plan(cfg, output_dir, built)  # what validation built, the resume, the start, the judge, the layouts
         metrics = train_and_evaluate(cfg, run_plan, output_dir, group, outcome)
         if env_rank() == 0:
             _record_completed(output_dir, metrics, outcome, started, record)

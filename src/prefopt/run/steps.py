@@ -1,7 +1,8 @@
 """The steps of one training run, in the order `prefopt.run.runner.train_and_evaluate` calls them.
 
 Each step takes the run's `RunPlan` (`prefopt.config.plan`: the loss, task source, optimizer factories,
-starting choice and judge, each constructed once) or returns what the next one needs: the seeding, the
+starting choice and judge, each constructed once; the resume checkpoint and its pin, the batch layouts,
+each decided once) or returns what the next one needs: the seeding, the
 task's artifacts (built from `plan.start`), the policy, the data, the module, the trainer, the fit's
 metrics, the trained policy, the judges (given the task: `run_judges`), the oracle evaluation, a second judge's evaluation, the
 generation export and the save. What the run records (info for results.json, sample texts, the loggers to finish, the
@@ -15,7 +16,6 @@ tests/test_late_failures.py tests/test_judge_run.py` and `python src/run.py`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -37,7 +37,6 @@ class RunOutcome:
     """What a run leaves for results.json and its clean-up; filled as the steps go, kept when one fails."""
 
     interrupts: Any  # prefopt.train.signals.InterruptGuard: a trainer callback, restored when the run ends
-    ckpt_path: str | None = None  # what `trainer.fit` resumes from (prefopt.config.preflight)
     info: dict[str, Any] = field(default_factory=dict)  # results.json `info`; callbacks add to it during fit
     loggers: list = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
@@ -115,38 +114,25 @@ def policy_to_train(cfg: DictConfig, load_start: StartLoader) -> tuple[torch.nn.
     return prepare_for_training(policy, cfg.model), tokenizer
 
 
-def packs_pairs(cfg: DictConfig) -> bool:
-    """`data.pack` resolved: true / false as set; "auto" packs when training on GPUs without sharded
-    parameters (one pass per model instead of the shared prompt's two: about 2x faster a step on an
-    H200, README, GPUs), not on CPUs (the committed studies' layout) nor under FSDP / DeepSpeed."""
-    value = cfg.data.get("pack", False)
-    if value != "auto":
-        return bool(value)
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    strategy = cfg.trainer.get("strategy", "auto")
-    name = str(strategy.get("name") if isinstance(strategy, Mapping) else strategy).lower()
-    packs = on_gpu and not any(kind in name for kind in ("fsdp", "deepspeed"))
-    if packs:
-        log.info("data.pack=auto: pairs packed end to end, each prompt once (training on GPUs)")
-    return packs
-
-
-def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: RunOutcome, loss: Any) -> Any:
+def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: RunOutcome, plan: RunPlan) -> Any:
     """The tokenized data module: bad rows fail here, before the trainer starts; drops are reported.
-    Its marginal rows are the ones `loss` declares (`marginal_context`)."""
+    Its batches carry the plan's layouts (`plan.layout`) and the marginal rows only when the plan's loss
+    `needs_marginal` (as its `marginal_context` declares, after the source's `no_prompt_marker`)."""
     from prefopt.data.datamodule import PreferenceDataModule
-    from prefopt.data.layout import detect_layout
+    from prefopt.data.row_format import detect_layout
+    from prefopt.scoring.marginal import no_prompt_marker
 
-    outcome.info["data_pack"] = pack = packs_pairs(cfg)  # as resolved (data.pack=auto: on GPUs)
+    outcome.info["data_pack"] = plan.layout.pack  # as resolved (data.pack=auto: on GPUs)
+    loss = plan.loss
     data = PreferenceDataModule(
         artifacts.train_rows, artifacts.eval_rows, tokenizer,
         max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length,
         batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size, seed=cfg.seed,
-        marginal_prefix=artifacts.marginal_prefix, marginal_context=loss.marginal_context,
+        no_prompt_marker=no_prompt_marker(plan.source),
+        marginal_context=loss.marginal_context if loss.needs_marginal else None,
         strict=cfg.data.get("strict", False),
         append_eos=artifacts.responses_end_with_eos, group_by_length=cfg.data.get("group_by_length", False),
-        max_tokens_per_batch=cfg.data.get("max_tokens_per_batch"), pack=pack,
+        max_tokens_per_batch=cfg.data.get("max_tokens_per_batch"), layout=plan.layout,
     )
     data.setup()
     outcome.info["data"] = data.stats
@@ -161,7 +147,7 @@ def preference_module(cfg: DictConfig, policy: torch.nn.Module, plan: RunPlan) -
     """The LightningModule: the policy, the plan's loss and (optimizer, scheduler) factories."""
     from prefopt.train.module import PreferenceModule
 
-    return PreferenceModule(policy, plan.loss, share_prompt=cfg.get("share_prompt", "auto"),
+    return PreferenceModule(policy, plan.loss, share_prompt=plan.layout.share_prompt,
                             optimizer=plan.optimizer, scheduler=plan.scheduler)
 
 
@@ -179,7 +165,7 @@ def during_training_eval(cfg: DictConfig, artifacts: Any, judges: Any, tokenizer
         return []
     from prefopt.eval.judged import eval_prompts
     from prefopt.train.eval_during import DuringTrainingEval
-    from prefopt.train.frozen import frozen_copy
+    from prefopt.scoring.frozen import frozen_copy
 
     n = int(cfg.eval.get("during_training_prompts") or 64)
     prompts, prompt_ids = eval_prompts(artifacts, tokenizer, n, cfg.data.max_prompt_length)
@@ -187,40 +173,44 @@ def during_training_eval(cfg: DictConfig, artifacts: Any, judges: Any, tokenizer
                                start_fn=lambda: (frozen_copy(load_start()[0]), None))]
 
 
-def trainer_for(cfg: DictConfig, output_dir: Path, group: str, loss: Any, policy: torch.nn.Module, data: Any,
+def trainer_for(cfg: DictConfig, output_dir: Path, group: str, plan: RunPlan, policy: torch.nn.Module, data: Any,
                 tokenizer: Any, outcome: RunOutcome, extra_callbacks: list[Any] = ()) -> Any:
-    """Loggers, the resume check and the callbacks (log-prob caches, run record, interrupts, `extra_callbacks`),
-    then the trainer."""
+    """Loggers, the resume check (of the plan's checkpoint) and the callbacks (log-prob caches, run record,
+    interrupts, `extra_callbacks`), then the trainer."""
     from prefopt.train.loggers import make_loggers, run_identity, wandb_identity
-    from prefopt.train.logp_cache import LogpCaches
+    from prefopt.train.logp_caches import LogpCaches
     from prefopt.train.resume import RunRecord
+    from prefopt.config.schema import OptimSchema, advised_range
     from prefopt.train.trainer_factory import build_trainer
 
+    loss = plan.loss
     name, tags = run_identity(cfg, loss.name, cfg.data.name, cfg.method)
     outcome.loggers = loggers = make_loggers(cfg, output_dir, name, group, tags)
     if wandb_identity(loggers):
         outcome.info["wandb"] = wandb_identity(loggers)
     run_record = RunRecord(cfg, data, tokenizer, outcome.info)  # into every checkpoint; checked on resume
-    run_record.check(outcome.ckpt_path)  # before any table is built: a mismatch costs seconds
+    run_record.check(plan.ckpt_path)  # before any table is built: a mismatch costs seconds
     caches = LogpCaches(cfg, data, Path(cfg.paths.cache_dir), outcome.info.update)  # at fit start, split over ranks
     return build_trainer(cfg, output_dir, loggers, desc=f"{loss.name} on {cfg.data.name}", model=policy,
-                         extra_callbacks=[caches, run_record, outcome.interrupts, *extra_callbacks])
+                         extra_callbacks=[caches, run_record, outcome.interrupts, *extra_callbacks],
+                         lr_range=advised_range(OptimSchema, "lr"))
 
 
-def fit(cfg: DictConfig, trainer: Any, module: Any, data: Any, output_dir: Path, outcome: RunOutcome) -> dict:
-    """Check the disk, print the device line, train; returns the logged metrics and throughput, recorded
+def fit(cfg: DictConfig, trainer: Any, module: Any, data: Any, output_dir: Path, outcome: RunOutcome,
+        ckpt_path: str | None = None) -> dict:
+    """Check the disk, print the device line, train (resuming `ckpt_path`, the plan's); returns the logged metrics and throughput, recorded
     in train_metrics.json as soon as training ends. A resume with nothing left to train (its checkpoint
     is at the last step: an earlier attempt stopped in the evaluation or the export) returns the metrics
     that attempt recorded, as Lightning has none to give."""
-    from prefopt.store.disk import check_disk_space
+    from prefopt.train.disk import check_disk_space
     from prefopt.train.hardware import setup_line
 
     policy = module.policy
     check_disk_space(cfg, trainer, policy, output_dir, Path(cfg.paths.cache_dir), data.stats.get("train/pairs", 0),
-                     data.stats.get("eval/pairs", 0), resuming=outcome.ckpt_path is not None)  # one line if short
+                     data.stats.get("eval/pairs", 0), resuming=ckpt_path is not None)  # one line if short
     if trainer.is_global_zero:
         log.info(setup_line(trainer, policy), extra=PLAIN)  # device, precision, weights dtype, attention implementation
-    trainer.fit(module, datamodule=data, ckpt_path=outcome.ckpt_path)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     if nothing_was_trained(outcome.info, trainer.global_step, output_dir):
         return recorded_train_metrics(output_dir, trainer.global_step)
     metrics = fit_metrics(trainer, module)
@@ -304,7 +294,7 @@ def starting_policy(trained: torch.nn.Module, module: Any, load_start: StartLoad
     disabled, the frozen reference if the module kept a usable one, else loaded again, so training never
     holds it."""
     from prefopt.contracts.predicates import is_lora
-    from prefopt.train.frozen import frozen_copy
+    from prefopt.scoring.frozen import frozen_copy
 
     if is_lora(trained):
         return trained, trained.disable_adapter
@@ -404,7 +394,7 @@ def judge_evaluation(cfg: DictConfig, artifacts: Any, judge: Any, trained: torch
 def export_generations(cfg: DictConfig, artifacts: Any, trained: torch.nn.Module, tokenizer: Any, loss_name: str,
                        output_dir: Path, outcome: RunOutcome) -> None:
     """`eval.generate=true`: answer the eval rows' prompts into generations.json (AlpacaEval format)."""
-    from prefopt.models.export import export_generations as export, generator_name
+    from prefopt.eval.export import export_generations as export, generator_name
 
     generator = generator_name(output_dir, cfg.get("method") or loss_name, cfg.loss.get("beta"), cfg.optim.lr,
                                cfg.seed, model=cfg.model.name)  # unique within a study (AlpacaEval's key)

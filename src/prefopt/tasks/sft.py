@@ -23,6 +23,26 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def padded_sequences(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the sequences right-padded with `pad_id` (N, longest), their lengths (N,))."""
+    lengths = torch.tensor([len(s) for s in sequences])
+    data = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        data[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return data, lengths
+
+
+def causal_lm_loss(model: torch.nn.Module, data: torch.Tensor, lengths: torch.Tensor, idx: torch.Tensor,
+                   device: torch.device) -> torch.Tensor:
+    """Mean next-token cross-entropy of rows `idx` of `data` (`lengths` theirs), padding left out."""
+    width = int(lengths.max())
+    batch = data[idx, :width].to(device)
+    logits = model(input_ids=batch).logits[:, :-1]
+    padding = torch.arange(1, width, device=device)[None, :] >= lengths.to(device)[:, None]
+    targets = batch[:, 1:].masked_fill(padding, -100)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
 def train_causal_lm(
     model: torch.nn.Module,
     sequences: list[list[int]],
@@ -49,10 +69,7 @@ def train_causal_lm(
     if any(len(s) < 2 for s in sequences):
         raise ValueError("every sequence needs at least two tokens")
     device = next(model.parameters()).device
-    lengths = torch.tensor([len(s) for s in sequences])
-    data = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.long)
-    for i, s in enumerate(sequences):
-        data[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    data, lengths = padded_sequences(sequences, pad_id)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     warmup = max(1, int(warmup_ratio * steps))
@@ -65,12 +82,7 @@ def train_causal_lm(
             order, cursor = torch.randperm(len(sequences), generator=generator), 0
         idx = order[cursor: cursor + batch_size]
         cursor += batch_size
-        width = int(lengths[idx].max())
-        batch = data[idx, :width].to(device)
-        logits = model(input_ids=batch).logits[:, :-1]
-        padding = torch.arange(1, width, device=device)[None, :] >= lengths[idx].to(device)[:, None]
-        targets = batch[:, 1:].masked_fill(padding, -100)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+        loss = causal_lm_loss(model, data, lengths[idx], idx, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)

@@ -87,6 +87,9 @@ class SortTask(Task):
     """
 
     name = "sort"
+    # what stands for "no prompt" to its policy: prompt-less SFT examples were BOS '>' response EOS (read by
+    # prefopt.scoring.marginal.no_prompt_marker for a marginal pass after the start token)
+    no_prompt_marker = SEPARATOR
     needs = StartNeeds(  # its character tokenizer is read by its own SFT policy only
         builds_start=True, takes_pretrained=False,
         instead="To train another model on sort pairs, use data=jsonl data.path=<the task's pairs.jsonl in the cache>.",
@@ -277,5 +280,4 @@ class SortTask(Task):
             oracle=SortOracle(),
             generation={"max_new_tokens": self.max_new_tokens, "temperature": 1.0},
             info=info,
-            marginal_prefix=SEPARATOR,  # prompt-less SFT examples were BOS '>' response EOS
         )

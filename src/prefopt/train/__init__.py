@@ -1,11 +1,12 @@
-"""Training: the LightningModule and everything around an optimizer step and the Trainer.
+"""Training: the LightningModule and the Trainer plumbing around an optimizer step.
 
-The module and its log-probabilities (`module`, `logps`), where the reference and marginal log-probs
-come from (`frozen`) and their cached tables (`logp_cache`), optimizer and schedule (`optim`),
-clipping, the Trainer and its strategies (`trainer_factory`), checkpoints and resuming
-(`checkpointing`, `resume`), signals and non-finite guards, loggers, progress, throughput (`perf`),
-hardware, and gathering a sharded policy (`gather`). Losses do not live here (prefopt.losses): the
-module calls the configured loss and never branches on which one it is. Exercised by
-`pytest tests/test_module.py tests/test_frozen.py tests/test_logps.py tests/test_logp_cache.py
-tests/test_optim.py tests/test_resume.py tests/test_signals.py`.
+The module (`module`: the policy's pass and the loss call; its log-probs, layouts and frozen side are
+prefopt.scoring's), the callback that attaches the cached log-prob tables (`logp_caches`), optimizer and
+schedule (`optim`), clipping, the Trainer and its strategies (`trainer_factory`), checkpoints and
+resuming (`checkpointing`, `ckpt_io`, `resume`), the disk-space check before training (`disk`), signals
+and non-finite guards, the loss-stall warning, loggers, progress, throughput (`perf`), hardware, the
+evaluation during training (`eval_during`) and gathering a sharded policy (`gather`). Losses do not live
+here (prefopt.losses): the module calls the configured loss and never branches on which one it is.
+Exercised by `pytest tests/test_module.py tests/test_optim.py tests/test_resume.py tests/test_signals.py
+tests/test_disk.py`.
 """

@@ -3,7 +3,7 @@
 - `checkpoint_callback(cfg, folder)`: `last.ckpt` at the end (and when validating), plus one every
   `checkpoint.every_n_train_steps` steps of which only the newest `checkpoint.keep` stay (-1: all);
   `checkpoint.enabled=false` writes none (the runner then builds no callback).
-- `checkpoints_at_once(cfg, total_steps)`: how many checkpoint files can exist together (for prefopt.store.disk).
+- `checkpoints_at_once(cfg, total_steps)`: how many checkpoint files can exist together (for prefopt.train.disk).
 - LoRA: `trainable_only` drops the frozen base weights from a checkpoint's state_dict (adapters and
   their optimizer state remain, a few MB instead of the whole model); `fill_frozen` puts them back from
   the model being resumed, whose base weights are the same starting policy. Called by PreferenceModule's

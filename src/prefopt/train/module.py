@@ -4,7 +4,7 @@ It runs the policy's forward pass and knows no loss by name: the loss declares w
 (`needs_reference`, `needs_marginal`, `marginal_source`) and turns a `PairLogps` into per-pair losses,
 rewards and metrics. Everything on the frozen side (the reference copy or LoRA's adapters-disabled
 pass, the marginal, the cached tables that replace them, whether prompts are shared) belongs to
-`self.frozen`, a prefopt.train.frozen.FrozenScorers, which the module asks for the `ref_*` and
+`self.frozen`, a prefopt.scoring.frozen.FrozenScorers, which the module asks for the `ref_*` and
 `marginal_*` log-probs. The reference copy is the module's child `reference` (placed, converted and
 sharded with it); it never goes into checkpoints (it is rebuilt from the starting policy).
 `progress()` (the share of training a scheduled loss sees) counts optimizer steps against
@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 
 from prefopt.errors import ConfigError
-from prefopt.train.logps import pair_batch_logps
+from prefopt.scoring.frozen import FrozenScorers
+from prefopt.scoring.layout import pair_batch_logps
 from prefopt.train.checkpointing import fill_frozen, trainable_only
-from prefopt.train.frozen import FrozenScorers
 from prefopt.contracts.predicates import is_sharded
 from prefopt.losses import PairLogps, PreferenceLoss
 from prefopt.log import get_logger

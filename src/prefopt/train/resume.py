@@ -71,7 +71,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def run_record(cfg: DictConfig, data: Any, tokenizer: Any) -> dict[str, Any]:
     """What a checkpoint of this run must match to be resumed by it."""
-    from prefopt.train.logp_cache import pairs_fingerprint
+    from prefopt.scoring.logp_cache import pairs_fingerprint
 
     data.setup()
     return {
@@ -121,6 +121,13 @@ def recorded_pin(ckpt: str | None) -> dict[str, Any] | None:
         log.info(f"resuming from {ckpt}: reading the data as its run did ({settings}; rows added since "
                  "are left out)")
     return pin or None
+
+
+def resume_decision(ckpt_setting: str | None, output_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """The run's resume, decided once (prefopt.config.plan keeps it): the checkpoint `ckpt_setting` (the
+    config's `ckpt_path`) names in `output_dir` (None: a fresh start) and the data pin it records."""
+    ckpt = resolve_ckpt_path(ckpt_setting, output_dir)
+    return ckpt, recorded_pin(ckpt)
 
 
 def check_pin(pin: dict[str, Any], now: dict[str, Any] | None, ckpt: str) -> None:

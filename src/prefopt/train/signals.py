@@ -7,7 +7,7 @@ own periodic checkpoints are taken, so resuming gives the same numbers as an uni
 `checkpoints/last.ckpt` (whatever `checkpoint.every_n_train_steps` says), then raises `Interrupted`.
 Outside training (building data, evaluating) it raises at once. A second Ctrl-C stops without saving.
 In a data-parallel run the ranks agree on the step to stop at (one all-reduce of a flag per step).
-The runner records the interrupt (`record_interrupt`) and exits. Under SLURM, Lightning's own requeue
+The runner records the interrupt (prefopt.run.interrupted.record_interrupt) and exits. Under SLURM, Lightning's own requeue
 (`slurm_plugins`) saves `hpc_ckpt_*.ckpt` on SIGUSR1 and requeues the job, which resumes from the
 newest checkpoint of its folder (`prefopt.train.resume.requeued_checkpoint`).
 Exercised by `pytest tests/test_signals.py`.
@@ -23,7 +23,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from prefopt.log import PLAIN, get_logger, is_rank_zero
+from prefopt.log import get_logger, is_rank_zero
 
 log = get_logger()
 HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -160,22 +160,3 @@ def slurm_plugins() -> list[Any]:
     if not SLURMEnvironment.detect():
         return []
     return [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)]
-
-
-def record_interrupt(stop: Interrupted, output_dir: Path, overrides: list[str], rank: int,
-                     **record: Any) -> None:
-    """Write results.json `status: interrupted` (signal, step, checkpoint), print how to resume, and
-    exit 130 (SIGINT) or 143 (SIGTERM). `record`: the other results.json fields (config, info, ...)."""
-    from prefopt.train.resume import last_checkpoint
-    from prefopt.run.results import write_results
-
-    if stop.checkpoint is None:  # stopped outside training: the newest checkpoint of the run, if any
-        found = last_checkpoint(output_dir)
-        stop.checkpoint = str(found) if found is not None else None
-    if rank == 0:
-        signame = signal.Signals(stop.signum).name
-        write_results(output_dir / "results.json", status="interrupted", signal=signame, step=stop.step,
-                      checkpoint=stop.checkpoint, error=f"interrupted by {signame} at step {stop.step}",
-                      **{"metrics": {}, **record})
-        log.warning(resume_hint(stop, overrides, output_dir), extra=PLAIN)  # the hint carries its "[prefopt]"
-    raise SystemExit(stop.exit_code)

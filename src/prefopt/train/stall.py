@@ -27,8 +27,11 @@ log = get_logger()
 class LossStallWarning(Callback):
     """Warns once when the training loss stays at the loss's `stall_loss` for the first `steps` steps."""
 
-    def __init__(self, steps: int = 50, tolerance: float = 1e-3, min_steps: int = 5) -> None:
-        self.steps, self.tolerance, self.min_steps = steps, tolerance, min_steps
+    def __init__(self, steps: int = 50, tolerance: float = 1e-3, min_steps: int = 5,
+                 lr_range: tuple[float, float] | None = None) -> None:
+        """`lr_range`: the learning rates the warning calls usual (the run passes optim.lr's advised range,
+        prefopt.config.schema; None: none named)."""
+        self.steps, self.tolerance, self.min_steps, self.lr_range = steps, tolerance, min_steps, lr_range
         self.target: float | None = None  # the loss's stall_loss; None: not watching (any more)
         self.first_step = 0
 
@@ -58,17 +61,15 @@ class LossStallWarning(Callback):
 
     def _warn(self, trainer: Any, pl_module: Any) -> None:
         log.warning(stall_message(self.target, self.tolerance, self.first_step, trainer.global_step,
-                                  pl_module.loss_fn, peak_lr(trainer)))
+                                  pl_module.loss_fn, peak_lr(trainer), self.lr_range))
         self.target = None
 
 
-def stall_message(target: float, tolerance: float, first: int, last: int, loss_fn: Any, lr: float | None) -> str:
+def stall_message(target: float, tolerance: float, first: int, last: int, loss_fn: Any, lr: float | None,
+                  lr_range: tuple[float, float] | None = None) -> str:
     """The one warning line: where the loss sat, for which steps, and which settings to raise."""
-    from prefopt.config.schema import OptimSchema, advised_range
-
     name = f"{target:.4f}" + (" = log 2" if math.isclose(target, math.log(2)) else "")
     beta, beta_range = getattr(loss_fn, "beta", None), getattr(loss_fn, "beta_range", None)
-    lr_range = advised_range(OptimSchema, "lr")
     knobs = []
     if beta is not None:
         knobs.append(f"loss.beta={beta:g}" + (f" (usual {beta_range[0]:g} to {beta_range[1]:g})" if beta_range else ""))

@@ -156,14 +156,15 @@ def _trainer_summary(kwargs: dict[str, Any]) -> str:
     return f"accelerator={kwargs.get('accelerator', 'auto')}, devices={kwargs.get('devices', 'auto')}, strategy={name}"
 
 
-def _callbacks(cfg: DictConfig, checkpoints: Path, desc: str, extra_callbacks: list[Any]) -> list[Any]:
+def _callbacks(cfg: DictConfig, checkpoints: Path, desc: str, extra_callbacks: list[Any],
+               lr_range: tuple[float, float] | None = None) -> list[Any]:
     """Progress, the finite-loss guard, throughput, the data-fit check and (if enabled) checkpoints."""
     callbacks: list[Any] = [
         *extra_callbacks,
         StepProgressBar(desc),
         KeepHistory(),
         FiniteGuard(checkpoints if cfg.checkpoint.enabled else None),
-        LossStallWarning(),
+        LossStallWarning(lr_range=lr_range),
         ThroughputMonitor(),
         DataFitCheck(),
     ]
@@ -212,10 +213,12 @@ def checkpoint_plugins(kwargs: dict[str, Any]) -> list[Any] | None:
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], desc: str,
-                  model: torch.nn.Module | None = None, extra_callbacks: list[Any] = ()) -> L.Trainer:
+                  model: torch.nn.Module | None = None, extra_callbacks: list[Any] = (),
+                  lr_range: tuple[float, float] | None = None) -> L.Trainer:
     """The run's Trainer: the trainer group's arguments with our strategy, clipping and SLURM plugins;
-    built again with the accumulation that `data.effective_batch_size` asks for once the world size is known."""
-    callbacks = _callbacks(cfg, output_dir / "checkpoints", desc, list(extra_callbacks))
+    built again with the accumulation that `data.effective_batch_size` asks for once the world size is known.
+    `lr_range`: the usual learning rates the stall warning names (prefopt.train.stall)."""
+    callbacks = _callbacks(cfg, output_dir / "checkpoints", desc, list(extra_callbacks), lr_range)
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.pop("_target_", None)
     kwargs["strategy"] = build_strategy(kwargs.get("strategy", "auto"), model)

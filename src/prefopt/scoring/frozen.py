@@ -5,7 +5,7 @@ and answers, per batch, the `ref_*` and `marginal_*` fields of `PairLogps`. Each
 one source (`source(kind, split)`):
 
 - "table": a cached table of the starting policy's log-probs, indexed by each pair's dataset index
-  (filled by prefopt.train.logp_cache through `use_table`; checked against the batch on first use);
+  (filled by prefopt.scoring.logp_cache through `use_table`; checked against the batch on first use);
 - "copy": a pass of the frozen copy of the starting policy (`reference`, eval mode, no gradients);
 - "adapters": a LoRA policy (peft) keeps no copy: the policy itself with its adapters disabled;
 - "policy": the live marginal (`marginal=policy`), a no-gradient pass of the policy in eval mode.
@@ -13,11 +13,11 @@ one source (`source(kind, split)`):
 Once tables cover every kind the loss needs, `release_reference()` drops the copy. No-gradient passes
 run in eval mode, so no dropout noise reaches the log-ratios or δ.
 
-It also makes the one decision of whether a pass runs each prompt once for both responses
-(`share_prompt`: true, false, or "auto", see prefopt.train.logps): `shares_prompt()` (never under
-activation checkpointing or FSDP / ZeRO-3) and `sharing(batch)` (an "auto" settled on the first batch
-that would share) for the training passes; `table_sharing` for the table builds, which run unwrapped
-and without gradients before fit, so neither guard applies to them.
+It holds the run's `share_prompt` (chosen once, prefopt.scoring.layout.choose_layout) and asks
+prefopt.scoring.sharing whether a pass may use it: `shares_prompt()` (never under activation
+checkpointing or FSDP / ZeRO-3, `sharing_allowed`) and `sharing(batch)` (an "auto" settled on the first
+batch that would share, `settle_sharing`) for the training passes; `table_sharing` for the table builds,
+which run unwrapped and without gradients before fit, so neither guard applies to them.
 
 Its tensors live on `host` (the LightningModule): the copy is the host's child `reference` and the
 tables its non-persistent buffers `_table_<kind>_<split>_{logps,tokens}`, so they move, convert and
@@ -35,7 +35,9 @@ import torch
 from torch import Tensor
 
 from prefopt.contracts.predicates import is_lora, is_sharded
-from prefopt.train.logps import pair_batch_logps, response_logps, settle_sharing
+from prefopt.scoring.layout import pair_batch_logps
+from prefopt.scoring.logps import response_logps
+from prefopt.scoring.sharing import settle_sharing, sharing_allowed
 
 KINDS = ("reference", "marginal")
 SPLITS = ("train", "eval")
@@ -72,12 +74,6 @@ def frozen_kinds(loss: Any) -> list[str]:
     if loss.needs_marginal and loss.marginal_source == "reference":
         kinds.append("marginal")
     return kinds
-
-
-def activation_checkpointed(model: torch.nn.Module) -> bool:
-    """Whether any layer recomputes its activations in the backward (HF's or FSDP's checkpointing)."""
-    return any(getattr(m, "gradient_checkpointing", False) is True or type(m).__name__ == "CheckpointWrapper"
-               for m in model.modules())
 
 
 class FrozenScorers:
@@ -194,20 +190,18 @@ class FrozenScorers:
     # ---- whether prompts are shared ----------------------------------------------------------------
 
     def shares_prompt(self) -> bool | str:
-        """Whether training passes run each prompt once for both responses: `share_prompt` (true, false,
-        or "auto": batches with long enough prompts), but never under activation checkpointing (HF's or
-        FSDP's): a recomputed layer would append to the prompt's key/value cache a second time; nor under
-        FSDP / ZeRO-3, which gather weights in every pass, so all ranks must run the same passes while
-        "auto" decides per batch (prompt lengths differ by rank)."""
+        """Whether training passes run each prompt once for both responses: the run's `share_prompt`
+        (true, false, or "auto": batches with long enough prompts) where prefopt.scoring.sharing.
+        sharing_allowed allows it (no activation checkpointing, no FSDP / ZeRO-3), else false."""
         if self._share is None:
             trainer = getattr(self.host, "_trainer", None)
             sharded = trainer is not None and is_sharded(trainer.strategy)
-            self._share = False if sharded or activation_checkpointed(self.policy) else self.share_prompt
+            self._share = self.share_prompt if sharing_allowed(self.policy, sharded) else False
         return self._share
 
     def sharing(self, batch: dict[str, Tensor]) -> bool | str:
         """`shares_prompt()` after `batch`: an "auto" is checked and settled on the first batch that would
-        share (prefopt.train.logps.settle_sharing), then kept for every later pass."""
+        share (prefopt.scoring.sharing.settle_sharing), then kept for every later pass."""
         self._share = settle_sharing(self.policy, batch, self.shares_prompt())
         return self._share
 

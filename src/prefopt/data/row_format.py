@@ -1,6 +1,7 @@
-"""Which of the accepted data layouts (prefopt.data.rows) a data set uses, in words, for the run's
+"""Which of the accepted row formats (prefopt.data.rows) a data set uses, in words, for the run's
 log and results.json (`info.data_layout`): strings, chat, chat with an implicit prompt, or a string
-prompt with chat responses (UltraFeedback-binarized). Exercised by `pytest tests/test_run_log.py`.
+prompt with chat responses (UltraFeedback-binarized). Not the batch layouts of the scoring
+(prefopt.scoring.layout): this is the shape of the user's rows. Exercised by `pytest tests/test_run_log.py`.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ the marginal rows' context (their start tokens, or none) and the numeric precisi
 the tables (or has just built them) serves the loss from them and drops the frozen reference model
 before training.
 
-The runner adds the `LogpCaches` callback, which calls `attach_caches` when fit starts: the tables
-are built with, and handed to, the module's prefopt.train.frozen.FrozenScorers (which kinds, which
-starting policy, whether prompts are shared all come from it). In a data-parallel run (DDP, FSDP,
+`attach_caches` is called when fit starts (by prefopt.train.logp_caches.LogpCaches, the Trainer
+callback the run adds): the tables are built with, and handed to, the module's
+prefopt.scoring.frozen.FrozenScorers (which kinds, which starting policy, whether prompts are shared
+all come from it). In a data-parallel run (DDP, FSDP,
 DeepSpeed) each rank scores its share of the pairs, the shares are summed across ranks and rank 0
 writes the tables once. `cfg.logp_cache` (default true) switches it; the callback reports what it did
 (`report`, and its `on_report` hook), which results.json keeps as `info.logp_cache` (enabled, used,
@@ -30,19 +31,20 @@ import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from prefopt.store.cache import artifact_problem, cached_dir, fingerprint
 from prefopt.errors import CacheError
 from prefopt.log import get_logger
-from prefopt.train.logps import pair_batch_logps, response_logps, settle_sharing
-from prefopt.contracts.fingerprints import weights_fingerprint  # noqa: F401 (re-exported)
+from prefopt.contracts.fingerprints import weights_fingerprint
+from prefopt.scoring.layout import pair_batch_logps
+from prefopt.scoring.logps import response_logps
+from prefopt.scoring.sharing import settle_sharing
 
 log = get_logger()
 FORMAT_VERSION = 1  # bump when what a table holds (or how it is computed) changes
@@ -89,9 +91,10 @@ def cache_key(kind: str, weights: str, data: Any, precision: str) -> str:
         precision=str(precision),
     )
     if kind == "marginal":  # what the marginal rows put before the response ([] with marginal_context=none)
-        parts["start_ids"] = list(data.collator.start_ids)
-        if data.collator.marginal_context != "start_token":  # (start_token tables keep their earlier keys)
-            parts["marginal_context"] = data.collator.marginal_context
+        rows = data.collator.marginal
+        parts["start_ids"] = list(rows.start_ids)
+        if rows.context != "start_token":  # (start_token tables keep their earlier keys)
+            parts["marginal_context"] = rows.context
     return fingerprint(parts)
 
 
@@ -100,7 +103,7 @@ def compute_table(model: torch.nn.Module, loader: Iterable[dict[str, Tensor]], n
                   device: torch.device, autocast=None, share_prompt: bool | str = "auto") -> tuple[Tensor, Tensor]:
     """(logps, tokens), each (n_pairs, 2) [chosen, rejected], from one pass over `loader` (any order);
     pairs the loader does not reach keep logps NaN and tokens -1. Reference rows run each prompt once
-    when `share_prompt` says so (see prefopt.train.logps.settle_sharing)."""
+    when `share_prompt` says so (see prefopt.scoring.sharing.settle_sharing)."""
     logps = torch.full((n_pairs, 2), float("nan"))
     tokens = torch.full((n_pairs, 2), -1, dtype=torch.long)
     with autocast or nullcontext():
@@ -151,7 +154,7 @@ def merge_shards(tables: dict[str, tuple[Tensor, Tensor]], collective: Any, devi
     return merged
 
 
-def _device(cfg: Any) -> torch.device:
+def device_of(cfg: Any) -> torch.device:
     accelerator = str(cfg.get("trainer", {}).get("accelerator", "cpu"))
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -265,7 +268,7 @@ def attach_caches(cfg: Any, frozen: Any, data: Any, cache_root: Path, collective
                   device: torch.device | None = None) -> dict[str, Any]:
     """Serve the loss's frozen log-probs from on-disk tables (building them once) and drop the reference.
 
-    `frozen`: a module's prefopt.train.frozen.FrozenScorers; the tables are built with its starting
+    `frozen`: a module's prefopt.scoring.frozen.FrozenScorers; the tables are built with its starting
     policy and handed to it. `collective` (a Lightning strategy
     in a data-parallel run) splits the build over the ranks.
     Returns {"logp_cache": {...}} for results.json: `enabled`, `used` (whether tables replace the frozen
@@ -279,7 +282,7 @@ def attach_caches(cfg: Any, frozen: Any, data: Any, cache_root: Path, collective
     collective = collective or LocalCollective()
     data.setup()
     precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
-    device = device or _device(cfg)
+    device = device or device_of(cfg)
     started = time.time()
     with frozen.scorer() as scorer:
         weights = weights_fingerprint(scorer)
@@ -293,25 +296,3 @@ def attach_caches(cfg: Any, frozen: Any, data: Any, cache_root: Path, collective
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"logp_cache": info}
-
-
-class LogpCaches(Callback):
-    """Attaches the tables when fit starts: after the process group exists (so data-parallel ranks split
-    the build) and before the strategy wraps the model (so a released reference is never wrapped).
-    What it did (`attach_caches`'s {"logp_cache": {...}} for results.json) is kept in `report`, and
-    handed to `on_report` when given."""
-
-    def __init__(self, cfg: Any, data: Any, cache_root: Path,
-                 on_report: Callable[[dict[str, Any]], Any] | None = None) -> None:
-        self.cfg, self.data, self.cache_root, self.on_report = cfg, data, Path(cache_root), on_report
-        self.report: dict[str, Any] | None = None
-
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage != "fit" or self.report is not None:
-            return
-        strategy = trainer.strategy
-        collective = strategy if trainer.world_size > 1 else None
-        device = strategy.root_device if _device(self.cfg).type == "cuda" else torch.device("cpu")
-        self.report = attach_caches(self.cfg, pl_module.frozen, self.data, self.cache_root, collective, device)
-        if self.on_report is not None:
-            self.on_report(self.report)

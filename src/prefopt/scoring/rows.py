@@ -1,0 +1,55 @@
+"""The padded-rows layout: every pair's prompt+chosen and prompt+rejected as right-padded rows.
+
+For B pairs, rows 0..B-1 are prompt+chosen and rows B..2B-1 prompt+rejected: input_ids, attention_mask,
+score_mask (2B, L), score_mask 1 exactly at the response tokens. Every batch carries these rows: they are
+the layout any model scores (`response_logps`), the one the other layouts fall back to, and what the
+checks of the other layouts compare against. Exercised by `pytest tests/data/test_pair_collator.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from prefopt.contracts.layout import Ids, Layout
+from prefopt.scoring.logps import response_logps
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_value: int, length: int | None = None) -> Tensor:
+    """(N, length) long tensor of the sequences, right-padded with `pad_value` (length: the longest)."""
+    length = max((len(s) for s in seqs), default=0) if length is None else length
+    if not seqs:
+        return torch.full((0, length), pad_value, dtype=torch.long)
+    # one tensor from padded Python lists: ~5x faster than filling row by row (a tensor per row)
+    return torch.tensor([list(s) + [pad_value] * (length - len(s)) for s in seqs], dtype=torch.long)
+
+
+class RowsLayout(Layout):
+    """Full prompt+response rows, right-padded (see the module docstring)."""
+
+    name = "rows"
+
+    def tensors(self, prompts: Ids, chosen: Ids, rejected: Ids, pad_id: int) -> dict[str, Any]:
+        both = [*prompts, *prompts]
+        responses = [*chosen, *rejected]
+        full = [list(p) + list(r) for p, r in zip(both, responses)]
+        return {
+            "input_ids": pad_right(full, pad_id),
+            "attention_mask": pad_right([[1] * len(s) for s in full], 0),
+            "score_mask": pad_right([[0] * len(p) + [1] * len(r) for p, r in zip(both, responses)], 0),
+        }
+
+    def scores(self, batch: dict[str, Any], model: Any, share_prompt: bool | str = "auto") -> bool:
+        return True  # every model, every batch
+
+    def logps(self, model: Any, batch: dict[str, Any], per_token: bool = False) -> tuple[Tensor, Tensor]:
+        return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["score_mask"],
+                              per_token=per_token)
+
+    def token_counts(self, batch: dict[str, Any]) -> tuple[int, int]:
+        return int(batch["attention_mask"].sum()), batch["input_ids"].numel()
+
+
+ROWS = RowsLayout()
