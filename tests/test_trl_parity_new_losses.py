@@ -16,7 +16,7 @@
 
 TRL's methods are called unbound on a stand-in `self` holding the attributes they read, so no trainer is
 built for the random-input checks. Skipped when TRL is not installed (`pip install -e ".[trl]"`).
-Run: `PYTHONPATH=src .venv/bin/python -m pytest tests/test_trl_parity_new_losses.py -q`.
+Run: `.venv/bin/python -m pytest tests/test_trl_parity_new_losses.py -q`.
 """
 
 import copy

@@ -3,7 +3,6 @@ earliest message first, and the conversation rendered again; role headers are ne
 whose headers alone are too long is dropped and counted as `prompt too long`."""
 
 import sys
-from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -13,7 +12,6 @@ from prefopt.data.errors import DataError
 from prefopt.data.tokenize import PromptTooLong, fit_chat_prompt, tokenize_row
 from prefopt.data.tokenizer_builder import build_bpe_tokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mistral_assets import mistral_tokenizer_dir  # noqa: E402
 
 WORDS = "one two three four five six seven eight nine ten"

@@ -7,8 +7,6 @@ The property, on every row of ROWS: prompt ids + response ids are the joint toke
 encoded alone wherever no merge crosses the boundary; the ids decode to exactly the text."""
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -17,7 +15,6 @@ from prefopt.data.datamodule import PreferenceDataModule
 from prefopt.data.tokenize import tokenize_row
 from prefopt.data.tokenizer_builder import build_bpe_tokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mistral_assets import mistral_tokenizer_dir  # noqa: E402
 
 

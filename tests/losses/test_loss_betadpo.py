@@ -2,7 +2,7 @@
 training vs evaluation mode, the state saved and restored (exact resume), bad values, its config, and a
 short run.
 
-Run: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_betadpo.py -q`.
+Run: `.venv/bin/python -m pytest tests/losses/test_loss_betadpo.py -q`.
 """
 
 import math

@@ -1,7 +1,7 @@
 """The RMiPO controls against hand-computed numbers: SimPO with the margin annealed over training and
 RMiPO with δ shuffled within the batch (prefopt.losses.controls), and their configs.
 
-Run: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_controls.py -q`.
+Run: `.venv/bin/python -m pytest tests/losses/test_loss_controls.py -q`.
 """
 
 import math

@@ -1,7 +1,7 @@
 """CPO against hand-computed numbers: the sigmoid term on summed log-probs, the chosen NLL, label
 smoothing, rewards, gradients, its stall value, bad values, its config, and a short run.
 
-Run: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_cpo.py -q`.
+Run: `.venv/bin/python -m pytest tests/losses/test_loss_cpo.py -q`.
 """
 
 import math

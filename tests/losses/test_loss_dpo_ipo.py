@@ -1,6 +1,6 @@
 """DPO and IPO against hand-computed numbers, label smoothing, gradients, reference kept constant.
 
-Run: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses -q`.
+Run: `.venv/bin/python -m pytest tests/losses -q`.
 """
 
 import math

@@ -1,6 +1,6 @@
 """Tests of the loss interface: config keys, validation errors, required inputs, shared helpers.
 
-Run: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses -q`.
+Run: `.venv/bin/python -m pytest tests/losses -q`.
 """
 
 import math

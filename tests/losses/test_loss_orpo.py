@@ -1,7 +1,7 @@
 """ORPO against hand-computed numbers: the odds ratio, the NLL term, rewards, gradients, p -> 1, bad values,
 its config, and a short run.
 
-Run: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_orpo.py -q`.
+Run: `.venv/bin/python -m pytest tests/losses/test_loss_orpo.py -q`.
 """
 
 import math

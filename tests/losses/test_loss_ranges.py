@@ -1,7 +1,7 @@
 """What each loss declares for the run's checks: `beta_range` (the usual β, prefopt.config.validate warns
 outside it) and `stall_loss` (the loss at a zero logit, prefopt.train.stall warns when training sits there).
 
-Run: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses -q`.
+Run: `.venv/bin/python -m pytest tests/losses -q`.
 """
 
 import math

@@ -1,7 +1,7 @@
 """R-DPO against hand-computed numbers: the length term's size and sign, α = 0 is DPO, rewards, gradients,
 the reference kept constant, bad values, its config, and a short run.
 
-Run: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_rdpo.py -q`.
+Run: `.venv/bin/python -m pytest tests/losses/test_loss_rdpo.py -q`.
 """
 
 import math

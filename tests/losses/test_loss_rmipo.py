@@ -1,7 +1,7 @@
 """RMiPO against hand-computed numbers: the PMI margin at δ<0, δ=0, mid and large δ; metrics;
 no gradient through δ or the marginal log-probs; one- and zero-token responses.
 
-Run: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses -q`.
+Run: `.venv/bin/python -m pytest tests/losses -q`.
 """
 
 import math

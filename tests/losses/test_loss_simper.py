@@ -1,7 +1,7 @@
 """SimPER against hand-computed numbers: inverse perplexities, rewards, gradients, short responses, no
 hyperparameter (any key is unknown), its config, and a short run.
 
-Run: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_simper.py -q`.
+Run: `.venv/bin/python -m pytest tests/losses/test_loss_simper.py -q`.
 """
 
 import math

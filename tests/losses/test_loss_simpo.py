@@ -1,7 +1,7 @@
 """SimPO against hand-computed numbers: γ = β·ratio, label smoothing, SFT term, gradients, and
 short responses.
 
-Run: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses -q`.
+Run: `.venv/bin/python -m pytest tests/losses -q`.
 """
 
 import math

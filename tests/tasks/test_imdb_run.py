@@ -2,14 +2,11 @@
 evaluation, which must show the reward rising over the starting policy's."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow  # starts a run (`pytest -m "not slow"` skips it)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_run import run_cli  # noqa: E402
 
 SMALL_IMDB = [

@@ -2,7 +2,7 @@
 
 There is no registry: a config names a class by `_target_` (e.g. `prefopt.losses.DPOLoss`) and its
 keys are the constructor arguments. Add a loss by subclassing `PreferenceLoss` in a new file.
-Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses -q`.
+Exercised by: `.venv/bin/python -m pytest tests/losses -q`.
 """
 
 from prefopt.losses.base import ConfigError, LossOutput, PairLogps, PreferenceLoss

@@ -6,7 +6,7 @@ training module can fill exactly those fields, and it never needs to be known by
 Every constructor argument is a config key; an unknown key or a bad value raises an error that
 names the key, the value and what is allowed.
 
-Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses -q`.
+Exercised by: `.venv/bin/python -m pytest tests/losses -q`.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ are registered buffers of this loss, which is a `torch.nn.Module`; the training 
 as a child (`PreferenceModule.loss_fn`), so they follow its device, appear in its state_dict
 (`loss_fn.margin_mean`, `loss_fn.margin_std`) and are saved in and restored from checkpoints: a
 resume continues exactly. They stay float32 whatever dtype the module is cast to.
-Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_betadpo.py -q`.
+Exercised by: `.venv/bin/python -m pytest tests/losses/test_loss_betadpo.py -q`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
 SimPO with a fixed ratio of 0.3 or 1.6 (RMiPO's margin bounds) needs no class: conf/loss/
 simpo_margin_low.yaml and simpo_margin_high.yaml set `gamma_beta_ratio`. The configs of all four
 controls are in conf/loss/ and `python src/run.py -m sweep=controls` sweeps them.
-Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_controls.py -q`.
+Exercised by: `.venv/bin/python -m pytest tests/losses/test_loss_controls.py -q`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ batch's chosen responses have one length, and differ by the weighting of pairs o
 TRL's other CPOTrainer variants: loss_type="simpo" with cpo_alpha > 0 (CPO-SimPO) is
 `SimPOLoss(sft_weight=cpo_alpha)`, checked in the same test file; AlphaPO (`CPOConfig.alpha`) is not
 implemented here.
-Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_cpo.py -q`.
+Exercised by: `.venv/bin/python -m pytest tests/losses/test_loss_cpo.py -q`.
 """
 
 from __future__ import annotations

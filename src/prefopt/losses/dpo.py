@@ -1,7 +1,7 @@
 """DPO (Rafailov et al., 2023): logistic loss on the policy-vs-reference log-ratio margin.
 
 h = (s_w - ref_w) - (s_l - ref_l); loss = -(1-ε)·logσ(βh) - ε·logσ(-βh); reward = β(s - ref).
-Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_dpo_ipo.py -q`.
+Exercised by: `.venv/bin/python -m pytest tests/losses/test_loss_dpo_ipo.py -q`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """IPO (Azar et al., 2023), per-token form: a squared loss pulling the averaged log-ratio gap to 1/(2β).
 
 h̄ = (s_w - ref_w)/n_w - (s_l - ref_l)/n_l; loss = (h̄ - 1/(2β))²; reward = β(s - ref). β plays τ's role.
-Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_dpo_ipo.py -q`.
+Exercised by: `.venv/bin/python -m pytest tests/losses/test_loss_dpo_ipo.py -q`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ cross-entropy over the whole batch and includes the prompt tokens ("computed ove
 response"). `PairLogps` carries response log-probs only, so the prompt's NLL is not available here.
 A length-averaged log-prob at or above 0 (p = 1, e.g. a 0-token response) has infinite odds: s̄ is
 capped at -1e-6 for the odds term, where log(1 - p) ≈ -13.8.
-Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_orpo.py -q`.
+Exercised by: `.venv/bin/python -m pytest tests/losses/test_loss_orpo.py -q`.
 """
 
 from __future__ import annotations

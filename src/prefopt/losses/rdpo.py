@@ -15,7 +15,7 @@ file against the paper's formula written out independently, and α = 0 against T
 Defaults: β = 0.1 (DPO's), α = 0.2 (issue 29's value; the SimPO paper's R-DPO baseline grid, as
 recalled and not re-checked here, spans α 0.05-1.0). α multiplies a token count, so its scale
 depends on the data's length differences: with responses hundreds of tokens apart, small values.
-Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_rdpo.py -q`.
+Exercised by: `.venv/bin/python -m pytest tests/losses/test_loss_rdpo.py -q`.
 """
 
 from __future__ import annotations

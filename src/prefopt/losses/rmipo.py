@@ -16,7 +16,7 @@ What m̄ conditions on (`marginal_context`, read by the data side to build the m
 A response with no scored marginal token (one token under "none") has no evidence for a PMI: its
 m̄ is defined as its conditional average s̄(y|x), so its PMI is 0 (never 0/0 and a NaN batch, as in
 the reference code).
-Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_rmipo.py -q`.
+Exercised by: `.venv/bin/python -m pytest tests/losses/test_loss_rmipo.py -q`.
 """
 
 from __future__ import annotations

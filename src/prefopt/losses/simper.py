@@ -10,7 +10,7 @@ which also checks that s̄ equals the length-averaged log-probs TRL's CPOTrainer
 batch. TRL 1.16 has no SimPER.
 The loss lies in (-1, 1) and starts wherever the starting policy's perplexities put it: no stall value.
 No `beta`: a `loss.beta` override is an unknown key, and `beta_range` is None (no β advice).
-Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_simper.py -q`.
+Exercised by: `.venv/bin/python -m pytest tests/losses/test_loss_simper.py -q`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 loss = -(1-ε)·logσ(β(s̄_w - s̄_l) - γ) - ε·logσ(-β(s̄_w - s̄_l) + γ), γ = β·gamma_beta_ratio;
 reward = β·s̄; plus sft_weight·(-s̄_w) when sft_weight > 0.
-Exercised by: `PYTHONPATH=src .venv/bin/python -m pytest tests/losses/test_loss_simpo.py -q`.
+Exercised by: `.venv/bin/python -m pytest tests/losses/test_loss_simpo.py -q`.
 """
 
 from __future__ import annotations
