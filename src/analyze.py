@@ -9,6 +9,7 @@ sensitivity.csv (per method), grid.csv (per grid point), pairwise.csv, runs.csv,
     python src/analyze.py multirun/beta --methods rmipo,rmipo_shuffled            # some methods only
     python src/analyze.py multirun/beta --wandb      # also log the report as a W&B run (job_type=study)
     python src/analyze.py docs/results/imdb_sensitivity/runs.csv --price 0.001 --out /tmp/half  # another price of drift
+    python src/analyze.py multirun/new --carry docs/results/beta_sensitivity/runs.csv:dpo,ipo   # add methods run before
     python src/analyze.py multirun/paper --scores multirun/paper/alpaca_eval.csv --score eval/alpaca_lc_win_rate
 
 The score, tolerance and default learning rate come from the sweep's config (conf/sweep/<study>.yaml,
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scores", nargs="+", metavar="FILE",
                         help="scores judged elsewhere to attach to the runs: AlpacaEval's leaderboard.csv or a CSV "
                              "with columns run,metric,value (rank by one with --score, e.g. eval/alpaca_lc_win_rate)")
+    parser.add_argument("--carry", nargs="+", metavar="SOURCE[:METHODS]",
+                        help="append the runs of another study (a multirun folder or a runs.csv), only METHODS "
+                             "(comma-separated) of it when given, e.g. a committed study's methods whose code is "
+                             "unchanged: --carry docs/results/beta_sensitivity/runs.csv:dpo,ipo,simpo")
     parser.add_argument("--boot", type=int, default=2000, help="unused: the statistics are t-based (kept so old commands still run)")
     parser.add_argument("--wandb", action="store_true",
                         help="log the tables and plots as one job_type=study W&B run in the runs' project and "
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = analyze(args.source, args.out, score=args.score, tolerance=args.tolerance, x=args.x,
                           price=args.price, n_boot=args.boot, methods=args.methods.split(",") if args.methods else None,
-                          scores=args.scores)
+                          scores=args.scores, carry=args.carry)
     except (FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 1

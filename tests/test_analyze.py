@@ -491,3 +491,22 @@ def test_the_report_and_the_beta_plot_state_each_methods_learning_rate(multirun,
     assert "| lr (optim.lr) |" in text and "| lr=0.0001 | – | several: 3e-05, 0.0001 |" in text
     fig = plot_score_vs_param(grid_table(runs, settings), lrs=learning_rates(runs))
     assert [ax.get_title() for ax in fig.axes[:2]] == ["a, lr 0.0001", "b, lr several: 3e-05, 0.0001 (no β axis)"]
+
+
+def test_carried_runs_join_a_study_as_if_they_had_run_in_it(tmp_path):
+    """A study split in two runs.csv files (RMiPO's rows; the other methods' rows) and joined again by
+    `carry` gives the same per-method table as the whole; a method the source lacks, or a run in both
+    sources, is one error naming it."""
+    whole = pd.read_csv(ROOT / "docs" / "results" / "beta_sensitivity" / "runs.csv")
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    whole[whole["method"] == "rmipo"].to_csv(tmp_path / "a" / "runs.csv", index=False)
+    whole[whole["method"] != "rmipo"].to_csv(tmp_path / "b" / "runs.csv", index=False)
+    analyze(tmp_path / "a" / "runs.csv", tmp_path / "joined", carry=[f"{tmp_path / 'b' / 'runs.csv'}:dpo,ipo,simpo"])
+    analyze(ROOT / "docs" / "results" / "beta_sensitivity" / "runs.csv", tmp_path / "full")
+    joined = pd.read_csv(tmp_path / "joined" / "sensitivity.csv").sort_values("method").reset_index(drop=True)
+    full = pd.read_csv(tmp_path / "full" / "sensitivity.csv").sort_values("method").reset_index(drop=True)
+    pd.testing.assert_frame_equal(joined, full)
+    with pytest.raises(ValueError, match=r"no runs of method\(s\) \['orpo'\]"):
+        analyze(tmp_path / "a" / "runs.csv", tmp_path / "x", carry=[f"{tmp_path / 'b' / 'runs.csv'}:dpo,orpo"])
+    with pytest.raises(ValueError, match="are in .* as well"):
+        analyze(tmp_path / "a" / "runs.csv", tmp_path / "x", carry=[str(tmp_path / "a" / "runs.csv")])

@@ -43,19 +43,22 @@ def analyze(
     methods: list[str] | None = None,
     price: float | None = None,
     scores: list[str | Path] | None = None,
+    carry: list[str] | None = None,
 ) -> dict[str, Path]:
     """Analyse the runs under `source` (a multirun folder, or a runs.csv written here) and write the
     report into `out_dir` (default: the folder itself); `methods` keeps only those methods (loss
     config names); `price` overrides the sweep's price of drift (0: unpriced); `scores` are files of scores
     judged elsewhere to attach to the runs (prefopt.analysis.scores), ranked by when `score` names one of
-    their metrics. `n_boot` and `seed` are accepted for older callers and unused: the statistics are
+    their metrics; `carry` appends other studies' runs (`SOURCE` or `SOURCE:METHOD,...`,
+    runs.with_carried). `n_boot` and `seed` are accepted for older callers and unused: the statistics are
     t-based, with no resampling. Logs the
     headline (each method's best, the verdicts that hold), each figure not drawn and why, and each
     verdict on fewer seeds than the calibration's. Returns {name: path} of what was written."""
     source = Path(source)
     out = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)
     out.mkdir(parents=True, exist_ok=True)
-    runs, curves, settings = load_study(source, methods, scores=scores, score=score, tolerance=tolerance, price=price)
+    runs, curves, settings = load_study(source, methods, scores=scores, carry=carry, score=score,
+                                         tolerance=tolerance, price=price)
     _log_attached(settings)
     if completed(runs).empty:
         raise ValueError(f"no completed run under {source}; failed: {_failures(runs)}")

@@ -300,13 +300,19 @@ def load_curves(source: str | Path, runs: pd.DataFrame, metrics: tuple[str, ...]
 
 
 def load_study(
-    source: str | Path, methods: list[str] | None = None, scores: list[str | Path] | None = None, **overrides: Any
+    source: str | Path, methods: list[str] | None = None, scores: list[str | Path] | None = None,
+    carry: list[str] | None = None, **overrides: Any
 ) -> tuple[pd.DataFrame, pd.DataFrame, StudySettings]:
     """(runs, curves, settings) of a multirun folder or of a runs.csv written by `analyze` (its
-    curves.csv beside it), with the metrics of the `scores` files attached (prefopt.analysis.scores),
-    keeping only `methods` when given; `overrides` (score=..., tolerance=...) win over the sweep's settings."""
+    curves.csv beside it), with the runs of each `carry` source appended (`with_carried`), the metrics
+    of the `scores` files attached (prefopt.analysis.scores), keeping only `methods` when given;
+    `overrides` (score=..., tolerance=...) win over the sweep's settings, which come from `source`."""
     source = Path(source)
     runs = load_runs(source)
+    curves_source = source.parent / "curves.csv" if source.is_file() else source
+    curves = load_curves(curves_source, runs) if curves_source.exists() else pd.DataFrame()
+    for spec in carry or ():
+        runs, curves = with_carried(runs, curves, spec, source)
     attached = None
     if scores:
         runs, attached = attach_scores(runs, list(scores), source)  # before `methods`: every row has its run
@@ -315,13 +321,38 @@ def load_study(
         if unknown:
             raise ValueError(f"no runs of method(s) {unknown} under {source}; methods: {sorted(set(runs['method']))}")
         runs = runs[runs["method"].isin(methods)].reset_index(drop=True)
-    curves_source = source.parent / "curves.csv" if source.is_file() else source
-    curves = load_curves(curves_source, runs) if curves_source.exists() else pd.DataFrame()
     if not curves.empty:
         curves = curves[curves["run"].isin(runs["run"])].reset_index(drop=True)
     settings = study_settings(runs, unnamed=study_title(source), **overrides)
     settings.attached = attached
     return priced_score(runs, settings), curves, settings
+
+
+def with_carried(runs: pd.DataFrame, curves: pd.DataFrame, spec: str, source: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`runs` and `curves` with the runs of another study appended: `spec` is `SOURCE` (a multirun folder
+    or a runs.csv) or `SOURCE:METHOD,METHOD` (only those methods of it), e.g. a committed study's runs
+    of the methods whose code has not changed since. A method absent from SOURCE, or a run name already
+    in `source`, is a ValueError naming them."""
+    path_text, _, names = str(spec).rpartition(":") if ":" in str(spec) else (str(spec), "", "")
+    path, methods = Path(path_text), [m for m in names.split(",") if m]
+    extra = load_runs(path)
+    if methods:
+        unknown = sorted(set(methods) - set(extra["method"]))
+        if unknown:
+            raise ValueError(f"--carry {spec}: no runs of method(s) {unknown} in {path}; "
+                             f"methods there: {sorted(set(extra['method']))}")
+        extra = extra[extra["method"].isin(methods)]
+    clash = sorted(set(extra["run"]) & set(runs["run"]))
+    if clash:
+        raise ValueError(f"--carry {spec}: {len(clash)} run(s) are in {source} as well, e.g. {clash[0]}: "
+                         "carry only the other methods (SOURCE:METHOD,METHOD)")
+    curves_path = path.parent / "curves.csv" if path.is_file() else path
+    extra_curves = load_curves(curves_path, extra) if curves_path.exists() else pd.DataFrame()
+    if not extra_curves.empty:
+        extra_curves = extra_curves[extra_curves["run"].isin(extra["run"])]
+    frames = [c for c in (curves, extra_curves) if not c.empty]
+    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return pd.concat([runs, extra], ignore_index=True), curves
 
 
 HYDRA_TIME = re.compile(r"\d{2}-\d{2}-\d{2}")  # Hydra's default sweep folder: multirun/<date>/<H-M-S>
