@@ -10,8 +10,9 @@
 #          2 pairs x 2048 tokens (prompt 512 + response 1536), a few steps of DPO with our cached
 #          reference (dpo+cache) vs trl-best DPO (precompute_ref_log_probs) and SimPO vs trl-best
 #          (CPOTrainer loss_type=simpo); one configuration at a time (--sequential)
-#   sweep  16 sort runs (model=tiny, trainer=gpu) with hydra/launcher=joblib hydra.launcher.n_jobs=1, 4, 8
-#          on one GPU (CUDA_VISIBLE_DEVICES pins every worker to it); study wall time per K in sweep.txt
+#   sweep  16 sort runs (model=tiny, trainer=gpu) with hydra/launcher=gpu_jobs gpu_jobs.jobs_per_gpu=1, 4, 8
+#          on one GPU (each job pins itself: trainer.devices=[job mod gpus], prefopt/config/gpu_jobs.py);
+#          study wall time and runs/min per K, and the devices the jobs ran on, in sweep.txt
 #   optional (PARTS="... tests profile"): tests/test_cuda.py; benchmarks/step_profile.py
 #
 #   bash scripts/gpu_device_check.sh             # on the GPU machine (OUT set by the device tool)
@@ -90,7 +91,7 @@ else
   BIG_FIXED=512,1536; SMALL_STEPS=(--warmup 2 --rounds 4 --steps 5); BIG_STEPS=(--warmup 1 --rounds 3 --steps 1)
   BIG_PREC=bf16-true; SWEEP_RUNS=16; SWEEP_JOBS="1 4 8"; SWEEP_STEPS=${SWEEP_STEPS:-30}
   SWEEP_TRAINER="trainer=gpu"
-  export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}  # the sweep's joblib workers all on GPU 0
+  export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}  # one GPU: gpu_jobs.gpus=auto counts it, every sweep job on GPU 0
 fi
 
 env_report() {
@@ -133,14 +134,20 @@ sweep() {  # 16 sort runs at each K jobs; the task's SFT policy and pairs are bu
   for k in $SWEEP_JOBS; do
     local start end wall
     start=$(date +%s.%N)
-    "$PY" src/run.py -m "${run[@]}" "seed=range(0,$SWEEP_RUNS)" hydra/launcher=joblib \
-      hydra.launcher.n_jobs="$k" hydra.sweep.dir="$OUT/sweep/jobs$k" > "$OUT/sweep/jobs$k.log" 2>&1 || {
+    "$PY" src/run.py -m "${run[@]}" "seed=range(0,$SWEEP_RUNS)" hydra/launcher=gpu_jobs \
+      gpu_jobs.jobs_per_gpu="$k" hydra.sweep.dir="$OUT/sweep/jobs$k" > "$OUT/sweep/jobs$k.log" 2>&1 || {
         tail -20 "$OUT/sweep/jobs$k.log"; return 1; }
     end=$(date +%s.%N)
     wall=$("$PY" -c "print(f'{$end - $start:.2f}')")
     [ -z "$base" ] && base=$wall
     "$PY" -c "print(f'jobs $k: $SWEEP_RUNS runs in {$wall:.1f} s ({60 * $SWEEP_RUNS / $wall:.2f} runs/min), '
                f'{$base / $wall:.2f}x the study speed of jobs ${SWEEP_JOBS%% *}')" | tee -a "$OUT/sweep.txt"
+    "$PY" - "$OUT/sweep/jobs$k" <<'EOF' | tee -a "$OUT/sweep.txt"   # where each job ran (its results.json)
+import collections, json, pathlib, sys
+runs = [json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).glob("*/results.json")]
+where = collections.Counter(str(r["config"]["trainer"].get("devices")) for r in runs)
+print(f"   {len(runs)} results.json, status {dict(collections.Counter(r['status'] for r in runs))}, devices {dict(where)}")
+EOF
   done
 }
 if want sweep; then

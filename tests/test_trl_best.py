@@ -84,7 +84,8 @@ def test_mistral_shape_is_built_on_the_meta_device_without_memory():
 def test_device_script_parses_and_has_a_dry_run():
     assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
     text = SCRIPT.read_text()
-    assert "--dry-run" in text and "trl-best" in text and "hydra.launcher.n_jobs" in text
+    assert "--dry-run" in text and "trl-best" in text and "hydra/launcher=gpu_jobs" in text
+    assert 'gpu_jobs.jobs_per_gpu="$k"' in text  # the sweep phase: K jobs on the one GPU
     for limit in ("BUDGET", "LIMIT_SMALL", "LIMIT_BIG", "LIMIT_SWEEP"):  # each phase's limit, explicit
         assert f"{limit}=" in text
     bad = subprocess.run(["bash", str(SCRIPT), "--nope"], capture_output=True, text=True)
@@ -110,4 +111,6 @@ def test_device_script_dry_run_runs_every_phase_on_the_cpu(tmp_path):
     assert {(r["impl"], r["loss"]) for r in big} == {("ours", "dpo+cache"), ("ours", "simpo"),
                                                      ("trl-best", "dpo"), ("trl-best", "simpo")}
     assert all(r["order"] == "sequential" for r in big)
-    assert len((out / "sweep.txt").read_text().splitlines()) == 2  # jobs 1 and 2
+    lines = (out / "sweep.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("jobs ")] == ["jobs 1", "jobs 2"]
+    assert sum("4 results.json, status {'completed': 4}" in line for line in lines) == 2  # each K: 4 runs

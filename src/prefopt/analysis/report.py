@@ -46,14 +46,11 @@ def analyze(
     carry: list[str] | None = None,
 ) -> dict[str, Path]:
     """Analyse the runs under `source` (a multirun folder, or a runs.csv written here) and write the
-    report into `out_dir` (default: the folder itself); `methods` keeps only those methods (loss
-    config names); `price` overrides the sweep's price of drift (0: unpriced); `scores` are files of scores
-    judged elsewhere to attach to the runs (prefopt.analysis.scores), ranked by when `score` names one of
-    their metrics; `carry` appends other studies' runs (`SOURCE` or `SOURCE:METHOD,...`,
-    runs.with_carried). `n_boot` and `seed` are accepted for older callers and unused: the statistics are
-    t-based, with no resampling. Logs the
-    headline (each method's best, the verdicts that hold), each figure not drawn and why, and each
-    verdict on fewer seeds than the calibration's. Returns {name: path} of what was written."""
+    report into `out_dir` (default: the folder itself). `methods`: only those methods; `price`: the price
+    of drift (0: unpriced); `scores`: files of scores judged elsewhere (prefopt.analysis.scores), ranked by
+    when `score` names one; `carry`: other studies' runs appended (runs.with_carried). `n_boot`, `seed`:
+    unused (t-based statistics), accepted for older callers. Logs the headline, each figure not drawn
+    and why, and each verdict on fewer seeds than the calibration's. Returns {name: path} written."""
     source = Path(source)
     out = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)
     out.mkdir(parents=True, exist_ok=True)

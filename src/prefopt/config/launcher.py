@@ -69,6 +69,9 @@ def register() -> None:
         OmegaConf.register_new_resolver("prefopt.job_dirname", job_dirname)
     if not OmegaConf.has_resolver("prefopt.gpus_per_node"):
         OmegaConf.register_new_resolver("prefopt.gpus_per_node", gpus_per_node)
+    from prefopt.config import gpu_jobs  # conf/hydra/launcher/gpu_jobs.yaml's n_jobs
+
+    gpu_jobs.register()
     warnings.filterwarnings("ignore", message=r"(?s).*hydra/launcher/submitit_slurm' is validated against ConfigStore")
 
 

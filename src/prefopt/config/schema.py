@@ -72,6 +72,7 @@ class ModelSchema:
     gradient_checkpointing: bool = setting()
     lora: Optional[Dict[str, Any]] = setting()
     disable_dropout: bool = setting()
+    chunked_head: Any = setting(choices=(True, False, "auto"))  # prefopt/scoring/chunked_head.py
 
 
 @dataclass
@@ -114,6 +115,15 @@ class LoggerSchema:
 
 
 @dataclass
+class GpuJobsSchema:
+    """conf/hydra/launcher/gpu_jobs.yaml: several sweep jobs per GPU (prefopt/config/gpu_jobs.py)."""
+
+    jobs_per_gpu: int = setting(gt=0)
+    gpus: Any = setting(check=(lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+                               "a number of GPUs >= 0, or auto (every visible GPU)"))
+
+
+@dataclass
 class PathsSchema:
     cache_dir: str = setting()
     lock_timeout_s: float = setting(ge=0)
@@ -142,11 +152,12 @@ class RunSchema:
     sweep: Optional[Dict[str, Any]] = setting()
     logp_cache: bool = setting()
     share_prompt: Any = setting(choices=(True, False, "auto"))
+    gpu_jobs: Optional[GpuJobsSchema] = setting()  # only with hydra/launcher=gpu_jobs
 
 
 GROUPS: dict[str, type] = {"": RunSchema, "data": DataSchema, "model": ModelSchema, "optim": OptimSchema,
                            "eval": EvalSchema, "checkpoint": CheckpointSchema, "logger": LoggerSchema,
-                           "paths": PathsSchema}
+                           "paths": PathsSchema, "gpu_jobs": GpuJobsSchema}
 
 
 # ------------------------------------------------------------------------------- reading a field's spec

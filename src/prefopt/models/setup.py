@@ -3,7 +3,9 @@
 `prepare_for_training` applies `model.gradient_checkpointing` and `model.lora` (peft); with LoRA only the
 adapter weights train, and the reference policy is the same model with its adapters disabled (no second
 copy in memory). `model.disable_dropout` (default true, as TRL) sets every dropout probability of the
-policy to 0, LoRA's included, so log-ratios and RMiPO's δ carry no dropout noise. `save_policy` writes a plain Hugging Face folder (LoRA merged into the weights) that
+policy to 0, LoRA's included, so log-ratios and RMiPO's δ carry no dropout noise. `model.chunked_head` marks
+the LM head for prefopt.scoring.chunked_head (the scored tokens' log-probs without the full logits).
+`save_policy` writes a plain Hugging Face folder (LoRA merged into the weights) that
 `AutoModelForCausalLM.from_pretrained` loads as is, whole or not at all. Used by `prefopt.run.runner`; exercised by
 `pytest tests/test_dropout.py tests/test_lora.py tests/test_late_failures.py`.
 """
@@ -55,6 +57,9 @@ def prepare_for_training(model: torch.nn.Module, model_cfg: Any) -> torch.nn.Mod
     if model_cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    from prefopt.scoring.chunked_head import enable_chunked_head
+
+    enable_chunked_head(model, model_cfg.get("chunked_head", "auto"))  # before LoRA: the base model's head
     lora = model_cfg.get("lora")
     if lora and lora.get("r"):
         model = apply_lora(model, lora)

@@ -227,6 +227,10 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
     outcome = RunOutcome(interrupts=InterruptGuard(bool(cfg.checkpoint.enabled)).install())
     record = dict(config=OmegaConf.to_container(cfg, resolve=False), seed=cfg.seed)
     try:
+        if cfg.get("gpu_jobs") is not None:  # hydra/launcher=gpu_jobs: this job's GPU (prefopt/config/gpu_jobs.py)
+            from prefopt.config.gpu_jobs import pin_job_device
+
+            pin_job_device(cfg, int(OmegaConf.select(HydraConfig.get(), "job.num", default=0)))  # single run: 0
         built = validate_config(cfg)  # every problem of the config in one message, one line each, before anything loads
         record["config"] = OmegaConf.to_container(cfg, resolve=True)
         _announce_tuned(cfg, outcome)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from prefopt.log import get_logger
+from prefopt.scoring.chunked_head import chunked_head_logps
 
 log = get_logger()
 
@@ -120,8 +121,12 @@ def head_logps(
     """Per-position log-probs of `targets` from hidden `states` (K, H) through the LM `head`.
 
     With gradients the head runs once over all K positions (its backward needs the full logits anyway);
-    without, it runs `chunk_size` positions at a time, so peak memory is one chunk of logits.
+    without, it runs `chunk_size` positions at a time, so peak memory is one chunk of logits. A head
+    marked by `model.chunked_head` (scoring.chunked_head) never builds the (K, vocabulary) logits at all.
     """
+    chunked = chunked_head_logps(head, states, targets)
+    if chunked is not None:
+        return chunked
     if torch.is_grad_enabled() and states.requires_grad:
         return token_logps(head(states), targets, chunk_size)
     chunk = max(1, chunk_size or states.shape[0] or 1)
