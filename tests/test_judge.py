@@ -193,15 +193,14 @@ class Lengthy(Judge):
         return JudgeScores([float(len(r)) for r in responses], truncated=sum(len(r) > 4 for r in responses))
 
 
-def test_each_rank_scores_its_share_and_the_shares_come_back_in_order():
+def test_each_rank_scores_its_contiguous_share_and_the_shares_come_back_in_order():
     prompts, responses = [f"p{i}" for i in range(5)], ["a" * i for i in range(5)]
     whole = score_share(Lengthy(), prompts, responses, "the policy's")
     shares = [score_share(Lengthy(), prompts, responses, "the policy's", rank=r, world=2, gather=lambda x: [x])
               for r in (0, 1)]
-    assert [s.rewards for s in shares] == [[0.0, 0.0, 2.0, 0.0, 4.0], [0.0, 1.0, 0.0, 3.0, 0.0]]  # own share only
+    assert [s.rewards for s in shares] == [[0.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 2.0, 3.0, 4.0]]  # own share only
     gathered = []
-    for r in (0, 1):  # all_gather_object by hand: every rank sees every share
-        mine = list(range(r, 5, 2))
+    for mine in ([0, 1], [2, 3, 4]):  # all_gather_object by hand: every rank sees every share (5 // 2 = 2 first)
         gathered.append((mine, JudgeScores([float(len(responses[i])) for i in mine], 0)))
     merged = score_share(Lengthy(), prompts, responses, "the policy's", rank=0, world=2, gather=lambda x: gathered)
     assert merged.rewards == whole.rewards == [0.0, 1.0, 2.0, 3.0, 4.0]

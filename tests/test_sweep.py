@@ -141,7 +141,7 @@ def _grid(study: str) -> dict[str, dict[str, list[float]]]:
             for loss, axes in OmegaConf.to_container(cfg.sweep.grid).items()}
 
 
-GRID_STUDIES = ["beta_sensitivity", "beta_sensitivity_lr", "imdb_sensitivity"]
+GRID_STUDIES = ["beta_sensitivity", "beta_sensitivity_lr", "imdb_sensitivity", "imdb_sensitivity_lr"]
 
 
 @pytest.mark.parametrize("study", GRID_STUDIES)

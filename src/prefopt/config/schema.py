@@ -94,11 +94,13 @@ class EvalSchema:
     n_samples_logged: int = setting(ge=0)
     generate: bool = setting()
     cache_start: bool = setting()
+    generate_prompts_file: Optional[str] = setting()  # checked by prefopt.eval.prompts_file (validate.py)
     generate_max_prompts: int = setting(gt=0)
     generate_max_new_tokens: int = setting(gt=0)
     generate_temperature: float = setting(ge=0)
     every_n_steps: int = setting(ge=0)
     during_training_prompts: int = setting(gt=0)
+    share_timeout_s: float = setting(gt=0)
 
 
 @dataclass

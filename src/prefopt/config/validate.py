@@ -132,6 +132,10 @@ def config_problems(cfg: DictConfig, built: dict[str, Any] | None = None) -> lis
         problems += trainer_problems(tree["trainer"])
     if isinstance(tree.get("data"), dict):
         problems += _length_problems(tree["data"])
+    if isinstance(tree.get("eval"), dict) and isinstance(tree["eval"].get("generate_prompts_file"), str):
+        from prefopt.eval.prompts_file import prompts_file_problems
+
+        problems += prompts_file_problems(tree["eval"]["generate_prompts_file"])
     return problems + _components(cfg, tree, built)
 
 

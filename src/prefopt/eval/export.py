@@ -1,13 +1,15 @@
 """Exporting the trained policy's answers to held-out prompts in the format AlpacaEval reads.
 
 With `eval.generate=true`, the run answers the prompts of its evaluation rows (through the model's chat
-template, exactly as in training) and writes `<run dir>/generations.json`: a list of
+template, exactly as in training), or with `eval.generate_prompts_file=FILE` every instruction of a local
+AlpacaEval-format file (prefopt.eval.prompts_file), and writes `<run dir>/generations.json`: a list of
 `{"instruction", "output", "generator", "dataset"}`, plus the sampling settings and the generator in
 results.json (`info.generations`), so `alpaca_eval --model_outputs <run dir>/generations.json` can judge
 them. `generator_name` is the run's name on a leaderboard, unique within a study (and across studies):
 `python src/analyze.py STUDY --scores leaderboard.csv` matches the leaderboard's rows to runs by it. The
 file is written whole (temp + fsync + rename, prefopt.store.atomic) or not at all. Used by
-`prefopt.run.steps`; exercised by `pytest tests/test_scores.py` (the name) and tests/test_smollm2.py.
+`prefopt.run.steps`; exercised by `pytest tests/test_scores.py` (the name), tests/test_smollm2.py and
+tests/test_prompts_file.py.
 """
 
 from __future__ import annotations
@@ -64,18 +66,27 @@ def export_generations(
     temperature: float,
     seed: int,
     batch_size: int,
+    instructions: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Write generations.json; return what to record in results.json (`info.generations`): its path, the
-    number of answers, the sampling settings and the `generator` every record carries."""
-    rows = rows[:max_prompts]
+    number of answers, the sampling settings and the `generator` every record carries. `instructions`
+    ({instruction, dataset} of eval.generate_prompts_file, prefopt.eval.prompts_file): answer all of them
+    instead of the first `max_prompts` rows, each record keeping its instruction and dataset."""
+    from prefopt.eval.prompts_file import instruction_rows
+
+    if instructions is not None:
+        rows = instruction_rows(instructions, tokenizer)
+        named = [(r["instruction"], r["dataset"]) for r in instructions]
+    else:
+        rows = rows[:max_prompts]
+        named = [(instruction_text(row["prompt"]), dataset) for row in rows]
     prompt_ids = [encode_row(row, tokenizer)[0] for row in rows]
     responses = sample(policy, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
                        seed=seed, batch_size=batch_size, desc="answering eval prompts")
     records = [
-        {"instruction": instruction_text(row["prompt"]),
-         "output": tokenizer.decode(ids, skip_special_tokens=True).strip(),
-         "generator": generator, "dataset": dataset}
-        for row, ids in zip(rows, responses)
+        {"instruction": instruction, "output": tokenizer.decode(ids, skip_special_tokens=True).strip(),
+         "generator": generator, "dataset": source}
+        for (instruction, source), ids in zip(named, responses)
     ]
     write_text_atomic(out_path, json.dumps(records, indent=2, ensure_ascii=False))  # whole or not at all
     return {"path": str(out_path), "n": len(records), "generator": generator, "max_new_tokens": max_new_tokens,

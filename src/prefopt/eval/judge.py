@@ -1,6 +1,6 @@
 """The judge of a run's answers: one interface for whatever scores (prompt, response) pairs at evaluation.
 
-`conf/judge/` picks one (`judge=oracle|reward_model|none`), a `_target_` component built by
+`conf/judge/` picks one (`judge=oracle|reward_model|vader|none`), a `_target_` component built by
 `prefopt.config.run_plan.eval_judge`:
 - `OracleJudge` (`judge=oracle`, the default): the task's own gold reward (sort: correctness and length;
   imdb: the sentiment classifier). Its metrics keep their names: eval/oracle_reward, eval/win_rate, ...
@@ -8,6 +8,8 @@
 - `RewardModelJudge` (`judge=reward_model judge.path=FOLDER`, prefopt/eval/judges/reward_model.py): a local
   Hugging Face sequence-classification reward model; its metrics are eval/judge_*. On a task with an
   oracle it is a second, independent judge: the oracle's metrics are reported too;
+- `VaderJudge` (`judge=vader`, prefopt/eval/judges/vader.py): VADER's lexicon sentiment score, offline, a
+  second judge for data=imdb independent of its classifier (metrics eval/judge_* beside the oracle's);
 - `NoJudge` (`judge=none`): answers are not scored (generations.json only, with eval.generate=true).
 
 A judge's `score(prompts, responses)` takes a batch of prompts as the data rows have them (a string, or a
@@ -17,7 +19,8 @@ in one line before training (reading configs and tokenizers, not weights) where 
 `check_prompts(prompts)` where it cannot format the data's prompts; `fingerprint()` keys the starting
 policy's cached scores (prefopt.eval.cache); `close()` frees what `score` loaded. `judges(oracle)` says
 which judges score a run given the task's oracle (`Judges`). `scored` checks every score is a number,
-naming the prompt of one that is not; `score_share` lets each data-parallel rank score its share.
+naming the prompt of one that is not; `score_share` scores one rank's contiguous share (prefopt.eval.rank_share
+splits a run's judging over its data-parallel ranks).
 Exercised by `pytest tests/test_judge.py`.
 """
 
@@ -156,12 +159,15 @@ def scored(judge: Judge, prompts: Sequence[Prompt], responses: Sequence[str], wh
 
 def score_share(judge: Judge, prompts: Sequence[Prompt], responses: Sequence[str], whose: str, rank: int = 0,
                 world: int = 1, gather: Optional[Callable[[Any], list[Any]]] = None) -> JudgeScores:
-    """Data-parallel scoring: rank r scores pairs r, r + world, ...; `gather` (every rank's share, e.g.
-    torch.distributed's all_gather_object) puts the shares back in order. world=1: all pairs here."""
-    mine = list(range(rank, len(prompts), world))
+    """Rank `rank` of `world` scores its contiguous share, pairs [rank·n // world, (rank + 1)·n // world);
+    `gather` (every rank's share, e.g. torch.distributed's all_gather_object) puts the shares back in order.
+    world=1: all pairs here. (A run's data-parallel ranks share a judge through prefopt.eval.rank_share,
+    whose `SharedJudge` is the `judge` here on rank 0.)"""
+    n = len(prompts)
+    mine = list(range(rank * n // world, (rank + 1) * n // world))
     part = scored(judge, [prompts[i] for i in mine], [responses[i] for i in mine], whose)
     shares = gather((mine, part)) if world > 1 and gather is not None else [(mine, part)]
-    rewards = [0.0] * len(prompts)
+    rewards = [0.0] * n
     for indices, share in shares:
         for i, reward in zip(indices, share.rewards):
             rewards[i] = reward

@@ -82,21 +82,24 @@ def train_and_evaluate(cfg: DictConfig, plan: RunPlan, output_dir: Path, group: 
     outcome.stage = "training"
     metrics = outcome.metrics = steps.fit(cfg, trainer, module, data, output_dir, outcome, plan.ckpt_path)  # + train_metrics.json
     outcome.stage = "gather"
+    ranks = steps.judge_ranks(cfg, trainer, judges.extra)  # every rank: the judge's scoring, split over DP ranks
     trained = steps.trained_policy(cfg, trainer, module, load_start)
-    if trained is None:  # data-parallel workers: rank 0 evaluates, saves and records
+    if trained is None:  # data-parallel workers: score their shares of the judge's answers; rank 0 records
+        ranks.serve()
         return metrics
     if judges.oracle is not None or judges.extra is not None:
         outcome.stage = "evaluation"
-        start = steps.starting_policy(trained, module, load_start)
-        answers = None  # both policies' answers, sampled once for both judges
-        if judges.oracle is not None:
-            oracle_metrics, answers = steps.oracle_evaluation(cfg, artifacts, judges.oracle, trained, start,
-                                                              tokenizer, outcome)
-            metrics.update(oracle_metrics)
-        if judges.extra is not None:
-            metrics.update(steps.judge_evaluation(cfg, artifacts, judges.extra, trained, start, tokenizer, output_dir,
-                                                  outcome, answers))
-    if cfg.eval.get("generate") and artifacts.eval_rows:
+        with ranks as judge:  # on leaving, however the evaluation ends, the other ranks stop serving
+            start = steps.starting_policy(trained, module, load_start)
+            answers = None  # both policies' answers, sampled once for both judges
+            if judges.oracle is not None:
+                oracle_metrics, answers = steps.oracle_evaluation(cfg, artifacts, judges.oracle, trained, start,
+                                                                  tokenizer, outcome)
+                metrics.update(oracle_metrics)
+            if judge is not None:
+                metrics.update(steps.judge_evaluation(cfg, artifacts, judge, trained, start, tokenizer, output_dir,
+                                                      outcome, answers))
+    if cfg.eval.get("generate") and (artifacts.eval_rows or cfg.eval.get("generate_prompts_file")):
         outcome.stage = "generations"
         steps.export_generations(cfg, artifacts, trained, tokenizer, plan.loss.name, output_dir, outcome)
     outcome.stage = "export"

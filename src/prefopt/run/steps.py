@@ -358,13 +358,23 @@ def oracle_evaluation(cfg: DictConfig, artifacts: Any, oracle: Any, trained: tor
     return scalar_metrics(eval_metrics), answers
 
 
+def judge_ranks(cfg: DictConfig, trainer: Any, judge: Any) -> Any:
+    """Every rank (a collective): the judge's scoring split over the data-parallel ranks of a DDP-like
+    run (prefopt.eval.rank_share: ranks > 0 `serve()`, rank 0 scores with `.judge` inside `with`); one
+    process, or no judge beside the oracle: `.judge` is `judge` itself."""
+    from prefopt.eval.rank_share import JudgeRanks, channel_for
+
+    channel = channel_for(trainer.strategy, cfg.eval.get("share_timeout_s", 7200)) if judge is not None else None
+    return JudgeRanks(judge, channel)
+
+
 def judge_evaluation(cfg: DictConfig, artifacts: Any, judge: Any, trained: torch.nn.Module,
                      start: tuple[torch.nn.Module, Any], tokenizer: Any, output_dir: Path, outcome: RunOutcome,
                      answers: Any = None) -> dict[str, float]:
     """A judge other than the oracle scores the policy's and the starting policy's answers to the same
     prompts (the oracle evaluation's `answers`, else sampled here): eval/judge_* metrics and
-    judgements.jsonl (prefopt.eval.judged); the start's scored side is cached per sweep. Rank 0 judges
-    (the data-parallel ranks stop after the gather); `score_share` is where ranks would split it."""
+    judgements.jsonl (prefopt.eval.judged); the start's scored side is cached per sweep. Rank 0 samples and
+    records; in a data-parallel run `judge` is `judge_ranks`'s, whose scoring each rank shares."""
     from prefopt.eval import judged
     from prefopt.eval.cache import cached_judged_start
     from prefopt.eval.evaluate import policy_answers
@@ -386,6 +396,8 @@ def judge_evaluation(cfg: DictConfig, artifacts: Any, judge: Any, trained: torch
         side = compute()
     metrics, records = judged.judge_answers(judge, answers, side)
     judge.close()
+    if getattr(judge, "shares", None):  # scored by the data-parallel ranks: the pairs each scored
+        outcome.info["judge_shares"] = list(judge.shares)
     judged.write_judgements(output_dir / judged.JUDGEMENTS, records)
     outcome.samples = outcome.samples or judged.logged_samples(records, cfg.eval.n_samples_logged)
     return metrics
@@ -393,7 +405,9 @@ def judge_evaluation(cfg: DictConfig, artifacts: Any, judge: Any, trained: torch
 
 def export_generations(cfg: DictConfig, artifacts: Any, trained: torch.nn.Module, tokenizer: Any, loss_name: str,
                        output_dir: Path, outcome: RunOutcome) -> None:
-    """`eval.generate=true`: answer the eval rows' prompts into generations.json (AlpacaEval format)."""
+    """`eval.generate=true`: answer the eval rows' prompts, or every instruction of
+    `eval.generate_prompts_file` (prefopt.eval.prompts_file), into generations.json (AlpacaEval format)."""
+    from prefopt.eval.prompts_file import read_prompts_file
     from prefopt.eval.export import export_generations as export, generator_name
 
     generator = generator_name(output_dir, cfg.get("method") or loss_name, cfg.loss.get("beta"), cfg.optim.lr,
@@ -403,6 +417,7 @@ def export_generations(cfg: DictConfig, artifacts: Any, trained: torch.nn.Module
         generator=generator, dataset=cfg.data.name,
         max_prompts=cfg.eval.generate_max_prompts, max_new_tokens=cfg.eval.generate_max_new_tokens,
         temperature=cfg.eval.generate_temperature, seed=cfg.seed, batch_size=cfg.eval.batch_size,
+        instructions=read_prompts_file(file) if (file := cfg.eval.get("generate_prompts_file")) else None,
     )
 
 
