@@ -15,7 +15,7 @@ from mistral_assets import mistral_tokenizer_dir
 from prefopt.models.load import load_tokenizer
 from test_run import run_cli
 
-LOSSES = ["dpo", "ipo", "simpo", "rmipo"]
+LOSSES = ["dpo", "ipo", "simpo", "rmipo", "orpo", "cpo", "rdpo", "simper", "betadpo"]  # every loss config
 
 
 @pytest.fixture(scope="module")

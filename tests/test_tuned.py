@@ -101,7 +101,7 @@ def test_a_multirun_over_losses_at_their_own_tuned_lr_says_so_once():
     assert sweep_note(["sweep=beta_sensitivity"]) is None  # the studies set their own grids
 
 
-@pytest.mark.parametrize("loss", ["dpo", "ipo", "simpo", "rmipo"])
+@pytest.mark.parametrize("loss", ["dpo", "ipo", "simpo", "rmipo", "orpo", "cpo", "rdpo", "betadpo"])
 def test_the_paper_sweep_resolves_every_grid_point_and_is_judged(loss):
     expected_lrs = [3e-7, 5e-7, 6e-7, 1e-6]
     betas = []
@@ -112,4 +112,12 @@ def test_the_paper_sweep_resolves_every_grid_point_and_is_judged(loss):
             assert cfg.optim.lr == lr and cfg.judge.path == "/rm" and cfg.objective == "eval/judge_lc_win_rate"
         betas.append(cfg.loss.beta)
     assert betas == sorted(betas) and len(set(betas)) == 4
-    assert {"dpo": 0.01, "ipo": 0.01, "simpo": 1.5, "rmipo": 1.0}[loss] == betas[0]
+    assert {"dpo": 0.01, "ipo": 0.01, "simpo": 1.5, "rmipo": 1.0, "orpo": 0.1, "cpo": 0.01, "rdpo": 0.01,
+            "betadpo": 0.01}[loss] == betas[0]
+
+
+def test_the_paper_sweep_of_simper_resolves_its_learning_rates_and_has_no_beta():
+    for position, lr in zip(("l1", "l2", "l3", "l4"), [3e-7, 5e-7, 6e-7, 1e-6]):
+        cfg = compose_with("sweep=paper_sensitivity_lr", "experiment=mistral7b", "loss=simper", "judge.path=/rm",
+                           f"sweep.lr_step={position}")
+        assert cfg.optim.lr == lr and "beta" not in cfg.loss and cfg.sweep.name == "paper_sensitivity"
