@@ -6,7 +6,8 @@ seed standard deviations is declared most of the time; the residual noise is nor
 the committed runs (their tails, not a model's). The simulated design is each study's: 4 methods, a
 5 β × 3 lr grid (sort) or 3 β × 3 lr (IMDb) with half-decade steps, 5 seeds, every method compared with
 the focus method on best, mean regret in the window and regret at default, and again with the expected
-best after k random trials (the cost of tuning, `tuning_cost`) added to the family.
+best after k random trials (the cost of tuning, `tuning_cost`) added to the family; and the studies'
+nine-method family (issue 29: RMiPO against 8 methods × 4 statistics = 32 tests).
 
 Run: `.venv/bin/python -m pytest tests/test_stats_calibration.py -q` (about 20 s).
 """
@@ -23,6 +24,7 @@ from prefopt.analysis.stats import MethodGrid, compare_grids, method_grids, seed
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS, METHODS = 5, ("m0", "m1", "m2", "m3")
+NINE = tuple(f"m{i}" for i in range(9))  # the nine-method studies: the focus against 8 others
 SETTINGS = StudySettings(focus="m0")  # compare: best, mean_regret, regret_default (3 pairs × 3 = 9 tests)
 # the family with the cost of tuning added (expected best after k = 8 random trials of the 15-point grid,
 # the 9-point grid's 5 on IMDb): 3 pairs × 4 = 12 tests
@@ -69,13 +71,14 @@ def noise(request) -> dict:
     return {**found, "residuals": residuals * found["residual_sd"] / residuals.std(), "design": design}
 
 
-def simulate(rng: np.random.Generator, noise: dict, shift: float = 0.0, resample: bool = False) -> list[MethodGrid]:
+def simulate(rng: np.random.Generator, noise: dict, shift: float = 0.0, resample: bool = False,
+             methods: tuple = METHODS) -> list[MethodGrid]:
     """One study: every method on the same surface and the same seeds (a shared seed effect), m0 moved
     up by `shift` everywhere; the residual normal, or drawn from the committed study's residuals."""
     design = noise["design"]
     effect = rng.normal(0.0, noise["seed_effect_sd"], SEEDS)
     grids = []
-    for i, method in enumerate(METHODS):
+    for i, method in enumerate(methods):
         shape = (len(design.points), SEEDS)
         rest = rng.choice(noise["residuals"], shape) if resample else rng.normal(0.0, noise["residual_sd"], shape)
         table = design.surface[:, None] + effect[None, :] + rest + (shift if i == 0 else 0.0)
@@ -84,28 +87,32 @@ def simulate(rng: np.random.Generator, noise: dict, shift: float = 0.0, resample
     return grids
 
 
-@pytest.mark.parametrize("settings", [SETTINGS, WITH_TUNING], ids=["3_stats", "with_tuning_cost"])
+@pytest.mark.parametrize("settings,methods", [(SETTINGS, METHODS), (WITH_TUNING, METHODS), (WITH_TUNING, NINE)],
+                         ids=["3_stats", "with_tuning_cost", "nine_methods"])
 @pytest.mark.parametrize("resample", [False, True], ids=["normal", "resampled"])
-def test_identical_methods_are_declared_different_at_most_5_percent_of_studies(noise, resample, settings):
+def test_identical_methods_are_declared_different_at_most_5_percent_of_studies(noise, resample, settings, methods):
     rng = np.random.default_rng(20261130)
     n = 600
-    any_declared = [bool(compare_grids(simulate(rng, noise, resample=resample), settings)["verdict"].any())
+    any_declared = [bool(compare_grids(simulate(rng, noise, resample=resample, methods=methods), settings)["verdict"].any())
                     for _ in range(n)]
     rate = float(np.mean(any_declared))
     monte_carlo = 2 * np.sqrt(0.05 * 0.95 / n)
     assert rate <= 0.05 + monte_carlo, f"family-wise error {rate:.3f} over {n} simulated studies"
 
 
-def test_a_difference_of_three_seed_sds_is_detected_most_of_the_time(noise):
+@pytest.mark.parametrize("settings,methods,least", [(SETTINGS, METHODS, 0.5), (WITH_TUNING, NINE, 0.25)],
+                         ids=["4_methods", "nine_methods"])
+def test_a_difference_of_three_seed_sds_is_detected_most_of_the_time(noise, settings, methods, least):
     rng = np.random.default_rng(7)
     n = 200
     detected = []
     for _ in range(n):
-        pairs = compare_grids(simulate(rng, noise, shift=3 * noise["total_sd"]), SETTINGS)
+        pairs = compare_grids(simulate(rng, noise, shift=3 * noise["total_sd"], methods=methods), settings)
         best = pairs[pairs["stat"] == "best"]
-        assert len(best) == 3 and (best["a"] == "m0").all()
+        assert len(best) == len(methods) - 1 and (best["a"] == "m0").all()
         detected.extend(best["verdict"].tolist())
     power = float(np.mean(detected))
     # "most of the time": IMDb 70% (residual sd 0.036, seed effect 0.015); sort 52% with its noise (residual sd 0.034, shared seed effect
     # 0.010, so pairing cancels little), 5 seeds and Holm over 9 tests; more seeds buy more power
-    assert power > 0.5, f"a shift of 3 seed sds was declared in {power:.2f} of the comparisons"
+    # nine methods: Holm over 32 tests asks more of each, so less power (the number: the docs' claims table)
+    assert power > least, f"a shift of 3 seed sds was declared in {power:.2f} of the comparisons"
