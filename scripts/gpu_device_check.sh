@@ -13,14 +13,17 @@
 #   sweep  16 sort runs (model=tiny, trainer=gpu) with hydra/launcher=gpu_jobs gpu_jobs.jobs_per_gpu=1, 4, 8
 #          on one GPU (each job pins itself: trainer.devices=[job mod gpus], prefopt/config/gpu_jobs.py);
 #          study wall time and runs/min per K, and the devices the jobs ran on, in sweep.txt
-#   optional (PARTS="... tests profile"): tests/test_cuda.py; benchmarks/step_profile.py
+#   optional (PARTS="... tests profile flex"): tests/test_cuda.py; benchmarks/step_profile.py; flex: the
+#   prompt-once rows through sdpa's dense mask against FlexAttention's block mask at SmolLM2-135M shape
+#   (benchmarks/flex_shared_prompt.py, fwd+bwd, bf16) and tests/test_flex_attention.py with its CUDA test
+#   (its own device call: PARTS="env flex"; in the dry run by default, forward only on the CPU)
 #
 #   bash scripts/gpu_device_check.sh             # on the GPU machine (OUT set by the device tool)
 #   bash scripts/gpu_device_check.sh --dry-run   # on a CPU: every phase at toy size (tiny/mistral-toy
 #                                                # models, 1-2 steps, 4 sort runs with 1 and 2 jobs),
 #                                                # the same code paths except CUDA-only ones (said so)
 # Environment: OUT (default outputs/gpu_device_check), PY (default python3; .venv/bin/python in a dry
-# run), PARTS (default "env small big sweep"), BUDGET (seconds for all phases, default 450 = 7.5 min),
+# run), PARTS (default "env small big sweep", + flex in a dry run), BUDGET (seconds for all phases, default 450 = 7.5 min),
 # LIMIT_ENV / LIMIT_SMALL / LIMIT_BIG / LIMIT_SWEEP (each phase's limit), WHEELS (a folder of wheels to
 # install to /tmp/site first, default .whl). Writes <phase>.cmd (the command), <phase>.log, small.json,
 # big.json, sweep.txt and summary.txt to $OUT; exits 1 when any phase failed or was cut off.
@@ -38,7 +41,7 @@ done
 if [ "$DRY" = 1 ] && [ -x .venv/bin/python ]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
 OUT=${OUT:-outputs/gpu_device_check}
 WHEELS=${WHEELS:-.whl}
-PARTS=${PARTS:-env small big sweep}
+PARTS=${PARTS:-env small big sweep$([ "$DRY" = 1 ] && echo ' flex')}  # flex: a part of its own on the GPU (PARTS="env flex")
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
@@ -54,9 +57,10 @@ LIMIT_ENV=${LIMIT_ENV:-20}
 LIMIT_SMALL=${LIMIT_SMALL:-170}
 LIMIT_BIG=${LIMIT_BIG:-170}
 LIMIT_SWEEP=${LIMIT_SWEEP:-90}
+LIMIT_FLEX=${LIMIT_FLEX:-150}
 MIN_PHASE=15                   # a phase with less than this left is skipped, said so
 if [ "$DRY" = 1 ]; then        # a CPU rehearsal: same phases, toy sizes; generous limits on a shared CPU
-  BUDGET=${DRY_BUDGET:-900}; LIMIT_ENV=60; LIMIT_SMALL=420; LIMIT_BIG=240; LIMIT_SWEEP=300
+  BUDGET=${DRY_BUDGET:-1000}; LIMIT_ENV=60; LIMIT_SMALL=420; LIMIT_BIG=240; LIMIT_SWEEP=300; LIMIT_FLEX=100
 fi
 failed=0
 : > "$OUT/summary.txt"
@@ -161,6 +165,15 @@ fi
 if want tests; then
   if [ "$DRY" = 1 ]; then cuda_only "tests/test_cuda.py"
   else phase tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py; tail -3 "$OUT/tests.log"; fi
+fi
+if want flex; then  # prompt-once rows: sdpa's dense mask against FlexAttention's block mask (benchmarks/flex_shared_prompt.py)
+  if [ "$DRY" = 1 ]; then FLEX_SHAPE=(--pairs 2 --prompt 16 --response 16 --warmup 0 --rounds 2)
+  else FLEX_SHAPE=(--hidden 576 --layers 30 --heads 9 --kv-heads 3 --vocab 49152 --pairs 8 --prompt 512 --response 256)
+  fi
+  phase flex "$LIMIT_FLEX" "$PY" benchmarks/flex_shared_prompt.py "${DEVICE[@]}" "${FLEX_SHAPE[@]}" --out "$OUT/flex.json"
+  grep -v -i warn "$OUT/flex.log" | tail -7
+  if [ "$DRY" = 1 ]; then cuda_only "FlexAttention's fused backward (tests/test_flex_attention.py -k cuda)"
+  else phase flex_tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_flex_attention.py; tail -3 "$OUT/flex_tests.log"; fi
 fi
 if want profile; then
   phase profile 150 "$PY" benchmarks/step_profile.py "${DEVICE[@]}" --model "$SMALL_MODEL" --impl ours \

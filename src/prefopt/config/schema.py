@@ -68,7 +68,10 @@ class ModelSchema:
     vocab_size: int = setting(gt=0)
     tiny: Optional[Dict[str, Any]] = setting()
     gguf: Optional[Dict[str, Any]] = setting()
-    attn_implementation: Optional[str] = setting()
+    attn_implementation: Optional[str] = setting(check=(  # prefopt.models.load.ATTENTION_CHOICES
+        lambda v: v in ("auto", "sdpa", "eager", "flex", "flex_attention", "flash_attention_2", "flash_attention_3")
+        or "/" in v, "one of auto, sdpa, eager, flex, flex_attention, flash_attention_2, flash_attention_3, "
+                     "a hub kernel (org/name)"))
     gradient_checkpointing: bool = setting()
     lora: Optional[Dict[str, Any]] = setting()
     disable_dropout: bool = setting()

@@ -27,7 +27,7 @@ from transformers import (
 
 from prefopt.log import get_logger
 from prefopt.contracts.task import Start
-from prefopt.errors import ModelLoadError  # noqa: F401 (re-exported: raised here)
+from prefopt.errors import ConfigError, ModelLoadError  # noqa: F401 (ModelLoadError re-exported: raised here)
 from prefopt.models.choose import choose_start
 from prefopt.store.cache import cached_dir, fingerprint
 
@@ -80,8 +80,19 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+# model.attn_implementation's values (also a hub kernel "org/name"); "flex" is FlexAttention, with which the
+# prompt-once rows run through a block mask (prefopt.scoring.flex); sdpa stays the reference and the CPU path
+ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flex", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+
 def attention_implementation(requested: str | None) -> str | None:
-    """`auto`: flash_attention_2 where flash-attn is installed and a GPU is present, else sdpa."""
+    """`auto`: flash_attention_2 where flash-attn is installed and a GPU is present, else sdpa; `flex`:
+    transformers' flex_attention. Any other value than ATTENTION_CHOICES or a hub kernel: ConfigError."""
+    if requested is not None and requested not in ATTENTION_CHOICES and "/" not in str(requested):
+        raise ConfigError(f"model.attn_implementation={requested}: one of {', '.join(ATTENTION_CHOICES)}, "
+                          f"a hub kernel (org/name) or null")
+    if requested == "flex":
+        return "flex_attention"
     if requested != "auto":
         return requested
     if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
@@ -234,6 +245,9 @@ def load_start(start: Start, model_cfg: Any, cache_root: Path, task_policy: Path
     else:
         tokenizer = tiny_tokenizer(corpus, int(model_cfg.get("vocab_size", 4096)), cache_root)
         model = build_tiny(tokenizer, seed=seed, **start.architecture)
+        attn = attention_implementation(model_cfg.get("attn_implementation"))
+        if attn:  # unset (conf/model/tiny.yaml): the tiny model's default, sdpa
+            model.set_attn_implementation(attn)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -23,13 +23,16 @@ from torch import Tensor
 
 from prefopt.contracts.layout import Layout
 from prefopt.log import get_logger
+from prefopt.scoring.flex import FLEX
 from prefopt.scoring.packed import PACKED
 from prefopt.scoring.rows import ROWS
 from prefopt.scoring.shared import SHARED
 from prefopt.scoring.tree import TREE
 
 log = get_logger()
-LAYOUTS: tuple[Layout, ...] = (TREE, PACKED, SHARED, ROWS)  # the order a batch's layouts are tried in
+# the order a batch's layouts are tried in; FLEX (prefopt.scoring.flex) builds no tensors of its own and scores
+# the tree or shared-prompt rows only for a model on flex attention (model.attn_implementation: flex)
+LAYOUTS: tuple[Layout, ...] = (FLEX, TREE, PACKED, SHARED, ROWS)
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def choose_layout(data_pack: Any = False, share_prompt: bool | str = "auto", tra
 
 
 def batch_layout(batch: dict[str, Tensor], model: torch.nn.Module, share_prompt: bool | str = "auto") -> str:
-    """The name of the layout `pair_batch_logps` scores `batch` on: "tree", "packed", "shared" or "rows"."""
+    """The name of the layout `pair_batch_logps` scores `batch` on: "flex", "tree", "packed", "shared" or "rows"."""
     return scoring_layout(batch, model, share_prompt).name
 
 
