@@ -33,7 +33,7 @@ def test_layout_chosen_rows_first_then_rejected():
     # exactly the response tokens after the start token
     assert b["marginal_score_mask"].tolist() == [[0, 1, 1, 1, 0], [0, 1, 1, 0, 0], [0, 1, 1, 0, 0], [0, 1, 1, 1, 1]]
     assert b["index"].tolist() == [3, 0]
-    assert all(t.dtype == torch.long for t in b.values())
+    assert all(t.dtype == torch.long for t in b.values() if isinstance(t, torch.Tensor))  # the rest: HostValue facts
 
 
 def test_masks_select_the_response_tokens_when_scored():
@@ -110,9 +110,11 @@ def test_a_batch_carries_only_what_its_layouts_and_loss_need():
     from prefopt.scoring.layout import LayoutChoice
 
     plain = PairCollator(pad_id=PAD, layout=LayoutChoice(share_prompt=False))(ITEMS)
-    assert set(plain) == {"input_ids", "attention_mask", "score_mask", "index"}
+    plan = {f"plan_{k}" for k in ("index", "target", "row", "count")}  # the collator's index plans
+    assert set(plain) == {"input_ids", "attention_mask", "score_mask", "index", *plan}
     shared = PairCollator(pad_id=PAD)(ITEMS)
-    assert set(shared) - set(plain) == {"prompt_ids", "prompt_attention_mask", "response_ids", "response_attention_mask"}
+    assert set(shared) - set(plain) == {"prompt_ids", "prompt_attention_mask", "response_ids", "response_attention_mask",
+                                        "prompt_lengths", "shared_padded", *(f"response_{k}" for k in plan)}
     packed = PairCollator(pad_id=PAD, layout=LayoutChoice(pack=True, share_prompt=False),
                           marginal=MarginalRows([START], "none"))(ITEMS)
     assert {k for k in packed if k.startswith("marginal_")} == {"marginal_input_ids", "marginal_attention_mask",

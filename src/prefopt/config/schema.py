@@ -76,6 +76,7 @@ class ModelSchema:
     lora: Optional[Dict[str, Any]] = setting()
     disable_dropout: bool = setting()
     chunked_head: Any = setting(choices=(True, False, "auto"))  # prefopt/scoring/chunked_head.py
+    compile: Any = setting(choices=(False, True, "reduce-overhead"))  # prefopt/train/compiling.py
 
 
 @dataclass
@@ -157,6 +158,7 @@ class RunSchema:
     sweep: Optional[Dict[str, Any]] = setting()
     logp_cache: bool = setting()
     share_prompt: Any = setting(choices=(True, False, "auto"))
+    check_finite_every_n_steps: int = setting(ge=1)  # prefopt/train/guards.py
     gpu_jobs: Optional[GpuJobsSchema] = setting()  # only with hydra/launcher=gpu_jobs
 
 

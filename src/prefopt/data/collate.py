@@ -7,8 +7,14 @@ For B pairs, rows 0..B-1 are prompt+chosen and rows B..2B-1 prompt+rejected. A b
   `share_prompt` is false (prefopt.scoring.shared; left out when a prompt is empty), and with
   `data.pack` the packed and prompt-once packed rows (prefopt.scoring.packed, prefopt.scoring.tree);
 - the marginal rows (prefopt.scoring.marginal.MarginalRows) only when the loss needs a marginal pass
-  (`needs_marginal`): a DPO, IPO or SimPO batch has none.
-Exercised by `pytest tests/data/test_pair_collator.py tests/test_packed_logps.py tests/test_tree_logps.py`.
+  (`needs_marginal`): a DPO, IPO or SimPO batch has none;
+- each layout's index plan, computed here on the CPU by the layout's `tensors` (prefopt.scoring.logps
+  .ScorePlan: `plan_*`, `response_plan_*`, `packed_plan_*`, `tree_plan_*`: flat indices of the states
+  that predict the scored tokens, their targets, padded rows, per-row counts and order) and host facts
+  (`HostValue`s: `shared_padded`, `tree_max_position`), so the training step indexes with them and
+  reads nothing back from the device (no boolean masks, `nonzero`, `bincount` or `.item()` there).
+Exercised by `pytest tests/data/test_pair_collator.py tests/test_packed_logps.py tests/test_tree_logps.py
+tests/test_no_sync.py`.
 """
 
 from __future__ import annotations
@@ -32,11 +38,11 @@ class PairCollator:
         self.layout = layout or LayoutChoice()
         self.marginal = marginal
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         prompts = [it["prompt_ids"] for it in items]
         chosen = [it["chosen_ids"] for it in items]
         rejected = [it["rejected_ids"] for it in items]
-        batch: dict[str, Tensor] = {}
+        batch: dict[str, Any] = {}
         for layout in self.layout.layouts:
             batch.update(layout.tensors(prompts, chosen, rejected, self.pad_id))
         if self.marginal is not None:

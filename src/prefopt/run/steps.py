@@ -107,11 +107,12 @@ def start_loader(cfg: DictConfig, start: Any, artifacts: Any) -> StartLoader:
 
 
 def policy_to_train(cfg: DictConfig, load_start: StartLoader) -> tuple[torch.nn.Module, Any]:
-    """(policy ready to train: LoRA, dropout, checkpointing as configured, tokenizer)."""
+    """(policy ready to train: LoRA, dropout, checkpointing, `model.compile` as configured, tokenizer)."""
     from prefopt.models.setup import prepare_for_training
+    from prefopt.train.compiling import compile_policy
 
     policy, tokenizer = load_start()
-    return prepare_for_training(policy, cfg.model), tokenizer
+    return compile_policy(prepare_for_training(policy, cfg.model), cfg.model.get("compile", False)), tokenizer
 
 
 def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: RunOutcome, plan: RunPlan) -> Any:
@@ -145,8 +146,10 @@ def preference_data(cfg: DictConfig, artifacts: Any, tokenizer: Any, outcome: Ru
 
 def preference_module(cfg: DictConfig, policy: torch.nn.Module, plan: RunPlan) -> Any:
     """The LightningModule: the policy, the plan's loss and (optimizer, scheduler) factories."""
+    from prefopt.train.compiling import compile_loss
     from prefopt.train.module import PreferenceModule
 
+    compile_loss(plan.loss, cfg.model.get("compile", False))
     return PreferenceModule(policy, plan.loss, share_prompt=plan.layout.share_prompt,
                             optimizer=plan.optimizer, scheduler=plan.scheduler)
 
@@ -181,8 +184,11 @@ def trainer_for(cfg: DictConfig, output_dir: Path, group: str, plan: RunPlan, po
     from prefopt.train.logp_caches import LogpCaches
     from prefopt.train.resume import RunRecord
     from prefopt.config.schema import OptimSchema, advised_range
+    from prefopt.train.compiling import CompileTimer
     from prefopt.train.trainer_factory import build_trainer
 
+    if cfg.model.get("compile", False):
+        extra_callbacks = [*extra_callbacks, CompileTimer(cfg.model.compile)]
     loss = plan.loss
     name, tags = run_identity(cfg, loss.name, cfg.data.name, cfg.method)
     outcome.loggers = loggers = make_loggers(cfg, output_dir, name, group, tags)

@@ -9,12 +9,20 @@ of `chunk_size` positions, so a reference or marginal pass never holds more than
 Measurements behind these choices: `python benchmarks/logps_micro.py`. Also the model facts the
 layouts check against (`attention_window`, `check_tolerance`, `remembered_verdict`).
 The layouts that call these (padded rows, shared prompt, packed, tree) are prefopt.scoring.layout's.
-Exercised by `pytest tests/test_logps.py tests/test_architectures.py`.
+Index plans (`ScorePlan`, `score_plan`): the collator's CPU work that keeps the step free of host
+synchronisation. A layout's plan names the K scored positions as flat indices into the hidden states, with
+each one's target token and padded row, and each row's count; `planned_logps` scores with `index_select`
+and `index_add` only (no boolean-mask indexing, `nonzero` or `bincount` on the device: the number of
+scored tokens K is a shape the host already knows), in the order the boolean masks gave, so the sums are
+the same bit for bit. `HostValue` carries a python fact (a batch has padding, its largest tree
+position) through the move to the device unchanged.
+Exercised by `pytest tests/test_logps.py tests/test_architectures.py tests/test_no_sync.py`.
 """
 
 from __future__ import annotations
 
 import weakref
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -68,6 +76,86 @@ def model_body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.
     if multiply != 1.0 or softcap:
         head = ScaledHead(head, multiply, softcap)
     return body, head
+
+
+class HostValue:
+    """A python value in a batch that stays on the host: `.to(device)` (Lightning's and the caches'
+    move of a batch) returns it unchanged, so reading it never waits for the device."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def to(self, *args: Any, **kwargs: Any) -> "HostValue":
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HostValue) and other.value == self.value
+
+    def __repr__(self) -> str:
+        return f"HostValue({self.value!r})"
+
+
+def host_value(batch: dict[str, Any], key: str, default: Any = None) -> Any:
+    """The python value under `key` (a `HostValue`), or `default` when the batch has none."""
+    held = batch.get(key)
+    return held.value if isinstance(held, HostValue) else default
+
+
+class ScorePlan(NamedTuple):
+    """The scored positions of a layout, computed by the collator: index (K,) flat into the (rows x
+    columns) hidden states, the state that predicts each scored token; target (K,), that token; row (K,),
+    its padded row; count (n_rows,), scored tokens per row; order (K,) or None, the permutation into the
+    padded rows' order (by row, then position) where the flat order differs from it."""
+
+    index: Tensor
+    target: Tensor
+    row: Tensor
+    count: Tensor
+    order: Tensor | None = None
+
+
+PLAN_FIELDS = ("index", "target", "row", "count", "order")
+
+
+def score_plan(states_at: Tensor, targets: Tensor, rows: Tensor, n_rows: int, width: int,
+               ordered: bool = False) -> dict[str, Tensor]:
+    """A `ScorePlan`'s tensors (CPU, long) from the (r, c) of the state predicting each scored token,
+    given in the order the step sums them: `states_at` (K, 2), `targets` (K,), `rows` (K,); `width`: the
+    hidden states' columns; `ordered`: also the stable permutation that sorts `rows`."""
+    plan = {"index": states_at[:, 0] * width + states_at[:, 1], "target": targets, "row": rows,
+            "count": torch.bincount(rows, minlength=n_rows)}
+    if ordered:
+        plan["order"] = torch.sort(rows, stable=True).indices
+    return {key: value.long().contiguous() for key, value in plan.items()}
+
+
+def plan_keys(prefix: str, plan: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`plan` under the batch keys `<prefix>plan_<field>`."""
+    return {f"{prefix}plan_{key}": value for key, value in plan.items()}
+
+
+def batch_plan(batch: dict[str, Any], prefix: str) -> ScorePlan | None:
+    """The `ScorePlan` a collated batch carries under `<prefix>plan_*` (None: a batch built without one)."""
+    if f"{prefix}plan_index" not in batch:
+        return None
+    return ScorePlan(*(batch.get(f"{prefix}plan_{key}") for key in PLAN_FIELDS))
+
+
+def planned_logps(head: torch.nn.Module, hidden: Tensor, plan: ScorePlan, n_rows: int,
+                  chunk_size: int | None = DEFAULT_CHUNK_SIZE, per_token: bool = False) -> tuple[Tensor, Tensor]:
+    """`summed_logps` from a `ScorePlan`: the states at `plan.index` of `hidden` (rows, columns, H),
+    flattened, with no host synchronisation. Returns (logps (n_rows,), n_tokens (n_rows,)), or with
+    `per_token` (logps (K,), rows (K,)) in the padded rows' order."""
+    states = hidden.reshape(-1, hidden.shape[-1]).index_select(0, plan.index)
+    logps = head_logps(head, states, plan.target, chunk_size)  # (K,)
+    if per_token:
+        if plan.order is None:
+            return logps, plan.row
+        return logps.index_select(0, plan.order), plan.row.index_select(0, plan.order)
+    sums = torch.zeros(n_rows, dtype=logps.dtype, device=logps.device)
+    return sums.index_add(0, plan.row, logps), plan.count
 
 
 def _chunk_logps(logits: Tensor, targets: Tensor) -> Tensor:
@@ -140,20 +228,25 @@ def head_logps(
 def response_logps(
     model: torch.nn.Module,
     input_ids: Tensor,
-    attention_mask: Tensor,
+    attention_mask: Tensor | None,
     score_mask: Tensor,
     chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     per_token: bool = False,
+    plan: ScorePlan | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Summed log π(token) over the tokens marked in `score_mask`, and how many were scored.
 
     input_ids, attention_mask, score_mask: (N, L). `score_mask[i, t] = 1` when token t of row i is
     scored (it is predicted from the hidden state at t-1, so column 0 is never scored).
     Returns (logps (N,), n_tokens (N,)), logps in float32; with `per_token`, (logps (K,), row (K,)) of
-    the K scored tokens in row-major order instead.
+    the K scored tokens in row-major order instead. `plan`: the collator's `ScorePlan` of these rows
+    (indices into the (N, L) hidden states), which scores them without a host synchronisation;
+    `attention_mask` None: rows without padding (the collator knows), as an all-ones mask gives.
     """
     body, head = model_body_and_head(model)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    if plan is not None:
+        return planned_logps(head, hidden, plan, input_ids.shape[0], chunk_size, per_token)
     # position t-1 predicts token t: states and targets line up after dropping the last / first column
     return summed_logps(head, hidden[:, :-1], input_ids[:, 1:], score_mask[:, 1:].bool(), chunk_size, per_token)
 

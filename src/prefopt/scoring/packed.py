@@ -12,7 +12,9 @@ one row of all tokens 1.5x the padded rows' time; rows at 10% padding (6.6% over
 shared-prompt layout, 23% padding but each prompt once, 0.84x.
 `packed_logps` scores them (only the rows' tails are padding); a model scores this layout when it keeps
 packed sequences apart (`packing_problem`, probed once per model), else the batch falls back to the
-layouts after it. Exercised by `pytest tests/test_packed_logps.py`.
+layouts after it. The collator's plan (`packed_plan`): packed_plan_* (a prefopt.scoring.logps.ScorePlan:
+the states predicting each scored token, within its own sequence, its target, padded row and order), so
+the pass reads nothing back from the device. Exercised by `pytest tests/test_packed_logps.py tests/test_no_sync.py`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import torch
 from torch import Tensor
 
 from prefopt.contracts.layout import Ids, Layout
-from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, check_tolerance, head_logps, model_body_and_head,
-                                   remembered_verdict)
+from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, ScorePlan, batch_plan, check_tolerance, head_logps,
+                                   model_body_and_head, plan_keys, planned_logps, remembered_verdict, score_plan)
 
 # Most padding a packed batch may hold: its rows grow until their tails are at most this share (at 5%
 # the benchmark's batches above ran 3.4x the padded rows' attention work, at 10% 1.8x).
@@ -85,13 +87,24 @@ def packed_layout(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence
         out["positions"].append([j for i in members for j in range(len(seqs[i][0]))] + list(range(left)))
         out["segment"].append([i for i in members for _ in seqs[i][0]] + [-1] * left)
         out["score"].append([int(j >= seqs[i][1]) for i in members for j in range(len(seqs[i][0]))] + [0] * left)
-    return {f"packed_{key}": torch.tensor(out[name], dtype=torch.long) for key, name in (
+    packed = {f"packed_{key}": torch.tensor(out[name], dtype=torch.long) for key, name in (
         ("input_ids", "ids"), ("position_ids", "positions"), ("segment", "segment"), ("score_mask", "score"))}
+    return {**packed, **packed_plan(packed, len(seqs))}
+
+
+def packed_plan(packed: dict[str, Tensor], n_rows: int) -> dict[str, Tensor]:
+    """The `ScorePlan` of packed rows (CPU): token t of a row, scored and in the sequence of token t - 1,
+    is predicted by the state at t - 1; row-major, as `packed_logps`'s mask, with the padded rows' order."""
+    segment, ids = packed["packed_segment"], packed["packed_input_ids"]
+    mask = packed["packed_score_mask"][:, 1:].bool() & (segment[:, 1:] == segment[:, :-1])
+    at = mask.nonzero()
+    return plan_keys("packed_", score_plan(at, ids[:, 1:][mask], segment[:, 1:][mask], n_rows, ids.shape[1],
+                                           ordered=True))
 
 
 def packed_logps(model: torch.nn.Module, input_ids: Tensor, position_ids: Tensor, segment: Tensor,
                  score_mask: Tensor, n_rows: int, chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-                 per_token: bool = False) -> tuple[Tensor, Tensor]:
+                 per_token: bool = False, plan: ScorePlan | None = None) -> tuple[Tensor, Tensor]:
     """`response_logps` of `n_rows` sequences packed end to end into rows (the collator's packed layout).
 
     input_ids, position_ids, segment, score_mask: (N, C); position ids restart at 0 at each sequence,
@@ -102,9 +115,12 @@ def packed_logps(model: torch.nn.Module, input_ids: Tensor, position_ids: Tensor
     checks that a model does. A sequence's first token is never scored (nothing before it predicts
     it), as column 0 of a padded row. Returns (logps (n_rows,), n_tokens (n_rows,)), or with
     `per_token` (logps (K,), rows (K,)) in the order of the padded rows (by sequence, then position).
+    `plan`: the collator's `ScorePlan` of these rows (`packed_plan`), scoring without a host sync.
     """
     body, head = model_body_and_head(model)
     hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    if plan is not None:
+        return planned_logps(head, hidden, plan, n_rows, chunk_size, per_token)
     # position t-1 predicts token t, within one sequence only
     mask = score_mask[:, 1:].bool() & (segment[:, 1:] == segment[:, :-1])
     rows = segment[:, 1:][mask]
@@ -194,7 +210,8 @@ class PackedLayout(Layout):
 
     def logps(self, model: Any, batch: dict[str, Any], per_token: bool = False) -> tuple[Tensor, Tensor]:
         return packed_logps(model, batch["packed_input_ids"], batch["packed_position_ids"], batch["packed_segment"],
-                            batch["packed_score_mask"], n_rows=batch["input_ids"].shape[0], per_token=per_token)
+                            batch["packed_score_mask"], n_rows=batch["input_ids"].shape[0], per_token=per_token,
+                            plan=batch_plan(batch, "packed_"))
 
     def token_counts(self, batch: dict[str, Any]) -> tuple[int, int]:
         return int(batch["packed_segment"].ge(0).sum()), batch["packed_input_ids"].numel()

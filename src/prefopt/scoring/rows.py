@@ -3,7 +3,10 @@
 For B pairs, rows 0..B-1 are prompt+chosen and rows B..2B-1 prompt+rejected: input_ids, attention_mask,
 score_mask (2B, L), score_mask 1 exactly at the response tokens. Every batch carries these rows: they are
 the layout any model scores (`response_logps`), the one the other layouts fall back to, and what the
-checks of the other layouts compare against. Exercised by `pytest tests/data/test_pair_collator.py`.
+checks of the other layouts compare against. With them the collator's plan (`rows_plan`): plan_index,
+plan_target, plan_row, plan_count (prefopt.scoring.logps.ScorePlan). The rows keep their attention mask
+even without padding: given none and no cache, transformers reads the position ids back to look for
+packed sequences, one sync either way. Exercised by `pytest tests/data/test_pair_collator.py tests/test_no_sync.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 from torch import Tensor
 
 from prefopt.contracts.layout import Ids, Layout
-from prefopt.scoring.logps import response_logps
+from prefopt.scoring.logps import batch_plan, plan_keys, response_logps, score_plan
 
 
 def pad_right(seqs: Sequence[Sequence[int]], pad_value: int, length: int | None = None) -> Tensor:
@@ -26,6 +29,14 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_value: int, length: int | None 
     return torch.tensor([list(s) + [pad_value] * (length - len(s)) for s in seqs], dtype=torch.long)
 
 
+def rows_plan(input_ids: Tensor, score_mask: Tensor) -> dict[str, Tensor]:
+    """The `ScorePlan` of right-padded rows (CPU tensors, N x L): token t of row r, where score_mask is
+    1 (t >= 1), is predicted by the state at (r, t - 1); row-major, the order a boolean mask gives."""
+    at = score_mask[:, 1:].bool().nonzero()  # (K, 2): row, column of the predicting state
+    targets = input_ids[:, 1:][score_mask[:, 1:].bool()]
+    return score_plan(at, targets, at[:, 0], input_ids.shape[0], input_ids.shape[1])
+
+
 class RowsLayout(Layout):
     """Full prompt+response rows, right-padded (see the module docstring)."""
 
@@ -35,18 +46,19 @@ class RowsLayout(Layout):
         both = [*prompts, *prompts]
         responses = [*chosen, *rejected]
         full = [list(p) + list(r) for p, r in zip(both, responses)]
-        return {
+        rows = {
             "input_ids": pad_right(full, pad_id),
             "attention_mask": pad_right([[1] * len(s) for s in full], 0),
             "score_mask": pad_right([[0] * len(p) + [1] * len(r) for p, r in zip(both, responses)], 0),
         }
+        return {**rows, **plan_keys("", rows_plan(rows["input_ids"], rows["score_mask"]))}
 
     def scores(self, batch: dict[str, Any], model: Any, share_prompt: bool | str = "auto") -> bool:
         return True  # every model, every batch
 
     def logps(self, model: Any, batch: dict[str, Any], per_token: bool = False) -> tuple[Tensor, Tensor]:
         return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["score_mask"],
-                              per_token=per_token)
+                              per_token=per_token, plan=batch_plan(batch, ""))
 
     def token_counts(self, batch: dict[str, Any]) -> tuple[int, int]:
         return int(batch["attention_mask"].sum()), batch["input_ids"].numel()

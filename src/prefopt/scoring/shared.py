@@ -6,7 +6,10 @@ transformer skips a third of its work at equal prompt and response lengths). Its
 prompt_ids, prompt_attention_mask (B, P) and response_ids, response_attention_mask (2B, R), right-padded,
 left out when a prompt is empty. Whether a pass shares (`shares_batch_prompt`: the run's `share_prompt`,
 the batch's prompt length, the model's attention window) is asked per batch; an "auto" setting is settled
-once per model by prefopt.scoring.sharing. Exercised by `pytest tests/test_logps.py`.
+once per model by prefopt.scoring.sharing. The collator's plan (`shared_plan`): response_plan_* (a
+prefopt.scoring.logps.ScorePlan over the (2B, R) response states), prompt_lengths (B,) and shared_padded
+(a HostValue: (prompts padded, responses padded)), so the pass reads nothing back from the device.
+Exercised by `pytest tests/test_logps.py tests/test_no_sync.py`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import torch
 from torch import Tensor
 
 from prefopt.contracts.layout import Ids, Layout
-from prefopt.scoring.logps import DEFAULT_CHUNK_SIZE, attention_window, model_body_and_head, summed_logps
+from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, HostValue, ScorePlan, attention_window, batch_plan,
+                                   host_value, model_body_and_head, plan_keys, planned_logps, score_plan,
+                                   summed_logps)
 from prefopt.scoring.rows import pad_right
 
 
@@ -30,6 +35,9 @@ def shared_prompt_logps(
     response_mask: Tensor,
     chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     per_token: bool = False,
+    plan: ScorePlan | None = None,
+    lengths: Tensor | None = None,
+    padded: tuple[bool, bool] = (True, True),
 ) -> tuple[Tensor, Tensor]:
     """`response_logps` of the rows prompt_i + response_r (r = i and i + B), running each prompt once.
 
@@ -37,28 +45,32 @@ def shared_prompt_logps(
     response_mask: (2B, R) right-padded, rows [chosen of pairs 0..B-1; rejected of pairs 0..B-1].
     The prompt pass's keys and values (differentiable) are repeated for both responses; the response
     pass attends to them through the attention mask [prompt mask, response mask] at positions
-    prompt length + j. Returns (logps (2B,), n_tokens (2B,)), logps in float32.
+    prompt length + j. Returns (logps (2B,), n_tokens (2B,)), logps in float32. From the collator:
+    `plan` (`ScorePlan` over the (2B, R) states), `lengths` (B,) the prompts' lengths, `padded` whether
+    prompts / responses have padding (no mask where neither does: the same numbers, nothing read back).
     """
     from transformers import DynamicCache
 
     body, head = model_body_and_head(model)
-    out = body(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
+    out = body(input_ids=prompt_ids, attention_mask=prompt_mask if padded[0] else None, use_cache=True)
     cache_arg = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
     layers = [(layer.keys, layer.values) for layer in getattr(out, cache_arg).layers]
     cache = DynamicCache(ddp_cache_data=[(torch.cat([k, k]), torch.cat([v, v])) for k, v in layers])
-    lengths = prompt_mask.sum(dim=1)
+    lengths = prompt_mask.sum(dim=1) if lengths is None else lengths
     last = out.last_hidden_state[torch.arange(prompt_ids.shape[0], device=prompt_ids.device), lengths - 1]
     width = response_ids.shape[1]
     positions = lengths.repeat(2).unsqueeze(1) + torch.arange(width, device=response_ids.device)
     hidden = body(
         input_ids=response_ids,
-        attention_mask=torch.cat([prompt_mask.repeat(2, 1), response_mask], dim=1),
+        attention_mask=torch.cat([prompt_mask.repeat(2, 1), response_mask], dim=1) if any(padded) else None,
         position_ids=positions,
         use_cache=True,
         **{cache_arg: cache},
     ).last_hidden_state
     # token j of a response is predicted by the state before it: the prompt's last (j = 0), else j - 1
     states = torch.cat([last.repeat(2, 1).unsqueeze(1), hidden[:, :-1]], dim=1)
+    if plan is not None:
+        return planned_logps(head, states, plan, response_ids.shape[0], chunk_size, per_token)
     return summed_logps(head, states, response_ids, response_mask.bool(), chunk_size, per_token)
 
 
@@ -82,6 +94,16 @@ def shares_batch_prompt(batch: dict[str, Tensor], share_prompt: bool | str = "au
     return share_prompt is True or batch["prompt_ids"].shape[1] >= SHARE_MIN_PROMPT_TOKENS
 
 
+def shared_plan(prompt_mask: Tensor, response_ids: Tensor, response_mask: Tensor) -> dict[str, Any]:
+    """The collator's plan of the shared-prompt tensors (CPU): token j of response r is predicted by
+    state (r, j) of the (2B, R) states `shared_prompt_logps` lines up; the prompts' lengths; padding."""
+    at = response_mask.bool().nonzero()
+    plan = score_plan(at, response_ids[response_mask.bool()], at[:, 0], *response_ids.shape)
+    padded = (not bool(prompt_mask.all()), not bool(response_mask.all()))
+    return {**plan_keys("response_", plan), "prompt_lengths": prompt_mask.sum(dim=1),
+            "shared_padded": HostValue(padded)}
+
+
 class SharedPromptLayout(Layout):
     """Each prompt once, its two responses after it (see the module docstring)."""
 
@@ -91,19 +113,22 @@ class SharedPromptLayout(Layout):
         if not all(len(p) for p in prompts):
             return {}
         responses = [*chosen, *rejected]
-        return {
+        out = {
             "prompt_ids": pad_right(prompts, pad_id),
             "prompt_attention_mask": pad_right([[1] * len(p) for p in prompts], 0),
             "response_ids": pad_right(responses, pad_id),
             "response_attention_mask": pad_right([[1] * len(r) for r in responses], 0),
         }
+        return {**out, **shared_plan(out["prompt_attention_mask"], out["response_ids"], out["response_attention_mask"])}
 
     def scores(self, batch: dict[str, Any], model: Any, share_prompt: bool | str = "auto") -> bool:
         return shares_batch_prompt(batch, share_prompt, model)
 
     def logps(self, model: Any, batch: dict[str, Any], per_token: bool = False) -> tuple[Tensor, Tensor]:
         return shared_prompt_logps(model, batch["prompt_ids"], batch["prompt_attention_mask"], batch["response_ids"],
-                                   batch["response_attention_mask"], per_token=per_token)
+                                   batch["response_attention_mask"], per_token=per_token,
+                                   plan=batch_plan(batch, "response_"), lengths=batch.get("prompt_lengths"),
+                                   padded=host_value(batch, "shared_padded", (True, True)))
 
     def token_counts(self, batch: dict[str, Any]) -> tuple[int, int]:
         real = int(batch["prompt_attention_mask"].sum() + batch["response_attention_mask"].sum())

@@ -12,7 +12,10 @@ once per model, on a small pair batch, that the tree pass reproduces the padded 
 model it does not (flash attention, which takes no mask; a remote-code model with its own masks) scores
 the packed or padded rows instead, with one warning. Sliding-window attention (Mistral) is left to the
 packed layout when a branch is longer than the window, as the mask here does not place windows.
-Exercised by `pytest tests/test_tree_logps.py`.
+The collator's plan (`tree_plan`): tree_plan_* (a prefopt.scoring.logps.ScorePlan: the state predicting
+each scored token, its target, padded row and order) and tree_max_position (a HostValue, for the window
+check), so the pass reads nothing back from the device.
+Exercised by `pytest tests/test_tree_logps.py tests/test_no_sync.py`.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import torch
 from torch import Tensor
 
 from prefopt.contracts.layout import Ids, Layout
-from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, attention_window, check_tolerance, head_logps,
-                                   model_body_and_head, remembered_verdict)
+from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, HostValue, attention_window, batch_plan, check_tolerance,
+                                   head_logps, host_value, model_body_and_head, plan_keys, planned_logps,
+                                   remembered_verdict, score_plan)
 from prefopt.scoring.packed import by_row, packed_rows
 from prefopt.scoring.rows import ROWS
 
@@ -62,6 +66,9 @@ def tree_logps(model: torch.nn.Module, batch: dict[str, Tensor], n_rows: int,
     mask = model_mask(tree_mask(batch["tree_pair"], batch["tree_branch"], batch["tree_position_ids"]), model)
     hidden = body(input_ids=ids, attention_mask=mask, position_ids=batch["tree_position_ids"],
                   use_cache=False).last_hidden_state
+    plan = batch_plan(batch, "tree_")
+    if plan is not None:  # the collator's (`tree_plan`): no host sync
+        return planned_logps(head, hidden, plan, n_rows, chunk_size, per_token)
     scored = row >= 0
     width = ids.shape[1]
     offsets = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1) * width
@@ -111,7 +118,10 @@ def trees_batch(batch: dict[str, Tensor], model: torch.nn.Module) -> bool:
     if "tree_input_ids" not in batch or tree_problem(model) is not None:
         return False
     window = attention_window(model)
-    return window is None or int(batch["tree_position_ids"].max()) < window
+    if window is None:
+        return True
+    highest = host_value(batch, "tree_max_position")
+    return (int(batch["tree_position_ids"].max()) if highest is None else highest) < window
 
 
 def _tree_unit(prompt: Sequence[int], chosen: Sequence[int], rejected: Sequence[int], pair: int, n_pairs: int):
@@ -161,7 +171,19 @@ def tree_layout(prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]
         cols["position_ids"] += list(range(left))
         for key in keys:
             out[key].append(cols[key])
-    return {f"tree_{key}": torch.tensor(out[key], dtype=torch.long) for key in keys}
+    tree = {f"tree_{key}": torch.tensor(out[key], dtype=torch.long) for key in keys}
+    return {**tree, **tree_plan(tree, 2 * len(prompts))}
+
+
+def tree_plan(tree: dict[str, Tensor], n_rows: int) -> dict[str, Any]:
+    """The `ScorePlan` of tree rows (CPU): each response token (tree_row >= 0), row-major, is predicted by
+    the state at tree_source of its row; with the padded rows' order and the largest position id."""
+    row, source = tree["tree_row"], tree["tree_source"]
+    scored = row >= 0
+    at = torch.stack([scored.nonzero()[:, 0], source[scored]], dim=1)
+    plan = score_plan(at, tree["tree_input_ids"][scored], row[scored], n_rows, row.shape[1], ordered=True)
+    highest = int(tree["tree_position_ids"].max()) if tree["tree_position_ids"].numel() else -1
+    return {**plan_keys("tree_", plan), "tree_max_position": HostValue(highest)}
 
 
 class TreeLayout(Layout):
