@@ -22,9 +22,10 @@ STUDY = Path(__file__).resolve().parents[1] / "conf" / "sweep" / "beta_sensitivi
 
 def main_grid(study: Path = STUDY) -> dict[str, str]:
     """{loss: "loss.beta=... optim.lr=..."}: each swept loss's values at the swept grid positions."""
-    from omegaconf import OmegaConf
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from prefopt.config.study_file import load_study_file
 
-    node = OmegaConf.load(study)
+    node, _ = load_study_file(study)
     params = node.hydra.sweeper.params
     positions = {key: str(params[f"sweep.{key}_step"]).split(",") for key in ("beta", "lr")}
     grid = {}

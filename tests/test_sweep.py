@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from test_run import SMALL_SORT, run_cli
 
 from prefopt.analysis import analyze
+from prefopt.config.study_file import load_study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "conf" / "sweep"
@@ -100,15 +101,8 @@ STUDIES = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
 
 
 def _study(study: str):
-    """A study preset with the shared files its defaults list names (conf/sweep/base/) merged under it,
-    their defaults lists joined; and the text of all of them (where extension commands are written)."""
-    cfg = OmegaConf.load(SWEEPS / f"{study}.yaml")
-    names = [d for d in cfg.get("defaults", []) if isinstance(d, str) and d.startswith("base/")]
-    bases = [OmegaConf.load(SWEEPS / f"{name}.yaml") for name in names]
-    merged = OmegaConf.merge(*bases, cfg)
-    merged.defaults = [d for b in bases for d in b.get("defaults", [])] + list(cfg.get("defaults", []))
-    text = "\n".join((SWEEPS / f"{name}.yaml").read_text() for name in [study, *names])
-    return merged, text
+    """A study preset merged over its shared base files, and the text of all of them."""
+    return load_study_file(SWEEPS / f"{study}.yaml")
 
 
 @pytest.mark.parametrize("study", STUDIES)
