@@ -303,6 +303,10 @@ def test_report_states_the_sweeps_wall_time_from_when_runs_ended(multirun, tmp_p
     runs["finished_at"] = [1000.0, 1100.0]  # starts 990 and 1050: the sweep spans 110 s
     assert _timing(runs).endswith("last run's end: 1.8 minutes") and "1.0 minutes of run time" in _timing(runs)
     assert "wall time, first" not in _timing(runs.drop(columns="finished_at"))  # old runs.csv: as before
+    runs = make_runs({"dpo": {(0.1, 1e-4): [0.5, 0.6, 0.7]}})  # a third run two days later: a second sitting
+    runs["wall_time_s"] = [10.0, 50.0, 30.0]
+    runs["finished_at"] = [1000.0, 1100.0, 1100.0 + 2 * 86400]
+    assert _timing(runs).endswith("in each of its 2 sittings: 1.8, 0.5 minutes (2.3 in all)")
     loaded = load_runs(multirun)  # the hand-made results.json have no `finished_at`: their mtime is used
     mtimes = [p.stat().st_mtime for p in multirun.rglob("results.json")]
     assert loaded["finished_at"].between(min(mtimes) - 1, max(mtimes) + 1).all()

@@ -444,15 +444,36 @@ SETUP_KEYS = ("data.name", "model.name", "trainer.max_steps", "data.batch_size",
               "data.source.judge_bias", "data.source.n_eval_prompts")
 
 
+SITTING_GAP_S = 1800  # runs ending this long before the next one starts belong to separate sittings
+
+
+def sittings(done: pd.DataFrame) -> list[float]:
+    """Wall time in seconds of each sitting of a sweep: runs grouped by when they ran (start = end minus
+    the run's own time), a new sitting where no run was going on for SITTING_GAP_S (e.g. the runs of an
+    earlier study carried into this one, or an extension run days later)."""
+    spans = sorted(zip(done["finished_at"] - done["wall_time_s"], done["finished_at"]))
+    groups: list[list[float]] = []
+    for start, end in spans:
+        if groups and start - groups[-1][1] <= SITTING_GAP_S:
+            groups[-1][1] = max(groups[-1][1], end)
+        else:
+            groups.append([start, end])
+    return [end - start for start, end in groups]
+
+
 def _timing(done: pd.DataFrame) -> str:
     """Run time summed over runs, and the sweep's wall time when the runs record when they ended: from
-    the earliest start (end minus the run's own time) to the last end."""
+    the earliest start (end minus the run's own time) to the last end, sitting by sitting (`sittings`)."""
     text = (f"{_num(done['wall_time_s'].sum() / 60, 1)} minutes of run time in total, the sum over runs: "
             "the wall time of a parallel sweep is about this divided by the number of jobs at once")
     if "finished_at" not in done or done["finished_at"].isna().all():
         return text
-    span = done["finished_at"].max() - (done["finished_at"] - done["wall_time_s"]).min()
-    return f"{text}; this sweep's wall time, first run's start to last run's end: {_num(span / 60, 1)} minutes"
+    parts = sittings(done.dropna(subset=["finished_at", "wall_time_s"]))
+    if len(parts) == 1:
+        return f"{text}; this sweep's wall time, first run's start to last run's end: {_num(parts[0] / 60, 1)} minutes"
+    each = ", ".join(_num(p / 60, 1) for p in parts)
+    return (f"{text}; this sweep's wall time, first run's start to last run's end in each of its {len(parts)} "
+            f"sittings: {each} minutes ({_num(sum(parts) / 60, 1)} in all)")
 
 
 def _setup(done: pd.DataFrame) -> str:
