@@ -112,3 +112,11 @@ def test_experiments_compose_and_validate(option):
     assert cfg.data.effective_batch_size == 128 and cfg.trainer.max_epochs == 1
     validate_full(cfg)
     build_component(cfg.loss, "loss")
+
+
+def test_an_overlay_picks_a_group_option_through_the_base_file_it_includes():
+    """conf/sweep/paper_sensitivity.yaml picks judge=reward_model in the base file it includes
+    (base/paper_study): `judge.path=` is then a setting, not an unknown key of judge=oracle."""
+    assert group_override_problems(["sweep=paper_sensitivity", "judge.path=/rm"], CONF, "judge", "oracle") == []
+    [line] = group_override_problems(["sweep=beta_sensitivity", "judge.path=/rm"], CONF, "judge", "oracle")
+    assert "judge.path" in line and "judge=oracle" in line

@@ -99,14 +99,24 @@ def default_option(conf_dir: str | Path, group: str, config: str = "train") -> s
     return None
 
 
+def _defaults_entries(path: Path) -> list:
+    """The defaults list of an overlay file, with the entries of the same-group files it includes
+    (`- base/sort_study` in conf/sweep/beta_sensitivity.yaml) spliced in where they are named."""
+    entries = []
+    for entry in OmegaConf.load(path).get("defaults") or []:
+        included = path.parent / f"{entry}.yaml" if isinstance(entry, str) and entry != "_self_" else None
+        entries.extend(_defaults_entries(included) if included is not None and included.is_file() else [entry])
+    return entries
+
+
 def _overlay_choice(argv: list[str], group: str, conf_dir: Path) -> str | None:
     """The option an `experiment=` or `sweep=` overlay on the command line picks for `group` in its
-    defaults list (`override /judge: reward_model`), else None."""
+    defaults list, or in a file that list includes (`override /judge: reward_model`), else None."""
     for arg in argv:
         overlay, _, name = arg.partition("=")
         path = conf_dir / overlay / f"{name}.yaml"
         if overlay in ("experiment", "sweep") and "," not in name and path.is_file():
-            for entry in OmegaConf.load(path).get("defaults") or []:
+            for entry in _defaults_entries(path):
                 if isinstance(entry, dict) or OmegaConf.is_dict(entry):
                     picked = dict(entry).get(f"override /{group}")
                     if picked:
