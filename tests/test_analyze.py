@@ -127,6 +127,10 @@ def test_a_copy_of_an_axis_is_no_axis():
     runs["optim.optimizer.lr"] = runs["optim.lr"]
     runs["optim.scheduler.warmup"] = 0.1  # constant: no axis either
     assert swept_keys(runs) == ["loss.beta", "optim.lr"]
+    runs["model.compile"] = [None, None, False]  # a setting added after the first two runs: no axis
+    assert swept_keys(runs) == ["loss.beta", "optim.lr"]
+    runs["model.compile"] = [None, True, False]  # two values where it is set: an axis
+    assert swept_keys(runs) == ["loss.beta", "optim.lr", "model.compile"]
 
 
 def test_summary_numbers_by_hand(summary):

@@ -190,7 +190,9 @@ def swept_keys(runs: pd.DataFrame, method: str | None = None) -> list[str]:
     """Config keys whose value differs between the completed runs (of `method`): the axes of that
     method's grid, e.g. ["loss.beta", "optim.lr"]; the seed and the study's own bookkeeping (`sweep.*`,
     e.g. the grid positions sweep.beta_step) are not axes. Nor is a copy of an axis: a key equal to
-    a shallower one in every run (`optim.optimizer.lr`, which conf/train.yaml sets to `${optim.lr}`)."""
+    a shallower one in every run (`optim.optimizer.lr`, which conf/train.yaml sets to `${optim.lr}`), nor a
+    key missing from some runs with one value in the others: a setting added to the config after those
+    runs (e.g. runs of a study carried into one run later, `analyze --carry`)."""
     done = completed(runs)
     if method is not None:
         done = done[done["method"] == method]
@@ -199,7 +201,9 @@ def swept_keys(runs: pd.DataFrame, method: str | None = None) -> list[str]:
         if key == "seed" or key.startswith("sweep."):
             continue
         column = done[key].astype(str)
-        if column.nunique(dropna=False) > 1 and not any(column.equals(seen) for seen in columns):
+        if done[key].dropna().astype(str).nunique() < 2:  # one value, or one value and "not yet a setting"
+            continue
+        if not any(column.equals(seen) for seen in columns):
             keys.append(key)
             columns.append(column)
     return keys
