@@ -518,3 +518,21 @@ def test_carried_runs_join_a_study_as_if_they_had_run_in_it(tmp_path):
         analyze(tmp_path / "a" / "runs.csv", tmp_path / "x", carry=[f"{tmp_path / 'b' / 'runs.csv'}:dpo,orpo"])
     with pytest.raises(ValueError, match="are in .* as well"):
         analyze(tmp_path / "a" / "runs.csv", tmp_path / "x", carry=[str(tmp_path / "a" / "runs.csv")])
+
+
+def test_a_method_without_beta_has_a_learning_rate_window_only():
+    """SimPER has no loss.beta: its window spans the learning rate alone and is complete when the lr
+    grid reaches half a decade either side of its best; a method that has β but keeps it fixed is cut."""
+    from prefopt.analysis.runs import StudySettings
+    from prefopt.analysis.stats import method_grids, window_complete
+
+    runs = make_runs({"dpo": {(0.1, 1e-4): [0.5], (0.1, 3e-4): [0.6], (0.1, 1e-3): [0.55]}})
+    lr_only = runs.copy()
+    lr_only["method"], lr_only["loss.beta"] = "simper", np.nan
+    settings = StudySettings()
+    [simper] = method_grids(lr_only, settings)
+    assert simper.absent == frozenset({"loss.beta"})
+    assert window_complete(simper, 1, settings.window) == (True, "lr 0.0001–0.001 (3 points)")
+    [dpo] = method_grids(runs, settings)
+    complete, text = window_complete(dpo, 1, settings.window)
+    assert not complete and "beta not swept" in text

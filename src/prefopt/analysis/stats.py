@@ -67,7 +67,9 @@ CALIBRATED_SEEDS = 5  # the seeds a point of tests/test_stats_calibration.py's s
 @dataclass
 class MethodGrid:
     """One method's grid: the points (dicts of swept values), the (points × seeds) score table with
-    NaN where a run is missing, the seeds (columns), and the index of the default point."""
+    NaN where a run is missing, the seeds (columns), the index of the default point, and the window
+    axes the method has no such setting for (`absent`: SimPER has no `loss.beta`), which cannot cut
+    its window."""
 
     method: str
     keys: list[str]
@@ -75,6 +77,7 @@ class MethodGrid:
     table: np.ndarray
     seeds: list[Any]
     default_index: int | None
+    absent: frozenset = frozenset()
 
     @property
     def scores(self) -> list[np.ndarray]:
@@ -108,7 +111,8 @@ def method_grids(runs: pd.DataFrame, settings: StudySettings) -> list[MethodGrid
             table.append([by_seed.get(s, np.nan) for s in seeds])
         default = default_point(runs, method, keys, settings) if keys else None  # one point: no regret
         index = next((i for i, p in enumerate(points) if default is not None and _same_point(p, default)), None)
-        grids.append(MethodGrid(method, keys, points, np.array(table, dtype=float), seeds, index))
+        absent = frozenset(k for k in settings.window if k not in rows or rows[k].isna().all())
+        grids.append(MethodGrid(method, keys, points, np.array(table, dtype=float), seeds, index, absent))
     return grids
 
 
@@ -155,6 +159,8 @@ def window_complete(grid: MethodGrid, centre: int, window: dict[str, float]) -> 
     missing, spans = [], []
     for key, decades in window.items():
         short = key.rsplit(".", 1)[-1]
+        if key in grid.absent:  # not a setting of this method: no axis to reach
+            continue
         if key not in grid.keys or _log10(c[key]) is None:
             missing.append(f"{short} not swept")
             continue
