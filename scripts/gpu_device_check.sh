@@ -16,14 +16,14 @@
 #   optional (PARTS="... tests profile flex"): tests/test_cuda.py; benchmarks/step_profile.py; flex: the
 #   prompt-once rows through sdpa's dense mask against FlexAttention's block mask at SmolLM2-135M shape
 #   (benchmarks/flex_shared_prompt.py, fwd+bwd, bf16) and tests/test_flex_attention.py with its CUDA test
-#   (its own device call: PARTS="env flex"; in the dry run by default, forward only on the CPU)
+#   (its own device call: PARTS="env flex"; PARTS="env flex" with --dry-run rehearses it, forward only on the CPU)
 #
 #   bash scripts/gpu_device_check.sh             # on the GPU machine (OUT set by the device tool)
 #   bash scripts/gpu_device_check.sh --dry-run   # on a CPU: every phase at toy size (tiny/mistral-toy
 #                                                # models, 1-2 steps, 4 sort runs with 1 and 2 jobs),
 #                                                # the same code paths except CUDA-only ones (said so)
 # Environment: OUT (default outputs/gpu_device_check), PY (default python3; .venv/bin/python in a dry
-# run), PARTS (default "env small big sweep", + flex in a dry run), BUDGET (seconds for all phases, default 450 = 7.5 min),
+# run), PARTS (default "env small big sweep"), BUDGET (seconds for all phases, default 450 = 7.5 min),
 # LIMIT_ENV / LIMIT_SMALL / LIMIT_BIG / LIMIT_SWEEP (each phase's limit), WHEELS (a folder of wheels to
 # install to /tmp/site first, default .whl). Writes <phase>.cmd (the command), <phase>.log, small.json,
 # big.json, sweep.txt and summary.txt to $OUT; exits 1 when any phase failed or was cut off.
@@ -41,7 +41,7 @@ done
 if [ "$DRY" = 1 ] && [ -x .venv/bin/python ]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
 OUT=${OUT:-outputs/gpu_device_check}
 WHEELS=${WHEELS:-.whl}
-PARTS=${PARTS:-env small big sweep$([ "$DRY" = 1 ] && echo ' flex')}  # flex: a part of its own on the GPU (PARTS="env flex")
+PARTS=${PARTS:-env small big sweep}  # flex: a part of its own (PARTS="env flex"; rehearse it with --dry-run the same way)
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
@@ -60,7 +60,7 @@ LIMIT_SWEEP=${LIMIT_SWEEP:-90}
 LIMIT_FLEX=${LIMIT_FLEX:-150}
 MIN_PHASE=15                   # a phase with less than this left is skipped, said so
 if [ "$DRY" = 1 ]; then        # a CPU rehearsal: same phases, toy sizes; generous limits on a shared CPU
-  BUDGET=${DRY_BUDGET:-1000}; LIMIT_ENV=60; LIMIT_SMALL=420; LIMIT_BIG=240; LIMIT_SWEEP=300; LIMIT_FLEX=100
+  BUDGET=${DRY_BUDGET:-900}; LIMIT_ENV=60; LIMIT_SMALL=420; LIMIT_BIG=240; LIMIT_SWEEP=300; LIMIT_FLEX=100
 fi
 failed=0
 : > "$OUT/summary.txt"
