@@ -509,13 +509,14 @@ def test_carried_runs_join_a_study_as_if_they_had_run_in_it(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     whole[whole["method"] == "rmipo"].to_csv(tmp_path / "a" / "runs.csv", index=False)
     whole[whole["method"] != "rmipo"].to_csv(tmp_path / "b" / "runs.csv", index=False)
-    analyze(tmp_path / "a" / "runs.csv", tmp_path / "joined", carry=[f"{tmp_path / 'b' / 'runs.csv'}:dpo,ipo,simpo"])
+    others = ",".join(sorted(set(whole["method"]) - {"rmipo"}))
+    analyze(tmp_path / "a" / "runs.csv", tmp_path / "joined", carry=[f"{tmp_path / 'b' / 'runs.csv'}:{others}"])
     analyze(ROOT / "docs" / "results" / "beta_sensitivity" / "runs.csv", tmp_path / "full")
     joined = pd.read_csv(tmp_path / "joined" / "sensitivity.csv").sort_values("method").reset_index(drop=True)
     full = pd.read_csv(tmp_path / "full" / "sensitivity.csv").sort_values("method").reset_index(drop=True)
     pd.testing.assert_frame_equal(joined, full)
-    with pytest.raises(ValueError, match=r"no runs of method\(s\) \['orpo'\]"):
-        analyze(tmp_path / "a" / "runs.csv", tmp_path / "x", carry=[f"{tmp_path / 'b' / 'runs.csv'}:dpo,orpo"])
+    with pytest.raises(ValueError, match=r"no runs of method\(s\) \['kto'\]"):
+        analyze(tmp_path / "a" / "runs.csv", tmp_path / "x", carry=[f"{tmp_path / 'b' / 'runs.csv'}:dpo,kto"])
     with pytest.raises(ValueError, match="are in .* as well"):
         analyze(tmp_path / "a" / "runs.csv", tmp_path / "x", carry=[str(tmp_path / "a" / "runs.csv")])
 
