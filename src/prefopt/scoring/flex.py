@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from prefopt.contracts.layout import Ids, Layout
-from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, attention_window, check_tolerance, head_logps,
-                                   model_body_and_head, remembered_verdict, summed_logps)
+from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, attention_window, head_logps, model_body_and_head,
+                                   remembered_verdict, rows_gap_problem, summed_logps)
 from prefopt.scoring.packed import by_row
 from prefopt.scoring.rows import ROWS
 
@@ -157,10 +157,7 @@ def probe_flex(model: torch.nn.Module) -> str | None:
     finally:
         model.set_attn_implementation(FLEX_ATTENTION)
         model.train(was_training)
-    gap = float((flex - rows).abs().max())
-    if gap > check_tolerance(model) * (1 + float(rows.abs().max())):
-        return f"per-token log-probs differ from the padded rows by up to {gap:.3g}"
-    return None
+    return rows_gap_problem(model, flex, rows)
 
 
 def flex_problem(model: torch.nn.Module) -> str | None:

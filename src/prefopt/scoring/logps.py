@@ -288,6 +288,15 @@ def check_tolerance(model: torch.nn.Module) -> float:
     return 1e-4 if dtype in (torch.float32, torch.float64) else 8 * torch.finfo(dtype).eps
 
 
+def rows_gap_problem(model: torch.nn.Module, got: Tensor, rows: Tensor, detail: str = "") -> str | None:
+    """A probe's verdict on per-token log-probs `got` against the padded rows' `rows`: None when every
+    token is within `check_tolerance` (relative to 1 + the largest |log p|), else the line saying by how much."""
+    gap = float((got - rows).abs().max())
+    if gap > check_tolerance(model) * (1 + float(rows.abs().max())):
+        return f"per-token log-probs differ from the padded rows by up to {gap:.3g}{detail}"
+    return None
+
+
 def remembered_verdict(verdicts: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]", model: torch.nn.Module,
                        probe, what: str, instead: str) -> str | None:
     """`probe(model)` run once per model object and kept in `verdicts`; a problem is logged once, as

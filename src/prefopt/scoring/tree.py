@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 
 from prefopt.contracts.layout import Ids, Layout
-from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, HostValue, attention_window, batch_plan, check_tolerance,
-                                   head_logps, host_value, model_body_and_head, plan_keys, planned_logps,
-                                   remembered_verdict, score_plan)
+from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, HostValue, attention_window, batch_plan, head_logps,
+                                   host_value, model_body_and_head, plan_keys, planned_logps, remembered_verdict,
+                                   rows_gap_problem, score_plan)
 from prefopt.scoring.packed import by_row, packed_rows
 from prefopt.scoring.rows import ROWS
 
@@ -100,10 +100,7 @@ def probe_tree(model: torch.nn.Module) -> str | None:
         return f"{type(err).__name__}: {err}"
     finally:
         model.train(was_training)
-    gap = float((tree - rows).abs().max())
-    if gap > check_tolerance(model) * (1 + float(rows.abs().max())):
-        return f"per-token log-probs differ from the padded rows by up to {gap:.3g} (attention {attention})"
-    return None
+    return rows_gap_problem(model, tree, rows, f" (attention {attention})")
 
 
 def tree_problem(model: torch.nn.Module) -> str | None:
