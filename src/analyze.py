@@ -50,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="append the runs of another study (a multirun folder or a runs.csv), only METHODS "
                              "(comma-separated) of it when given, e.g. a committed study's methods whose code is "
                              "unchanged: --carry docs/results/beta_sensitivity/runs.csv:dpo,ipo,simpo")
-    parser.add_argument("--boot", type=int, default=2000, help="unused: the statistics are t-based (kept so old commands still run)")
     parser.add_argument("--wandb", action="store_true",
                         help="log the tables and plots as one job_type=study W&B run in the runs' project and "
                              "group (offline unless WANDB_MODE=online; upload with `wandb sync`)")
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         written = analyze(args.source, args.out, score=args.score, tolerance=args.tolerance, x=args.x,
-                          price=args.price, n_boot=args.boot, methods=args.methods.split(",") if args.methods else None,
+                          price=args.price, methods=args.methods.split(",") if args.methods else None,
                           scores=args.scores, carry=args.carry)
     except (FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)

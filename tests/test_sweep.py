@@ -64,7 +64,7 @@ def test_smoke_sweep_runs_every_point_of_its_per_loss_grid(smoke):
 @pytest.mark.slow
 def test_smoke_sweep_feeds_the_analysis(smoke, tmp_path):
     sweep_dir, _, _ = smoke
-    written = analyze(sweep_dir, tmp_path, n_boot=100)
+    written = analyze(sweep_dir, tmp_path)
     text = written["sensitivity.md"].read_text()
     assert "# Sensitivity study: smoke" in text and "from 8 runs (4 completed, 4 not;" in text
     assert "| **dpo** |" in text and "| **rmipo** |" in text

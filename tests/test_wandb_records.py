@@ -47,7 +47,7 @@ def study(cache_root, tmp_path_factory):
 def study_runs(study):
     """The W&B runs `python src/analyze.py SWEEP --wandb` writes."""
     sweep, _ = study
-    analysis = subprocess.run([sys.executable, str(ROOT / "src" / "analyze.py"), str(sweep), "--boot", "50", "--wandb"],
+    analysis = subprocess.run([sys.executable, str(ROOT / "src" / "analyze.py"), str(sweep), "--wandb"],
                               cwd=sweep.parent, capture_output=True, text=True, timeout=300,
                               env={**os.environ, "WANDB_MODE": "offline"})
     assert analysis.returncode == 0, analysis.stderr[-3000:]

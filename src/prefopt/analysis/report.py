@@ -38,8 +38,6 @@ def analyze(
     score: str | None = None,
     tolerance: float | None = None,
     x: str | None = None,
-    n_boot: int | None = None,
-    seed: int | None = None,
     methods: list[str] | None = None,
     price: float | None = None,
     scores: list[str | Path] | None = None,
@@ -48,9 +46,9 @@ def analyze(
     """Analyse the runs under `source` (a multirun folder, or a runs.csv written here) and write the
     report into `out_dir` (default: the folder itself). `methods`: only those methods; `price`: the price
     of drift (0: unpriced); `scores`: files of scores judged elsewhere (prefopt.analysis.scores), ranked by
-    when `score` names one; `carry`: other studies' runs appended (runs.with_carried). `n_boot`, `seed`:
-    unused (t-based statistics), accepted for older callers. Logs the headline, each figure not drawn
-    and why, and each verdict on fewer seeds than the calibration's. Returns {name: path} written."""
+    when `score` names one; `carry`: other studies' runs appended (runs.with_carried). Logs the headline,
+    each figure not drawn and why, and each verdict on fewer seeds than the calibration's. Returns
+    {name: path} written."""
     source = Path(source)
     out = Path(out_dir) if out_dir is not None else (source if source.is_dir() else source.parent)
     out.mkdir(parents=True, exist_ok=True)
