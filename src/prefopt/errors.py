@@ -1,7 +1,13 @@
 """Errors that mean the user must change something; run.py reports them as one message, no traceback.
 
 Used across the package; `prefopt.run.runner.user_errors` lists the ones reported without a traceback.
+`first_line(err)` is how an underlying library's error is quoted inside one of them.
 """
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of `err`'s message, or its type's name when the message is empty."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 class ConfigError(ValueError, TypeError):

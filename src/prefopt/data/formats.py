@@ -27,6 +27,7 @@ from typing import Any, Iterator, Optional
 
 from prefopt.data.errors import DataError
 from prefopt.data.rows import normalize_located, normalize_row, normalize_rows
+from prefopt.errors import first_line as message_line  # `first_line` names a line number below
 
 __all__ = ["iter_rows", "load_rows", "load_preference_rows", "normalize_row", "normalize_rows", "describe"]
 
@@ -136,8 +137,7 @@ def _read_parquet(path: Path) -> Iterator[Located]:
                 n += 1
                 yield f"row {n}", row
     except (pa.ArrowException, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path}: not a readable parquet file ({first})") from None
+        raise DataError(f"{path}: not a readable parquet file ({message_line(e)})") from None
 
 
 def _read_jsonl(path: Path) -> Iterator[Located]:

@@ -26,15 +26,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Optional, Sequence
 
+from prefopt.errors import first_line
 from prefopt.eval.judge import Judge, JudgeError, JudgeScores, Prompt
 from prefopt.log import get_logger
 
 log = get_logger()
 STOP = "stop"
-
-
-def first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def share_of(n: int, rank: int, world: int) -> range:

@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from prefopt.train.clipping import GradientClipper
-from prefopt.errors import ConfigError
+from prefopt.errors import ConfigError, first_line
 from prefopt.log import get_logger
 from prefopt.train.guards import FiniteGuard
 from prefopt.train.stall import LossStallWarning
@@ -195,8 +195,7 @@ def _make_trainer(cfg: DictConfig, kwargs: dict[str, Any], accumulate: int, logg
             default_root_dir=str(output_dir),
         )
     except (ValueError, MisconfigurationException, RuntimeError) as err:  # e.g. fsdp on a CPU, no GPU
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"the trainer settings do not work on this machine: {first} "
+        raise ConfigError(f"the trainer settings do not work on this machine: {first_line(err)} "
                           f"(trainer: {_trainer_summary(kwargs)})") from None
 
 

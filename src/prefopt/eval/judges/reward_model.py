@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from prefopt.errors import first_line
 from prefopt.eval.judge import Judge, JudgeError, JudgeScores, Prompt
 from prefopt.log import get_logger
 from prefopt.store.cache import fingerprint
@@ -51,10 +52,6 @@ def is_sequence_classifier(config: Any) -> bool:
 def text_config(config: Any) -> Any:
     """The config that holds the text model's settings (pad_token_id), itself for a text-only model."""
     return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 class RewardModelJudge(Judge):
