@@ -17,6 +17,7 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt.config.study_file import defaults_entries
 from prefopt.errors import ConfigError
 
 __all__ = ["ConfigError", "build_component", "check_keys", "component_problems", "constructor_keys", "default_option",
@@ -99,16 +100,6 @@ def default_option(conf_dir: str | Path, group: str, config: str = "train") -> s
     return None
 
 
-def _defaults_entries(path: Path) -> list:
-    """The defaults list of an overlay file, with the entries of the same-group files it includes
-    (`- base/sort_study` in conf/sweep/beta_sensitivity.yaml) spliced in where they are named."""
-    entries = []
-    for entry in OmegaConf.load(path).get("defaults") or []:
-        included = path.parent / f"{entry}.yaml" if isinstance(entry, str) and entry != "_self_" else None
-        entries.extend(_defaults_entries(included) if included is not None and included.is_file() else [entry])
-    return entries
-
-
 def _overlay_choice(argv: list[str], group: str, conf_dir: Path) -> str | None:
     """The option an `experiment=` or `sweep=` overlay on the command line picks for `group` in its
     defaults list, or in a file that list includes (`override /judge: reward_model`), else None."""
@@ -116,7 +107,7 @@ def _overlay_choice(argv: list[str], group: str, conf_dir: Path) -> str | None:
         overlay, _, name = arg.partition("=")
         path = conf_dir / overlay / f"{name}.yaml"
         if overlay in ("experiment", "sweep") and "," not in name and path.is_file():
-            for entry in _defaults_entries(path):
+            for entry in defaults_entries(path):
                 if isinstance(entry, dict) or OmegaConf.is_dict(entry):
                     picked = dict(entry).get(f"override /{group}")
                     if picked:
