@@ -221,6 +221,23 @@ def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_cuda_graph_setting_leaves_cpu_training_unchanged():
+    """model.compile=reduce-overhead makes AdamW capturable on CUDA parameters only: on the CPU the
+    optimizer is the same fused AdamW, not capturable, and a step moves the weights bit for bit alike."""
+    stepped = []
+    for setting in (False, "reduce-overhead"):
+        torch.manual_seed(0)
+        module = PreferenceModule(tiny_model(), SimPOLoss(), **optim(lr=1e-2, warmup_ratio=0.0),
+                                  compile_setting=setting)
+        module._trainer = type("T", (), {"estimated_stepping_batches": 10, "strategy": object()})()
+        opt = module.configure_optimizers()["optimizer"]
+        assert opt.defaults["fused"] is True and opt.defaults["capturable"] is False
+        module.loss_fn(module.pair_logps(pair_batch(PAIRS))).losses.mean().backward()
+        opt.step()
+        stepped.append([p.detach().clone() for p in module.policy.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*stepped))
+
+
 def test_auto_checks_the_shared_pass_once_and_falls_back_when_it_does_not_fit(monkeypatch, capsys):
     import prefopt.scoring.shared as logps_file
 

@@ -1,6 +1,7 @@
 """The training step reads nothing back from the device: the collator's index plans (prefopt.scoring.logps
 .ScorePlan) replace boolean-mask indexing, `nonzero`, `bincount`, `.item()` and `int(t.max())` in every
-layout (padded rows, shared prompt, packed, tree), forward and backward, policy and live reference.
+layout (padded rows, shared prompt, packed, tree), forward and backward, policy and live reference, and
+RMiPO's live marginal pass (its rows' plan `marginal_plan_*`, under both marginal contexts).
 
 On the CPU a stand-in (`NoSync`, a TorchDispatchMode) raises at every operator that makes a CUDA device
 wait for the host's read: `_local_scalar_dense` (`.item()`, `bool(t)`, `int(t)`), `nonzero`, `bincount`,
@@ -19,8 +20,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers import BOS, PAD, tiny_model
 from prefopt.data.collate import PairCollator
-from prefopt.losses import DPOLoss
+from prefopt.losses import DPOLoss, RMiPOLoss
 from prefopt.scoring.layout import LayoutChoice, batch_layout, pair_batch_logps, without_packing
+from prefopt.scoring.logps import batch_plan, response_logps
+from prefopt.scoring.marginal import MarginalRows
 from prefopt.train.guards import FiniteGuard
 from prefopt.train.module import PreferenceModule
 
@@ -159,6 +162,72 @@ def test_no_mask_for_unpadded_rows_gives_the_same_numbers():
     assert batch["shared_padded"].value == (False, False)
     masked = {**batch, "shared_padded": type(batch["shared_padded"])((True, True))}
     assert torch.equal(pair_batch_logps(model, batch, "auto")[0], pair_batch_logps(model, masked, "auto")[0])
+
+
+def rmipo_module(source: str, context: str):
+    """A module training RMiPO with its marginal live: `source` "policy" (the policy in eval mode) or
+    "reference" (the frozen copy, no cached table), on shared-prompt batches with the marginal rows."""
+    torch.manual_seed(0)
+    module = PreferenceModule(tiny_model(), RMiPOLoss(marginal=source, marginal_context=context))
+    module._logs_this_step = lambda: False
+    module.frozen._share = "auto"
+    batch = PairCollator(PAD, LayoutChoice(share_prompt="auto"), MarginalRows([BOS], context))(items(True))
+    assert module.frozen.source("marginal") == ("policy" if source == "policy" else "copy")
+    assert batch_layout(batch, module.policy, "auto") == "shared"
+    return module, batch
+
+
+@pytest.mark.parametrize("context", ["none", "start_token"])
+@pytest.mark.parametrize("source", ["policy", "reference"])
+def test_rmipo_live_marginal_step_never_syncs(source, context):
+    """The live marginal pass scores its rows with the collator's plan: only transformers' mask builder
+    reads one flag back (the marginal rows keep their attention mask, as the padded rows do)."""
+    module, batch = rmipo_module(source, context)
+    step(module, batch)  # probes and checks, once a run
+    with NoSync((TRANSFORMERS_MASKS,)) as guard, mock.patch.object(torch.Tensor, "tolist", no_tolist):
+        loss = step(module, batch)
+    assert torch.isfinite(loss) and all(p.grad is not None for p in module.policy.parameters())
+    assert guard.allowed == ["aten::_local_scalar_dense"]  # the marginal pass's mask, read by transformers
+
+
+@pytest.mark.parametrize("context", ["none", "start_token"])
+def test_rmipo_marginal_without_its_plan_syncs(context):
+    """Without `marginal_plan_*` the marginal rows are scored through boolean masks: the stand-in sees it."""
+    module, batch = rmipo_module("policy", context)
+    step(module, batch)
+    plain = {k: v for k, v in batch.items() if not k.startswith("marginal_plan_")}
+    with pytest.raises(HostSync, match="nonzero|index"), NoSync((TRANSFORMERS_MASKS,)):
+        step(module, plain)
+
+
+@pytest.mark.parametrize("context", ["none", "start_token"])
+def test_marginal_plan_gives_the_same_numbers_bit_for_bit(context):
+    """Marginal rows through their plan and through the mask path: equal sums, counts, per-token log-probs
+    and gradients (one-token rejected responses: none scored under "none"), and the same RMiPO loss."""
+    model = tiny_model(layers=2)
+    batch = PairCollator(PAD, LayoutChoice(share_prompt=False), MarginalRows([BOS], context))(items(False))
+    rows = (batch["marginal_input_ids"], batch["marginal_attention_mask"], batch["marginal_score_mask"])
+    plan = batch_plan(batch, "marginal_")
+    assert plan is not None and plan.count.tolist() == (
+        [1, 3, 5, 0, 0, 0] if context == "none" else [2, 4, 6, 1, 1, 1])
+    got = []
+    for p in (plan, None):
+        model.zero_grad()
+        logps, counts = response_logps(model, *rows, plan=p)
+        logps.sum().backward()
+        tokens, at = response_logps(model, *rows, per_token=True, plan=p)
+        got.append((logps, counts, tokens, at, [q.grad.clone() for q in model.parameters()]))
+    (a_l, a_c, a_t, a_r, a_g), (b_l, b_c, b_t, b_r, b_g) = got
+    assert torch.equal(a_l, b_l) and torch.equal(a_c, b_c) and a_c.dtype == b_c.dtype
+    assert torch.equal(a_t, b_t) and torch.equal(a_r, b_r)
+    assert all(torch.equal(x, y) for x, y in zip(a_g, b_g))
+    losses = []
+    for b in (batch, {k: v for k, v in batch.items() if not k.startswith("marginal_plan_")}):
+        torch.manual_seed(0)
+        module = PreferenceModule(tiny_model(), RMiPOLoss(marginal_context=context))
+        module._logs_this_step = lambda: False
+        losses.append(module.training_step(b, 0).detach())
+    assert torch.equal(losses[0], losses[1])
 
 
 def test_deferred_finite_check_reads_the_device_every_n_steps():

@@ -58,3 +58,49 @@ def test_a_key_the_target_lacks_is_one_line_naming_it():
     OmegaConf.update(node, "scheduler._partial_", False)
     with pytest.raises(ConfigError, match=r"optim.scheduler._partial_ must be true"):
         optim_factories(node)
+
+
+@pytest.mark.parametrize("setting, devices, elsewhere, expected", [
+    ("reduce-overhead", {"cuda"}, False, {"fused": True, "capturable": True}),
+    ("reduce-overhead", {"cpu"}, False, {"fused": True}),  # the CPU: nothing changes
+    ("reduce-overhead", {"cuda", "cpu"}, False, {"fused": True}),  # only when every parameter is on CUDA
+    ("reduce-overhead", set(), False, {"fused": True}),
+    ("reduce-overhead", {"cuda"}, True, {"fused": True}),  # DeepSpeed steps its own partitions
+    (True, {"cuda"}, False, {"fused": True}),  # compiled without CUDA graphs: no capturable
+    (False, {"cuda"}, False, {"fused": True}),
+])
+def test_adamw_is_capturable_only_under_cuda_graphs_on_cuda_parameters(setting, devices, elsewhere, expected):
+    from prefopt.train.optim import adamw_options
+
+    assert adamw_options(setting, True, devices, stepped_elsewhere=elsewhere) == expected
+    unfused = adamw_options(setting, False, devices, stepped_elsewhere=elsewhere)
+    assert unfused == {**expected, "fused": None}  # capturable does not depend on the fused kernel
+
+
+def test_capturable_reaches_an_optimizer_that_takes_it_and_no_other(monkeypatch):
+    """configure_optimizers passes `adamw_options`'s keywords only where the factory takes them."""
+    from helpers import tiny_model
+    from prefopt.losses import SimPOLoss
+    from prefopt.train import module as module_file
+    from prefopt.train.module import PreferenceModule
+
+    seen = []
+
+    def adamw(groups, lr=1e-3, fused=None, capturable=False):
+        seen.append(("adamw", fused, capturable))
+        return torch.optim.AdamW(groups, lr=lr)
+
+    def sgd(groups, lr=1e-3):
+        seen.append(("sgd",))
+        return torch.optim.SGD(groups, lr=lr)
+
+    calls = []
+    real = module_file.adamw_options
+    monkeypatch.setattr(module_file, "adamw_options", lambda *a, **k: calls.append((a[0], a[2])) or real(
+        a[0], a[1], {"cuda"}, **k))  # as if every parameter were on CUDA
+    for make in (adamw, sgd):
+        module = PreferenceModule(tiny_model(), SimPOLoss(), optimizer=make, compile_setting="reduce-overhead")
+        module._trainer = type("T", (), {"estimated_stepping_batches": 10, "strategy": object()})()
+        module.configure_optimizers()
+    assert seen == [("adamw", True, True), ("sgd",)]
+    assert calls == [("reduce-overhead", {"cpu"})] * 2  # the settings and the parameters' devices

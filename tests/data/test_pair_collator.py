@@ -118,6 +118,6 @@ def test_a_batch_carries_only_what_its_layouts_and_loss_need():
     packed = PairCollator(pad_id=PAD, layout=LayoutChoice(pack=True, share_prompt=False),
                           marginal=MarginalRows([START], "none"))(ITEMS)
     assert {k for k in packed if k.startswith("marginal_")} == {"marginal_input_ids", "marginal_attention_mask",
-                                                                 "marginal_score_mask"}
+                                                                 "marginal_score_mask", *(f"marginal_{k}" for k in plan)}
     assert any(k.startswith("packed_") for k in packed) and any(k.startswith("tree_") for k in packed)
     assert "prompt_ids" not in packed

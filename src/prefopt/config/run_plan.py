@@ -5,7 +5,7 @@ the loss, the task source, the optimizer and scheduler factories), chooses the s
 (`prefopt.models.choose.choose_start`, a `model.path` checked reachable), builds and checks the judge
 (`prefopt.eval.judge`), decides the resume once (`prefopt.train.resume.resume_decision`: the checkpoint
 `ckpt_path` names and the data pin it records), chooses the layouts the batches are built in
-(`prefopt.scoring.layout.choose_layout`, from `data.pack` and `share_prompt`), and returns them in a
+(`prefopt.scoring.layout.choose_layout`, from `data.pack`, `share_prompt` and `data.token_buckets`), and returns them in a
 frozen `RunPlan`. The steps of `prefopt.run.steps` take the plan and construct or decide none of these
 again; the task's `build` receives `plan.start`, the collator and the module `plan.layout`, the fit and
 the run record `plan.ckpt_path` and `plan.pin`. `prefopt.run.runner.run` validates first
@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig
 
 from prefopt.config.components import build_component
+from prefopt.scoring.buckets import token_buckets
 from prefopt.scoring.layout import LayoutChoice, choose_layout
 
 
@@ -102,6 +103,8 @@ def plan(cfg: DictConfig, output_dir: Optional[Path] = None, built: Optional[dic
     judge = eval_judge(cfg)  # conf/judge/: a judge.path that cannot work stops before the task builds
     if pin:
         source = build_component(cfg.data.source, "data.source", **pin)
+    buckets = token_buckets(cfg.data.get("token_buckets", "auto"), cfg.model.get("compile", False),
+                            cfg.data.get("max_length"))
+    layout = choose_layout(cfg.data.get("pack", False), cfg.get("share_prompt", "auto"), cfg.trainer, buckets)
     return RunPlan(loss=loss, source=source, optimizer=optimizer, scheduler=scheduler, start=start, judge=judge,
-                   ckpt_path=ckpt_path, pin=pin, layout=choose_layout(cfg.data.get("pack", False),
-                                                      cfg.get("share_prompt", "auto"), cfg.trainer))
+                   ckpt_path=ckpt_path, pin=pin, layout=layout)

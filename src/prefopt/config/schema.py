@@ -57,6 +57,9 @@ class DataSchema:
     group_by_length: bool = setting()
     max_tokens_per_batch: Optional[int] = setting(gt=0)
     pack: Any = setting(choices=(True, False, "auto"))
+    token_buckets: Any = setting(check=(  # prefopt/scoring/buckets.py
+        lambda v: v in ("auto", True, False) or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
+        "auto, true, false or an integer > 0"))
 
 
 @dataclass

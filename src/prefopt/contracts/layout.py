@@ -10,9 +10,10 @@ kept in the run plan (`RunPlan.layout`). Exercised by `pytest tests/test_contrac
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 Ids = Sequence[Sequence[int]]
+Width = Optional[Callable[[int], int]]  # a token dimension's padded width from its longest row's length (None: that length)
 
 
 class Layout(ABC):
@@ -21,8 +22,9 @@ class Layout(ABC):
     name: str = "layout"
 
     @abstractmethod
-    def tensors(self, prompts: Ids, chosen: Ids, rejected: Ids, pad_id: int) -> dict[str, Any]:
-        """This layout's tensors of the B pairs ({} when it cannot lay them out, e.g. an empty prompt)."""
+    def tensors(self, prompts: Ids, chosen: Ids, rejected: Ids, pad_id: int, width: Width = None) -> dict[str, Any]:
+        """This layout's tensors of the B pairs ({} when it cannot lay them out, e.g. an empty prompt);
+        `width`: each token dimension padded to width(its longest row) (`data.token_buckets`)."""
 
     @abstractmethod
     def scores(self, batch: dict[str, Any], model: Any, share_prompt: bool | str = "auto") -> bool:

@@ -151,7 +151,8 @@ def preference_module(cfg: DictConfig, policy: torch.nn.Module, plan: RunPlan) -
 
     compile_loss(plan.loss, cfg.model.get("compile", False))
     return PreferenceModule(policy, plan.loss, share_prompt=plan.layout.share_prompt,
-                            optimizer=plan.optimizer, scheduler=plan.scheduler)
+                            optimizer=plan.optimizer, scheduler=plan.scheduler,
+                            compile_setting=cfg.model.get("compile", False))
 
 
 def during_training_eval(cfg: DictConfig, artifacts: Any, judges: Any, tokenizer: Any,

@@ -3,7 +3,8 @@
 The log-prob core (`logps`: the LM head only where a token is scored, chunked float32 log-softmax); the
 layouts (prefopt.contracts.layout.Layout), each building its own batch tensors and scoring them: padded
 rows (`rows`), each prompt once (`shared`), sequences packed end to end (`packed`), each prompt once in
-packed rows (`tree`); which layouts a run uses, chosen once (`layout.choose_layout`, kept in the run
+packed rows (`tree`); the token-count buckets their token dimensions are padded to (`buckets`,
+`data.token_buckets`); which layouts a run uses, chosen once (`layout.choose_layout`, kept in the run
 plan), and scoring a batch on the first that fits (`layout.pair_batch_logps`); whether a pass may share
 prompts (`sharing`); the marginal rows a loss that `needs_marginal` scores (`marginal`); the frozen side,
 reference and marginal log-probs (`frozen`), and their tables cached on disk (`logp_cache`). Trainer

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from prefopt.contracts.layout import Ids, Layout
+from prefopt.contracts.layout import Ids, Layout, Width
 from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, attention_window, head_logps, model_body_and_head,
                                    remembered_verdict, rows_gap_problem, summed_logps)
 from prefopt.scoring.packed import by_row
@@ -172,7 +172,7 @@ class FlexLayout(Layout):
 
     name = "flex"
 
-    def tensors(self, prompts: Ids, chosen: Ids, rejected: Ids, pad_id: int) -> dict[str, Any]:
+    def tensors(self, prompts: Ids, chosen: Ids, rejected: Ids, pad_id: int, width: Width = None) -> dict[str, Any]:
         return {}
 
     def scores(self, batch: dict[str, Any], model: Any, share_prompt: bool | str = "auto") -> bool:

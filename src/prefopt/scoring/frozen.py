@@ -10,6 +10,8 @@ one source (`source(kind, split)`):
 - "adapters": a LoRA policy (peft) keeps no copy: the policy itself with its adapters disabled;
 - "policy": the live marginal (`marginal=policy`), a no-gradient pass of the policy in eval mode.
 
+A live marginal pass ("copy", "adapters", "policy") scores the marginal rows with the collator's plan
+(`marginal_plan_*`, prefopt.scoring.marginal), reading nothing back from the device.
 Once tables cover every kind the loss needs, `release_reference()` drops the copy. No-gradient passes
 run in eval mode, so no dropout noise reaches the log-ratios or δ.
 
@@ -36,7 +38,7 @@ from torch import Tensor
 
 from prefopt.contracts.predicates import is_lora, is_sharded
 from prefopt.scoring.layout import pair_batch_logps
-from prefopt.scoring.logps import response_logps
+from prefopt.scoring.logps import batch_plan, response_logps
 from prefopt.scoring.sharing import settle_sharing, sharing_allowed
 
 KINDS = ("reference", "marginal")
@@ -223,7 +225,7 @@ class FrozenScorers:
             if kind == "reference":
                 return pair_batch_logps(model, batch, share)
             return response_logps(model, batch["marginal_input_ids"], batch["marginal_attention_mask"],
-                                  batch["marginal_score_mask"])
+                                  batch["marginal_score_mask"], plan=batch_plan(batch, "marginal_"))
 
     def logps(self, batch: dict[str, Tensor], split: str, tokens: Tensor, share: bool | str) -> dict[str, Tensor]:
         """The `ref_*` and `marginal_*` fields of `PairLogps` the loss needs for `batch` (none when it

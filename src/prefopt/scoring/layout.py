@@ -1,15 +1,16 @@
 """Which layouts a run lays its pair batches out in, chosen once, and scoring a batch on the first that fits.
 
-`choose_layout(data_pack, share_prompt, trainer)` is the one function that reads the run's layout
-settings (`data.pack`: true | false | auto, `share_prompt`: true | false | auto) and returns a frozen
-`LayoutChoice`, kept in the run plan (`RunPlan.layout`). The choice names the layouts the collator builds
+`choose_layout(data_pack, share_prompt, trainer, buckets)` is the one function that reads the run's layout
+settings (`data.pack`: true | false | auto, `share_prompt`: true | false | auto, and the token buckets of
+`data.token_buckets`, prefopt.scoring.buckets) and returns a frozen `LayoutChoice`, kept in the run plan
+(`RunPlan.layout`). The choice names the layouts the collator builds
 (`LayoutChoice.layouts`, in the order they are tried): with packing the prompt-once packed rows (tree)
 and the packed rows, then the shared-prompt rows unless `share_prompt` is false, then the padded rows
 every batch carries. `pair_batch_logps` scores a batch on the first of `LAYOUTS` that the batch carries
 and the model fits (`batch_layout`: a model that cannot pack or take the tree mask, a prompt too short
 to share, a sliding window: the next one), with the same numbers every way.
 Exercised by `pytest tests/test_logps.py tests/test_packed_logps.py tests/test_tree_logps.py
-tests/test_gpu_configs.py`.
+tests/test_gpu_configs.py tests/test_token_buckets.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from prefopt.contracts.layout import Layout
 from prefopt.log import get_logger
+from prefopt.scoring.buckets import TokenBuckets
 from prefopt.scoring.flex import FLEX
 from prefopt.scoring.packed import PACKED
 from prefopt.scoring.rows import ROWS
@@ -37,11 +39,13 @@ LAYOUTS: tuple[Layout, ...] = (FLEX, TREE, PACKED, SHARED, ROWS)
 
 @dataclass(frozen=True)
 class LayoutChoice:
-    """A run's layouts: `pack` (the packed and tree rows are built) and `share_prompt` (true, false, or
-    "auto": prompts of SHARE_MIN_PROMPT_TOKENS or more, settled per model by prefopt.scoring.sharing)."""
+    """A run's layouts: `pack` (the packed and tree rows are built), `share_prompt` (true, false, or
+    "auto": prompts of SHARE_MIN_PROMPT_TOKENS or more, settled per model by prefopt.scoring.sharing) and
+    `buckets` (the token dimensions' widths, prefopt.scoring.buckets; None: each as long as its longest row)."""
 
     pack: bool = False
     share_prompt: bool | str = "auto"
+    buckets: TokenBuckets | None = None
 
     @property
     def layouts(self) -> tuple[Layout, ...]:
@@ -66,11 +70,13 @@ def packs_on(data_pack: Any, trainer: Mapping) -> bool:
     return packs
 
 
-def choose_layout(data_pack: Any = False, share_prompt: bool | str = "auto", trainer: Mapping | None = None) -> LayoutChoice:
-    """The run's `LayoutChoice` from `data.pack`, `share_prompt` and the trainer config (module docstring)."""
+def choose_layout(data_pack: Any = False, share_prompt: bool | str = "auto", trainer: Mapping | None = None,
+                  buckets: TokenBuckets | None = None) -> LayoutChoice:
+    """The run's `LayoutChoice` from `data.pack`, `share_prompt`, the trainer config and the token
+    buckets (`prefopt.scoring.buckets.token_buckets`) (module docstring)."""
     if share_prompt not in (True, False, "auto"):
         raise ValueError(f"share_prompt={share_prompt!r}; one of true, false, auto")
-    return LayoutChoice(pack=packs_on(data_pack, trainer or {}), share_prompt=share_prompt)
+    return LayoutChoice(pack=packs_on(data_pack, trainer or {}), share_prompt=share_prompt, buckets=buckets)
 
 
 def batch_layout(batch: dict[str, Tensor], model: torch.nn.Module, share_prompt: bool | str = "auto") -> str:

@@ -43,7 +43,7 @@ from prefopt.errors import CacheError
 from prefopt.log import get_logger
 from prefopt.contracts.fingerprints import weights_fingerprint
 from prefopt.scoring.layout import pair_batch_logps
-from prefopt.scoring.logps import response_logps
+from prefopt.scoring.logps import batch_plan, response_logps
 from prefopt.scoring.sharing import settle_sharing
 
 log = get_logger()
@@ -115,9 +115,8 @@ def compute_table(model: torch.nn.Module, loader: Iterable[dict[str, Tensor]], n
                 share_prompt = settle_sharing(model, batch, share_prompt)
                 sums, counts = pair_batch_logps(model, batch, share_prompt)
             else:
-                sums, counts = response_logps(
-                    model, batch["marginal_input_ids"], batch["marginal_attention_mask"], batch["marginal_score_mask"]
-                )
+                sums, counts = response_logps(model, batch["marginal_input_ids"], batch["marginal_attention_mask"],
+                                              batch["marginal_score_mask"], plan=batch_plan(batch, "marginal_"))
             sums, counts = sums.float().cpu(), counts.cpu()
             logps[index] = torch.stack([sums[:b], sums[b:]], dim=1)
             tokens[index] = torch.stack([counts[:b], counts[b:]], dim=1)

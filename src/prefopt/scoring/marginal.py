@@ -9,12 +9,14 @@ response is conditioned on:
 - "none" (the reference RMiPO code's), (2B, R): the response alone, its first token the context and the
   score mask 1 at the n-1 tokens after it (a one-token response scores none).
 `MarginalRows` builds marginal_input_ids, marginal_attention_mask, marginal_score_mask (2B, ·) for the
-collator (prefopt.data.collate.PairCollator); a loss that needs no marginal gets none.
+collator (prefopt.data.collate.PairCollator), with their index plan `marginal_plan_*` (the padded rows'
+`rows_plan`, prefopt.scoring.rows), so the live marginal pass and the table builds score with
+`index_select`/`index_add` and no host synchronisation; a loss that needs no marginal gets none.
 The "no prompt" marker is the scoring layer's: a data source whose own starting policy saw prompt-less
 examples in a form of its own declares it as `no_prompt_marker` (the sort task: BOS '>' response EOS);
 `no_prompt_marker(source)` reads it ("" for any other source). It is the marginal rows' key in the
 log-prob cache (`start_ids`, prefopt.scoring.logp_cache.cache_key).
-Exercised by `pytest tests/data/test_pair_collator.py tests/test_logp_cache.py`.
+Exercised by `pytest tests/data/test_pair_collator.py tests/test_logp_cache.py tests/test_no_sync.py`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from prefopt.scoring.rows import pad_right
+from prefopt.contracts.layout import Width
+from prefopt.scoring.logps import plan_keys
+from prefopt.scoring.rows import pad_right, padded_length, rows_plan
 
 MARGINAL_CONTEXTS = ("start_token", "none")
 
@@ -63,10 +67,14 @@ class MarginalRows:
         ids = tokenizer(marker, add_special_tokens=False)["input_ids"] if with_marker else []
         return cls([start_id, *ids], context)
 
-    def __call__(self, responses: Sequence[Sequence[int]], pad_id: int) -> dict[str, Tensor]:
+    def __call__(self, responses: Sequence[Sequence[int]], pad_id: int, width: Width = None) -> dict[str, Tensor]:
+        """The marginal rows of `responses` and their plan; `width`: the padded length for the longest
+        row's (prefopt.scoring.buckets; default the longest row's own)."""
         start = self.start_ids
-        return {
-            "marginal_input_ids": pad_right([start + list(r) for r in responses], pad_id),
-            "marginal_attention_mask": pad_right([[1] * (len(start) + len(r)) for r in responses], 0),
-            "marginal_score_mask": pad_right([marginal_scored(start, len(r)) for r in responses], 0),
+        length = padded_length([start + list(r) for r in responses], width)
+        rows = {
+            "marginal_input_ids": pad_right([start + list(r) for r in responses], pad_id, length),
+            "marginal_attention_mask": pad_right([[1] * (len(start) + len(r)) for r in responses], 0, length),
+            "marginal_score_mask": pad_right([marginal_scored(start, len(r)) for r in responses], 0, length),
         }
+        return {**rows, **plan_keys("marginal_", rows_plan(rows["marginal_input_ids"], rows["marginal_score_mask"]))}

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from prefopt.contracts.layout import Ids, Layout
+from prefopt.contracts.layout import Ids, Layout, Width
 from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, ScorePlan, batch_plan, check_tolerance, head_logps,
                                    model_body_and_head, plan_keys, planned_logps, remembered_verdict, score_plan)
 
@@ -72,14 +72,22 @@ def first_fit(lengths: Sequence[int], capacity: int) -> tuple[list[list[int]], l
     return rows, room
 
 
+def padded_rows(lengths: Sequence[int], capacity: int | None = None,
+                width: Width = None) -> tuple[list[list[int]], list[int]]:
+    """`packed_rows`' (items of each row, room left in each), each row's room grown so that every row is
+    `width` of the packed length long (token buckets; None: as packed)."""
+    length, rows, room = packed_rows(lengths, capacity)
+    extra = width(length) - length if width is not None else 0
+    return rows, [left + extra for left in room]
+
+
 def packed_layout(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
-                  capacity: int | None = None) -> dict[str, Tensor]:
+                  capacity: int | None = None, width: Width = None) -> dict[str, Tensor]:
     """The sequences prompt_i + response_i packed into rows of `capacity` tokens (default `row_length`;
     a longer sequence gets a row of its own): ids, position ids restarting at 0 per sequence, the sequence (segment) of each token
-    (-1 on padding) and the response-token mask, each (N, capacity)."""
+    (-1 on padding) and the response-token mask, each (N, capacity); `width`: rows padded to width(capacity)."""
     seqs = [(list(p) + list(r), len(p)) for p, r in zip(prompts, responses)]
-    lengths = [len(s) for s, _ in seqs]
-    _, rows, room = packed_rows(lengths, capacity)
+    rows, room = padded_rows([len(s) for s, _ in seqs], capacity, width)
     out: dict[str, list[list[int]]] = {"ids": [], "positions": [], "segment": [], "score": []}
     for members, left in zip(rows, room):
         members = sorted(members)
@@ -202,8 +210,8 @@ class PackedLayout(Layout):
 
     name = "packed"
 
-    def tensors(self, prompts: Ids, chosen: Ids, rejected: Ids, pad_id: int) -> dict[str, Any]:
-        return packed_layout([*prompts, *prompts], [*chosen, *rejected], pad_id)
+    def tensors(self, prompts: Ids, chosen: Ids, rejected: Ids, pad_id: int, width: Width = None) -> dict[str, Any]:
+        return packed_layout([*prompts, *prompts], [*chosen, *rejected], pad_id, width=width)
 
     def scores(self, batch: dict[str, Any], model: Any, share_prompt: bool | str = "auto") -> bool:
         return packs_batch(batch, model)

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prefopt.contracts.layout import Ids, Layout
+from prefopt.contracts.layout import Ids, Layout, Width
 from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, HostValue, ScorePlan, attention_window, batch_plan,
                                    host_value, model_body_and_head, plan_keys, planned_logps, score_plan,
                                    summed_logps)
-from prefopt.scoring.rows import pad_right
+from prefopt.scoring.rows import pad_right, padded_length
 
 
 def shared_prompt_logps(
@@ -109,15 +109,16 @@ class SharedPromptLayout(Layout):
 
     name = "shared"
 
-    def tensors(self, prompts: Ids, chosen: Ids, rejected: Ids, pad_id: int) -> dict[str, Any]:
+    def tensors(self, prompts: Ids, chosen: Ids, rejected: Ids, pad_id: int, width: Width = None) -> dict[str, Any]:
         if not all(len(p) for p in prompts):
             return {}
         responses = [*chosen, *rejected]
+        p, r = padded_length(prompts, width), padded_length(responses, width)
         out = {
-            "prompt_ids": pad_right(prompts, pad_id),
-            "prompt_attention_mask": pad_right([[1] * len(p) for p in prompts], 0),
-            "response_ids": pad_right(responses, pad_id),
-            "response_attention_mask": pad_right([[1] * len(r) for r in responses], 0),
+            "prompt_ids": pad_right(prompts, pad_id, p),
+            "prompt_attention_mask": pad_right([[1] * len(x) for x in prompts], 0, p),
+            "response_ids": pad_right(responses, pad_id, r),
+            "response_attention_mask": pad_right([[1] * len(x) for x in responses], 0, r),
         }
         return {**out, **shared_plan(out["prompt_attention_mask"], out["response_ids"], out["response_attention_mask"])}
 

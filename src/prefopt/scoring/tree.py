@@ -26,11 +26,11 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from prefopt.contracts.layout import Ids, Layout
+from prefopt.contracts.layout import Ids, Layout, Width
 from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, HostValue, attention_window, batch_plan, head_logps,
                                    host_value, model_body_and_head, plan_keys, planned_logps, remembered_verdict,
                                    rows_gap_problem, score_plan)
-from prefopt.scoring.packed import by_row, packed_rows
+from prefopt.scoring.packed import by_row, padded_rows
 from prefopt.scoring.rows import ROWS
 
 TREE_ATTENTION = ("sdpa", "eager")  # attention implementations that take a custom 4D mask as it is
@@ -136,7 +136,7 @@ def _tree_unit(prompt: Sequence[int], chosen: Sequence[int], rejected: Sequence[
 
 
 def tree_layout(prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]],
-                pad_id: int, capacity: int | None = None) -> dict[str, Tensor]:
+                pad_id: int, capacity: int | None = None, width: Width = None) -> dict[str, Tensor]:
     """The B pairs packed into rows with each prompt once: a pair is the unit prompt + chosen + rejected
     (every prompt at least one token), units placed end to end by `first_fit` in rows of `capacity`
     tokens (default `row_length`: at most PACK_MAX_PADDING padding). Each (N, capacity): tree_input_ids;
@@ -146,10 +146,10 @@ def tree_layout(prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]
     itself, never the other response or another pair); tree_row, the padded row (0..2B-1, chosen
     then rejected) a response token is scored in (-1 elsewhere); tree_source, the column of the state
     that predicts it (-1 elsewhere). Against the packed layout each prompt runs once; against the
-    shared-prompt layout the two responses are not padded to one length."""
+    shared-prompt layout the two responses are not padded to one length. `width`: rows padded to
+    width(capacity) (token buckets)."""
     units = [_tree_unit(p, c, r, i, len(prompts)) for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected))]
-    lengths = [len(u[0]) for u in units]
-    _, rows, room = packed_rows(lengths, capacity)
+    rows, room = padded_rows([len(u[0]) for u in units], capacity, width)
     keys = ("input_ids", "position_ids", "pair", "branch", "row", "source")
     out: dict[str, list[list[int]]] = {k: [] for k in keys}
     for members, left in zip(rows, room):
@@ -188,8 +188,8 @@ class TreeLayout(Layout):
 
     name = "tree"
 
-    def tensors(self, prompts: Ids, chosen: Ids, rejected: Ids, pad_id: int) -> dict[str, Any]:
-        return tree_layout(prompts, chosen, rejected, pad_id) if all(len(p) for p in prompts) else {}
+    def tensors(self, prompts: Ids, chosen: Ids, rejected: Ids, pad_id: int, width: Width = None) -> dict[str, Any]:
+        return tree_layout(prompts, chosen, rejected, pad_id, width=width) if all(len(p) for p in prompts) else {}
 
     def scores(self, batch: dict[str, Any], model: Any, share_prompt: bool | str = "auto") -> bool:
         return trees_batch(batch, model)

@@ -5,7 +5,9 @@ false (default): eager. true: each decoder layer module (every module whose clas
 dynamic shapes (one graph for all batch lengths); the layout code around them (index plans, head,
 masks) stays eager. reduce-overhead: the same in torch.compile's "reduce-overhead" mode (CUDA graphs, for
 small models whose step is bound by kernel launches); CUDA graphs need CUDA, so on a machine without
-one this is a one-line ConfigError. Compilation happens lazily in the first step: `CompileTimer` prints
+one this is a one-line ConfigError. Under reduce-overhead `data.token_buckets=auto` pads every batch's
+token dimension to a bucket (prefopt.scoring.buckets: few shapes, so few graphs) and AdamW is made
+capturable on CUDA parameters (prefopt.train.optim.adamw_options). Compilation happens lazily in the first step: `CompileTimer` prints
 how long the first step took against the second, once per process (a sweep worker's later runs reuse
 the compiled code where shapes and weights' layout allow, so the cost is amortised across the sweep).
 Exercised by `pytest tests/test_compile.py`.

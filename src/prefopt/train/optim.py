@@ -8,7 +8,9 @@ warmup, cosine decay) with `(optimizer, total_steps=...)`. Both read `optim.lr`,
 against the targets' arguments before any model loads. Used by `prefopt.train.module.PreferenceModule` and
 `prefopt.run.steps`. `follow_configured_lr`: a resumed run's `optim.lr` may differ from its checkpoint's
 (prefopt.train.resume.RESUMABLE_KEYS); the restored optimizer and schedule are scaled to it.
-Exercised by `pytest tests/test_module.py tests/test_guards.py`.
+`adamw_options`: the fused kernel where the module allows it, and `capturable` (optimizer state and step
+count on the device, no host read a step) under `model.compile=reduce-overhead` on CUDA parameters only.
+Exercised by `pytest tests/test_module.py tests/test_guards.py tests/test_optim.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from omegaconf import DictConfig
@@ -50,6 +52,20 @@ def default_factories(lr: float = 5e-4, weight_decay: float = 0.0, adam_betas: t
     optimizer = functools.partial(torch.optim.AdamW, lr=lr, betas=tuple(adam_betas), weight_decay=weight_decay)
     scheduler = functools.partial(warmup_cosine_schedule, warmup_ratio=warmup_ratio, min_lr_ratio=min_lr_ratio)
     return optimizer, scheduler
+
+
+def adamw_options(compile_setting: Any, fused: bool, device_types: Iterable[str],
+                  stepped_elsewhere: bool = False) -> dict[str, bool | None]:
+    """The AdamW keywords for the policy's parameters, from the settings alone: `fused` True where the
+    fused kernel is allowed (else None: torch's default); `capturable` True under `model.compile=
+    reduce-overhead` (CUDA graphs) when every parameter is on CUDA and torch steps the optimizer
+    (`stepped_elsewhere`: DeepSpeed steps its own partitions), so the step count stays on the device;
+    on the CPU, or without reduce-overhead, no `capturable` at all (the optimizer as before)."""
+    options: dict[str, bool | None] = {"fused": True if fused else None}
+    types = set(device_types)
+    if compile_setting == "reduce-overhead" and types == {"cuda"} and not stepped_elsewhere:
+        options["capturable"] = True
+    return options
 
 
 def takes(factory: Factory, name: str) -> bool:
