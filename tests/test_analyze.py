@@ -311,6 +311,10 @@ def test_report_states_the_sweeps_wall_time_from_when_runs_ended(multirun, tmp_p
     runs["wall_time_s"] = [10.0, 50.0, 30.0]
     runs["finished_at"] = [1000.0, 1100.0, 1100.0 + 2 * 86400]
     assert _timing(runs).endswith("in each of its 2 sittings: 1.8, 0.5 minutes (2.3 in all)")
+    runs["finished_at"] = [1000.0, 1100.0, 1100.0 + 20 * 60 + 30]  # 20 minutes with no run going: a pause
+    assert _timing(runs).endswith("in each of its 2 sittings: 1.8, 0.5 minutes (2.3 in all)")
+    runs["finished_at"] = [1000.0, 1100.0, 1100.0 + 5 * 60 + 30]  # 5 minutes: the same sitting, 990 s to 1430 s
+    assert _timing(runs).endswith("last run's end: 7.3 minutes")
     loaded = load_runs(multirun)  # the hand-made results.json have no `finished_at`: their mtime is used
     mtimes = [p.stat().st_mtime for p in multirun.rglob("results.json")]
     assert loaded["finished_at"].between(min(mtimes) - 1, max(mtimes) + 1).all()

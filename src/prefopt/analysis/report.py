@@ -442,7 +442,7 @@ SETUP_KEYS = ("data.name", "model.name", "trainer.max_steps", "data.batch_size",
               "data.source.judge_bias", "data.source.n_eval_prompts")
 
 
-SITTING_GAP_S = 1800  # runs ending this long before the next one starts belong to separate sittings
+SITTING_GAP_S = 600  # no run going on for this long (a run takes well under a minute): separate sittings
 
 
 def sittings(done: pd.DataFrame) -> list[float]:
