@@ -77,6 +77,9 @@ def test_studies_ignore_tuned_settings_and_resolve_per_loss_grids():
     assert (cfg.loss.beta, cfg.optim.lr, cfg.trainer.max_steps) == (0.02, 1.6e-4, 60)
     cfg = compose_with("sweep=imdb_own_knobs", "+sweep/knob=rmipo_shuffled")
     assert (cfg.loss.beta, cfg.optim.lr) == (6.0, 5.0e-4)  # RMiPO's best on IMDb
+    cfg = compose_with("sweep=imdb_field_knobs", "+sweep/knob=rdpo_a0.6")  # R-DPO's best on IMDb, its α 0.6
+    assert (cfg.loss.beta, cfg.optim.lr, cfg.loss.alpha, cfg.trainer.max_steps) == (1.0, 1.6e-3, 0.6, 60)
+    assert cfg.hydra.runtime.choices.get("tuned") is None and cfg.sweep.price == 0.002
 
 
 def test_the_run_names_the_tuned_settings_it_took_and_not_those_the_command_line_set():
