@@ -25,6 +25,7 @@ verdicts rest on fewer seeds than the 5 their error rate was checked with (also 
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -77,4 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except BrokenPipeError:  # `... | head` closed stdout early: the report's files are written already
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        raise SystemExit(0)

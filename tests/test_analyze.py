@@ -342,6 +342,18 @@ def test_committed_reports_regenerate_from_their_runs_csv(study):
     assert text == (folder / "sensitivity.md").read_text(), f"{study}/sensitivity.md is stale"
 
 
+def test_cli_piped_into_a_reader_that_leaves_writes_its_files_and_exits_quietly(multirun, tmp_path):
+    """`python src/analyze.py ... | head`: the reader closes the pipe (here before the first line); the
+    report is still written, and no traceback or logging error follows."""
+    out = tmp_path / "piped"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "analyze.py"), str(multirun), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # every write to stdout now fails with EPIPE
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in err and "Logging error" not in err, err[-2000:]
+    assert (out / "sensitivity.md").exists()
+
+
 @pytest.mark.slow
 def test_cli_writes_into_the_folder_and_fails_cleanly(multirun, tmp_path, capsys):
     out = tmp_path / "cli"

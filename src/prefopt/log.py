@@ -78,6 +78,8 @@ class _ConsoleHandler(logging.Handler):
             stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
             stream.write(self.format(record) + "\n")
             stream.flush()
+        except BrokenPipeError:  # the reader left (`python src/analyze.py ... | head`): nothing to tell it
+            pass
         except Exception:  # pragma: no cover - a closed stream must not end the run
             self.handleError(record)
 
