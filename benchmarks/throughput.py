@@ -14,6 +14,15 @@ lengths (benchmarks/synthetic.py: log-normal, capped at 128 prompt / 256 total t
                 at most 10% padding, prompts once; prefopt.scoring.tree), which takes precedence over
                 sharing prompts (so dpo-rows runs as dpo+pack under `--pack on`). With `--device cuda`
                 every row of ours packs by default, as `data.pack=auto` does there (`--pack off`: not).
+                Our compiled path: dpo+compile / simpo+compile / dpo+cache+compile (`model.compile=true`:
+                each decoder layer and the loss under torch.compile) and dpo+graphs / simpo+graphs /
+                dpo+cache+graphs (`model.compile=reduce-overhead`: CUDA graphs, with the token buckets
+                and capturable AdamW a run gets with it), built by the run's own functions
+                (`compiled_parts`: compile_policy, compile_loss, token_buckets; the module's
+                compile_setting). The first step compiles, in the warm-up (so --warmup >= 1); its time
+                (CompileTimer's first and second step) and dynamo's graph count are in the row
+                (compile_first_step_s, compile_second_step_s, compile_s, compiled_graphs), apart from the
+                timed steps; graphs_after_warmup counts those compiled later (new shapes), inside them. +graphs without `--device cuda` is skipped: a row with `skipped` (its reason).
   trl           TRL as shipped: DPOTrainer (sigmoid -> dpo, ipo) and, for simpo, TRL's experimental
                 trl.experimental.cpo.CPOTrainer (loss_type simpo, cpo_alpha 0), sequential order.
   trl-tuned     DPOTrainer with TRL's knobs that help: precompute_ref_log_probs=True (against our
@@ -64,7 +73,10 @@ resident set's growth; `memory_source` in the row says which). Models: `mistral7
 
 `--json FILE` writes rows {impl, loss, model, lengths, pairs_per_s, tokens_per_s, peak_mem_mb,
 cpu_ms_per_step, ci_low, ci_high, padded_share, mfu, ...}; TRL rows also carry `speedup` (their CPU
-step time / ours, with speedup_ci_low/high) and `mem_ratio` (ours / theirs) against `vs_ours`.
+step time / ours, with speedup_ci_low/high) and `mem_ratio` (ours / theirs) against `vs_ours` (VS_OURS's
+row when it ran, else the same loss, else our fastest fair row), `speedup_vs` against our other rows of
+that loss, and `best_ours` with `speedup_best`: our fastest row of that loss that ran (a cached
+reference only against TRL rows that precompute theirs), e.g. trl-best against dpo+graphs.
 TRL is the optional extra `pip install -e ".[trl]"` (trl==1.16.0).
 """
 
@@ -102,12 +114,14 @@ BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "rmipo": 2.0}
 GAMMA_BETA_RATIO = 0.5
 LOG_EVERY = 10  # both frameworks' default: ours `log_every_n_steps`, TRL's `logging_steps`
 OURS = ["dpo", "ipo", "simpo", "rmipo", "dpo+cache", "ipo+cache", "rmipo_ref+cache", "dpo-rows", "simpo-rows",
-        "dpo+pack", "simpo+pack", "dpo+cache+pack"]
+        "dpo+pack", "simpo+pack", "dpo+cache+pack", "dpo+compile", "simpo+compile", "dpo+cache+compile",
+        "dpo+graphs", "simpo+graphs", "dpo+cache+graphs"]
+COMPILE = {"+compile": True, "+graphs": "reduce-overhead"}  # suffix -> our `model.compile` (train/compiling.py)
 DEFAULT_OURS = ["dpo", "simpo", "dpo+cache"]
 TRL_IMPLS = {"trl": ["dpo", "ipo", "simpo"], "trl-tuned": ["dpo", "ipo"], "trl-gpu-path": ["dpo", "ipo"],
              "trl-tuned-gpu-path": ["dpo", "ipo"], "trl-best": ["dpo", "ipo", "simpo"]}
 VS_OURS = {(impl, loss): f"{loss}+cache" for impl in ("trl-tuned", "trl-tuned-gpu-path", "trl-best")
-           for loss in ("dpo", "ipo")}  # else the same loss (trl-best: the same loss when +cache is not run)
+           for loss in ("dpo", "ipo")}  # else the same loss; when neither ran, our fastest fair row (`paired_ours`)
 LABELS = {
     "trl-gpu-path": "diagnostic: TRL's CUDA code path (completion-only LM head) forced on the CPU",
     "trl-tuned-gpu-path": "diagnostic: trl-tuned with TRL's CUDA code path forced on the CPU",
@@ -172,10 +186,82 @@ class Gate:
 # ---------------------------------------------------------------- our side
 
 
+def base_loss(name: str) -> str:
+    """The loss of one of our configurations (dpo+cache+compile -> dpo, simpo-rows -> simpo)."""
+    return name.split("+")[0].removesuffix("-rows")
+
+
+def compile_setting(loss_name: str) -> bool | str:
+    """Our `model.compile` for a configuration: `+compile` true (inductor: decoder layers and the loss),
+    `+graphs` reduce-overhead (CUDA graphs; token buckets and capturable AdamW come with it), else false."""
+    return next((value for suffix, value in COMPILE.items() if suffix in loss_name), False)
+
+
+def skip_reason(loss_name: str, device: str) -> str | None:
+    """Why one of our configurations cannot run on `device` (None: it can): `+graphs` needs CUDA. Decided
+    from `--device` alone, so CUDA stays uninitialised in the coordinator."""
+    if compile_setting(loss_name) == "reduce-overhead" and not device.startswith("cuda"):
+        return f"model.compile=reduce-overhead (CUDA graphs) runs on CUDA only (GPU-only: skipped on {device})"
+    return None
+
+
+def compiled_parts(loss_name: str, model, max_length: int):
+    """(policy, loss, token buckets, setting) under the configuration's `model.compile`, built by the code
+    a run uses: compile_policy (run/steps.py policy_to_train), compile_loss (preference_module) and
+    token_buckets with data.token_buckets=auto (config/run_plan.py: on under reduce-overhead)."""
+    from prefopt.scoring.buckets import token_buckets
+    from prefopt.train.compiling import compile_loss, compile_policy
+
+    setting = compile_setting(loss_name)
+    buckets = token_buckets("auto", setting, max_length)
+    return compile_policy(model, setting), compile_loss(our_loss(loss_name), setting), buckets, setting
+
+
+def graph_count() -> int:
+    """Graphs dynamo has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def compile_callbacks(setting, warmup: int) -> list:
+    """A compiled row's callbacks, to go before the gate (which waits at the warm-up's end): the run's own
+    CompileTimer, and the graph count when the warm-up ends (graphs compiled after it, for shapes the
+    warm-up did not see, fell in the timed rounds). None for an eager row."""
+    if not setting:
+        return []
+    import lightning as L
+
+    from prefopt.train.compiling import CompileTimer
+
+    class WarmGraphs(L.Callback):
+        count: int | None = None
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == warmup:
+                self.count = graph_count()
+
+    return [CompileTimer(setting), WarmGraphs()]
+
+
+def compile_report(callbacks: list) -> dict[str, Any]:
+    """A compiled row's compile cost (`compile_callbacks`): wall seconds of the first step, compilation
+    included, and of the second; dynamo's graphs in all and those compiled after the warm-up. The warm-up
+    steps absorb the first compilation: it is not in the timed rounds' step times."""
+    if not callbacks:
+        return {}
+    timer, warm = callbacks
+    first, second = (list(timer.times) + [None, None])[:2]
+    total = graph_count()
+    return {"compile_setting": timer.setting, "compile_first_step_s": first, "compile_second_step_s": second,
+            "compile_s": max(0.0, first - second) if second is not None else None, "compiled_graphs": total,
+            "graphs_after_warmup": total - warm.count if warm.count is not None else None}
+
+
 def our_loss(loss_name: str):
     from prefopt.losses import DPOLoss, IPOLoss, RMiPOLoss, SimPOLoss
 
-    base = loss_name.split("+")[0].removesuffix("-rows")
+    base = base_loss(loss_name)
     return {
         "dpo": lambda: DPOLoss(beta=BETA["dpo"]),
         "ipo": lambda: IPOLoss(beta=BETA["ipo"]),
@@ -209,6 +295,17 @@ def packing(args, loss_name: str = "") -> bool:
     return args.pack == "auto" and args.lengths == "variable"
 
 
+def trainer_settings(args) -> dict[str, Any]:
+    """Our Lightning Trainer's arguments: one device, `--precision`, the run's steps, clipping 1.0 (as our
+    runs clip, trainer_factory.take_clipping: a callback, which fused AdamW under AMP allows), no logger."""
+    return dict(
+        accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1, precision=args.precision,
+        max_steps=args.total_steps, max_epochs=-1, gradient_clip_val=1.0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=LOG_EVERY,
+    )
+
+
 def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_root: Path) -> dict[str, Any]:
     import lightning as L
     from omegaconf import OmegaConf
@@ -225,16 +322,18 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
             return self.loader("train", shuffle=False)
 
     variable = args.lengths == "variable"
+    model, loss, buckets, setting = compiled_parts(loss_name, model, args.max_length)
     data = (PreferenceDataModule if variable else InOrder)(
         rows, [], tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
         batch_size=args.batch_size, eval_batch_size=args.batch_size, seed=0, group_by_length=variable,
-        layout=LayoutChoice(pack=packing(args, loss_name), share_prompt=not loss_name.endswith("-rows")))
+        layout=LayoutChoice(pack=packing(args, loss_name), share_prompt=not loss_name.endswith("-rows"),
+                            buckets=buckets))
     data.setup()
     share_prompt = data.collator.layout.share_prompt
     optimizer, scheduler = default_factories(lr=args.lr, weight_decay=0.0, adam_betas=(0.9, 0.95), warmup_ratio=0.0,
                                              min_lr_ratio=1.0)  # constant learning rate
-    module = PreferenceModule(model, our_loss(loss_name), share_prompt=share_prompt, optimizer=optimizer,
-                              scheduler=scheduler)
+    module = PreferenceModule(model, loss, share_prompt=share_prompt, optimizer=optimizer, scheduler=scheduler,
+                              compile_setting=setting)  # reduce-overhead on CUDA: capturable AdamW (adamw_options)
     batches = list(data.train_dataloader())
     layouts = [batch_layout(b, model, share_prompt) for b in batches]
     first = layouts[0] if layouts else "rows"
@@ -259,16 +358,12 @@ def run_ours(loss_name: str, model, tokenizer, rows, args, gate: Gate, cache_roo
             gate.losses.append(float(outputs["loss"]))
             gate.step(trainer.global_step)
 
-    settings = dict(  # clipping as our runs clip (trainer_factory: a callback, which fused AdamW under AMP allows)
-        accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1, precision=args.precision,
-        max_steps=args.total_steps, max_epochs=-1, gradient_clip_val=1.0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=LOG_EVERY,
-    )
-    callbacks = [*take_clipping(settings), GateCallback()]
+    settings = trainer_settings(args)
+    compiling = compile_callbacks(setting, getattr(args, "warmup", 0))  # CompileTimer, as a run adds it
+    callbacks = [*take_clipping(settings), *compiling, GateCallback()]  # takes the clipping out of `settings`
     trainer = L.Trainer(**settings, callbacks=callbacks)
     trainer.fit(module, datamodule=data)
-    return info
+    return {**info, **compile_report(compiling)}
 
 
 # ---------------------------------------------------------------- TRL's side
@@ -800,7 +895,7 @@ def token_lengths(rows: list[dict]) -> list[tuple[int, int, int]]:
 def configurations(losses: list[str], with_trl: bool, impls: list[str]) -> list[tuple[str, str]]:
     configs = [("ours", name) for name in losses]
     if with_trl:
-        bases = {name.split("+")[0].removesuffix("-rows") for name in losses}
+        bases = {base_loss(name) for name in losses}
         for impl in impls:
             configs += [(impl, name) for name in TRL_IMPLS[impl] if name in bases]
     return configs
@@ -836,26 +931,75 @@ def result_rows(model_name, lengths, configs, rounds, done, mem, n_params_, flop
             **report,
         ))
     for row in out:  # TRL rows: speed and memory of ours against them, paired by round
-        if row["impl"] == "ours":
-            continue
-        vs = VS_OURS.get((row["impl"], row["loss"]), row["loss"])
-        if ("ours", vs) not in rounds:
-            continue
-        theirs = [statistics.fmean(seg[timed]) for seg in rounds[(row["impl"], row["loss"])]]
-        ours = [statistics.fmean(seg[timed]) for seg in rounds[("ours", vs)]]
-        ratio, low, high = ratio_interval(theirs, ours)
-        row.update(vs_ours=vs, speedup=ratio, speedup_ci_low=low, speedup_ci_high=high,
-                   mem_ratio=mem[("ours", vs)] / mem[(row["impl"], row["loss"])])
-        row["speedup_vs"] = {  # the same against our other layouts of that loss (dpo+pack, dpo-rows)
-            name: list(ratio_interval(theirs, [statistics.fmean(seg[timed]) for seg in rounds[(impl, name)]]))
-            for impl, name in rounds
-            if impl == "ours" and name != vs and name.split("+")[0].removesuffix("-rows") == row["loss"]
-            and ("+cache" in name) == ("+cache" in vs)}
+        if row["impl"] != "ours":
+            compare(row, rounds, mem, timed)
+    return out
+
+
+def step_times(rounds, config: tuple[str, str], timed: int) -> list[float]:
+    """Per-round mean step times of `config` (timed 0: CPU time, 1: wall time)."""
+    return [statistics.fmean(seg[timed]) for seg in rounds[config]]
+
+
+def fair_ours(key: tuple[str, str], rounds) -> list[str]:
+    """Our configurations in `rounds` that TRL's row `key` can be held against: the same loss, and a cached
+    reference only against TRL rows that precompute theirs (those VS_OURS pairs with a +cache row)."""
+    precomputes = "+cache" in VS_OURS.get(key, "")
+    return [name for impl, name in rounds
+            if impl == "ours" and base_loss(name) == key[1] and (precomputes or "+cache" not in name)]
+
+
+def fastest(names: list[str], rounds, timed: int) -> str | None:
+    """The one of our `names` with the lowest mean step time (None: none ran)."""
+    return min(names, key=lambda n: statistics.fmean(step_times(rounds, ("ours", n), timed)), default=None)
+
+
+def paired_ours(key: tuple[str, str], rounds, timed: int) -> str | None:
+    """The row of ours a TRL row's `speedup` is against: VS_OURS's when it ran, else the same loss, else
+    the fastest fair one (dpo+compile, dpo+graphs, ...); `vs_ours` in the row says which."""
+    fair = fair_ours(key, rounds)
+    return next((name for name in (VS_OURS.get(key), key[1]) if name in fair), None) or fastest(fair, rounds, timed)
+
+
+def compare(row: dict, rounds, mem: dict, timed: int) -> None:
+    """TRL's `row` gets ours against it, paired by round: `speedup` (its step time / ours, 95% CI) and
+    `mem_ratio` against `vs_ours`, `speedup_vs` against each other fair row of ours, and `best_ours` (our
+    fastest fair row that ran) with `speedup_best`."""
+    key = (row["impl"], row["loss"])
+    vs = paired_ours(key, rounds, timed)
+    if vs is None:
+        return
+    fair = fair_ours(key, rounds)
+    theirs = step_times(rounds, key, timed)
+
+    def against(name: str) -> list[float]:
+        return list(ratio_interval(theirs, step_times(rounds, ("ours", name), timed)))
+
+    ratio, low, high = against(vs)
+    best = fastest(fair, rounds, timed)
+    row.update(vs_ours=vs, speedup=ratio, speedup_ci_low=low, speedup_ci_high=high,
+               mem_ratio=mem[("ours", vs)] / mem[key], best_ours=best, speedup_best=against(best),
+               speedup_vs={name: against(name) for name in fair if name != vs})
+
+
+def skipped_rows(model_name: str, configs: list[tuple[str, str]], args) -> list[dict]:
+    """Rows of the configurations this device cannot run (`skip_reason`), each with its reason, printed."""
+    out = []
+    for impl, loss in configs:
+        reason = skip_reason(loss, args.device) if impl == "ours" else None
+        if reason:
+            print(f"  skipped {impl} {loss}: {reason}", flush=True)
+            out.append(dict(impl=impl, loss=loss, model=model_name, lengths=args.lengths, device=args.device,
+                            skipped=reason))
     return out
 
 
 def bench(model_name: str, losses: list[str], with_trl: bool, args, cache_root: str) -> list[dict]:
     configs = configurations(losses, with_trl, args.impls)
+    skipped = skipped_rows(model_name, configs, args)
+    configs = [c for c in configs if (c[0], c[1]) not in {(r["impl"], r["loss"]) for r in skipped}]
+    if not configs:
+        return skipped
     print(f"{model_name}, {args.lengths} lengths: {len(configs)} configurations, batch {args.batch_size} pairs, "
           f"{args.warmup} warm-up + {args.rounds} x {args.steps} measured steps, device {args.device}", flush=True)
     load_start = os.getloadavg()
@@ -881,28 +1025,49 @@ def bench(model_name: str, losses: list[str], with_trl: bool, args, cache_root: 
     lengths = token_lengths(bench_rows(model_name, args))
     flops = step_flops(model, lengths, args.batch_size)
     return result_rows(model_name, lengths, configs, rounds, done, mem, n_params_, flops, peak,
-                     (load_start, load_end), args)
+                     (load_start, load_end), args) + skipped
 
 
 # ---------------------------------------------------------------- report
 
 
 def print_table(rows: list[dict]) -> None:
+    """The measured rows, one a line, then `print_notes`."""
+    measured = [r for r in rows if "skipped" not in r]
     print(f"\n{'model':5} {'len':4} {'impl':18} {'loss':14} {'cpu ms/step (95% CI)':>24} {'pairs/s':>8} "
           f"{'pad':>5} {'mfu':>6} {'MiB':>7} {'ours faster (95% CI)':>22} {'mem ours/x':>10}")
-    for r in rows:
+    for r in measured:
         ci = f"{r['cpu_ms_per_step']:.1f} ({r['ci_low']:.1f}-{r['ci_high']:.1f})"
         speed = (f"{r['speedup']:.2f}x ({r['speedup_ci_low']:.2f}-{r['speedup_ci_high']:.2f})"
                  if "speedup" in r else "")
         mem = f"{r['mem_ratio']:.2f}" if "mem_ratio" in r else ""
         print(f"{r['model']:5} {r['lengths'][:4]:4} {r['impl']:18} {r['loss']:14} {ci:>24} {r['pairs_per_s']:8.2f} "
               f"{r['padded_share']:5.1%} {r['mfu']:6.1%} {r['peak_mem_mb']:7.1f} {speed:>22} {mem:>10}")
+    print_notes(rows)
+
+
+def print_notes(rows: list[dict]) -> None:
+    """Below the table: ours against each TRL row's other fair rows and our fastest, the compiled rows'
+    compile time (outside the timed rounds), the skipped configurations and trl-best's settings."""
     for r in rows:
         for name, (ratio, low, high) in r.get("speedup_vs", {}).items():
             print(f"  {r['model']} {r['lengths']}: ours {name} faster than {r['impl']} {r['loss']}: "
                   f"{ratio:.2f}x ({low:.2f}-{high:.2f})")
+        if r.get("best_ours"):
+            ratio, low, high = r["speedup_best"]
+            print(f"  {r['model']} {r['lengths']}: {r['impl']} {r['loss']} against our fastest row that ran, "
+                  f"{r['best_ours']}: ours {ratio:.2f}x faster ({low:.2f}-{high:.2f})")
     for r in rows:
-        if r["impl"] == "trl-best":
+        if r.get("compile_setting") is not None and r["impl"] == "ours":
+            second = r["compile_second_step_s"]
+            second = f"{second:.3f} s" if second is not None else "n/a"
+            print(f"  {r['model']} {r['lengths']}: ours {r['loss']} (model.compile={str(r['compile_setting']).lower()}):"
+                  f" first step {r['compile_first_step_s']:.1f} s, second {second}, in the warm-up; "
+                  f"{r['compiled_graphs']} graphs, {r['graphs_after_warmup']} of them compiled in the timed rounds")
+        if "skipped" in r:
+            print(f"  {r['model']} {r['lengths']}: {r['impl']} {r['loss']} skipped: {r['skipped']}")
+    for r in rows:
+        if r["impl"] == "trl-best" and "skipped" not in r:
             print(f"  {r['model']} {r['lengths']} " + describe_best(r["loss"], r))
     print("speedup: TRL's CPU time per step / ours (vs_ours row), 95% t-interval over paired rounds; "
           "trl-gpu-path is a diagnostic of what TRL runs on a GPU")
@@ -947,6 +1112,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unknown = sorted(set(losses) - set(OURS))
     if unknown:
         raise SystemExit(f"unknown --losses {unknown}; choose from {OURS}")
+    if args.warmup < 1 and any(compile_setting(name) for name in losses):
+        raise SystemExit("compiled configurations need --warmup >= 1: the first step compiles, outside the timed "
+                         "rounds")
     args.fixed = tuple(int(x) for x in args.fixed.split(","))
     args.impls = [i for i in args.impls.split(",") if i]
     if set(args.impls) - set(TRL_IMPLS):

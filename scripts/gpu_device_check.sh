@@ -13,10 +13,15 @@
 #   sweep  16 sort runs (model=tiny, trainer=gpu) with hydra/launcher=gpu_jobs gpu_jobs.jobs_per_gpu=1, 4, 8
 #          on one GPU (each job pins itself: trainer.devices=[job mod gpus], prefopt/config/gpu_jobs.py);
 #          study wall time and runs/min per K, and the devices the jobs ran on, in sweep.txt
-#   optional (PARTS="... tests profile flex"): tests/test_cuda.py; benchmarks/step_profile.py; flex: the
+#   optional (PARTS="... tests profile flex compile"): tests/test_cuda.py; benchmarks/step_profile.py; flex: the
 #   prompt-once rows through sdpa's dense mask against FlexAttention's block mask at SmolLM2-135M shape
 #   (benchmarks/flex_shared_prompt.py, fwd+bwd, bf16) and tests/test_flex_attention.py with its CUDA test
-#   (its own device call: PARTS="env flex"; PARTS="env flex" with --dry-run rehearses it, forward only on the CPU)
+#   (its own device call: PARTS="env flex"; PARTS="env flex" with --dry-run rehearses it, forward only on the CPU);
+#   compile: our compiled path against trl-best (torch_compile=True) at SmolLM2-135M shape, bf16-mixed, fixed
+#   and variable lengths: dpo+compile, simpo+compile (model.compile=true) and dpo+graphs, simpo+graphs
+#   (model.compile=reduce-overhead: CUDA graphs with token buckets and capturable AdamW), ms/step with
+#   intervals and each compiled row's compile time (first step against the second, in compile.json)
+#   (its own device call: PARTS="env compile"; with --dry-run: tiny model, +compile only, +graphs said CUDA only)
 #
 #   bash scripts/gpu_device_check.sh             # on the GPU machine (OUT set by the device tool)
 #   bash scripts/gpu_device_check.sh --dry-run   # on a CPU: every phase at toy size (tiny/mistral-toy
@@ -24,9 +29,10 @@
 #                                                # the same code paths except CUDA-only ones (said so)
 # Environment: OUT (default outputs/gpu_device_check), PY (default python3; .venv/bin/python in a dry
 # run), PARTS (default "env small big sweep"), BUDGET (seconds for all phases, default 450 = 7.5 min),
-# LIMIT_ENV / LIMIT_SMALL / LIMIT_BIG / LIMIT_SWEEP (each phase's limit), WHEELS (a folder of wheels to
-# install to /tmp/site first, default .whl). Writes <phase>.cmd (the command), <phase>.log, small.json,
-# big.json, sweep.txt and summary.txt to $OUT; exits 1 when any phase failed or was cut off.
+# LIMIT_ENV / LIMIT_SMALL / LIMIT_BIG / LIMIT_SWEEP / LIMIT_FLEX / LIMIT_COMPILE (each phase's limit),
+# WHEELS (a folder of wheels to install to /tmp/site first, default .whl). Writes <phase>.cmd (the command),
+# <phase>.log, small.json, big.json, sweep.txt, compile.json and summary.txt to $OUT; exits 1 when any
+# phase failed or was cut off.
 # Tested by tests/test_trl_best.py (bash -n; the dry run, marked slow).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,14 +40,15 @@ DRY=0
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n 2,28p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,36p "$0"; exit 0 ;;
     *) echo "gpu_device_check: unknown argument '$arg' (only --dry-run)" >&2; exit 2 ;;
   esac
 done
 if [ "$DRY" = 1 ] && [ -x .venv/bin/python ]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
 OUT=${OUT:-outputs/gpu_device_check}
 WHEELS=${WHEELS:-.whl}
-PARTS=${PARTS:-env small big sweep}  # flex: a part of its own (PARTS="env flex"; rehearse it with --dry-run the same way)
+PARTS=${PARTS:-env small big sweep}  # flex, compile: parts of their own (PARTS="env flex", PARTS="env compile";
+                                     # rehearse them with --dry-run the same way)
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
@@ -58,9 +65,11 @@ LIMIT_SMALL=${LIMIT_SMALL:-170}
 LIMIT_BIG=${LIMIT_BIG:-170}
 LIMIT_SWEEP=${LIMIT_SWEEP:-90}
 LIMIT_FLEX=${LIMIT_FLEX:-150}
+LIMIT_COMPILE=${LIMIT_COMPILE:-400}
 MIN_PHASE=15                   # a phase with less than this left is skipped, said so
 if [ "$DRY" = 1 ]; then        # a CPU rehearsal: same phases, toy sizes; generous limits on a shared CPU
   BUDGET=${DRY_BUDGET:-900}; LIMIT_ENV=60; LIMIT_SMALL=420; LIMIT_BIG=240; LIMIT_SWEEP=300; LIMIT_FLEX=100
+  LIMIT_COMPILE=600
 fi
 failed=0
 : > "$OUT/summary.txt"
@@ -174,6 +183,18 @@ if want flex; then  # prompt-once rows: sdpa's dense mask against FlexAttention'
   grep -v -i warn "$OUT/flex.log" | tail -7
   if [ "$DRY" = 1 ]; then cuda_only "FlexAttention's fused backward (tests/test_flex_attention.py -k cuda)"
   else phase flex_tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_flex_attention.py; tail -3 "$OUT/flex_tests.log"; fi
+fi
+if want compile; then  # our compiled path (model.compile=true / reduce-overhead) against trl-best's torch_compile
+  if [ "$DRY" = 1 ]; then
+    COMPILE_LOSSES=dpo+compile,simpo+compile; COMPILE_STEPS=(--warmup 1 --rounds 3 --steps 1)
+    cuda_only "dpo+graphs, simpo+graphs (model.compile=reduce-overhead: CUDA graphs, token buckets, capturable AdamW)"
+  else
+    COMPILE_LOSSES=dpo+compile,dpo+graphs,simpo+compile,simpo+graphs; COMPILE_STEPS=(--warmup 3 --rounds 4 --steps 5)
+  fi
+  phase compile "$LIMIT_COMPILE" "$PY" benchmarks/throughput.py "${DEVICE[@]}" --precision "$SMALL_PREC" \
+    --models "$SMALL_MODEL" --lengths fixed,variable --batch-size "$SMALL_BATCH" --losses "$COMPILE_LOSSES" \
+    --impls trl-best "${COMPILE_STEPS[@]}" --memory-from-timed --json "$OUT/compile.json"
+  sed -n '/^model /,$p' "$OUT/compile.log"
 fi
 if want profile; then
   phase profile 150 "$PY" benchmarks/step_profile.py "${DEVICE[@]}" --model "$SMALL_MODEL" --impl ours \

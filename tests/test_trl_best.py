@@ -92,6 +92,14 @@ def test_device_script_parses_and_has_a_dry_run():
     assert bad.returncode == 2 and "unknown argument" in bad.stderr
 
 
+def test_device_script_compile_part_is_optional_and_runs_our_compiled_rows_against_trl_best():
+    text = SCRIPT.read_text()
+    assert "PARTS=${PARTS:-env small big sweep}" in text and "want compile" in text  # not in the default PARTS
+    assert "COMPILE_LOSSES=dpo+compile,dpo+graphs,simpo+compile,simpo+graphs" in text
+    assert "COMPILE_LOSSES=dpo+compile,simpo+compile;" in text  # the dry run: +compile only, +graphs CUDA only
+    assert "LIMIT_COMPILE=" in text and '--json "$OUT/compile.json"' in text
+
+
 @pytest.mark.slow
 def test_device_script_dry_run_runs_every_phase_on_the_cpu(tmp_path):
     out = tmp_path / "out"
