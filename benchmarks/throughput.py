@@ -22,7 +22,8 @@ lengths (benchmarks/synthetic.py: log-normal, capped at 128 prompt / 256 total t
                 compile_setting). The first step compiles, in the warm-up (so --warmup >= 1); its time
                 (CompileTimer's first and second step) and dynamo's graph count are in the row
                 (compile_first_step_s, compile_second_step_s, compile_s, compiled_graphs), apart from the
-                timed steps; graphs_after_warmup counts those compiled later (new shapes), inside them. +graphs without `--device cuda` is skipped: a row with `skipped` (its reason).
+                timed steps; graphs_after_warmup counts those compiled later (new shapes), inside them.
+                +graphs without `--device cuda` is skipped: a row with `skipped` (its reason).
   trl           TRL as shipped: DPOTrainer (sigmoid -> dpo, ipo) and, for simpo, TRL's experimental
                 trl.experimental.cpo.CPOTrainer (loss_type simpo, cpo_alpha 0), sequential order.
   trl-tuned     DPOTrainer with TRL's knobs that help: precompute_ref_log_probs=True (against our
