@@ -30,9 +30,10 @@ from torch import Tensor
 
 from prefopt.contracts.layout import Ids, Layout, Width
 from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, attention_window, head_logps, model_body_and_head,
-                                   remembered_verdict, rows_gap_problem, summed_logps)
+                                   probe_pass, remembered_verdict, rows_gap_problem, summed_logps)
 from prefopt.scoring.packed import by_row
 from prefopt.scoring.rows import ROWS
+from prefopt.scoring.tree import PROBE_PAIRS
 
 FLEX_ATTENTION = "flex_attention"  # transformers' name of the attention implementation
 FLEX_BLOCK_SIZE = 128  # FlexAttention's default block (rows shorter than it get one block)
@@ -129,7 +130,6 @@ def flex_tree_logps(model: torch.nn.Module, batch: dict[str, Tensor], n_rows: in
 
 # Verdicts of `flex_problem` per model object: the probe runs once per model.
 _FLEX_VERDICTS: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]" = weakref.WeakKeyDictionary()
-PROBE_PAIRS = ([[1, 2, 3], [1, 5]], [[4, 5], [3, 3, 2]], [[6, 7, 8, 9], [4]])  # prompts, chosen, rejected
 
 
 @torch.no_grad()
@@ -145,19 +145,17 @@ def probe_flex(model: torch.nn.Module) -> str | None:
 
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in {**ROWS.tensors(*PROBE_PAIRS, 0), **SHARED.tensors(*PROBE_PAIRS, 0)}.items()}
-    was_training = model.training
-    model.eval()
+
+    def flex_then_rows() -> tuple[Tensor, Tensor]:
+        flex, _ = flex_shared_logps(model, batch, per_token=True)
+        model.set_attn_implementation("sdpa")  # the reference: the padded rows on sdpa
+        return flex, ROWS.logps(model, batch, per_token=True)[0]
+
     try:
-        with torch.autocast(device.type, enabled=False):
-            flex, _ = flex_shared_logps(model, batch, per_token=True)
-            model.set_attn_implementation("sdpa")  # the reference: the padded rows on sdpa
-            rows, _ = ROWS.logps(model, batch, per_token=True)
-    except Exception as err:  # noqa: BLE001 - any failure means: no flex pass for this model
-        return f"{type(err).__name__}: {err}"
+        got, problem = probe_pass(model, flex_then_rows)
     finally:
         model.set_attn_implementation(FLEX_ATTENTION)
-        model.train(was_training)
-    return rows_gap_problem(model, flex, rows)
+    return problem or rows_gap_problem(model, *got)
 
 
 def flex_problem(model: torch.nn.Module) -> str | None:

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from prefopt.contracts.predicates import is_lora, is_sharded
 from prefopt.scoring.layout import pair_batch_logps
-from prefopt.scoring.logps import batch_plan, response_logps
+from prefopt.scoring.logps import batch_plan, eval_mode, response_logps
 from prefopt.scoring.sharing import settle_sharing, sharing_allowed
 
 KINDS = ("reference", "marginal")
@@ -50,17 +50,6 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     ref = copy.deepcopy(model)
     ref.requires_grad_(False)
     return ref.eval()
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """`model` in eval mode (dropout off) for the duration, then back in the mode it was in."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 @contextmanager

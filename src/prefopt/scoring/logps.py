@@ -7,7 +7,8 @@ scored token (at a 32k vocabulary the head is the largest cost), and sums log-pr
 dtype for the backward (bf16 logits stay bf16). Without gradients the LM head itself runs in chunks
 of `chunk_size` positions, so a reference or marginal pass never holds more than one chunk of logits.
 Measurements behind these choices: `python benchmarks/logps_micro.py`. Also the model facts the
-layouts check against (`attention_window`, `check_tolerance`, `remembered_verdict`).
+layouts check against (`attention_window`, `check_tolerance`, `remembered_verdict`), and how their probes
+run a trial pass (`probe_pass`, in `eval_mode`).
 The layouts that call these (padded rows, shared prompt, packed, tree) are prefopt.scoring.layout's.
 Index plans (`ScorePlan`, `score_plan`): the collator's CPU work that keeps the step free of host
 synchronisation. A layout's plan names the K scored positions as flat indices into the hidden states, with
@@ -22,13 +23,16 @@ Exercised by `pytest tests/test_logps.py tests/test_architectures.py tests/test_
 from __future__ import annotations
 
 import weakref
-from typing import Any, NamedTuple
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
 
 from prefopt.log import get_logger
 from prefopt.scoring.chunked_head import chunked_head_logps
+
+T = TypeVar("T")
 
 log = get_logger()
 
@@ -286,6 +290,28 @@ def check_tolerance(model: torch.nn.Module) -> float:
     get 8 eps (bf16: 0.0625, fp16: 0.0078) times 1 + |log p|."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     return 1e-4 if dtype in (torch.float32, torch.float64) else 8 * torch.finfo(dtype).eps
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`model` in eval mode (dropout off) for the duration, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def probe_pass(model: torch.nn.Module, compute: Callable[[], T]) -> tuple[T | None, str | None]:
+    """A layout probe's trial: `compute()` in eval mode and without autocast (a mismatch then means the
+    layout, not rounding or dropout), as (its result, None), or (None, "<error type>: <message>") when it
+    raises: any failure means the layout is not for this model."""
+    with eval_mode(model), torch.autocast(next(model.parameters()).device.type, enabled=False):
+        try:
+            return compute(), None
+        except Exception as err:  # noqa: BLE001 - the verdict is the message
+            return None, f"{type(err).__name__}: {err}"
 
 
 def rows_gap_problem(model: torch.nn.Module, got: Tensor, rows: Tensor, detail: str = "") -> str | None:

@@ -71,9 +71,10 @@ class MarginalRows:
         """The marginal rows of `responses` and their plan; `width`: the padded length for the longest
         row's (prefopt.scoring.buckets; default the longest row's own)."""
         start = self.start_ids
-        length = padded_length([start + list(r) for r in responses], width)
+        ids = [start + list(r) for r in responses]
+        length = padded_length(ids, width)
         rows = {
-            "marginal_input_ids": pad_right([start + list(r) for r in responses], pad_id, length),
+            "marginal_input_ids": pad_right(ids, pad_id, length),
             "marginal_attention_mask": pad_right([[1] * (len(start) + len(r)) for r in responses], 0, length),
             "marginal_score_mask": pad_right([marginal_scored(start, len(r)) for r in responses], 0, length),
         }

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from prefopt.contracts.layout import Ids, Layout, Width
 from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, ScorePlan, batch_plan, check_tolerance, head_logps,
-                                   model_body_and_head, plan_keys, planned_logps, remembered_verdict, score_plan)
+                                   model_body_and_head, plan_keys, planned_logps, probe_pass,
+                                   remembered_verdict, score_plan)
 
 # Most padding a packed batch may hold: its rows grow until their tails are at most this share (at 5%
 # the benchmark's batches above ran 3.4x the padded rows' attention work, at 10% 1.8x).
@@ -165,15 +166,10 @@ def probe_packing(model: torch.nn.Module) -> str | None:
     device = next(model.parameters()).device
     ids = torch.tensor([[1, 2, 3, 4, 5, 1]], device=device)
     positions = torch.tensor([[0, 1, 2, 3, 4, 0]], device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.autocast(device.type, enabled=False):
-            hidden = body(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[0].float()
-    except Exception as err:  # noqa: BLE001 - any failure means: do not pack for this model
-        return f"{type(err).__name__}: {err}"
-    finally:
-        model.train(was_training)
+    hidden, problem = probe_pass(
+        model, lambda: body(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[0].float())
+    if problem:
+        return problem
     gap = float((hidden[5] - hidden[0]).abs().max())
     if gap > check_tolerance(model) * (1 + float(hidden[0].abs().max())):
         attention = getattr(getattr(model, "config", None), "_attn_implementation", None)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from prefopt.log import get_logger
 from prefopt.scoring.layout import pair_batch_logps, without_packing
-from prefopt.scoring.logps import check_tolerance
+from prefopt.scoring.logps import check_tolerance, probe_pass
 from prefopt.scoring.shared import shares_batch_prompt
 
 log = get_logger()
@@ -30,16 +30,11 @@ def check_shared_prompt(model: torch.nn.Module, batch: dict[str, Tensor], tolera
     whose cache or masks do not fit the shared layout."""
     tolerance = check_tolerance(model) if tolerance is None else tolerance
     batch = without_packing(batch)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.autocast(next(model.parameters()).device.type, enabled=False):
-            shared, _ = pair_batch_logps(model, batch, share_prompt=True, per_token=True)
-            rows, _ = pair_batch_logps(model, batch, share_prompt=False, per_token=True)
-    except Exception as err:  # noqa: BLE001 - any failure means: do not share with this model
-        return f"{type(err).__name__}: {err}"
-    finally:
-        model.train(was_training)
+    got, problem = probe_pass(model, lambda: (pair_batch_logps(model, batch, share_prompt=True, per_token=True)[0],
+                                              pair_batch_logps(model, batch, share_prompt=False, per_token=True)[0]))
+    if problem:
+        return problem
+    shared, rows = got
     if shared.shape != rows.shape:
         return f"the shared pass scored {shared.numel()} tokens, full rows {rows.numel()}"
     excess = (shared - rows).abs() - tolerance * (1 + rows.abs())

@@ -28,8 +28,8 @@ from torch import Tensor
 
 from prefopt.contracts.layout import Ids, Layout, Width
 from prefopt.scoring.logps import (DEFAULT_CHUNK_SIZE, HostValue, attention_window, batch_plan, head_logps,
-                                   host_value, model_body_and_head, plan_keys, planned_logps, remembered_verdict,
-                                   rows_gap_problem, score_plan)
+                                   host_value, model_body_and_head, plan_keys, planned_logps, probe_pass,
+                                   remembered_verdict, rows_gap_problem, score_plan)
 from prefopt.scoring.packed import by_row, padded_rows
 from prefopt.scoring.rows import ROWS
 
@@ -79,6 +79,8 @@ def tree_logps(model: torch.nn.Module, batch: dict[str, Tensor], n_rows: int,
 # Verdicts of `tree_problem` per model object: the probe runs once per model.
 _TREE_VERDICTS: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]" = weakref.WeakKeyDictionary()
 
+PROBE_PAIRS = ([[1, 2, 3], [1, 5]], [[4, 5], [3, 3, 2]], [[6, 7, 8, 9], [4]])  # prompts, chosen, rejected
+
 
 @torch.no_grad()
 def probe_tree(model: torch.nn.Module) -> str | None:
@@ -87,20 +89,11 @@ def probe_tree(model: torch.nn.Module) -> str | None:
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if attention not in TREE_ATTENTION:
         return f"attention {attention!r} takes no custom mask (tree rows need {' or '.join(TREE_ATTENTION)})"
-    pairs = ([[1, 2, 3], [1, 5]], [[4, 5], [3, 3, 2]], [[6, 7, 8, 9], [4]])  # prompts, chosen, rejected
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in {**ROWS.tensors(*pairs, 0), **TREE.tensors(*pairs, 0)}.items()}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.autocast(device.type, enabled=False):
-            tree, _ = tree_logps(model, batch, n_rows=4, per_token=True)
-            rows, _ = ROWS.logps(model, batch, per_token=True)
-    except Exception as err:  # noqa: BLE001 - any failure means: no tree rows for this model
-        return f"{type(err).__name__}: {err}"
-    finally:
-        model.train(was_training)
-    return rows_gap_problem(model, tree, rows, f" (attention {attention})")
+    batch = {k: v.to(device) for k, v in {**ROWS.tensors(*PROBE_PAIRS, 0), **TREE.tensors(*PROBE_PAIRS, 0)}.items()}
+    got, problem = probe_pass(model, lambda: (tree_logps(model, batch, n_rows=4, per_token=True)[0],
+                                              ROWS.logps(model, batch, per_token=True)[0]))
+    return problem or rows_gap_problem(model, *got, f" (attention {attention})")
 
 
 def tree_problem(model: torch.nn.Module) -> str | None:
